@@ -1,0 +1,92 @@
+//! What an engine adapter must provide.
+//!
+//! An adapter (`tabi-wasmi`, `tabi-wasmtime`) registers the preview-1 imports of [`crate::p1`]
+//! on its engine and runs a guest's `_start` against a [`Process`]. It holds no WASI logic:
+//! everything it does for a call is find the guest's memory and hand it to the kernel.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use core::fmt;
+
+use crate::host::Host;
+use crate::kernel::Kernel;
+
+/// A guest process outside its Wasm instance: the kernel state and the host it runs on.
+pub struct Process {
+    /// The kernel's state.
+    pub kernel: Kernel,
+    /// The machine's side.
+    pub host: Box<dyn Host + Send>,
+}
+
+impl Process {
+    /// A process from a kernel and a host.
+    pub fn new(kernel: Kernel, host: impl Host + Send + 'static) -> Self {
+        Process {
+            kernel,
+            host: Box::new(host),
+        }
+    }
+}
+
+/// How a guest's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `_start` returned, or the guest called `proc_exit`, with this status.
+    Code(u32),
+    /// The guest was ended by a signal it raised.
+    Signal(u8),
+    /// The guest trapped; the text says why.
+    Trap(String),
+}
+
+impl Exit {
+    /// The status a command-line runner exits with: the guest's own, `128 + signal`, or 134
+    /// (as for `SIGABRT`, like `wasmtime run`) for a trap.
+    pub fn process_code(&self) -> i32 {
+        match self {
+            Exit::Code(c) => *c as i32,
+            Exit::Signal(s) => 128 + i32::from(*s),
+            Exit::Trap(_) => 134,
+        }
+    }
+}
+
+/// A run that has finished, with what is left of the process.
+pub struct Finished {
+    /// How it ended.
+    pub exit: Exit,
+    /// The process after the run (kernel state and host).
+    pub process: Process,
+}
+
+/// Why an engine could not run a guest at all (as opposed to the guest failing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The bytes are not a valid module, or use a feature the engine lacks.
+    InvalidModule(String),
+    /// The module imports something tabi does not provide, or exports no `_start`.
+    Link(String),
+    /// The engine failed for another reason.
+    Engine(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::InvalidModule(m) => write!(f, "invalid module: {m}"),
+            EngineError::Link(m) => write!(f, "cannot link module: {m}"),
+            EngineError::Engine(m) => write!(f, "engine error: {m}"),
+        }
+    }
+}
+
+impl core::error::Error for EngineError {}
+
+/// A Wasm engine that can run a guest on tabi's kernel.
+pub trait Engine {
+    /// Short name (`wasmi`, `wasmtime`).
+    fn name(&self) -> &'static str;
+    /// Compiles (or validates) `wasm` and runs its `_start` to the end.
+    fn run(&self, wasm: &[u8], process: Process) -> Result<Finished, EngineError>;
+}

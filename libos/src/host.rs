@@ -1,0 +1,177 @@
+//! Host effects: what the kernel asks of the machine it runs on.
+//!
+//! The kernel's state is plain data; everything that depends on the machine — the clocks,
+//! entropy, the real standard streams and granted host directories — comes in through [`Host`],
+//! passed to each kernel call. A host is never part of a checkpoint: a resumed guest gets the
+//! host of whoever resumed it.
+
+use crate::errno::Errno;
+use tabi_vfs::HostFs;
+
+/// What the kernel needs from the machine.
+pub trait Host {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    fn wall_clock_ns(&mut self) -> u64;
+    /// Monotonic time in nanoseconds from an arbitrary start.
+    fn monotonic_ns(&mut self) -> u64;
+    /// Resolution of the clocks, in nanoseconds.
+    fn clock_resolution_ns(&self) -> u64 {
+        1
+    }
+    /// Fills `buf` with random bytes from a secure source; `Io` if the source failed.
+    fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), Errno>;
+    /// Reads from the host's standard input; `Ok(0)` is end of input.
+    fn stdin_read(&mut self, buf: &mut [u8]) -> Result<usize, Errno>;
+    /// Writes all of `buf` to the host's standard output.
+    fn stdout_write(&mut self, buf: &[u8]) -> Result<(), Errno>;
+    /// Writes all of `buf` to the host's standard error.
+    fn stderr_write(&mut self, buf: &[u8]) -> Result<(), Errno>;
+    /// Blocks for `ns` nanoseconds.
+    fn sleep_ns(&mut self, ns: u64);
+    /// Lets other threads run.
+    fn yield_now(&mut self) {}
+    /// The granted host directories, if any.
+    fn host_fs(&mut self) -> Option<&mut dyn HostFs> {
+        None
+    }
+}
+
+#[cfg(feature = "std")]
+pub use self::std_host::{StdHost, Stdio};
+
+#[cfg(feature = "std")]
+mod std_host {
+    use super::Host;
+    use crate::errno::Errno;
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    use std::vec::Vec;
+    use tabi_vfs::{CapStdFs, HostFs};
+
+    /// Where a standard stream goes.
+    #[derive(Debug, Clone, Default)]
+    pub enum Stdio {
+        /// The host process's own stream.
+        #[default]
+        Inherit,
+        /// Nothing: reads see end of input, writes are dropped.
+        Null,
+        /// Output is appended to a shared buffer; input is read from one.
+        Buffer(Arc<Mutex<Vec<u8>>>),
+    }
+
+    impl Stdio {
+        /// A fresh shared buffer and the `Stdio` that writes to it.
+        pub fn buffer() -> (Stdio, Arc<Mutex<Vec<u8>>>) {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            (Stdio::Buffer(buf.clone()), buf)
+        }
+
+        fn write(&self, data: &[u8], stderr: bool) -> Result<(), Errno> {
+            match self {
+                Stdio::Inherit => {
+                    let r = if stderr {
+                        std::io::stderr().lock().write_all(data)
+                    } else {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(data).and_then(|()| out.flush())
+                    };
+                    r.map_err(|_| Errno::Io)
+                }
+                Stdio::Null => Ok(()),
+                Stdio::Buffer(b) => {
+                    b.lock().map_err(|_| Errno::Io)?.extend_from_slice(data);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The real machine: system clocks, OS entropy, the process's standard streams (or buffers)
+    /// and host directories granted through cap-std.
+    pub struct StdHost {
+        start: Instant,
+        /// Standard input.
+        pub stdin: Stdio,
+        stdin_pos: usize,
+        /// Standard output.
+        pub stdout: Stdio,
+        /// Standard error.
+        pub stderr: Stdio,
+        /// Granted host directories.
+        pub fs: CapStdFs,
+    }
+
+    impl Default for StdHost {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl StdHost {
+        /// A host that inherits the process's standard streams and grants no directories.
+        pub fn new() -> Self {
+            StdHost {
+                start: Instant::now(),
+                stdin: Stdio::Inherit,
+                stdin_pos: 0,
+                stdout: Stdio::Inherit,
+                stderr: Stdio::Inherit,
+                fs: CapStdFs::new(),
+            }
+        }
+    }
+
+    impl Host for StdHost {
+        fn wall_clock_ns(&mut self) -> u64 {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        }
+
+        fn monotonic_ns(&mut self) -> u64 {
+            self.start.elapsed().as_nanos() as u64
+        }
+
+        fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), Errno> {
+            getrandom::fill(buf).map_err(|_| Errno::Io)
+        }
+
+        fn stdin_read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
+            match &self.stdin {
+                Stdio::Inherit => std::io::stdin().lock().read(buf).map_err(|_| Errno::Io),
+                Stdio::Null => Ok(0),
+                Stdio::Buffer(b) => {
+                    let data = b.lock().map_err(|_| Errno::Io)?;
+                    let rest = data.get(self.stdin_pos..).unwrap_or(&[]);
+                    let n = rest.len().min(buf.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    self.stdin_pos += n;
+                    Ok(n)
+                }
+            }
+        }
+
+        fn stdout_write(&mut self, buf: &[u8]) -> Result<(), Errno> {
+            self.stdout.write(buf, false)
+        }
+
+        fn stderr_write(&mut self, buf: &[u8]) -> Result<(), Errno> {
+            self.stderr.write(buf, true)
+        }
+
+        fn sleep_ns(&mut self, ns: u64) {
+            std::thread::sleep(std::time::Duration::from_nanos(ns));
+        }
+
+        fn yield_now(&mut self) {
+            std::thread::yield_now();
+        }
+
+        fn host_fs(&mut self) -> Option<&mut dyn HostFs> {
+            Some(&mut self.fs)
+        }
+    }
+}

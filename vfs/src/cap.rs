@@ -1,0 +1,441 @@
+//! Host mounts over cap-std, and importing a host directory into memory.
+//!
+//! [`CapStdFs`] grants whole host directories. Every lookup goes through a `cap_std::fs::Dir`
+//! handle, which refuses `..` past it, absolute paths and symlinks that lead out, so a guest
+//! cannot reach the host outside what it was granted. Handles are cached by the kernel's key and
+//! reopened by path when missing (after a restore).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::string::{String, ToString};
+use std::time::SystemTime;
+use std::vec::Vec;
+
+use cap_fs_ext::{DirExt, FollowSymlinks, MetadataExt, OpenOptionsFollowExt, OpenOptionsMaybeDirExt, SystemTimeSpec};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, File, Metadata, OpenOptions};
+
+use crate::error::{FsError, FsResult};
+use crate::host::{HostDirEntry, HostFs, HostObj, HostOpen};
+use crate::mem::MemFs;
+use crate::types::{FileType, Ino, SetTime, Stat};
+
+fn map_err(e: io::Error) -> FsError {
+    #[cfg(unix)]
+    if let Some(code) = e.raw_os_error() {
+        return match code {
+            libc::ENOENT => FsError::NoEntry,
+            libc::EEXIST => FsError::Exists,
+            libc::ENOTDIR => FsError::NotDir,
+            libc::EISDIR => FsError::IsDir,
+            libc::ENOTEMPTY => FsError::NotEmpty,
+            libc::ELOOP => FsError::Loop,
+            libc::EINVAL => FsError::Invalid,
+            libc::EACCES => FsError::Access,
+            libc::EPERM => FsError::Perm,
+            libc::ENAMETOOLONG => FsError::NameTooLong,
+            libc::EFBIG => FsError::TooBig,
+            libc::EXDEV => FsError::CrossDevice,
+            libc::EBUSY => FsError::Busy,
+            libc::ENOSPC => FsError::NoSpace,
+            libc::EBADF => FsError::BadDescriptor,
+            libc::EOPNOTSUPP => FsError::NotSupported,
+            _ => FsError::Io,
+        };
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => FsError::NoEntry,
+        io::ErrorKind::AlreadyExists => FsError::Exists,
+        io::ErrorKind::NotADirectory => FsError::NotDir,
+        io::ErrorKind::IsADirectory => FsError::IsDir,
+        io::ErrorKind::DirectoryNotEmpty => FsError::NotEmpty,
+        // cap-std reports a path that leads outside its directory as PermissionDenied.
+        io::ErrorKind::PermissionDenied => FsError::Perm,
+        io::ErrorKind::InvalidInput => FsError::Invalid,
+        io::ErrorKind::Unsupported => FsError::NotSupported,
+        _ => FsError::Io,
+    }
+}
+
+fn filetype_of(ft: cap_std::fs::FileType) -> FileType {
+    if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_file() {
+        FileType::RegularFile
+    } else if ft.is_symlink() {
+        FileType::SymbolicLink
+    } else {
+        #[cfg(unix)]
+        {
+            use cap_std::fs::FileTypeExt;
+            if ft.is_block_device() {
+                return FileType::BlockDevice;
+            }
+            if ft.is_char_device() {
+                return FileType::CharacterDevice;
+            }
+        }
+        FileType::Unknown
+    }
+}
+
+fn nanos(t: io::Result<cap_std::time::SystemTime>) -> u64 {
+    t.ok()
+        .and_then(|t| t.into_std().duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn stat_of(m: &Metadata) -> Stat {
+    #[cfg(unix)]
+    let ctim = {
+        let secs = cap_std::fs::MetadataExt::ctime(m);
+        let nsec = cap_std::fs::MetadataExt::ctime_nsec(m);
+        u64::try_from(secs).unwrap_or(0) * 1_000_000_000 + u64::try_from(nsec).unwrap_or(0)
+    };
+    #[cfg(not(unix))]
+    let ctim = 0;
+    let mtim = nanos(m.modified());
+    Stat {
+        dev: m.dev(),
+        ino: m.ino(),
+        filetype: filetype_of(m.file_type()),
+        nlink: m.nlink(),
+        size: m.len(),
+        atim: nanos(m.accessed()),
+        mtim,
+        ctim: if ctim == 0 { mtim } else { ctim },
+    }
+}
+
+fn spec(t: SetTime) -> Option<SystemTimeSpec> {
+    match t {
+        SetTime::Omit => None,
+        SetTime::Now => Some(SystemTimeSpec::SymbolicNow),
+        SetTime::At(ns) => Some(SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns),
+        ))),
+    }
+}
+
+/// An open host object.
+enum Handle {
+    Dir(Dir),
+    File(File),
+}
+
+/// Host directories granted to a guest, reached through cap-std.
+#[derive(Default)]
+pub struct CapStdFs {
+    mounts: Vec<Dir>,
+    open: HashMap<u64, Handle>,
+}
+
+impl CapStdFs {
+    /// No directories granted yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Grants the host directory `path` as the next mount; returns its index. Fails with a
+    /// clear error when the directory does not exist or cannot be opened.
+    pub fn grant(&mut self, path: &Path) -> io::Result<u32> {
+        let dir = Dir::open_ambient_dir(path, ambient_authority())?;
+        self.mounts.push(dir);
+        Ok((self.mounts.len() - 1) as u32)
+    }
+
+    fn mount(&self, index: u32) -> FsResult<&Dir> {
+        self.mounts.get(index as usize).ok_or(FsError::BadDescriptor)
+    }
+
+    /// The handle of `obj`, reopening it by path if it is not cached.
+    fn handle(&mut self, obj: HostObj<'_>) -> FsResult<&Handle> {
+        if !self.open.contains_key(&obj.key) {
+            let root = self.mount(obj.mount)?;
+            let handle = if obj.path == "." {
+                Handle::Dir(root.try_clone().map_err(map_err)?)
+            } else {
+                let mut o = OpenOptions::new();
+                o.read(true).maybe_dir(true);
+                let f = root.open_with(obj.path, &o).map_err(map_err)?;
+                if f.metadata().map_err(map_err)?.is_dir() {
+                    Handle::Dir(Dir::from_std_file(f.into_std()))
+                } else {
+                    // Reopen for writing too when the host allows it.
+                    let mut o = OpenOptions::new();
+                    o.read(true).write(true);
+                    match root.open_with(obj.path, &o) {
+                        Ok(f) => Handle::File(f),
+                        Err(_) => Handle::File(f),
+                    }
+                }
+            };
+            self.open.insert(obj.key, handle);
+        }
+        self.open.get(&obj.key).ok_or(FsError::BadDescriptor)
+    }
+
+    fn dir(&mut self, obj: HostObj<'_>) -> FsResult<&Dir> {
+        match self.handle(obj)? {
+            Handle::Dir(d) => Ok(d),
+            Handle::File(_) => Err(FsError::NotDir),
+        }
+    }
+
+    fn file(&mut self, obj: HostObj<'_>) -> FsResult<&File> {
+        match self.handle(obj)? {
+            Handle::File(f) => Ok(f),
+            Handle::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+}
+
+fn check_rel(path: &str) -> FsResult<()> {
+    if path.starts_with('/') {
+        return Err(FsError::Escape);
+    }
+    Ok(())
+}
+
+impl HostFs for CapStdFs {
+    fn open_at(&mut self, dir: HostObj<'_>, path: &str, how: HostOpen, key: u64) -> FsResult<FileType> {
+        check_rel(path)?;
+        let d = self.dir(dir)?;
+        let mut o = OpenOptions::new();
+        o.read(true)
+            .write(how.write)
+            .truncate(how.truncate && how.write)
+            .follow(if how.follow { FollowSymlinks::Yes } else { FollowSymlinks::No })
+            .maybe_dir(!how.write);
+        if how.create {
+            if how.exclusive {
+                o.create_new(true);
+            } else {
+                o.create(true);
+            }
+            if !how.write {
+                // Creating needs a writable open on most hosts; the descriptor's own rights
+                // still decide what the guest may do with it.
+                o.write(true);
+            }
+        }
+        let file = d.open_with(path, &o).map_err(map_err)?;
+        let meta = file.metadata().map_err(map_err)?;
+        if how.directory && !meta.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if how.truncate && !how.write && meta.is_file() {
+            file.set_len(0).map_err(map_err)?;
+        }
+        let kind = filetype_of(meta.file_type());
+        let handle = if meta.is_dir() {
+            Handle::Dir(Dir::from_std_file(file.into_std()))
+        } else {
+            Handle::File(file)
+        };
+        self.open.insert(key, handle);
+        Ok(kind)
+    }
+
+    fn close(&mut self, key: u64) {
+        self.open.remove(&key);
+    }
+
+    fn read_at(&mut self, file: HostObj<'_>, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
+        let f = self.file(file)?;
+        #[cfg(unix)]
+        {
+            use cap_std::fs::FileExt;
+            f.read_at(buf, offset).map_err(map_err)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (f, offset, buf);
+            Err(FsError::NotSupported)
+        }
+    }
+
+    fn write_at(&mut self, file: HostObj<'_>, offset: u64, buf: &[u8]) -> FsResult<usize> {
+        let f = self.file(file)?;
+        #[cfg(unix)]
+        {
+            use cap_std::fs::FileExt;
+            f.write_all_at(buf, offset).map_err(map_err)?;
+            Ok(buf.len())
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (f, offset, buf);
+            Err(FsError::NotSupported)
+        }
+    }
+
+    fn stat(&mut self, obj: HostObj<'_>) -> FsResult<Stat> {
+        let m = match self.handle(obj)? {
+            Handle::Dir(d) => d.dir_metadata().map_err(map_err)?,
+            Handle::File(f) => f.metadata().map_err(map_err)?,
+        };
+        Ok(stat_of(&m))
+    }
+
+    fn set_size(&mut self, file: HostObj<'_>, size: u64) -> FsResult<()> {
+        self.file(file)?.set_len(size).map_err(map_err)
+    }
+
+    fn set_times(&mut self, obj: HostObj<'_>, atim: SetTime, mtim: SetTime) -> FsResult<()> {
+        match self.handle(obj)? {
+            Handle::Dir(d) => d.set_times(".", spec(atim), spec(mtim)).map_err(map_err),
+            Handle::File(f) => {
+                let to_std = |t: SetTime| match t {
+                    SetTime::Omit => None,
+                    SetTime::Now => Some(SystemTime::now()),
+                    SetTime::At(ns) => {
+                        Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+                    }
+                };
+                let mut times = std::fs::FileTimes::new();
+                if let Some(t) = to_std(atim) {
+                    times = times.set_accessed(t);
+                }
+                if let Some(t) = to_std(mtim) {
+                    times = times.set_modified(t);
+                }
+                let std_file = f.try_clone().map_err(map_err)?.into_std();
+                std_file.set_times(times).map_err(map_err)
+            }
+        }
+    }
+
+    fn sync(&mut self, obj: HostObj<'_>, data_only: bool) -> FsResult<()> {
+        match self.handle(obj)? {
+            Handle::Dir(_) => Ok(()),
+            Handle::File(f) => if data_only { f.sync_data() } else { f.sync_all() }.map_err(map_err),
+        }
+    }
+
+    fn read_dir(&mut self, dir: HostObj<'_>) -> FsResult<Vec<HostDirEntry>> {
+        let d = self.dir(dir)?;
+        let mut out = Vec::new();
+        for entry in d.entries().map_err(map_err)? {
+            let entry = entry.map_err(map_err)?;
+            let Ok(name) = entry.file_name().into_string() else {
+                // A name that is not UTF-8 cannot be given to a preview-1 guest.
+                continue;
+            };
+            let ft = entry.file_type().map_err(map_err)?;
+            out.push(HostDirEntry {
+                name,
+                filetype: filetype_of(ft),
+                ino: cap_fs_ext::DirEntryExt::full_metadata(&entry).map(|m| m.ino()).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    fn stat_at(&mut self, dir: HostObj<'_>, path: &str, follow: bool) -> FsResult<Stat> {
+        check_rel(path)?;
+        let d = self.dir(dir)?;
+        let m = if follow { d.metadata(path) } else { d.symlink_metadata(path) };
+        Ok(stat_of(&m.map_err(map_err)?))
+    }
+
+    fn set_times_at(&mut self, dir: HostObj<'_>, path: &str, follow: bool, atim: SetTime, mtim: SetTime) -> FsResult<()> {
+        check_rel(path)?;
+        let d = self.dir(dir)?;
+        if follow {
+            d.set_times(path, spec(atim), spec(mtim)).map_err(map_err)
+        } else {
+            d.set_symlink_times(path, spec(atim), spec(mtim)).map_err(map_err)
+        }
+    }
+
+    fn create_dir_at(&mut self, dir: HostObj<'_>, path: &str) -> FsResult<()> {
+        check_rel(path)?;
+        self.dir(dir)?.create_dir(path).map_err(map_err)
+    }
+
+    fn remove_dir_at(&mut self, dir: HostObj<'_>, path: &str) -> FsResult<()> {
+        check_rel(path)?;
+        self.dir(dir)?.remove_dir(path).map_err(map_err)
+    }
+
+    fn unlink_at(&mut self, dir: HostObj<'_>, path: &str) -> FsResult<()> {
+        check_rel(path)?;
+        self.dir(dir)?.remove_file_or_symlink(path).map_err(map_err)
+    }
+
+    fn symlink_at(&mut self, target: &str, dir: HostObj<'_>, path: &str) -> FsResult<()> {
+        check_rel(path)?;
+        self.dir(dir)?.symlink(target, path).map_err(map_err)
+    }
+
+    fn readlink_at(&mut self, dir: HostObj<'_>, path: &str) -> FsResult<String> {
+        check_rel(path)?;
+        let target = self.dir(dir)?.read_link_contents(path).map_err(map_err)?;
+        target.into_os_string().into_string().map_err(|_| FsError::Invalid)
+    }
+
+    fn link_at(&mut self, old_dir: HostObj<'_>, old_path: &str, new_dir: HostObj<'_>, new_path: &str) -> FsResult<()> {
+        check_rel(old_path)?;
+        check_rel(new_path)?;
+        let new = self.dir(new_dir)?.try_clone().map_err(map_err)?;
+        self.dir(old_dir)?.hard_link(old_path, &new, new_path).map_err(map_err)
+    }
+
+    fn rename_at(&mut self, old_dir: HostObj<'_>, old_path: &str, new_dir: HostObj<'_>, new_path: &str) -> FsResult<()> {
+        check_rel(old_path)?;
+        check_rel(new_path)?;
+        let new = self.dir(new_dir)?.try_clone().map_err(map_err)?;
+        self.dir(old_dir)?.rename(old_path, &new, new_path).map_err(map_err)
+    }
+}
+
+/// Copies the host directory `path` into a new root of `fs` (for `--copy-dir`), keeping files,
+/// directories, symlinks and modification times; returns the root.
+pub fn import_host_dir(fs: &mut MemFs, path: &Path, now: u64) -> io::Result<Ino> {
+    let dir = Dir::open_ambient_dir(path, ambient_authority())?;
+    let root = fs.new_root(now);
+    copy_into(fs, &dir, root, now)?;
+    Ok(root)
+}
+
+fn to_io(e: FsError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn copy_into(fs: &mut MemFs, dir: &Dir, into: Ino, now: u64) -> io::Result<()> {
+    let mut entries: Vec<_> = dir.entries()?.collect::<io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|n| io::Error::other(std::format!("file name is not UTF-8: {n:?}")))?;
+        let ft = entry.file_type()?;
+        let meta = dir.symlink_metadata(&name)?;
+        let mtim = nanos(meta.modified());
+        let ino = if ft.is_dir() {
+            let sub = dir.open_dir(&name)?;
+            let ino = fs.mkdir(into, &name, mtim).map_err(to_io)?;
+            copy_into(fs, &sub, ino, now)?;
+            ino
+        } else if ft.is_symlink() {
+            let target = dir.read_link_contents(&name)?;
+            let target = target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| io::Error::other("symlink target is not UTF-8"))?;
+            fs.symlink(into, &name, &target, mtim).map_err(to_io)?
+        } else {
+            let data = dir.read(&name)?;
+            let ino = fs.create_file(into, &name, mtim).map_err(to_io)?;
+            fs.write_at(ino, 0, &data, mtim).map_err(to_io)?;
+            ino
+        };
+        fs.set_times(ino, SetTime::At(nanos(meta.accessed())), SetTime::At(mtim), mtim)
+            .map_err(to_io)?;
+    }
+    Ok(())
+}
