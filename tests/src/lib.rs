@@ -1,1 +1,210 @@
-//! placeholder
+//! Guest programs and runners shared by tabi's cross-engine tests and benchmarks.
+//!
+//! [`Spec`] describes one run (guest, arguments, environment, sandbox); [`run_tabi`] runs it on
+//! tabi with either engine, [`run_reference`] on plain wasmtime with `wasmtime-wasi`, the
+//! reference implementation of preview 1. Each gives an [`Outcome`] to compare.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tabi_libos::host::{StdHost, Stdio};
+use tabi_libos::{Engine, Exit, Kernel, Process};
+
+/// The guest programs, built by `build.rs`.
+pub mod guests {
+    /// The demo guest.
+    pub const HELLO: &str = env!("GUEST_HELLO");
+    /// Calls every preview-1 import directly.
+    pub const P1_CALLS: &str = env!("GUEST_P1_CALLS");
+    /// File-system work through Rust's standard library.
+    pub const STD_FS: &str = env!("GUEST_STD_FS");
+    /// Compute-bound work.
+    pub const COMPUTE: &str = env!("GUEST_COMPUTE");
+    /// wasi-libc's POSIX layer, from C.
+    pub const POSIX: &str = env!("GUEST_POSIX");
+}
+
+/// Which engine tabi runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// wasmtime (Cranelift).
+    Wasmtime,
+    /// The wasmi interpreter.
+    Wasmi,
+}
+
+impl Backend {
+    /// Both engines.
+    pub const ALL: [Backend; 2] = [Backend::Wasmtime, Backend::Wasmi];
+
+    /// The engine.
+    pub fn engine(self) -> Box<dyn Engine> {
+        match self {
+            Backend::Wasmtime => Box::new(tabi_wasmtime::Wasmtime::new()),
+            Backend::Wasmi => Box::new(tabi_wasmi::Wasmi::new()),
+        }
+    }
+}
+
+/// Where the guest's `/sandbox` lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sandbox {
+    /// No sandbox directory.
+    None,
+    /// An empty in-memory directory.
+    Memory,
+    /// A host directory, granted like `--dir`.
+    Host(PathBuf),
+}
+
+/// One run of a guest.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Path of the module.
+    pub wasm: String,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// The sandbox directory.
+    pub sandbox: Sandbox,
+}
+
+impl Spec {
+    /// A run of `wasm` with an in-memory sandbox, no arguments and no environment.
+    pub fn new(wasm: &str) -> Self {
+        Spec {
+            wasm: wasm.to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            sandbox: Sandbox::Memory,
+        }
+    }
+
+    /// Adds arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Sets the sandbox.
+    pub fn sandbox(mut self, s: Sandbox) -> Self {
+        self.sandbox = s;
+        self
+    }
+
+    fn program_name(&self) -> String {
+        Path::new(&self.wasm)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Exit status (`None` for a trap).
+    pub code: Option<u32>,
+}
+
+fn take(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+/// Builds the kernel and host for `spec`, with captured standard streams.
+pub fn process_for(spec: &Spec) -> (Process, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+    let mut kernel = Kernel::new();
+    let mut argv = vec![spec.program_name()];
+    argv.extend(spec.args.iter().cloned());
+    kernel.set_args(argv);
+    kernel.set_env(spec.env.iter().cloned());
+    let mut host = StdHost::new();
+    let (out, out_buf) = Stdio::buffer();
+    let (err, err_buf) = Stdio::buffer();
+    host.stdout = out;
+    host.stderr = err;
+    host.stdin = Stdio::Null;
+    match &spec.sandbox {
+        Sandbox::None => {}
+        Sandbox::Memory => {
+            kernel.mount_memory("/sandbox", 0).unwrap();
+        }
+        Sandbox::Host(dir) => {
+            let index = host.fs.grant(dir).unwrap();
+            kernel.mount_host("/sandbox", index).unwrap();
+        }
+    }
+    (Process::new(kernel, host), out_buf, err_buf)
+}
+
+/// Runs `spec` on tabi with `backend`; returns the outcome and the kernel afterwards.
+pub fn run_tabi(backend: Backend, spec: &Spec) -> (Outcome, Kernel) {
+    let wasm = std::fs::read(&spec.wasm).unwrap();
+    let (process, out, err) = process_for(spec);
+    let finished = backend.engine().run(&wasm, process).unwrap();
+    let code = match finished.exit {
+        Exit::Code(c) => Some(c),
+        Exit::Signal(_) | Exit::Trap(_) => None,
+    };
+    (
+        Outcome {
+            stdout: take(&out),
+            stderr: take(&err),
+            code,
+        },
+        finished.process.kernel,
+    )
+}
+
+/// Runs `spec` on plain wasmtime with `wasmtime-wasi`'s preview 1; an in-memory sandbox becomes
+/// a fresh temporary host directory.
+pub fn run_reference(spec: &Spec) -> Outcome {
+    use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = wasmtime::Engine::default();
+    let module = wasmtime::Module::from_file(&engine, &spec.wasm).unwrap();
+    let mut linker: wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx> = wasmtime::Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).unwrap();
+    let out = MemoryOutputPipe::new(usize::MAX);
+    let err = MemoryOutputPipe::new(usize::MAX);
+    let mut b = wasmtime_wasi::WasiCtxBuilder::new();
+    let mut argv = vec![spec.program_name()];
+    argv.extend(spec.args.iter().cloned());
+    b.args(&argv).stdout(out.clone()).stderr(err.clone());
+    for (k, v) in &spec.env {
+        b.env(k, v);
+    }
+    let dir = match &spec.sandbox {
+        Sandbox::None => None,
+        Sandbox::Memory => Some(tmp.path().to_path_buf()),
+        Sandbox::Host(p) => Some(p.clone()),
+    };
+    if let Some(dir) = dir {
+        b.preopened_dir(dir, "/sandbox", wasmtime_wasi::FsPerms::ReadWrite)
+            .unwrap();
+    }
+    let mut store = wasmtime::Store::new(&engine, b.build_p1());
+    let instance = linker.instantiate(&mut store, &module).unwrap();
+    let start = instance.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
+    let code = match start.call(&mut store, ()) {
+        Ok(()) => Some(0),
+        Err(e) => e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|e| e.0 as u32),
+    };
+    drop(store);
+    Outcome {
+        stdout: String::from_utf8_lossy(&out.contents()).into_owned(),
+        stderr: String::from_utf8_lossy(&err.contents()).into_owned(),
+        code,
+    }
+}

@@ -35,6 +35,12 @@ const FOLLOW: u32 = 1;
 
 static mut FAILED: u32 = 0;
 
+/// Whether to pass wild pointers and out-of-range enum values: tabi answers EFAULT or EINVAL,
+/// while wasmtime-wasi traps, so the differential test runs with `nowild` to get past them.
+fn wild() -> bool {
+    !std::env::args().any(|a| a == "nowild")
+}
+
 fn check<T: PartialEq + Debug>(key: &str, got: T, want: T) {
     println!("{key}: {got:?}");
     if got != want {
@@ -45,7 +51,7 @@ fn check<T: PartialEq + Debug>(key: &str, got: T, want: T) {
 
 fn open(path: &str, dirflags: u32, oflags: u32, rights: u64, fdflags: u32) -> Result<u32, u16> {
     let mut fd = 0;
-    let e = unsafe { path_open(DIR, dirflags, path.as_ptr(), path.len() as u32, oflags, rights, u64::MAX, fdflags, &mut fd) };
+    let e = unsafe { path_open(DIR, dirflags, path.as_ptr(), path.len() as u32, oflags, rights, (1 << 30) - 1, fdflags, &mut fd) };
     if e == 0 { Ok(fd) } else { Err(e) }
 }
 
@@ -132,14 +138,14 @@ fn main() {
     let (mut argc, mut argsz) = (0u32, 0u32);
     check("args_sizes_get", unsafe { args_sizes_get(&mut argc, &mut argsz) }, 0);
     let args: Vec<String> = std::env::args().skip(1).collect();
-    check("args", args.join(","), "alpha,beta gamma".to_string());
-    check("args_get wild", unsafe { args_get(WILD as *mut *mut u8, WILD as *mut u8) }, EFAULT);
+    check("args", args.iter().filter(|a| *a != "nowild").cloned().collect::<Vec<_>>().join(","), "alpha,beta gamma".to_string());
+    if wild() { check("args_get wild", unsafe { args_get(WILD as *mut *mut u8, WILD as *mut u8) }, EFAULT); }
     let (mut envc, mut envsz) = (0u32, 0u32);
     check("environ_sizes_get", unsafe { environ_sizes_get(&mut envc, &mut envsz) }, 0);
     check("environ TABI_TEST", std::env::var("TABI_TEST").ok(), Some("yes".to_string()));
     let mut res = 0u64;
     check("clock_res_get realtime", unsafe { clock_res_get(0, &mut res) }, 0);
-    check("clock_res_get bad id", unsafe { clock_res_get(99, &mut res) }, EINVAL);
+    if wild() { check("clock_res_get bad id", unsafe { clock_res_get(99, &mut res) }, EINVAL); }
     let (mut t1, mut t2) = (0u64, 0u64);
     check("clock_time_get monotonic", unsafe { clock_time_get(1, 0, &mut t1) }, 0);
     unsafe { clock_time_get(1, 0, &mut t2) };
@@ -147,11 +153,11 @@ fn main() {
     let mut wall = 0u64;
     unsafe { clock_time_get(0, 0, &mut wall) };
     check("realtime after 2020", wall > 1_577_836_800_000_000_000, true);
-    check("clock_time_get wild", unsafe { clock_time_get(0, 0, WILD as *mut u64) }, EFAULT);
+    if wild() { check("clock_time_get wild", unsafe { clock_time_get(0, 0, WILD as *mut u64) }, EFAULT); }
     let mut rnd = [0u8; 32];
     check("random_get", unsafe { random_get(rnd.as_mut_ptr(), 32) }, 0);
     check("random bytes vary", rnd.iter().any(|&b| b != rnd[0]), true);
-    check("random_get wild", unsafe { random_get(WILD as *mut u8, 64) }, EFAULT);
+    if wild() { check("random_get wild", unsafe { random_get(WILD as *mut u8, 64) }, EFAULT); }
 
     // ---- preopens ----
     let mut pre = [0u32; 2];
@@ -191,7 +197,7 @@ fn main() {
     check("fd_seek cur", unsafe { fd_seek(fd, 2, 1, &mut pos) }, 0);
     check("seek cur pos", pos, 8);
     check("fd_seek negative", unsafe { fd_seek(fd, -100, 1, &mut pos) }, EINVAL);
-    check("fd_seek bad whence", unsafe { fd_seek(fd, 0, 7, &mut pos) }, EINVAL);
+    if wild() { check("fd_seek bad whence", unsafe { fd_seek(fd, 0, 7, &mut pos) }, EINVAL); }
     check("fd_seek stdout", unsafe { fd_seek(1, 0, 1, &mut pos) }, ESPIPE);
     check("size after writes", filestat(fd).map(size), Ok(11));
     check("fd_filestat_set_size", unsafe { fd_filestat_set_size(fd, 5) }, 0);
@@ -199,7 +205,7 @@ fn main() {
     check("fd_allocate", unsafe { fd_allocate(fd, 0, 100) }, 0);
     check("size after allocate", filestat(fd).map(size), Ok(100));
     check("fd_advise", unsafe { fd_advise(fd, 0, 10, 1) }, 0);
-    check("fd_advise bad advice", unsafe { fd_advise(fd, 0, 10, 9) }, EINVAL);
+    if wild() { check("fd_advise bad advice", unsafe { fd_advise(fd, 0, 10, 9) }, EINVAL); }
     check("fd_datasync", unsafe { fd_datasync(fd) }, 0);
     check("fd_sync", unsafe { fd_sync(fd) }, 0);
     let mut fdstat = [0u8; 24];
@@ -215,10 +221,10 @@ fn main() {
     check("fd_filestat_set_times both", unsafe { fd_filestat_set_times(fd, 0, 0, 1 | 2) }, EINVAL);
     check("fd_filestat_set_times", unsafe { fd_filestat_set_times(fd, 123_000_000_000, 456_000_000_000, 1 | 4) }, 0);
     check("mtim set", filestat(fd).map(|s| (s[5], s[6])), Ok((123_000_000_000, 456_000_000_000)));
-    check("fd_filestat_get wild", unsafe { fd_filestat_get(fd, WILD as *mut u8) }, EFAULT);
+    if wild() { check("fd_filestat_get wild", unsafe { fd_filestat_get(fd, WILD as *mut u8) }, EFAULT); }
     let wild_iov = [WILD as u32, 100];
-    check("fd_write wild iovec", unsafe { fd_write(fd, &wild_iov, 1, &mut n) }, EFAULT);
-    check("fd_read wild iovec list", unsafe { fd_read(fd, WILD as *const [u32; 2], 4, &mut n) }, EFAULT);
+    if wild() { check("fd_write wild iovec", unsafe { fd_write(fd, &wild_iov, 1, &mut n) }, EFAULT); }
+    if wild() { check("fd_read wild iovec list", unsafe { fd_read(fd, WILD as *const [u32; 2], 4, &mut n) }, EFAULT); }
 
     // ---- open errors and the sandbox ----
     check("open file as directory", open("d/f", 0, DIRECTORY, RO, 0), Err(ENOTDIR));
@@ -229,16 +235,18 @@ fn main() {
     check("open escape dotdot", open("../outside", 0, 0, RO, 0), Err(EPERM));
     check("open escape deep", open("d/../../outside", 0, 0, RO, 0), Err(EPERM));
     check("open absolute", open("/etc/passwd", 0, 0, RO, 0), Err(EPERM));
-    check("open bad oflags", open("d/f", 0, 0x100, RO, 0), Err(EINVAL));
+    if wild() { check("open bad oflags", open("d/f", 0, 0x100, RO, 0), Err(EINVAL)); }
     check("open non-utf8", {
         let bad = [0xffu8, 0xfe];
         let mut out = 0;
         unsafe { path_open(DIR, 0, bad.as_ptr(), 2, 0, RO, 0, 0, &mut out) }
     }, EILSEQ);
+    if wild() {
     check("open wild path", {
         let mut out = 0;
         unsafe { path_open(DIR, 0, WILD as *const u8, 10, 0, RO, 0, 0, &mut out) }
     }, EFAULT);
+    }
     let ro = open("d/f", 0, 0, RO, 0).unwrap();
     check("write read-only", write(ro, b"x"), Err(EBADF));
     check("open trunc", open("d/f", 0, TRUNC, RW, 0).map(|f| unsafe { fd_close(f) }), Ok(0));
@@ -268,7 +276,10 @@ fn main() {
     }
     check("open symlink loop", open("loop1", FOLLOW, 0, RO, 0), Err(ELOOP));
     check("open escaping symlink", open("d/up/etc", FOLLOW, 0, RO, 0), Err(EPERM));
-    check("open absolute symlink", open("abs/passwd", FOLLOW, 0, RO, 0), Err(EPERM));
+    // cap-std resolves an absolute symlink inside the sandbox root or refuses it; either way
+    // nothing outside is reached.
+    let abs = open("abs/passwd", FOLLOW, 0, RO, 0);
+    check("open absolute symlink refused", abs == Err(EPERM) || abs == Err(ENOENT), true);
     check("dangling symlink", open("d/dangling-missing", FOLLOW, 0, RO, 0), Err(ENOENT));
 
     // ---- hard links ----
@@ -301,7 +312,7 @@ fn main() {
     check("renamed exists", path_stat("d/renamed", 0).map(filetype), Ok(4));
     check("old name gone", path_stat("d/hard", 0).map(filetype), Err(ENOENT));
     unsafe { path_create_directory(DIR, p("e").0, 1) };
-    check("rename file over dir", unsafe { path_rename(DIR, r, rl, DIR, d, dl) }, EISDIR);
+    check("rename file over dir", unsafe { path_rename(DIR, r, rl, DIR, p("e").0, 1) }, EISDIR);
     check("rename dir over file", unsafe { path_rename(DIR, p("e").0, 1, DIR, r, rl) }, ENOTDIR);
     check("rename dir into itself", unsafe { path_rename(DIR, d, dl, DIR, p("d/sub").0, 5) }, EINVAL);
     check("rename dir over nonempty", unsafe { path_rename(DIR, p("e").0, 1, DIR, d, dl) }, ENOTEMPTY);
@@ -354,7 +365,7 @@ fn main() {
     // ---- process, scheduling, sockets ----
     check("sched_yield", unsafe { sched_yield() }, 0);
     check("proc_raise 0", unsafe { proc_raise(0) }, 0);
-    check("proc_raise bad", unsafe { proc_raise(99) }, EINVAL);
+    if wild() { check("proc_raise bad", unsafe { proc_raise(99) }, EINVAL); }
     let mut out = 0;
     check("sock_accept stdout", unsafe { sock_accept(1, 0, &mut out) }, ENOTSOCK);
     check("sock_accept closed", unsafe { sock_accept(99, 0, &mut out) }, EBADF);
