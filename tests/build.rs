@@ -12,14 +12,27 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let guests = manifest.join("guests");
-    println!("cargo:rerun-if-changed={}", guests.join("rust/src").display());
-    println!("cargo:rerun-if-changed={}", guests.join("rust/Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests.join("rust/src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests.join("rust/Cargo.toml").display()
+    );
     println!("cargo:rerun-if-changed={}", guests.join("c").display());
 
     build_rust(&guests.join("rust"), &out);
     for name in C_GUESTS {
-        build_c(&guests.join("c").join(format!("{name}.c")), &out.join(format!("{name}.wasm")));
-        println!("cargo:rustc-env=GUEST_{}={}", name.to_uppercase(), out.join(format!("{name}.wasm")).display());
+        build_c(
+            &guests.join("c").join(format!("{name}.c")),
+            &out.join(format!("{name}.wasm")),
+        );
+        println!(
+            "cargo:rustc-env=GUEST_{}={}",
+            name.to_uppercase(),
+            out.join(format!("{name}.wasm")).display()
+        );
     }
 }
 
@@ -28,15 +41,26 @@ fn build_rust(dir: &Path, out: &Path) {
     let target_dir = out.join("rust-guests");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(dir)
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // Settings meant for the host build must not leak into the guest build.
     for (key, _) in std::env::vars() {
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key == "RUSTFLAGS" || key.starts_with("RUSTC") {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key == "RUSTFLAGS"
+            || key.starts_with("RUSTC")
+        {
             cmd.env_remove(key);
         }
     }
-    let status = cmd.status().expect("cannot run cargo to build the Rust guests");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the Rust guests");
     if !status.success() {
         panic!(
             "building the Rust guests failed; they need the wasm32-wasip1 target \
@@ -44,14 +68,26 @@ fn build_rust(dir: &Path, out: &Path) {
         );
     }
     for name in RUST_GUESTS {
-        let wasm = target_dir.join("wasm32-wasip1/release").join(format!("{name}.wasm"));
-        println!("cargo:rustc-env=GUEST_{}={}", name.to_uppercase(), wasm.display());
+        let wasm = target_dir
+            .join("wasm32-wasip1/release")
+            .join(format!("{name}.wasm"));
+        println!(
+            "cargo:rustc-env=GUEST_{}={}",
+            name.to_uppercase(),
+            wasm.display()
+        );
     }
 }
 
 fn build_c(src: &Path, wasm: &Path) {
     let status = Command::new("clang-16")
-        .args(["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-Wall", "-o"])
+        .args([
+            "--target=wasm32-wasi",
+            "--sysroot=/usr",
+            "-O2",
+            "-Wall",
+            "-o",
+        ])
         .arg(wasm)
         .arg(src)
         .status();

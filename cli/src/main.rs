@@ -15,7 +15,11 @@ use tabi_libos::host::StdHost;
 use tabi_libos::{Engine, Exit, Kernel, Process};
 
 #[derive(Parser)]
-#[command(name = "tabi", version, about = "A library OS for WebAssembly: run WASI guests on wasmtime or wasmi")]
+#[command(
+    name = "tabi",
+    version,
+    about = "A library OS for WebAssembly: run WASI guests on wasmtime or wasmi"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

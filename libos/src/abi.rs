@@ -1,6 +1,9 @@
 //! Constants and flag sets of `wasi_snapshot_preview1`, with the numbering the ABI fixes.
 
-#![allow(missing_docs, reason = "each constant is named exactly as in the WASI preview-1 spec")]
+#![allow(
+    missing_docs,
+    reason = "each constant is named exactly as in the WASI preview-1 spec"
+)]
 
 /// Descriptor rights (`rights`).
 pub mod rights {
@@ -73,7 +76,8 @@ pub mod rights {
         | PATH_REMOVE_DIRECTORY
         | PATH_UNLINK_FILE;
     /// Rights of a standard stream.
-    pub const STDIO: u64 = FD_READ | FD_WRITE | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE;
+    pub const STDIO: u64 =
+        FD_READ | FD_WRITE | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE;
     /// Rights that let an open file be read.
     pub const ANY_READ: u64 = FD_READ | FD_READDIR;
     /// Rights that let an open file be written.

@@ -64,13 +64,14 @@ pub enum Object {
 impl Object {
     fn host_obj(&self) -> Option<HostObj<'_>> {
         match self {
-            Object::HostDir { mount, key, path } | Object::HostFile { mount, key, path, .. } => {
-                Some(HostObj {
-                    mount: *mount,
-                    key: *key,
-                    path,
-                })
-            }
+            Object::HostDir { mount, key, path }
+            | Object::HostFile {
+                mount, key, path, ..
+            } => Some(HostObj {
+                mount: *mount,
+                key: *key,
+                path,
+            }),
             _ => None,
         }
     }
@@ -976,7 +977,10 @@ impl Kernel {
     /// The path below the mount root of `rel` taken from the directory `base`, lexically.
     /// Only used to reopen host objects after a restore; lookups go through the host's handle.
     fn join(base: &str, rel: &str) -> String {
-        let mut parts: Vec<&str> = base.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+        let mut parts: Vec<&str> = base
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
         for c in rel.split('/') {
             match c {
                 "" | "." => {}
@@ -1076,7 +1080,11 @@ impl Kernel {
                     Object::MemFile { ino, offset: 0 }
                 }
             }
-            DirAt::Host { mount, key, path: ref dir_path } => {
+            DirAt::Host {
+                mount,
+                key,
+                path: ref dir_path,
+            } => {
                 let new_key = self.new_key();
                 let fs = host.host_fs().ok_or(Errno::Badf)?;
                 let obj = HostObj {
@@ -1302,7 +1310,12 @@ impl Kernel {
     }
 
     /// The target of the symlink at `path` relative to the directory `fd`.
-    pub fn readlink_at(&mut self, fd: u32, path: &str, host: &mut dyn Host) -> Result<String, Errno> {
+    pub fn readlink_at(
+        &mut self,
+        fd: u32,
+        path: &str,
+        host: &mut dyn Host,
+    ) -> Result<String, Errno> {
         Self::check_path(path)?;
         match self.dir_at(fd, rights::PATH_READLINK)? {
             DirAt::Mem(dir) => {

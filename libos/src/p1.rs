@@ -9,6 +9,11 @@
 //! engine adapter registers them all with one macro and contains no WASI logic. `proc_exit`
 //! has no result and is listed apart, as [`proc_exit`].
 
+#![allow(
+    clippy::too_many_arguments,
+    reason = "each function takes the Wasm arguments of the import it implements"
+)]
+
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -161,9 +166,7 @@ fn sizes(mem: &mut [u8], count_out: u32, size_out: u32, lens: impl Iterator<Item
     let (mut count, mut size) = (0u32, 0u32);
     for len in lens {
         count += 1;
-        size = size
-            .checked_add(len as u32 + 1)
-            .ok_or(Errno::Overflow)?;
+        size = size.checked_add(len as u32 + 1).ok_or(Errno::Overflow)?;
     }
     mem.write_u32(count_out, count)?;
     mem.write_u32(size_out, size)?;
@@ -181,7 +184,15 @@ fn env_entries(k: &Kernel) -> impl Iterator<Item = Vec<u8>> + '_ {
 }
 
 /// Reads into the guest's iovecs from `fd`, at `at` or the stream offset.
-fn read_into(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: u32, iovs: u32, n: u32, at: Option<u64>) -> Result<u32, Errno> {
+fn read_into(
+    k: &mut Kernel,
+    h: &mut dyn Host,
+    mem: &mut [u8],
+    fd: u32,
+    iovs: u32,
+    n: u32,
+    at: Option<u64>,
+) -> Result<u32, Errno> {
     let list = mem.read_iovecs(iovs, n)?;
     let mut total: u32 = 0;
     for (ptr, len) in list {
@@ -197,7 +208,15 @@ fn read_into(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: u32, iovs: u3
 }
 
 /// Writes the guest's ciovecs to `fd`, at `at` or the stream offset, in one kernel call.
-fn write_from(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: u32, iovs: u32, n: u32, at: Option<u64>) -> Result<u32, Errno> {
+fn write_from(
+    k: &mut Kernel,
+    h: &mut dyn Host,
+    mem: &mut [u8],
+    fd: u32,
+    iovs: u32,
+    n: u32,
+    at: Option<u64>,
+) -> Result<u32, Errno> {
     let list = mem.read_iovecs(iovs, n)?;
     let written = match list.as_slice() {
         [] => k.write(fd, &[], at, h)?,
@@ -216,7 +235,7 @@ fn write_from(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: u32, iovs: u
     Ok(written as u32)
 }
 
-fn path<'m>(mem: &'m [u8], ptr: i32, len: i32) -> Result<String, Errno> {
+fn path(mem: &[u8], ptr: i32, len: i32) -> Result<String, Errno> {
     mem.read_str(ptr as u32, len as u32).map(String::from)
 }
 
@@ -228,8 +247,19 @@ mod imp {
         write_strings(mem, argv as u32, buf as u32, items.into_iter())
     }
 
-    pub fn args_sizes_get(k: &mut Kernel, _: &mut dyn Host, mem: &mut [u8], argc: i32, size: i32) -> R {
-        sizes(mem, argc as u32, size as u32, k.args().iter().map(String::len))
+    pub fn args_sizes_get(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        mem: &mut [u8],
+        argc: i32,
+        size: i32,
+    ) -> R {
+        sizes(
+            mem,
+            argc as u32,
+            size as u32,
+            k.args().iter().map(String::len),
+        )
     }
 
     pub fn environ_get(k: &mut Kernel, _: &mut dyn Host, mem: &mut [u8], env: i32, buf: i32) -> R {
@@ -237,32 +267,62 @@ mod imp {
         write_strings(mem, env as u32, buf as u32, items.into_iter())
     }
 
-    pub fn environ_sizes_get(k: &mut Kernel, _: &mut dyn Host, mem: &mut [u8], count: i32, size: i32) -> R {
-        sizes(mem, count as u32, size as u32, env_entries(k).map(|e| e.len()))
+    pub fn environ_sizes_get(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        mem: &mut [u8],
+        count: i32,
+        size: i32,
+    ) -> R {
+        sizes(
+            mem,
+            count as u32,
+            size as u32,
+            env_entries(k).map(|e| e.len()),
+        )
     }
 
     pub fn clock_res_get(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], id: i32, out: i32) -> R {
         let res = match id as u32 {
             clockid::REALTIME | clockid::MONOTONIC => k.clock_resolution(h),
-            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => return Err(Errno::Badf.into()),
+            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => {
+                return Err(Errno::Badf.into());
+            }
             _ => return Err(Errno::Inval.into()),
         };
         mem.write_u64(out as u32, res)?;
         Ok(())
     }
 
-    pub fn clock_time_get(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], id: i32, _precision: i64, out: i32) -> R {
+    pub fn clock_time_get(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        id: i32,
+        _precision: i64,
+        out: i32,
+    ) -> R {
         let now = match id as u32 {
             clockid::REALTIME => k.wall_clock_now(h),
             clockid::MONOTONIC => k.monotonic_now(h),
-            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => return Err(Errno::Badf.into()),
+            clockid::PROCESS_CPUTIME_ID | clockid::THREAD_CPUTIME_ID => {
+                return Err(Errno::Badf.into());
+            }
             _ => return Err(Errno::Inval.into()),
         };
         mem.write_u64(out as u32, now)?;
         Ok(())
     }
 
-    pub fn fd_advise(k: &mut Kernel, _: &mut dyn Host, _: &mut [u8], fd: i32, offset: i64, len: i64, advice: i32) -> R {
+    pub fn fd_advise(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        offset: i64,
+        len: i64,
+        advice: i32,
+    ) -> R {
         let d = k.get(fd as u32)?;
         if !(0..=5).contains(&advice) || offset < 0 || len < 0 {
             return Err(Errno::Inval.into());
@@ -277,7 +337,14 @@ mod imp {
         Ok(())
     }
 
-    pub fn fd_allocate(k: &mut Kernel, h: &mut dyn Host, _: &mut [u8], fd: i32, offset: i64, len: i64) -> R {
+    pub fn fd_allocate(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        offset: i64,
+        len: i64,
+    ) -> R {
         if offset < 0 || len < 0 {
             return Err(Errno::Inval.into());
         }
@@ -308,31 +375,64 @@ mod imp {
         Ok(())
     }
 
-    pub fn fd_fdstat_set_flags(k: &mut Kernel, _: &mut dyn Host, _: &mut [u8], fd: i32, flags: i32) -> R {
+    pub fn fd_fdstat_set_flags(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        flags: i32,
+    ) -> R {
         if flags as u32 & !u32::from(fdflags::ALL) != 0 {
             return Err(Errno::Inval.into());
         }
         Ok(k.set_flags(fd as u32, flags as u16)?)
     }
 
-    pub fn fd_fdstat_set_rights(k: &mut Kernel, _: &mut dyn Host, _: &mut [u8], fd: i32, base: i64, inh: i64) -> R {
+    pub fn fd_fdstat_set_rights(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        base: i64,
+        inh: i64,
+    ) -> R {
         Ok(k.set_rights(fd as u32, base as u64, inh as u64)?)
     }
 
-    pub fn fd_filestat_get(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, out: i32) -> R {
+    pub fn fd_filestat_get(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        out: i32,
+    ) -> R {
         let st = k.stat(fd as u32, h)?;
         write_filestat(mem, out as u32, &st)?;
         Ok(())
     }
 
-    pub fn fd_filestat_set_size(k: &mut Kernel, h: &mut dyn Host, _: &mut [u8], fd: i32, size: i64) -> R {
+    pub fn fd_filestat_set_size(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        size: i64,
+    ) -> R {
         if size < 0 {
             return Err(Errno::Inval.into());
         }
         Ok(k.set_size(fd as u32, size as u64, h)?)
     }
 
-    pub fn fd_filestat_set_times(k: &mut Kernel, h: &mut dyn Host, _: &mut [u8], fd: i32, atim: i64, mtim: i64, flags: i32) -> R {
+    pub fn fd_filestat_set_times(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        atim: i64,
+        mtim: i64,
+        flags: i32,
+    ) -> R {
         if flags as u32 & !u32::from(fstflags::ALL) != 0 {
             return Err(Errno::Inval.into());
         }
@@ -341,39 +441,97 @@ mod imp {
         Ok(k.set_times(fd as u32, a, m, h)?)
     }
 
-    pub fn fd_pread(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, iovs: i32, n: i32, offset: i64, out: i32) -> R {
-        k.get(fd as u32)?.require(rights::FD_READ | rights::FD_SEEK)?;
+    pub fn fd_pread(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        n: i32,
+        offset: i64,
+        out: i32,
+    ) -> R {
+        k.get(fd as u32)?
+            .require(rights::FD_READ | rights::FD_SEEK)?;
         if offset < 0 {
             return Err(Errno::Inval.into());
         }
-        let got = read_into(k, h, mem, fd as u32, iovs as u32, n as u32, Some(offset as u64))?;
+        let got = read_into(
+            k,
+            h,
+            mem,
+            fd as u32,
+            iovs as u32,
+            n as u32,
+            Some(offset as u64),
+        )?;
         mem.write_u32(out as u32, got)?;
         Ok(())
     }
 
-    pub fn fd_pwrite(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, iovs: i32, n: i32, offset: i64, out: i32) -> R {
-        k.get(fd as u32)?.require(rights::FD_WRITE | rights::FD_SEEK)?;
+    pub fn fd_pwrite(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        n: i32,
+        offset: i64,
+        out: i32,
+    ) -> R {
+        k.get(fd as u32)?
+            .require(rights::FD_WRITE | rights::FD_SEEK)?;
         if offset < 0 {
             return Err(Errno::Inval.into());
         }
-        let put = write_from(k, h, mem, fd as u32, iovs as u32, n as u32, Some(offset as u64))?;
+        let put = write_from(
+            k,
+            h,
+            mem,
+            fd as u32,
+            iovs as u32,
+            n as u32,
+            Some(offset as u64),
+        )?;
         mem.write_u32(out as u32, put)?;
         Ok(())
     }
 
-    pub fn fd_read(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, iovs: i32, n: i32, out: i32) -> R {
+    pub fn fd_read(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        n: i32,
+        out: i32,
+    ) -> R {
         let got = read_into(k, h, mem, fd as u32, iovs as u32, n as u32, None)?;
         mem.write_u32(out as u32, got)?;
         Ok(())
     }
 
-    pub fn fd_write(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, iovs: i32, n: i32, out: i32) -> R {
+    pub fn fd_write(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        n: i32,
+        out: i32,
+    ) -> R {
         let put = write_from(k, h, mem, fd as u32, iovs as u32, n as u32, None)?;
         mem.write_u32(out as u32, put)?;
         Ok(())
     }
 
-    pub fn fd_prestat_get(k: &mut Kernel, _: &mut dyn Host, mem: &mut [u8], fd: i32, out: i32) -> R {
+    pub fn fd_prestat_get(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        out: i32,
+    ) -> R {
         let name = k.get(fd as u32)?.preopen.as_ref().ok_or(Errno::Badf)?;
         let len = name.len() as u32;
         mem.write_u32(out as u32, 0)?;
@@ -381,7 +539,14 @@ mod imp {
         Ok(())
     }
 
-    pub fn fd_prestat_dir_name(k: &mut Kernel, _: &mut dyn Host, mem: &mut [u8], fd: i32, path: i32, len: i32) -> R {
+    pub fn fd_prestat_dir_name(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        path: i32,
+        len: i32,
+    ) -> R {
         let name = k.get(fd as u32)?.preopen.as_ref().ok_or(Errno::Badf)?;
         if (len as u32 as usize) < name.len() {
             return Err(Errno::NameTooLong.into());
@@ -390,7 +555,16 @@ mod imp {
         Ok(())
     }
 
-    pub fn fd_readdir(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, buf: i32, buf_len: i32, cookie: i64, out: i32) -> R {
+    pub fn fd_readdir(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        buf: i32,
+        buf_len: i32,
+        cookie: i64,
+        out: i32,
+    ) -> R {
         let entries = k.read_dir(fd as u32, cookie as u64, h)?;
         let cap = buf_len as u32 as usize;
         // Check the whole buffer first, so a bad one is EFAULT even when nothing fits.
@@ -420,7 +594,15 @@ mod imp {
         Ok(k.renumber(fd as u32, to as u32, h)?)
     }
 
-    pub fn fd_seek(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, offset: i64, whence: i32, out: i32) -> R {
+    pub fn fd_seek(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        offset: i64,
+        whence: i32,
+        out: i32,
+    ) -> R {
         if !(0..=2).contains(&whence) {
             return Err(Errno::Inval.into());
         }
@@ -435,21 +617,46 @@ mod imp {
         Ok(())
     }
 
-    pub fn path_create_directory(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, p: i32, len: i32) -> R {
+    pub fn path_create_directory(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        p: i32,
+        len: i32,
+    ) -> R {
         let p = path(mem, p, len)?;
         Ok(k.create_dir_at(fd as u32, &p, h)?)
     }
 
-    pub fn path_filestat_get(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, flags: i32, p: i32, len: i32, out: i32) -> R {
+    pub fn path_filestat_get(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        flags: i32,
+        p: i32,
+        len: i32,
+        out: i32,
+    ) -> R {
         let p = path(mem, p, len)?;
         let follow = flags as u32 & lookupflags::SYMLINK_FOLLOW != 0;
         let st = k.stat_at(fd as u32, &p, follow, h)?;
         write_filestat(mem, out as u32, &st)?;
         Ok(())
     }
-
-    #[allow(clippy::too_many_arguments, reason = "the import's own signature")]
-    pub fn path_filestat_set_times(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, flags: i32, p: i32, len: i32, atim: i64, mtim: i64, fst: i32) -> R {
+    pub fn path_filestat_set_times(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        flags: i32,
+        p: i32,
+        len: i32,
+        atim: i64,
+        mtim: i64,
+        fst: i32,
+    ) -> R {
         let p = path(mem, p, len)?;
         if fst as u32 & !u32::from(fstflags::ALL) != 0 {
             return Err(Errno::Inval.into());
@@ -459,17 +666,37 @@ mod imp {
         let follow = flags as u32 & lookupflags::SYMLINK_FOLLOW != 0;
         Ok(k.set_times_at(fd as u32, &p, follow, a, m, h)?)
     }
-
-    #[allow(clippy::too_many_arguments, reason = "the import's own signature")]
-    pub fn path_link(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], old_fd: i32, old_flags: i32, old_path: i32, old_len: i32, new_fd: i32, new_path: i32, new_len: i32) -> R {
+    pub fn path_link(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        old_fd: i32,
+        old_flags: i32,
+        old_path: i32,
+        old_len: i32,
+        new_fd: i32,
+        new_path: i32,
+        new_len: i32,
+    ) -> R {
         let old = path(mem, old_path, old_len)?;
         let new = path(mem, new_path, new_len)?;
         let follow = old_flags as u32 & lookupflags::SYMLINK_FOLLOW != 0;
         Ok(k.link_at(old_fd as u32, &old, follow, new_fd as u32, &new, h)?)
     }
-
-    #[allow(clippy::too_many_arguments, reason = "the import's own signature")]
-    pub fn path_open(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, dirflags: i32, p: i32, len: i32, of: i32, base: i64, inheriting: i64, fdf: i32, out: i32) -> R {
+    pub fn path_open(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        dirflags: i32,
+        p: i32,
+        len: i32,
+        of: i32,
+        base: i64,
+        inheriting: i64,
+        fdf: i32,
+        out: i32,
+    ) -> R {
         let p = path(mem, p, len)?;
         // Check the result pointer before anything is opened, so nothing leaks on EFAULT.
         mem.slice_mut(out as u32, 4)?;
@@ -492,7 +719,17 @@ mod imp {
         Ok(())
     }
 
-    pub fn path_readlink(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, p: i32, len: i32, buf: i32, buf_len: i32, out: i32) -> R {
+    pub fn path_readlink(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        p: i32,
+        len: i32,
+        buf: i32,
+        buf_len: i32,
+        out: i32,
+    ) -> R {
         let p = path(mem, p, len)?;
         let target = k.readlink_at(fd as u32, &p, h)?;
         let n = target.len().min(buf_len as u32 as usize);
@@ -501,29 +738,70 @@ mod imp {
         Ok(())
     }
 
-    pub fn path_remove_directory(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, p: i32, len: i32) -> R {
+    pub fn path_remove_directory(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        p: i32,
+        len: i32,
+    ) -> R {
         let p = path(mem, p, len)?;
         Ok(k.remove_dir_at(fd as u32, &p, h)?)
     }
 
-    pub fn path_rename(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, old_path: i32, old_len: i32, new_fd: i32, new_path: i32, new_len: i32) -> R {
+    pub fn path_rename(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        old_path: i32,
+        old_len: i32,
+        new_fd: i32,
+        new_path: i32,
+        new_len: i32,
+    ) -> R {
         let old = path(mem, old_path, old_len)?;
         let new = path(mem, new_path, new_len)?;
         Ok(k.rename_at(fd as u32, &old, new_fd as u32, &new, h)?)
     }
 
-    pub fn path_symlink(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], old_path: i32, old_len: i32, fd: i32, new_path: i32, new_len: i32) -> R {
+    pub fn path_symlink(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        old_path: i32,
+        old_len: i32,
+        fd: i32,
+        new_path: i32,
+        new_len: i32,
+    ) -> R {
         let target = path(mem, old_path, old_len)?;
         let new = path(mem, new_path, new_len)?;
         Ok(k.symlink_at(&target, fd as u32, &new, h)?)
     }
 
-    pub fn path_unlink_file(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], fd: i32, p: i32, len: i32) -> R {
+    pub fn path_unlink_file(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        fd: i32,
+        p: i32,
+        len: i32,
+    ) -> R {
         let p = path(mem, p, len)?;
         Ok(k.unlink_file_at(fd as u32, &p, h)?)
     }
 
-    pub fn poll_oneoff(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], subs: i32, events: i32, n: i32, out: i32) -> R {
+    pub fn poll_oneoff(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        subs: i32,
+        events: i32,
+        n: i32,
+        out: i32,
+    ) -> R {
         poll::poll_oneoff(k, h, mem, subs as u32, events as u32, n as u32, out as u32)
     }
 
@@ -555,15 +833,41 @@ mod imp {
         Err(Errno::NotSock.into())
     }
 
-    pub fn sock_accept(k: &mut Kernel, _: &mut dyn Host, _: &mut [u8], fd: i32, _flags: i32, _out: i32) -> R {
+    pub fn sock_accept(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        _flags: i32,
+        _out: i32,
+    ) -> R {
         not_a_socket(k, fd)
     }
 
-    pub fn sock_recv(k: &mut Kernel, _: &mut dyn Host, _: &mut [u8], fd: i32, _: i32, _: i32, _: i32, _: i32, _: i32) -> R {
+    pub fn sock_recv(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        _: i32,
+        _: i32,
+        _: i32,
+        _: i32,
+        _: i32,
+    ) -> R {
         not_a_socket(k, fd)
     }
 
-    pub fn sock_send(k: &mut Kernel, _: &mut dyn Host, _: &mut [u8], fd: i32, _: i32, _: i32, _: i32, _: i32) -> R {
+    pub fn sock_send(
+        k: &mut Kernel,
+        _: &mut dyn Host,
+        _: &mut [u8],
+        fd: i32,
+        _: i32,
+        _: i32,
+        _: i32,
+        _: i32,
+    ) -> R {
         not_a_socket(k, fd)
     }
 
@@ -585,11 +889,20 @@ mod poll {
 
     /// `poll_oneoff`: file-system and standard-stream descriptors are always ready; when none
     /// is asked for, the call sleeps until the earliest clock subscription is due.
-    pub fn poll_oneoff(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8], subs: u32, events: u32, n: u32, out: u32) -> R {
+    pub fn poll_oneoff(
+        k: &mut Kernel,
+        h: &mut dyn Host,
+        mem: &mut [u8],
+        subs: u32,
+        events: u32,
+        n: u32,
+        out: u32,
+    ) -> R {
         if n == 0 {
             return Err(Errno::Inval.into());
         }
-        let sub_bytes = mem.read_vec(subs, n.checked_mul(size::SUBSCRIPTION).ok_or(Errno::Fault)?)?;
+        let sub_bytes =
+            mem.read_vec(subs, n.checked_mul(size::SUBSCRIPTION).ok_or(Errno::Fault)?)?;
         mem.slice_mut(events, n.checked_mul(size::EVENT).ok_or(Errno::Fault)?)?;
         mem.slice_mut(out, 4)?;
 
@@ -609,11 +922,20 @@ mod poll {
                         clockid::REALTIME => k.wall_clock_now(h),
                         clockid::MONOTONIC => k.monotonic_now(h),
                         _ => {
-                            ready.push(Event { userdata, error: Errno::Inval, kind: tag, nbytes: 0 });
+                            ready.push(Event {
+                                userdata,
+                                error: Errno::Inval,
+                                kind: tag,
+                                nbytes: 0,
+                            });
                             continue;
                         }
                     };
-                    let wait = if flags & 1 != 0 { timeout.saturating_sub(now) } else { timeout };
+                    let wait = if flags & 1 != 0 {
+                        timeout.saturating_sub(now)
+                    } else {
+                        timeout
+                    };
                     timers.push((userdata, wait));
                 }
                 eventtype::FD_READ | eventtype::FD_WRITE => {
@@ -627,12 +949,19 @@ mod poll {
                                     let size = k.fs().stat(*ino).map(|st| st.size).unwrap_or(0);
                                     (Errno::Success, size.saturating_sub(*offset))
                                 }
-                                (Object::MemDir { .. } | Object::HostDir { .. }, _) => (Errno::Badf, 0),
+                                (Object::MemDir { .. } | Object::HostDir { .. }, _) => {
+                                    (Errno::Badf, 0)
+                                }
                                 _ => (Errno::Success, 0),
                             },
                         },
                     };
-                    ready.push(Event { userdata, error, kind: tag, nbytes });
+                    ready.push(Event {
+                        userdata,
+                        error,
+                        kind: tag,
+                        nbytes,
+                    });
                 }
                 _ => return Err(Errno::Inval.into()),
             }
@@ -644,13 +973,23 @@ mod poll {
             }
             for &(userdata, w) in &timers {
                 if w <= wait {
-                    ready.push(Event { userdata, error: Errno::Success, kind: eventtype::CLOCK, nbytes: 0 });
+                    ready.push(Event {
+                        userdata,
+                        error: Errno::Success,
+                        kind: eventtype::CLOCK,
+                        nbytes: 0,
+                    });
                 }
             }
         } else {
             for &(userdata, w) in &timers {
                 if w == 0 {
-                    ready.push(Event { userdata, error: Errno::Success, kind: eventtype::CLOCK, nbytes: 0 });
+                    ready.push(Event {
+                        userdata,
+                        error: Errno::Success,
+                        kind: eventtype::CLOCK,
+                        nbytes: 0,
+                    });
                 }
             }
         }

@@ -122,8 +122,11 @@ fn take(buf: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 
+/// A captured standard stream.
+pub type Captured = Arc<Mutex<Vec<u8>>>;
+
 /// Builds the kernel and host for `spec`, with captured standard streams.
-pub fn process_for(spec: &Spec) -> (Process, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+pub fn process_for(spec: &Spec) -> (Process, Captured, Captured) {
     let mut kernel = Kernel::new();
     let mut argv = vec![spec.program_name()];
     argv.extend(spec.args.iter().cloned());
@@ -196,10 +199,14 @@ pub fn run_reference(spec: &Spec) -> Outcome {
     }
     let mut store = wasmtime::Store::new(&engine, b.build_p1());
     let instance = linker.instantiate(&mut store, &module).unwrap();
-    let start = instance.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
+    let start = instance
+        .get_typed_func::<(), ()>(&mut store, "_start")
+        .unwrap();
     let code = match start.call(&mut store, ()) {
         Ok(()) => Some(0),
-        Err(e) => e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|e| e.0 as u32),
+        Err(e) => e
+            .downcast_ref::<wasmtime_wasi::I32Exit>()
+            .map(|e| e.0 as u32),
     };
     drop(store);
     Outcome {

@@ -7,16 +7,56 @@ use tabi_tests::{Backend, Sandbox, Spec, guests, run_tabi};
 /// (name, run, expected exit status; `None` = trap)
 fn cases() -> Vec<(&'static str, Spec, Option<u32>)> {
     vec![
-        ("hello", Spec::new(guests::HELLO).args(&["a", "b c"]).env("K", "v"), Some(0)),
-        ("hello exit 3", Spec::new(guests::HELLO).args(&["--exit", "3"]), Some(3)),
-        ("hello exit 125", Spec::new(guests::HELLO).args(&["--exit", "125"]), Some(125)),
-        ("hello trap", Spec::new(guests::HELLO).args(&["--trap"]), None),
-        ("hello no sandbox", Spec::new(guests::HELLO).sandbox(Sandbox::None), Some(0)),
-        ("p1_calls", Spec::new(guests::P1_CALLS).args(&["alpha", "beta gamma"]).env("TABI_TEST", "yes"), Some(0)),
+        (
+            "hello",
+            Spec::new(guests::HELLO).args(&["a", "b c"]).env("K", "v"),
+            Some(0),
+        ),
+        (
+            "hello exit 3",
+            Spec::new(guests::HELLO).args(&["--exit", "3"]),
+            Some(3),
+        ),
+        (
+            "hello exit 125",
+            Spec::new(guests::HELLO).args(&["--exit", "125"]),
+            Some(125),
+        ),
+        (
+            "hello trap",
+            Spec::new(guests::HELLO).args(&["--trap"]),
+            None,
+        ),
+        (
+            "hello no sandbox",
+            Spec::new(guests::HELLO).sandbox(Sandbox::None),
+            Some(0),
+        ),
+        (
+            "p1_calls",
+            Spec::new(guests::P1_CALLS)
+                .args(&["alpha", "beta gamma"])
+                .env("TABI_TEST", "yes"),
+            Some(0),
+        ),
         ("std_fs", Spec::new(guests::STD_FS), Some(0)),
-        ("std_fs churn", Spec::new(guests::STD_FS).args(&["churn", "300"]), Some(0)),
-        ("compute", Spec::new(guests::COMPUTE).args(&["all", "2"]), Some(0)),
-        ("posix (C)", Spec::new(guests::POSIX).args(&["one", "two"]).env("TABI_TEST", "yes"), Some(0)),
+        (
+            "std_fs churn",
+            Spec::new(guests::STD_FS).args(&["churn", "300"]),
+            Some(0),
+        ),
+        (
+            "compute",
+            Spec::new(guests::COMPUTE).args(&["all", "2"]),
+            Some(0),
+        ),
+        (
+            "posix (C)",
+            Spec::new(guests::POSIX)
+                .args(&["one", "two"])
+                .env("TABI_TEST", "yes"),
+            Some(0),
+        ),
     ]
 }
 
@@ -27,7 +67,10 @@ fn every_guest_matches_across_engines() {
         let (b, _) = run_tabi(Backend::Wasmi, &spec);
         assert_eq!(a.code, want, "{name} on wasmtime: stderr:\n{}", a.stderr);
         assert_eq!(a, b, "{name}: wasmtime and wasmi differ");
-        assert!(!a.stdout.is_empty() || want.is_none(), "{name} printed nothing");
+        assert!(
+            !a.stdout.is_empty() || want.is_none(),
+            "{name} printed nothing"
+        );
     }
 }
 
@@ -40,12 +83,21 @@ fn host_mount_gives_the_same_results_as_memory() {
         let (mem, _) = run_tabi(Backend::Wasmtime, &spec);
         for backend in Backend::ALL {
             let dir = tempfile::tempdir().unwrap();
-            let host = spec.clone().sandbox(Sandbox::Host(dir.path().to_path_buf()));
+            let host = spec
+                .clone()
+                .sandbox(Sandbox::Host(dir.path().to_path_buf()));
             let (out, _) = run_tabi(backend, &host);
-            assert_eq!(out.code, want, "{name} on a host mount ({backend:?}): {}", out.stderr);
+            assert_eq!(
+                out.code, want,
+                "{name} on a host mount ({backend:?}): {}",
+                out.stderr
+            );
             // Inode numbers and timestamps come from the host; everything else must agree.
             if name != "p1_calls" {
-                assert_eq!(out.stdout, mem.stdout, "{name}: host mount differs from memory");
+                assert_eq!(
+                    out.stdout, mem.stdout,
+                    "{name}: host mount differs from memory"
+                );
             }
         }
     }
@@ -73,7 +125,9 @@ fn host_mount_cannot_reach_outside() {
     std::os::unix::fs::symlink(outer.path().join("secret.txt"), inner.join("abs-link")).unwrap();
     #[cfg(unix)]
     std::os::unix::fs::symlink("../secret.txt", inner.join("rel-link")).unwrap();
-    let spec = Spec::new(guests::P1_CALLS).args(&["alpha", "beta gamma"]).env("TABI_TEST", "yes");
+    let spec = Spec::new(guests::P1_CALLS)
+        .args(&["alpha", "beta gamma"])
+        .env("TABI_TEST", "yes");
     let (process, _, _) = tabi_tests::process_for(&spec.sandbox(Sandbox::Host(inner.clone())));
     let mut kernel = process.kernel;
     let mut host = process.host;
@@ -82,7 +136,13 @@ fn host_mount_cannot_reach_outside() {
         rights: tabi_libos::abi::rights::FD_READ,
         ..Default::default()
     };
-    for path in ["../secret.txt", "abs-link", "rel-link", "/etc/passwd", "a/../../secret.txt"] {
+    for path in [
+        "../secret.txt",
+        "abs-link",
+        "rel-link",
+        "/etc/passwd",
+        "a/../../secret.txt",
+    ] {
         let r = kernel.open_at(3, path, opts, &mut *host);
         assert!(r.is_err(), "{path} opened outside the sandbox");
     }

@@ -16,15 +16,31 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
         "wasmtime-wasi no longer implements fd_fdstat_set_rights (ENOTSUP); tabi keeps preview 1's \
          rights model, so rights can be dropped and are enforced",
     ),
-    ("p1_calls", "write without right", "follows from fd_fdstat_set_rights above"),
-    ("p1_calls", "fd_fdstat_set_rights raise", "follows from fd_fdstat_set_rights above"),
+    (
+        "p1_calls",
+        "write without right",
+        "follows from fd_fdstat_set_rights above",
+    ),
+    (
+        "p1_calls",
+        "fd_fdstat_set_rights raise",
+        "follows from fd_fdstat_set_rights above",
+    ),
     (
         "p1_calls",
         "fd_allocate",
         "wasmtime-wasi answers fd_allocate with ENOTSUP; tabi grows the file as POSIX says",
     ),
-    ("p1_calls", "size after allocate", "follows from fd_allocate above"),
-    ("p1_calls", "append writes at end", "the file size differs since fd_allocate"),
+    (
+        "p1_calls",
+        "size after allocate",
+        "follows from fd_allocate above",
+    ),
+    (
+        "p1_calls",
+        "append writes at end",
+        "the file size differs since fd_allocate",
+    ),
     (
         "p1_calls",
         "fd_readdir on file",
@@ -41,15 +57,27 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
         "tabi implements proc_raise (signal 0 is a no-op, fatal signals end the guest with \
          128 + signal); wasmtime-wasi answers ENOTSUP",
     ),
-    ("p1_calls", "failed checks", "counts the three rights checks above on wasmtime-wasi"),
+    (
+        "p1_calls",
+        "failed checks",
+        "counts the three rights checks above on wasmtime-wasi",
+    ),
     (
         "posix",
         "posix_fallocate",
         "wasmtime-wasi answers fd_allocate with ENOTSUP; tabi grows the file as POSIX says",
     ),
-    ("posix", "size after fallocate", "follows from posix_fallocate above"),
+    (
+        "posix",
+        "size after fallocate",
+        "follows from posix_fallocate above",
+    ),
     ("posix", "stat size", "follows from posix_fallocate above"),
-    ("posix", "failed checks", "counts the fd_allocate checks above on wasmtime-wasi"),
+    (
+        "posix",
+        "failed checks",
+        "counts the fd_allocate checks above on wasmtime-wasi",
+    ),
 ];
 
 fn compare(guest: &str, spec: &Spec) {
@@ -73,22 +101,43 @@ fn compare(guest: &str, spec: &Spec) {
             "{guest} on {backend:?}: stdout differs from wasmtime-wasi"
         );
         if known.is_empty() {
-            assert_eq!(ours.code, reference.code, "{guest} on {backend:?}: exit status");
-            assert_eq!(ours.stderr, reference.stderr, "{guest} on {backend:?}: stderr");
+            assert_eq!(
+                ours.code, reference.code,
+                "{guest} on {backend:?}: exit status"
+            );
+            assert_eq!(
+                ours.stderr, reference.stderr,
+                "{guest} on {backend:?}: stderr"
+            );
         } else {
-            assert_eq!(ours.code, Some(0), "{guest} on {backend:?}: {}", ours.stderr);
+            assert_eq!(
+                ours.code,
+                Some(0),
+                "{guest} on {backend:?}: {}",
+                ours.stderr
+            );
         }
     }
 }
 
 #[test]
 fn p1_calls_matches_wasmtime_wasi() {
-    compare("p1_calls", &Spec::new(guests::P1_CALLS).args(&["alpha", "beta gamma", "nowild"]).env("TABI_TEST", "yes"));
+    compare(
+        "p1_calls",
+        &Spec::new(guests::P1_CALLS)
+            .args(&["alpha", "beta gamma", "nowild"])
+            .env("TABI_TEST", "yes"),
+    );
 }
 
 #[test]
 fn posix_matches_wasmtime_wasi() {
-    compare("posix", &Spec::new(guests::POSIX).args(&["one", "two"]).env("TABI_TEST", "yes"));
+    compare(
+        "posix",
+        &Spec::new(guests::POSIX)
+            .args(&["one", "two"])
+            .env("TABI_TEST", "yes"),
+    );
 }
 
 #[test]
@@ -99,6 +148,11 @@ fn std_fs_matches_wasmtime_wasi() {
 
 #[test]
 fn hello_and_compute_match_wasmtime_wasi() {
-    compare("hello", &Spec::new(guests::HELLO).args(&["x", "--exit", "9"]).env("A", "1"));
+    compare(
+        "hello",
+        &Spec::new(guests::HELLO)
+            .args(&["x", "--exit", "9"])
+            .env("A", "1"),
+    );
     compare("compute", &Spec::new(guests::COMPUTE).args(&["all", "1"]));
 }

@@ -12,7 +12,10 @@ use std::string::{String, ToString};
 use std::time::SystemTime;
 use std::vec::Vec;
 
-use cap_fs_ext::{DirExt, FollowSymlinks, MetadataExt, OpenOptionsFollowExt, OpenOptionsMaybeDirExt, SystemTimeSpec};
+use cap_fs_ext::{
+    DirExt, FollowSymlinks, MetadataExt, OpenOptionsFollowExt, OpenOptionsMaybeDirExt,
+    SystemTimeSpec,
+};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, Metadata, OpenOptions};
 
@@ -113,9 +116,11 @@ fn spec(t: SetTime) -> Option<SystemTimeSpec> {
     match t {
         SetTime::Omit => None,
         SetTime::Now => Some(SystemTimeSpec::SymbolicNow),
-        SetTime::At(ns) => Some(SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns),
-        ))),
+        SetTime::At(ns) => Some(SystemTimeSpec::Absolute(
+            cap_std::time::SystemTime::from_std(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns),
+            ),
+        )),
     }
 }
 
@@ -147,7 +152,9 @@ impl CapStdFs {
     }
 
     fn mount(&self, index: u32) -> FsResult<&Dir> {
-        self.mounts.get(index as usize).ok_or(FsError::BadDescriptor)
+        self.mounts
+            .get(index as usize)
+            .ok_or(FsError::BadDescriptor)
     }
 
     /// The handle of `obj`, reopening it by path if it is not cached.
@@ -200,14 +207,24 @@ fn check_rel(path: &str) -> FsResult<()> {
 }
 
 impl HostFs for CapStdFs {
-    fn open_at(&mut self, dir: HostObj<'_>, path: &str, how: HostOpen, key: u64) -> FsResult<FileType> {
+    fn open_at(
+        &mut self,
+        dir: HostObj<'_>,
+        path: &str,
+        how: HostOpen,
+        key: u64,
+    ) -> FsResult<FileType> {
         check_rel(path)?;
         let d = self.dir(dir)?;
         let mut o = OpenOptions::new();
         o.read(true)
             .write(how.write)
             .truncate(how.truncate && how.write)
-            .follow(if how.follow { FollowSymlinks::Yes } else { FollowSymlinks::No })
+            .follow(if how.follow {
+                FollowSymlinks::Yes
+            } else {
+                FollowSymlinks::No
+            })
             .maybe_dir(!how.write);
         if how.create {
             if how.exclusive {
@@ -311,7 +328,12 @@ impl HostFs for CapStdFs {
     fn sync(&mut self, obj: HostObj<'_>, data_only: bool) -> FsResult<()> {
         match self.handle(obj)? {
             Handle::Dir(_) => Ok(()),
-            Handle::File(f) => if data_only { f.sync_data() } else { f.sync_all() }.map_err(map_err),
+            Handle::File(f) => if data_only {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+            .map_err(map_err),
         }
     }
 
@@ -328,7 +350,9 @@ impl HostFs for CapStdFs {
             out.push(HostDirEntry {
                 name,
                 filetype: filetype_of(ft),
-                ino: cap_fs_ext::DirEntryExt::full_metadata(&entry).map(|m| m.ino()).unwrap_or(0),
+                ino: cap_fs_ext::DirEntryExt::full_metadata(&entry)
+                    .map(|m| m.ino())
+                    .unwrap_or(0),
             });
         }
         Ok(out)
@@ -337,17 +361,29 @@ impl HostFs for CapStdFs {
     fn stat_at(&mut self, dir: HostObj<'_>, path: &str, follow: bool) -> FsResult<Stat> {
         check_rel(path)?;
         let d = self.dir(dir)?;
-        let m = if follow { d.metadata(path) } else { d.symlink_metadata(path) };
+        let m = if follow {
+            d.metadata(path)
+        } else {
+            d.symlink_metadata(path)
+        };
         Ok(stat_of(&m.map_err(map_err)?))
     }
 
-    fn set_times_at(&mut self, dir: HostObj<'_>, path: &str, follow: bool, atim: SetTime, mtim: SetTime) -> FsResult<()> {
+    fn set_times_at(
+        &mut self,
+        dir: HostObj<'_>,
+        path: &str,
+        follow: bool,
+        atim: SetTime,
+        mtim: SetTime,
+    ) -> FsResult<()> {
         check_rel(path)?;
         let d = self.dir(dir)?;
         if follow {
             d.set_times(path, spec(atim), spec(mtim)).map_err(map_err)
         } else {
-            d.set_symlink_times(path, spec(atim), spec(mtim)).map_err(map_err)
+            d.set_symlink_times(path, spec(atim), spec(mtim))
+                .map_err(map_err)
         }
     }
 
@@ -374,21 +410,40 @@ impl HostFs for CapStdFs {
     fn readlink_at(&mut self, dir: HostObj<'_>, path: &str) -> FsResult<String> {
         check_rel(path)?;
         let target = self.dir(dir)?.read_link_contents(path).map_err(map_err)?;
-        target.into_os_string().into_string().map_err(|_| FsError::Invalid)
+        target
+            .into_os_string()
+            .into_string()
+            .map_err(|_| FsError::Invalid)
     }
 
-    fn link_at(&mut self, old_dir: HostObj<'_>, old_path: &str, new_dir: HostObj<'_>, new_path: &str) -> FsResult<()> {
+    fn link_at(
+        &mut self,
+        old_dir: HostObj<'_>,
+        old_path: &str,
+        new_dir: HostObj<'_>,
+        new_path: &str,
+    ) -> FsResult<()> {
         check_rel(old_path)?;
         check_rel(new_path)?;
         let new = self.dir(new_dir)?.try_clone().map_err(map_err)?;
-        self.dir(old_dir)?.hard_link(old_path, &new, new_path).map_err(map_err)
+        self.dir(old_dir)?
+            .hard_link(old_path, &new, new_path)
+            .map_err(map_err)
     }
 
-    fn rename_at(&mut self, old_dir: HostObj<'_>, old_path: &str, new_dir: HostObj<'_>, new_path: &str) -> FsResult<()> {
+    fn rename_at(
+        &mut self,
+        old_dir: HostObj<'_>,
+        old_path: &str,
+        new_dir: HostObj<'_>,
+        new_path: &str,
+    ) -> FsResult<()> {
         check_rel(old_path)?;
         check_rel(new_path)?;
         let new = self.dir(new_dir)?.try_clone().map_err(map_err)?;
-        self.dir(old_dir)?.rename(old_path, &new, new_path).map_err(map_err)
+        self.dir(old_dir)?
+            .rename(old_path, &new, new_path)
+            .map_err(map_err)
     }
 }
 
@@ -397,7 +452,7 @@ impl HostFs for CapStdFs {
 pub fn import_host_dir(fs: &mut MemFs, path: &Path, now: u64) -> io::Result<Ino> {
     let dir = Dir::open_ambient_dir(path, ambient_authority())?;
     let root = fs.new_root(now);
-    copy_into(fs, &dir, root, now)?;
+    copy_into(fs, &dir, root)?;
     Ok(root)
 }
 
@@ -405,7 +460,7 @@ fn to_io(e: FsError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn copy_into(fs: &mut MemFs, dir: &Dir, into: Ino, now: u64) -> io::Result<()> {
+fn copy_into(fs: &mut MemFs, dir: &Dir, into: Ino) -> io::Result<()> {
     let mut entries: Vec<_> = dir.entries()?.collect::<io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -419,7 +474,7 @@ fn copy_into(fs: &mut MemFs, dir: &Dir, into: Ino, now: u64) -> io::Result<()> {
         let ino = if ft.is_dir() {
             let sub = dir.open_dir(&name)?;
             let ino = fs.mkdir(into, &name, mtim).map_err(to_io)?;
-            copy_into(fs, &sub, ino, now)?;
+            copy_into(fs, &sub, ino)?;
             ino
         } else if ft.is_symlink() {
             let target = dir.read_link_contents(&name)?;
@@ -434,8 +489,13 @@ fn copy_into(fs: &mut MemFs, dir: &Dir, into: Ino, now: u64) -> io::Result<()> {
             fs.write_at(ino, 0, &data, mtim).map_err(to_io)?;
             ino
         };
-        fs.set_times(ino, SetTime::At(nanos(meta.accessed())), SetTime::At(mtim), mtim)
-            .map_err(to_io)?;
+        fs.set_times(
+            ino,
+            SetTime::At(nanos(meta.accessed())),
+            SetTime::At(mtim),
+            mtim,
+        )
+        .map_err(to_io)?;
     }
     Ok(())
 }

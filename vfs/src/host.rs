@@ -58,8 +58,13 @@ pub struct HostDirEntry {
 pub trait HostFs {
     /// Opens `path` relative to the directory `dir` and remembers the handle under `key`;
     /// returns the kind of object opened.
-    fn open_at(&mut self, dir: HostObj<'_>, path: &str, how: HostOpen, key: u64)
-    -> FsResult<FileType>;
+    fn open_at(
+        &mut self,
+        dir: HostObj<'_>,
+        path: &str,
+        how: HostOpen,
+        key: u64,
+    ) -> FsResult<FileType>;
     /// Forgets the handle under `key`.
     fn close(&mut self, key: u64);
     /// Reads from a file at `offset`.

@@ -20,14 +20,6 @@ fn main() {
         std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text)).expect("read greeting");
         print!("file: {text}");
     }
-    let bytes: [u8; 8] = {
-        let mut b = [0u8; 8];
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (std::collections::hash_map::RandomState::new().hash_one(i) & 0xff) as u8;
-        }
-        b
-    };
-    let _ = bytes;
     eprintln!("this line goes to stderr");
     if let Some(pos) = args.iter().position(|a| a == "--exit") {
         let code: i32 = args[pos + 1].parse().expect("exit status");
@@ -38,4 +30,3 @@ fn main() {
         std::process::abort();
     }
 }
-use std::hash::BuildHasher;
