@@ -10,7 +10,10 @@ fn tabi() -> Command {
 #[test]
 fn exit_status_passes_through_on_both_backends() {
     for backend in ["wasmtime", "wasmi"] {
-        let out = tabi().args(["run", "--backend", backend, guests::HELLO, "--exit", "42"]).output().unwrap();
+        let out = tabi()
+            .args(["run", "--backend", backend, guests::HELLO, "--exit", "42"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(42), "{backend}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("hello from a WASI guest"));
     }
@@ -19,7 +22,10 @@ fn exit_status_passes_through_on_both_backends() {
 #[test]
 fn a_trap_is_reported_with_status_134() {
     for backend in ["wasmtime", "wasmi"] {
-        let out = tabi().args(["run", "--backend", backend, guests::HELLO, "--trap"]).output().unwrap();
+        let out = tabi()
+            .args(["run", "--backend", backend, guests::HELLO, "--trap"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(134), "{backend}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("tabi: guest trapped"), "{backend}: {err}");
@@ -28,10 +34,16 @@ fn a_trap_is_reported_with_status_134() {
 
 #[test]
 fn missing_module_is_a_clear_error() {
-    let out = tabi().args(["run", "/no/such/module.wasm"]).output().unwrap();
+    let out = tabi()
+        .args(["run", "/no/such/module.wasm"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("tabi: error: cannot read module `/no/such/module.wasm`"), "{err}");
+    assert!(
+        err.starts_with("tabi: error: cannot read module `/no/such/module.wasm`"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
@@ -41,7 +53,11 @@ fn invalid_module_is_a_clear_error() {
     let bad = dir.path().join("bad.wasm");
     std::fs::write(&bad, b"\0asm\x01\0\0\0\x99garbage").unwrap();
     for backend in ["wasmtime", "wasmi"] {
-        let out = tabi().args(["run", "--backend", backend]).arg(&bad).output().unwrap();
+        let out = tabi()
+            .args(["run", "--backend", backend])
+            .arg(&bad)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{backend}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("invalid module"), "{backend}: {err}");
@@ -52,7 +68,10 @@ fn invalid_module_is_a_clear_error() {
 #[test]
 fn missing_host_directory_is_a_clear_error() {
     for flag in ["--dir", "--copy-dir"] {
-        let out = tabi().args(["run", flag, "/no/such/dir::/sandbox", guests::HELLO]).output().unwrap();
+        let out = tabi()
+            .args(["run", flag, "/no/such/dir::/sandbox", guests::HELLO])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{flag}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("/no/such/dir"), "{flag}: {err}");
@@ -66,7 +85,16 @@ fn deterministic_runs_print_the_same_bytes_on_both_engines() {
         let dir = tempfile::tempdir().unwrap();
         let spec = format!("{}::/sandbox", dir.path().display());
         tabi()
-            .args(["run", "--deterministic", "--seed", "5", "--backend", backend, "--copy-dir", &spec])
+            .args([
+                "run",
+                "--deterministic",
+                "--seed",
+                "5",
+                "--backend",
+                backend,
+                "--copy-dir",
+                &spec,
+            ])
             .args(["--env", "TABI_TEST=yes"])
             .args([guests::P1_CALLS, "alpha", "beta gamma"])
             .output()
@@ -74,7 +102,12 @@ fn deterministic_runs_print_the_same_bytes_on_both_engines() {
     };
     let a = run("wasmtime");
     let b = run("wasmi");
-    assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(
+        a.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&a.stderr)
+    );
     assert_eq!(a.stdout, b.stdout);
     assert_eq!(a.status.code(), b.status.code());
 }
@@ -83,7 +116,10 @@ fn deterministic_runs_print_the_same_bytes_on_both_engines() {
 fn dir_mounts_write_to_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let spec = format!("{}::/sandbox", dir.path().display());
-    let out = tabi().args(["run", "--dir", &spec, guests::HELLO]).output().unwrap();
+    let out = tabi()
+        .args(["run", "--dir", &spec, guests::HELLO])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(dir.path().join("greeting.txt").exists());
 }

@@ -17,7 +17,9 @@ fn roundtrip(k: &Kernel) -> Kernel {
 fn kernel_after_each_guest_roundtrips() {
     for spec in [
         Spec::new(guests::STD_FS),
-        Spec::new(guests::P1_CALLS).args(&["alpha", "beta gamma"]).env("TABI_TEST", "yes"),
+        Spec::new(guests::P1_CALLS)
+            .args(&["alpha", "beta gamma"])
+            .env("TABI_TEST", "yes"),
         Spec::new(guests::HELLO).args(&["x"]),
     ] {
         for backend in Backend::ALL {
@@ -43,25 +45,34 @@ fn decoded_kernel_continues_with_open_files_and_offsets() {
     let fd = k.open_at(dir, "log.txt", opts, &mut host).unwrap();
     let mut states = Vec::new();
     for i in 0..50u32 {
-        k.write(fd, format!("line {i}\n").as_bytes(), None, &mut host).unwrap();
+        k.write(fd, format!("line {i}\n").as_bytes(), None, &mut host)
+            .unwrap();
         if i % 7 == 0 {
             k.create_dir_at(dir, &format!("d{i}"), &mut host).unwrap();
         }
         if i % 11 == 0 {
-            k.rename_at(dir, "log.txt", dir, "log2.txt", &mut host).unwrap();
-            k.rename_at(dir, "log2.txt", dir, "log.txt", &mut host).unwrap();
+            k.rename_at(dir, "log.txt", dir, "log2.txt", &mut host)
+                .unwrap();
+            k.rename_at(dir, "log2.txt", dir, "log.txt", &mut host)
+                .unwrap();
         }
         // Continue with the decoded copy from now on: it must be as good as the original.
         k = roundtrip(&k);
         states.push(encode_state(&k).unwrap().len());
     }
-    let end = k.seek(fd, 0, tabi_libos::abi::whence::CUR, &mut host).unwrap();
-    k.seek(fd, 0, tabi_libos::abi::whence::SET, &mut host).unwrap();
+    let end = k
+        .seek(fd, 0, tabi_libos::abi::whence::CUR, &mut host)
+        .unwrap();
+    k.seek(fd, 0, tabi_libos::abi::whence::SET, &mut host)
+        .unwrap();
     let mut buf = vec![0u8; end as usize];
     assert_eq!(k.read(fd, &mut buf, None, &mut host).unwrap(), end as usize);
     let text = String::from_utf8(buf).unwrap();
     assert!(text.starts_with("line 0\nline 1\n") && text.ends_with("line 49\n"));
-    assert!(states.windows(2).all(|w| w[0] <= w[1]), "state grows with the file");
+    assert!(
+        states.windows(2).all(|w| w[0] <= w[1]),
+        "state grows with the file"
+    );
 }
 
 #[test]
@@ -71,7 +82,11 @@ fn idle_kernel_state_is_small() {
     k.set_env([("HOME", "/"), ("LANG", "C")]);
     k.mount_memory("/sandbox", 0).unwrap();
     let bytes = encode_state(&k).unwrap();
-    assert!(bytes.len() < 64 * 1024, "idle kernel state is {} bytes", bytes.len());
+    assert!(
+        bytes.len() < 64 * 1024,
+        "idle kernel state is {} bytes",
+        bytes.len()
+    );
 }
 
 #[test]
