@@ -106,6 +106,17 @@ impl Descriptor {
         }
     }
 
+    /// A read or write at a given position also needs `FD_SEEK` on a file; on a stream it is
+    /// `ESPIPE`, which the stream itself reports.
+    fn require_positional(&self, at: Option<u64>) -> Result<(), Errno> {
+        match (&self.object, at) {
+            (Object::MemFile { .. } | Object::HostFile { .. }, Some(_)) => {
+                self.require(rights::FD_SEEK)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether it is a directory.
     pub fn is_dir(&self) -> bool {
         matches!(self.object, Object::MemDir { .. } | Object::HostDir { .. })
@@ -364,12 +375,7 @@ impl Kernel {
     /// the root inode, which the caller may fill.
     pub fn mount_memory(&mut self, guest_path: &str, now_ns: u64) -> Result<(u32, Ino), Errno> {
         let root = self.fs.new_root(now_ns);
-        self.fs.retain(root)?;
-        self.mounts.push(Mount {
-            guest_path: guest_path.to_string(),
-            kind: MountKind::Memory { root },
-        });
-        let fd = self.preopen(guest_path, Object::MemDir { ino: root })?;
+        let fd = self.mount_memory_root(guest_path, root)?;
         Ok((fd, root))
     }
 
@@ -612,6 +618,7 @@ impl Kernel {
             return Err(Errno::Badf);
         }
         d.require(rights::FD_READ)?;
+        d.require_positional(at)?;
         match &d.object {
             Object::Stdin => {
                 if at.is_some() {
@@ -662,6 +669,7 @@ impl Kernel {
             return Err(Errno::Badf);
         }
         d.require(rights::FD_WRITE)?;
+        d.require_positional(at)?;
         let append = d.flags & fdflags::APPEND != 0;
         match &d.object {
             Object::Stdin => Err(Errno::Badf),

@@ -451,8 +451,6 @@ mod imp {
         offset: i64,
         out: i32,
     ) -> R {
-        k.get(fd as u32)?
-            .require(rights::FD_READ | rights::FD_SEEK)?;
         if offset < 0 {
             return Err(Errno::Inval.into());
         }
@@ -479,8 +477,6 @@ mod imp {
         offset: i64,
         out: i32,
     ) -> R {
-        k.get(fd as u32)?
-            .require(rights::FD_WRITE | rights::FD_SEEK)?;
         if offset < 0 {
             return Err(Errno::Inval.into());
         }

@@ -170,48 +170,77 @@ pub fn run_tabi(backend: Backend, spec: &Spec) -> (Outcome, Kernel) {
     )
 }
 
-/// Runs `spec` on plain wasmtime with `wasmtime-wasi`'s preview 1; an in-memory sandbox becomes
-/// a fresh temporary host directory.
-pub fn run_reference(spec: &Spec) -> Outcome {
-    use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = wasmtime::Engine::default();
-    let module = wasmtime::Module::from_file(&engine, &spec.wasm).unwrap();
-    let mut linker: wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx> = wasmtime::Linker::new(&engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).unwrap();
-    let out = MemoryOutputPipe::new(usize::MAX);
-    let err = MemoryOutputPipe::new(usize::MAX);
-    let mut b = wasmtime_wasi::WasiCtxBuilder::new();
-    let mut argv = vec![spec.program_name()];
-    argv.extend(spec.args.iter().cloned());
-    b.args(&argv).stdout(out.clone()).stderr(err.clone());
-    for (k, v) in &spec.env {
-        b.env(k, v);
+/// Plain wasmtime with `wasmtime-wasi`'s preview 1: the reference tabi is compared against, in
+/// the differential tests and in the benchmarks.
+pub struct Reference {
+    engine: wasmtime::Engine,
+    linker: wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx>,
+}
+
+impl Default for Reference {
+    fn default() -> Self {
+        Self::new()
     }
-    let dir = match &spec.sandbox {
-        Sandbox::None => None,
-        Sandbox::Memory => Some(tmp.path().to_path_buf()),
-        Sandbox::Host(p) => Some(p.clone()),
-    };
-    if let Some(dir) = dir {
-        b.preopened_dir(dir, "/sandbox", wasmtime_wasi::FsPerms::ReadWrite)
+}
+
+impl Reference {
+    /// An engine with wasmtime's default configuration and the preview-1 imports linked.
+    pub fn new() -> Self {
+        let engine = wasmtime::Engine::default();
+        let mut linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).unwrap();
+        Reference { engine, linker }
+    }
+
+    /// Compiles the module at `path`.
+    pub fn compile(&self, path: &str) -> wasmtime::Module {
+        wasmtime::Module::from_file(&self.engine, path).unwrap()
+    }
+
+    /// Runs `spec` on `module`; an in-memory sandbox becomes a fresh temporary host directory.
+    pub fn run(&self, module: &wasmtime::Module, spec: &Spec) -> Outcome {
+        use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+        let tmp = tempfile::tempdir().unwrap();
+        let out = MemoryOutputPipe::new(usize::MAX);
+        let err = MemoryOutputPipe::new(usize::MAX);
+        let mut b = wasmtime_wasi::WasiCtxBuilder::new();
+        let mut argv = vec![spec.program_name()];
+        argv.extend(spec.args.iter().cloned());
+        b.args(&argv).stdout(out.clone()).stderr(err.clone());
+        for (k, v) in &spec.env {
+            b.env(k, v);
+        }
+        let dir = match &spec.sandbox {
+            Sandbox::None => None,
+            Sandbox::Memory => Some(tmp.path().to_path_buf()),
+            Sandbox::Host(p) => Some(p.clone()),
+        };
+        if let Some(dir) = dir {
+            b.preopened_dir(dir, "/sandbox", wasmtime_wasi::FsPerms::ReadWrite)
+                .unwrap();
+        }
+        let mut store = wasmtime::Store::new(&self.engine, b.build_p1());
+        let instance = self.linker.instantiate(&mut store, module).unwrap();
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
             .unwrap();
+        let code = match start.call(&mut store, ()) {
+            Ok(()) => Some(0),
+            Err(e) => e
+                .downcast_ref::<wasmtime_wasi::I32Exit>()
+                .map(|e| e.0 as u32),
+        };
+        drop(store);
+        Outcome {
+            stdout: String::from_utf8_lossy(&out.contents()).into_owned(),
+            stderr: String::from_utf8_lossy(&err.contents()).into_owned(),
+            code,
+        }
     }
-    let mut store = wasmtime::Store::new(&engine, b.build_p1());
-    let instance = linker.instantiate(&mut store, &module).unwrap();
-    let start = instance
-        .get_typed_func::<(), ()>(&mut store, "_start")
-        .unwrap();
-    let code = match start.call(&mut store, ()) {
-        Ok(()) => Some(0),
-        Err(e) => e
-            .downcast_ref::<wasmtime_wasi::I32Exit>()
-            .map(|e| e.0 as u32),
-    };
-    drop(store);
-    Outcome {
-        stdout: String::from_utf8_lossy(&out.contents()).into_owned(),
-        stderr: String::from_utf8_lossy(&err.contents()).into_owned(),
-        code,
-    }
+}
+
+/// Runs `spec` on the [`Reference`], compiling the module first.
+pub fn run_reference(spec: &Spec) -> Outcome {
+    let reference = Reference::new();
+    reference.run(&reference.compile(&spec.wasm), spec)
 }
