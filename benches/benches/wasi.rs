@@ -1,23 +1,25 @@
-//! DRAFT: this crate is not yet a workspace member and has not been built or run; the next
-//! session adds it to the workspace, runs it and reports the figures.
+//! tabi against the plain engines, measured in one run and reported as ratios (tabi / baseline).
 //!
-//! tabi against the plain engines, measured in one run and reported as ratios.
+//! | case | baseline | target |
+//! | --- | --- | --- |
+//! | compute-bound guests on wasmtime | wasmtime + wasmtime-wasi | ≤ 1.02 |
+//! | compute-bound guests on wasmi | wasmi + wasmi_wasi | ≤ 1.03 |
+//! | file churn, tabi's in-memory VFS | wasmtime-wasi on a temporary host directory | ≤ 0.5 |
+//! | file churn, tabi's host-backed `--dir` | the same | ≤ 1.1 |
+//! | start-up of hello-world, whole process | `plain-wasmtime-run` | ≤ 1.1 |
 //!
-//! - compute-bound guests: tabi on wasmtime vs wasmtime + wasmtime-wasi (target ≤ 1.02), tabi on
-//!   wasmi vs wasmi + wasmi_wasi (target ≤ 1.03);
-//! - a file-heavy guest: tabi's in-memory VFS vs wasmtime-wasi on a temporary host directory
-//!   (target: at least 2× faster), and tabi's host-backed `--dir` vs the same (target ≤ 1.1);
-//! - the encoded size of an idle guest's kernel state (target ≤ 64 KiB).
-//!
-//! Each figure is the median of repeated runs, the two sides interleaved so that drift in the
-//! machine hits both. Run with `cargo bench -p tabi-benches` (`TABI_BENCH_REPS` sets the count).
+//! It also prints the encoded size of an idle guest's kernel state (target ≤ 64 KiB).
+//! Modules are compiled once per side before timing, except in the start-up case, where each
+//! process compiles its own. Each figure is the median of `TABI_BENCH_REPS` runs (default 9),
+//! the two sides interleaved so that drift in the machine hits both.
+//! Run with `./scripts/bench.sh`, which builds the `tabi` binary the start-up case launches.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::process::{Command, Stdio as ProcStdio};
 use std::time::Instant;
 
-use tabi_libos::host::{StdHost, Stdio};
-use tabi_libos::{Kernel, Process};
-use tabi_tests::guests;
+use tabi_libos::Exit;
+use tabi_tests::{Outcome, Reference, Sandbox, Spec, guests, process_for};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -25,10 +27,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn reps() -> usize {
-    std::env::var("TABI_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(7)
+    std::env::var("TABI_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(9)
 }
 
-/// Times `a` and `b` interleaved; returns (median a, median b) in seconds.
+/// Times `a` and `b` interleaved, after one warm-up each; returns the medians in seconds.
 fn compare(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
     a();
     b();
@@ -44,148 +49,164 @@ fn compare(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
     (median(ta), median(tb))
 }
 
-fn tabi_process(args: &[&str], host_dir: Option<&Path>, memory_sandbox: bool) -> Process {
-    let mut kernel = Kernel::new();
+fn row(case: &str, ours: f64, base: f64, target: &str) {
+    println!(
+        "{case:<46} {:>10.2} {:>10.2} {:>7.3}  {target}",
+        ours * 1e3,
+        base * 1e3,
+        ours / base
+    );
+}
+
+fn tabi_on_wasmtime(engine: &tabi_wasmtime::Wasmtime, module: &wasmtime::Module, spec: &Spec) {
+    let (process, _, err) = process_for(spec);
+    let finished = engine.run_module(module, process).unwrap();
+    assert_eq!(
+        finished.exit,
+        Exit::Code(0),
+        "{}",
+        String::from_utf8_lossy(&err.lock().unwrap())
+    );
+}
+
+fn tabi_on_wasmi(engine: &tabi_wasmi::Wasmi, module: &wasmi::Module, spec: &Spec) {
+    let (process, _, err) = process_for(spec);
+    let finished = engine.run_module(module, process).unwrap();
+    assert_eq!(
+        finished.exit,
+        Exit::Code(0),
+        "{}",
+        String::from_utf8_lossy(&err.lock().unwrap())
+    );
+}
+
+fn reference(r: &Reference, module: &wasmtime::Module, spec: &Spec) {
+    let out: Outcome = r.run(module, spec);
+    assert_eq!(out.code, Some(0), "baseline failed: {}", out.stderr);
+}
+
+/// wasmi with its own WASI (wasmi_wasi); output goes nowhere, like the captured tabi side.
+fn plain_wasmi(engine: &wasmi::Engine, module: &wasmi::Module, spec: &Spec) {
     let mut argv = vec!["guest".to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    kernel.set_args(argv);
-    let mut host = StdHost::new();
-    host.stdout = Stdio::Null;
-    host.stderr = Stdio::Null;
-    host.stdin = Stdio::Null;
-    if memory_sandbox {
-        kernel.mount_memory("/sandbox", 0).unwrap();
-    }
-    if let Some(dir) = host_dir {
-        let index = host.fs.grant(dir).unwrap();
-        kernel.mount_host("/sandbox", index).unwrap();
-    }
-    Process::new(kernel, host)
-}
-
-struct PlainWasmtime {
-    engine: wasmtime::Engine,
-    linker: wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx>,
-}
-
-impl PlainWasmtime {
-    fn new() -> Self {
-        let engine = wasmtime::Engine::default();
-        let mut linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).unwrap();
-        PlainWasmtime { engine, linker }
-    }
-
-    fn run(&self, module: &wasmtime::Module, args: &[&str], dir: Option<&Path>) {
-        let mut b = wasmtime_wasi::WasiCtxBuilder::new();
-        let mut argv = vec!["guest"];
-        argv.extend(args);
-        b.args(&argv);
-        if let Some(dir) = dir {
-            b.preopened_dir(dir, "/sandbox", wasmtime_wasi::FsPerms::ReadWrite)
-                .unwrap();
-        }
-        let mut store = wasmtime::Store::new(&self.engine, b.build_p1());
-        let instance = self.linker.instantiate(&mut store, module).unwrap();
-        let start = instance.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
-        if let Err(e) = start.call(&mut store, ()) {
-            let code = e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|e| e.0);
-            assert_eq!(code, Some(0), "baseline run failed: {e:#}");
-        }
-    }
-}
-
-fn plain_wasmi(engine: &wasmi::Engine, module: &wasmi::Module, args: &[&str]) {
-    let mut argv = vec!["guest".to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let ctx = wasmi_wasi::WasiCtxBuilder::new().args(&argv).unwrap().build();
+    argv.extend(spec.args.iter().cloned());
+    let ctx = wasmi_wasi::WasiCtxBuilder::new()
+        .args(&argv)
+        .unwrap()
+        .build();
     let mut store = wasmi::Store::new(engine, ctx);
     let mut linker = wasmi::Linker::new(engine);
     wasmi_wasi::add_to_linker(&mut linker, |c| c).unwrap();
     let instance = linker.instantiate_and_start(&mut store, module).unwrap();
     let start = instance.get_typed_func::<(), ()>(&store, "_start").unwrap();
     if let Err(e) = start.call(&mut store, ()) {
-        assert_eq!(e.i32_exit_status(), Some(0), "baseline run failed: {e}");
+        assert_eq!(e.i32_exit_status(), Some(0), "baseline failed: {e}");
     }
 }
 
-fn row(what: &str, ours: f64, base: f64, target: &str) {
-    println!("{what:<44} {:>9.2} ms {:>9.2} ms {:>7.3}   {target}", ours * 1e3, base * 1e3, ours / base);
+/// The `tabi` binary of the same profile, next to this bench's own directory.
+fn tabi_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let tabi = profile_dir.join("tabi");
+    tabi.exists().then_some(tabi)
+}
+
+fn spawn(program: &std::path::Path, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .stdout(ProcStdio::null())
+        .stderr(ProcStdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} failed", program.display());
 }
 
 fn main() {
-    // `cargo test --benches` runs this with `--bench` absent; only measure when benchmarking.
+    // `cargo test --benches` runs this without `--bench`: measure only when benchmarking.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let compute = std::fs::read(guests::COMPUTE).unwrap();
-    let std_fs = std::fs::read(guests::STD_FS).unwrap();
-    println!("{:<44} {:>12} {:>12} {:>7}   target", "case", "tabi", "baseline", "ratio");
+    println!(
+        "{:<46} {:>10} {:>10} {:>7}  target",
+        "case (median ms)", "tabi", "baseline", "ratio"
+    );
 
-    // Compute-bound, wasmtime.
     let tabi_wt = tabi_wasmtime::Wasmtime::new();
-    let tabi_module = tabi_wt.compile(&compute).unwrap();
-    let plain = PlainWasmtime::new();
-    let plain_module = wasmtime::Module::new(&plain.engine, &compute).unwrap();
+    let plain = Reference::new();
+    let compute_wt = tabi_wt
+        .compile(&std::fs::read(guests::COMPUTE).unwrap())
+        .unwrap();
+    let compute_plain = plain.compile(guests::COMPUTE);
     for (case, n) in [("hash", "60"), ("sort", "40"), ("float", "60")] {
-        let args = [case, n];
+        let spec = Spec::new(guests::COMPUTE)
+            .args(&[case, n])
+            .sandbox(Sandbox::None);
         let (ours, base) = compare(
-            || {
-                let f = tabi_wt.run_module(&tabi_module, tabi_process(&args, None, false)).unwrap();
-                assert_eq!(f.exit, tabi_libos::Exit::Code(0));
-            },
-            || plain.run(&plain_module, &args, None),
+            || tabi_on_wasmtime(&tabi_wt, &compute_wt, &spec),
+            || reference(&plain, &compute_plain, &spec),
         );
-        row(&format!("compute {case}: tabi/wasmtime vs wasmtime-wasi"), ours, base, "<= 1.02");
+        row(&format!("compute {case}, wasmtime"), ours, base, "<= 1.02");
     }
 
-    // Compute-bound, wasmi.
     let tabi_wi = tabi_wasmi::Wasmi::new();
-    let tabi_wi_module = tabi_wi.compile(&compute).unwrap();
+    let compute_wi = tabi_wi
+        .compile(&std::fs::read(guests::COMPUTE).unwrap())
+        .unwrap();
     let wasmi_engine = wasmi::Engine::default();
-    let wasmi_module = wasmi::Module::new(&wasmi_engine, &compute).unwrap();
+    let compute_plain_wi =
+        wasmi::Module::new(&wasmi_engine, std::fs::read(guests::COMPUTE).unwrap()).unwrap();
     for (case, n) in [("hash", "6"), ("sort", "4"), ("float", "6")] {
-        let args = [case, n];
+        let spec = Spec::new(guests::COMPUTE)
+            .args(&[case, n])
+            .sandbox(Sandbox::None);
         let (ours, base) = compare(
-            || {
-                let f = tabi_wi.run_module(&tabi_wi_module, tabi_process(&args, None, false)).unwrap();
-                assert_eq!(f.exit, tabi_libos::Exit::Code(0));
-            },
-            || plain_wasmi(&wasmi_engine, &wasmi_module, &args),
+            || tabi_on_wasmi(&tabi_wi, &compute_wi, &spec),
+            || plain_wasmi(&wasmi_engine, &compute_plain_wi, &spec),
         );
-        row(&format!("compute {case}: tabi/wasmi vs wasmi_wasi"), ours, base, "<= 1.03");
+        row(&format!("compute {case}, wasmi"), ours, base, "<= 1.03");
     }
 
-    // File-heavy, wasmtime.
-    let fs_tabi = tabi_wt.compile(&std_fs).unwrap();
-    let fs_plain = wasmtime::Module::new(&plain.engine, &std_fs).unwrap();
-    let args = ["churn", "2000"];
+    let fs_wt = tabi_wt
+        .compile(&std::fs::read(guests::STD_FS).unwrap())
+        .unwrap();
+    let fs_plain = plain.compile(guests::STD_FS);
+    let churn = Spec::new(guests::STD_FS).args(&["churn", "2000"]);
     let (ours, base) = compare(
-        || {
-            let f = tabi_wt.run_module(&fs_tabi, tabi_process(&args, None, true)).unwrap();
-            assert_eq!(f.exit, tabi_libos::Exit::Code(0));
-        },
-        || {
-            let dir = tempfile::tempdir().unwrap();
-            plain.run(&fs_plain, &args, Some(dir.path()));
-        },
+        || tabi_on_wasmtime(&tabi_wt, &fs_wt, &churn),
+        || reference(&plain, &fs_plain, &churn),
     );
-    row("files: tabi memory VFS vs wasmtime-wasi tmpdir", ours, base, "<= 0.5");
+    row("file churn x2000, tabi memory VFS", ours, base, "<= 0.5");
     let (ours, base) = compare(
         || {
             let dir = tempfile::tempdir().unwrap();
-            let f = tabi_wt.run_module(&fs_tabi, tabi_process(&args, Some(dir.path()), false)).unwrap();
-            assert_eq!(f.exit, tabi_libos::Exit::Code(0));
+            let spec = churn
+                .clone()
+                .sandbox(Sandbox::Host(dir.path().to_path_buf()));
+            tabi_on_wasmtime(&tabi_wt, &fs_wt, &spec);
         },
-        || {
-            let dir = tempfile::tempdir().unwrap();
-            plain.run(&fs_plain, &args, Some(dir.path()));
-        },
+        || reference(&plain, &fs_plain, &churn),
     );
-    row("files: tabi --dir vs wasmtime-wasi tmpdir", ours, base, "<= 1.1");
+    row("file churn x2000, tabi --dir", ours, base, "<= 1.1");
 
-    // Kernel memory of an idle guest.
-    let idle = tabi_process(&["arg"], None, true);
+    match tabi_binary() {
+        Some(tabi) => {
+            let runner = PathBuf::from(env!("CARGO_BIN_EXE_plain-wasmtime-run"));
+            let (ours, base) = compare(
+                || spawn(&tabi, &["run", guests::HELLO]),
+                || spawn(&runner, &[guests::HELLO]),
+            );
+            row("start-up, hello-world process", ours, base, "<= 1.1");
+        }
+        None => println!(
+            "start-up: skipped, no `tabi` binary beside the bench (build it with \
+             `cargo build --release -p tabi-cli`, as scripts/bench.sh does)"
+        ),
+    }
+
+    let (idle, _, _) = process_for(&Spec::new(guests::HELLO).args(&["arg"]));
     let bytes = tabi_libos::encode_state(&idle.kernel).unwrap();
-    println!("idle kernel state: {} bytes encoded (target <= 65536)", bytes.len());
+    println!(
+        "idle kernel state (args, env, stdio, one preopen): {} bytes encoded (target <= 65536)",
+        bytes.len()
+    );
 }

@@ -95,7 +95,10 @@ fn truncated_or_corrupt_state_is_an_error_not_a_panic() {
     k.mount_memory("/sandbox", 0).unwrap();
     let bytes = encode_state(&k).unwrap();
     for cut in 0..bytes.len() {
-        assert!(decode_state(&bytes[..cut]).is_err(), "a state cut at {cut} bytes decoded");
+        assert!(
+            decode_state(&bytes[..cut]).is_err(),
+            "a state cut at {cut} bytes decoded"
+        );
     }
     // A flipped byte may still decode to some valid state; what matters is that decoding
     // returns instead of panicking or allocating without bound.
