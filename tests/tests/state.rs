@@ -108,3 +108,120 @@ fn truncated_or_corrupt_state_is_an_error_not_a_panic() {
         let _ = decode_state(&b);
     }
 }
+
+/// Store data for a wasmtime run that swaps the kernel for its decoded copy before every call.
+struct Checked {
+    process: tabi_libos::Process,
+    memory: Option<wasmtime::Memory>,
+    roundtrips: usize,
+}
+
+fn checked_linker(engine: &wasmtime::Engine) -> wasmtime::Linker<Checked> {
+    use tabi_libos::p1;
+    let mut linker = wasmtime::Linker::new(engine);
+    macro_rules! register {
+        ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
+            $(
+                linker.func_wrap(
+                    p1::MODULE,
+                    stringify!($name),
+                    |mut caller: wasmtime::Caller<'_, Checked>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                        let memory = caller.data().memory.expect("guest exports memory");
+                        let (mem, data) = memory.data_and_store_mut(&mut caller);
+                        data.process.kernel = roundtrip(&data.process.kernel);
+                        data.roundtrips += 1;
+                        let process = &mut data.process;
+                        p1::$name(&mut process.kernel, &mut *process.host, mem, $($arg),*)
+                            .map_err(|t| wasmtime::Error::msg(t.to_string()))
+                    },
+                )
+                .unwrap();
+            )*
+        };
+    }
+    tabi_libos::for_each_function!(register);
+    linker
+        .func_wrap(
+            p1::MODULE,
+            "proc_exit",
+            |code: i32| -> wasmtime::Result<()> {
+                Err(wasmtime::Error::msg(format!("exit {code}")))
+            },
+        )
+        .unwrap();
+    linker
+}
+
+#[test]
+fn kernel_roundtrips_before_every_host_call_of_a_guest() {
+    let engine = wasmtime::Engine::default();
+    let linker = checked_linker(&engine);
+    for spec in [
+        Spec::new(guests::STD_FS),
+        Spec::new(guests::STD_FS).args(&["churn", "50"]),
+        Spec::new(guests::POSIX)
+            .args(&["one", "two"])
+            .env("TABI_TEST", "yes"),
+    ] {
+        // The same guest, run plainly, is the expected output.
+        let (plain, _) = run_tabi(Backend::Wasmtime, &spec);
+        let module = wasmtime::Module::from_file(&engine, &spec.wasm).unwrap();
+        let (process, out, _) = tabi_tests::process_for(&spec);
+        let mut store = wasmtime::Store::new(
+            &engine,
+            Checked {
+                process,
+                memory: None,
+                roundtrips: 0,
+            },
+        );
+        let instance = linker.instantiate(&mut store, &module).unwrap();
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .unwrap();
+        let result = start.call(&mut store, ());
+        assert!(
+            result.is_ok() || result.as_ref().unwrap_err().to_string().contains("exit 0"),
+            "{}: {result:?}",
+            spec.wasm
+        );
+        assert!(store.data().roundtrips > 20, "{}: too few calls", spec.wasm);
+        assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), plain.stdout);
+    }
+}
+
+#[test]
+fn a_files_bytes_are_stored_once() {
+    let mut host = StdHost::new();
+    let mut k = Kernel::new();
+    let (dir, _) = k.mount_memory("/sandbox", 0).unwrap();
+    let opts = OpenOptions {
+        create: true,
+        rights: rights::FILE,
+        ..Default::default()
+    };
+    let fd = k.open_at(dir, "big", opts, &mut host).unwrap();
+    let data = vec![7u8; 256 * 1024];
+    k.write(fd, &data, None, &mut host).unwrap();
+    k.link_at(dir, "big", false, dir, "alias", &mut host)
+        .unwrap();
+    let again = k
+        .open_at(
+            dir,
+            "alias",
+            OpenOptions {
+                create: false,
+                ..opts
+            },
+            &mut host,
+        )
+        .unwrap();
+    assert_ne!(fd, again);
+    assert_eq!(k.fs().used_bytes(), data.len() as u64);
+    let encoded = encode_state(&k).unwrap().len();
+    assert!(
+        encoded < data.len() + 4096,
+        "state of {encoded} bytes holds the file more than once"
+    );
+}
