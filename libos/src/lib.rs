@@ -10,6 +10,7 @@
 //! - [`Host`] brings in everything that depends on the machine: clocks, entropy, the real
 //!   standard streams, granted host directories. Nothing in the kernel reads a clock itself.
 //! - [`p1`] decodes `wasi_snapshot_preview1` once, over [`GuestMemory`], for every engine.
+//! - [`machine`] is the engine-neutral half of pausing and resuming an instrumented guest.
 //! - [`Engine`] is what an engine adapter (`tabi-wasmi`, `tabi-wasmtime`) implements; the
 //!   adapters register [`p1`]'s functions with [`for_each_function!`] and hold no WASI logic.
 //!
@@ -52,6 +53,7 @@ pub mod engine;
 pub mod errno;
 pub mod host;
 pub mod kernel;
+pub mod machine;
 pub mod memory;
 pub mod p1;
 

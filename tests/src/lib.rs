@@ -244,3 +244,130 @@ pub fn run_reference(spec: &Spec) -> Outcome {
     let reference = Reference::new();
     reference.run(&reference.compile(&spec.wasm), spec)
 }
+
+/// Pausing and resuming guests: the checks the instrument and snapshot work rely on.
+pub mod migrate {
+    use super::*;
+    use tabi_libos::machine::{self, MachineState, PauseControl, Points};
+
+    /// Compiles and runs an instrumented module on `backend` until it finishes or pauses.
+    pub fn run_pausable(
+        backend: Backend,
+        wasm: &[u8],
+        process: Process,
+        control: PauseControl,
+        resume: Option<&MachineState>,
+    ) -> machine::Outcome {
+        match backend {
+            Backend::Wasmtime => {
+                let e = tabi_wasmtime::Wasmtime::new();
+                let m = e.compile(wasm).unwrap();
+                e.run_pausable(&m, process, control, Points::all(), resume)
+                    .unwrap()
+            }
+            Backend::Wasmi => {
+                let e = tabi_wasmi::Wasmi::new();
+                let m = e.compile(wasm).unwrap();
+                e.run_pausable(&m, process, control, Points::all(), resume)
+                    .unwrap()
+            }
+        }
+    }
+
+    /// What a run leaves that must not depend on pauses: output, status, in-memory files.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Observed {
+        /// Standard output, standard error and exit status.
+        pub outcome: Outcome,
+        /// The in-memory file tree of the sandbox, when it has one.
+        pub files: Option<Vec<(String, tabi_vfs::FileType, Vec<u8>)>>,
+    }
+
+    fn observed(spec: &Spec, stdout: String, stderr: String, exit: &Exit, k: &Kernel) -> Observed {
+        let code = match exit {
+            Exit::Code(c) => Some(*c),
+            Exit::Signal(_) | Exit::Trap(_) => None,
+        };
+        Observed {
+            outcome: Outcome {
+                stdout,
+                stderr,
+                code,
+            },
+            files: (spec.sandbox == Sandbox::Memory)
+                .then(|| k.fs().tree(0).ok())
+                .flatten(),
+        }
+    }
+
+    /// Runs `wasm` (original or instrumented) plainly on wasmtime.
+    pub fn plain(spec: &Spec, wasm: &[u8]) -> Observed {
+        let (process, out, err) = process_for(spec);
+        let f = Backend::Wasmtime.engine().run(wasm, process).unwrap();
+        observed(spec, take(&out), take(&err), &f.exit, &f.process.kernel)
+    }
+
+    /// Runs instrumented `wasm` on `first`, pausing after migration point `k`; carries the
+    /// state through postcard and resumes it on `second`. `None` when the run ended before
+    /// point `k`.
+    pub fn paused_at(
+        spec: &Spec,
+        wasm: &[u8],
+        k: u64,
+        first: Backend,
+        second: Backend,
+    ) -> Option<Observed> {
+        let (process, out1, err1) = process_for(spec);
+        let paused = match run_pausable(first, wasm, process, PauseControl::after(k), None) {
+            machine::Outcome::Finished(_) => return None,
+            machine::Outcome::Paused(p) => p,
+        };
+        assert_eq!(paused.points, k, "paused at the wrong point");
+        let state_bytes = postcard::to_allocvec(&paused.state).unwrap();
+        let kernel_bytes = tabi_libos::encode_state(&paused.process.kernel).unwrap();
+        drop(paused);
+        let state: MachineState = postcard::from_bytes(&state_bytes).unwrap();
+        let (mut process, out2, err2) = process_for(spec);
+        process.kernel = tabi_libos::decode_state(&kernel_bytes).unwrap();
+        match run_pausable(second, wasm, process, PauseControl::never(), Some(&state)) {
+            machine::Outcome::Finished(f) => Some(observed(
+                spec,
+                take(&out1) + &take(&out2),
+                take(&err1) + &take(&err2),
+                &f.exit,
+                &f.process.kernel,
+            )),
+            machine::Outcome::Paused(p) => panic!("paused again ({:?})", p.reason),
+        }
+    }
+
+    /// Checks that pausing after every `every`-th migration point and resuming on the other
+    /// backends gives what an uninterrupted run of the original gives. Returns the number of
+    /// points checked.
+    pub fn check_every(spec: &Spec, original: &[u8], every: u64) -> Result<u64, String> {
+        let wasm = tabi_instrument::instrument(original, &tabi_instrument::Options::default())
+            .map_err(|e| e.to_string())?
+            .wasm;
+        let expected = plain(spec, original);
+        let mut k = every;
+        let mut checked = 0;
+        let pairs = [
+            (Backend::Wasmtime, Backend::Wasmi),
+            (Backend::Wasmi, Backend::Wasmtime),
+        ];
+        loop {
+            let (a, b) = pairs[(k as usize / every as usize) % 2];
+            match paused_at(spec, &wasm, k, a, b) {
+                None => break,
+                Some(got) if got == expected => checked += 1,
+                Some(got) => {
+                    return Err(format!(
+                        "paused at point {k} on {a:?}, resumed on {b:?}:\nexpected {expected:?}\ngot {got:?}"
+                    ));
+                }
+            }
+            k += every;
+        }
+        Ok(checked)
+    }
+}

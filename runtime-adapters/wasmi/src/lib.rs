@@ -18,14 +18,36 @@
 
 use std::fmt;
 
+use tabi_libos::machine::{PauseControl, Points};
 use tabi_libos::{Engine, EngineError, Exit, Finished, Process, Trap, p1};
-use wasmi::{Caller, Linker, Memory, Module, Store};
+use wasmi::{Caller, Global, Linker, Memory, Module, Store};
+
+mod pause;
+
+pub use pause::Session;
 
 /// The data a wasmi store holds for a tabi guest.
 pub struct GuestData {
     /// The guest's process.
     pub process: Process,
     memory: Option<Memory>,
+    pause: Option<PauseHooks>,
+}
+
+/// What the imports need to start an unwind.
+struct PauseHooks {
+    state: Global,
+    control: PauseControl,
+    points: Points,
+}
+
+/// How a wasmi error from a guest call ends the guest.
+fn exit_of(e: wasmi::Error) -> Exit {
+    match e.downcast_ref::<KernelTrap>() {
+        Some(KernelTrap(Trap::Exit(code))) => Exit::Code(*code),
+        Some(KernelTrap(Trap::Signal(sig))) => Exit::Signal(*sig),
+        None => Exit::Trap(e.to_string()),
+    }
 }
 
 /// A kernel trap carried through wasmi's error type.
@@ -51,18 +73,29 @@ fn split<'a>(caller: &'a mut Caller<'_, GuestData>) -> (&'a mut [u8], &'a mut Pr
     }
 }
 
-/// Adds every `wasi_snapshot_preview1` import to `linker`.
+/// Adds every `wasi_snapshot_preview1` import, and tabi's `tabi.checkpoint`, to `linker`.
+///
+/// In a [`Session`], each import that is a migration point counts itself after it returns and
+/// starts the guest's unwind when a pause is due.
 pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> {
     macro_rules! register {
         ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
             $(
+                let index = p1::NAMES
+                    .iter()
+                    .position(|n| *n == stringify!($name))
+                    .expect("every function is named");
                 linker.func_wrap(
                     p1::MODULE,
                     stringify!($name),
-                    |mut caller: Caller<'_, GuestData>, $($arg: $ty),*| -> Result<i32, wasmi::Error> {
+                    move |mut caller: Caller<'_, GuestData>, $($arg: $ty),*| -> Result<i32, wasmi::Error> {
                         let (mem, process) = split(&mut caller);
-                        p1::$name(&mut process.kernel, &mut *process.host, mem, $($arg),*)
-                            .map_err(|t| wasmi::Error::host(KernelTrap(t)))
+                        let errno = p1::$name(&mut process.kernel, &mut *process.host, mem, $($arg),*)
+                            .map_err(|t| wasmi::Error::host(KernelTrap(t)))?;
+                        if caller.data().pause.as_ref().is_some_and(|p| p.points.p1(index)) {
+                            pause::after_point(&mut caller)?;
+                        }
+                        Ok(errno)
                     },
                 )?;
             )*
@@ -75,6 +108,20 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error>
         |mut caller: Caller<'_, GuestData>, code: i32| -> Result<(), wasmi::Error> {
             let trap = p1::proc_exit(&mut caller.data_mut().process.kernel, code);
             Err(wasmi::Error::host(KernelTrap(trap)))
+        },
+    )?;
+    linker.func_wrap(
+        "tabi",
+        "checkpoint",
+        |mut caller: Caller<'_, GuestData>| -> Result<(), wasmi::Error> {
+            let Some(p) = caller.data_mut().pause.as_mut() else {
+                return Ok(());
+            };
+            if !p.points.tabi {
+                return Ok(());
+            }
+            p.control.guest_request();
+            pause::after_point(&mut caller)
         },
     )?;
     Ok(())
@@ -93,11 +140,33 @@ impl Default for Wasmi {
 }
 
 impl Wasmi {
-    /// An engine with wasmi's default configuration.
+    /// An engine with wasmi's default configuration, except deeper limits on recursion
+    /// (100,000 frames instead of 1,000) and on the value stack, so that deep recursion such as a
+    /// 10,000-frame unwind fits.
     pub fn new() -> Self {
+        let mut config = wasmi::Config::default();
+        config.set_max_recursion_depth(100_000);
+        config.set_max_stack_height(16 << 20);
         Wasmi {
-            engine: wasmi::Engine::default(),
+            engine: wasmi::Engine::new(&config),
         }
+    }
+
+    fn store(&self, process: Process) -> Store<GuestData> {
+        Store::new(
+            &self.engine,
+            GuestData {
+                process,
+                memory: None,
+                pause: None,
+            },
+        )
+    }
+
+    fn linker(&self) -> Result<Linker<GuestData>, EngineError> {
+        let mut linker = Linker::new(&self.engine);
+        add_to_linker(&mut linker).map_err(|e| EngineError::Engine(e.to_string()))?;
+        Ok(linker)
     }
 
     /// The underlying wasmi engine.
@@ -112,16 +181,9 @@ impl Wasmi {
 
     /// Runs a module's `_start` to the end.
     pub fn run_module(&self, module: &Module, process: Process) -> Result<Finished, EngineError> {
-        let mut store = Store::new(
-            &self.engine,
-            GuestData {
-                process,
-                memory: None,
-            },
-        );
-        let mut linker = Linker::new(&self.engine);
-        add_to_linker(&mut linker).map_err(|e| EngineError::Engine(e.to_string()))?;
-        let instance = linker
+        let mut store = self.store(process);
+        let instance = self
+            .linker()?
             .instantiate_and_start(&mut store, module)
             .map_err(|e| EngineError::Link(e.to_string()))?;
         store.data_mut().memory = instance.get_memory(&store, "memory");
@@ -130,11 +192,7 @@ impl Wasmi {
             .map_err(|e| EngineError::Link(format!("no usable `_start` export: {e}")))?;
         let exit = match start.call(&mut store, ()) {
             Ok(()) => Exit::Code(0),
-            Err(e) => match e.downcast_ref::<KernelTrap>() {
-                Some(KernelTrap(Trap::Exit(code))) => Exit::Code(*code),
-                Some(KernelTrap(Trap::Signal(sig))) => Exit::Signal(*sig),
-                None => Exit::Trap(e.to_string()),
-            },
+            Err(e) => exit_of(e),
         };
         Ok(Finished {
             exit,

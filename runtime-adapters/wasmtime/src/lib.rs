@@ -18,14 +18,36 @@
 
 use std::fmt;
 
+use tabi_libos::machine::{PauseControl, Points};
 use tabi_libos::{Engine, EngineError, Exit, Finished, Process, Trap, p1};
-use wasmtime::{Caller, Linker, Memory, Module, Store};
+use wasmtime::{Caller, Global, Linker, Memory, Module, Store};
+
+mod pause;
+
+pub use pause::Session;
 
 /// The data a wasmtime store holds for a tabi guest.
 pub struct GuestData {
     /// The guest's process.
     pub process: Process,
     memory: Option<Memory>,
+    pause: Option<PauseHooks>,
+}
+
+/// What the imports need to start an unwind.
+struct PauseHooks {
+    state: Global,
+    control: PauseControl,
+    points: Points,
+}
+
+/// How a wasmtime error from a guest call ends the guest.
+fn exit_of(e: wasmtime::Error) -> Exit {
+    match e.downcast_ref::<KernelTrap>() {
+        Some(KernelTrap(Trap::Exit(code))) => Exit::Code(*code),
+        Some(KernelTrap(Trap::Signal(sig))) => Exit::Signal(*sig),
+        None => Exit::Trap(format!("{e:#}")),
+    }
 }
 
 /// A kernel trap carried through wasmtime's error type.
@@ -51,18 +73,29 @@ fn split<'a>(caller: &'a mut Caller<'_, GuestData>) -> (&'a mut [u8], &'a mut Pr
     }
 }
 
-/// Adds every `wasi_snapshot_preview1` import to `linker`.
+/// Adds every `wasi_snapshot_preview1` import, and tabi's `tabi.checkpoint`, to `linker`.
+///
+/// In a [`Session`], each import that is a migration point counts itself after it returns and
+/// starts the guest's unwind when a pause is due.
 pub fn add_to_linker(linker: &mut Linker<GuestData>) -> wasmtime::Result<()> {
     macro_rules! register {
         ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
             $(
+                let index = p1::NAMES
+                    .iter()
+                    .position(|n| *n == stringify!($name))
+                    .expect("every function is named");
                 linker.func_wrap(
                     p1::MODULE,
                     stringify!($name),
-                    |mut caller: Caller<'_, GuestData>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                    move |mut caller: Caller<'_, GuestData>, $($arg: $ty),*| -> wasmtime::Result<i32> {
                         let (mem, process) = split(&mut caller);
-                        p1::$name(&mut process.kernel, &mut *process.host, mem, $($arg),*)
-                            .map_err(|t| wasmtime::Error::new(KernelTrap(t)))
+                        let errno = p1::$name(&mut process.kernel, &mut *process.host, mem, $($arg),*)
+                            .map_err(|t| wasmtime::Error::new(KernelTrap(t)))?;
+                        if caller.data().pause.as_ref().is_some_and(|p| p.points.p1(index)) {
+                            pause::after_point(&mut caller)?;
+                        }
+                        Ok(errno)
                     },
                 )?;
             )*
@@ -75,6 +108,20 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, GuestData>, code: i32| -> wasmtime::Result<()> {
             let trap = p1::proc_exit(&mut caller.data_mut().process.kernel, code);
             Err(wasmtime::Error::new(KernelTrap(trap)))
+        },
+    )?;
+    linker.func_wrap(
+        "tabi",
+        "checkpoint",
+        |mut caller: Caller<'_, GuestData>| -> wasmtime::Result<()> {
+            let Some(p) = caller.data_mut().pause.as_mut() else {
+                return Ok(());
+            };
+            if !p.points.tabi {
+                return Ok(());
+            }
+            p.control.guest_request();
+            pause::after_point(&mut caller)
         },
     )?;
     Ok(())
@@ -94,9 +141,13 @@ impl Default for Wasmtime {
 }
 
 impl Wasmtime {
-    /// An engine with wasmtime's default configuration.
+    /// An engine with wasmtime's default configuration, except a 4 MiB limit on the guest's
+    /// native stack (wasmtime's default is 512 KiB) so that deep recursion such as a 10,000-frame
+    /// unwind fits. The calling thread needs that much stack to spare.
     pub fn new() -> Self {
-        let engine = wasmtime::Engine::default();
+        let mut config = wasmtime::Config::new();
+        config.max_wasm_stack(4 << 20).async_stack_size(5 << 20);
+        let engine = wasmtime::Engine::new(&config).expect("a valid configuration");
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker).expect("each import is registered once");
         Wasmtime { engine, linker }
@@ -112,15 +163,20 @@ impl Wasmtime {
         Module::new(&self.engine, wasm).map_err(|e| EngineError::InvalidModule(format!("{e:#}")))
     }
 
-    /// Runs a compiled module's `_start` to the end.
-    pub fn run_module(&self, module: &Module, process: Process) -> Result<Finished, EngineError> {
-        let mut store = Store::new(
+    fn store(&self, process: Process) -> Store<GuestData> {
+        Store::new(
             &self.engine,
             GuestData {
                 process,
                 memory: None,
+                pause: None,
             },
-        );
+        )
+    }
+
+    /// Runs a compiled module's `_start` to the end.
+    pub fn run_module(&self, module: &Module, process: Process) -> Result<Finished, EngineError> {
+        let mut store = self.store(process);
         let instance = self
             .linker
             .instantiate(&mut store, module)
@@ -131,11 +187,7 @@ impl Wasmtime {
             .map_err(|e| EngineError::Link(format!("no usable `_start` export: {e:#}")))?;
         let exit = match start.call(&mut store, ()) {
             Ok(()) => Exit::Code(0),
-            Err(e) => match e.downcast_ref::<KernelTrap>() {
-                Some(KernelTrap(Trap::Exit(code))) => Exit::Code(*code),
-                Some(KernelTrap(Trap::Signal(sig))) => Exit::Signal(*sig),
-                None => Exit::Trap(format!("{e:#}")),
-            },
+            Err(e) => exit_of(e),
         };
         Ok(Finished {
             exit,

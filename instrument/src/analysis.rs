@@ -1,0 +1,495 @@
+//! Reads and validates the input module and decides which functions to rewrite.
+//!
+//! The call graph has a node per function and a node per distinct `(function type, table)` pair
+//! used by `call_indirect` (and per type used by `call_ref`); such a node's edges go to every
+//! function that could be found there. A function is rewritten when a migration point (or, with
+//! safepoints, a loop or a recursive call) is reachable from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use wasmparser::{
+    CompositeInnerType, ElementItems, ElementKind, ExternalKind, FuncToValidate, FuncType,
+    FunctionBody, Operator, Parser, Payload, TypeRef, ValidPayload, Validator, ValidatorResources,
+};
+
+use crate::{Error, Options, unsupported};
+
+/// A raw section of the input.
+pub(crate) struct Section {
+    /// Section id (0 for custom sections).
+    pub id: u8,
+    /// The section's contents, without id and size.
+    pub range: Range<usize>,
+}
+
+/// A call target class, as the rewrite sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Callee {
+    /// Cannot reach a migration point: an ordinary call.
+    Plain,
+    /// A migration point import: pause after it returns.
+    Point,
+    /// A rewritten function: it may unwind, and is called again on rewind.
+    Instrumented,
+}
+
+/// What the rewrite needs to know about the input.
+pub(crate) struct Module<'a> {
+    pub sections: Vec<Section>,
+    /// Function type of each type index (`None` for other composite types).
+    pub types: Vec<Option<FuncType>>,
+    /// Number of entries (recursion groups) in the type section.
+    pub type_entries: u32,
+    /// Type index of each function, imports first.
+    pub func_types: Vec<u32>,
+    pub imported_funcs: u32,
+    pub globals: u32,
+    pub memories: u32,
+    pub tables: u32,
+    pub export_names: BTreeSet<String>,
+    pub start: Option<u32>,
+    /// Per function: the class of a direct call to it.
+    pub callee: Vec<Callee>,
+    /// Per function: gets an entry safepoint.
+    pub recursive: Vec<bool>,
+    /// `(canonical type, table)` pairs whose `call_indirect` may reach a rewritten function.
+    pub indirect_hits: BTreeSet<(u32, u32)>,
+    /// Canonical types whose `call_ref` may reach a rewritten function.
+    pub ref_hits: BTreeSet<u32>,
+    /// Canonical type id of each type index (equal function types share one).
+    pub canon: Vec<u32>,
+    /// Each defined function's body and validator.
+    pub bodies: Vec<(FunctionBody<'a>, FuncToValidate<ValidatorResources>)>,
+}
+
+/// Per-function facts gathered by one pass over its operators.
+#[derive(Default)]
+struct Scan {
+    calls: Vec<u32>,
+    indirect: Vec<(u32, u32)>,
+    refs: Vec<u32>,
+    ref_funcs: Vec<u32>,
+    mutated_tables: Vec<u32>,
+    has_loop: bool,
+}
+
+fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
+    let mut s = Scan::default();
+    let mut reader = body.get_operators_reader()?;
+    while !reader.eof() {
+        match reader.read()? {
+            Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
+                s.calls.push(function_index)
+            }
+            Operator::CallIndirect {
+                type_index,
+                table_index,
+            }
+            | Operator::ReturnCallIndirect {
+                type_index,
+                table_index,
+            } => s.indirect.push((type_index, table_index)),
+            Operator::CallRef { type_index } | Operator::ReturnCallRef { type_index } => {
+                s.refs.push(type_index)
+            }
+            Operator::RefFunc { function_index } => s.ref_funcs.push(function_index),
+            Operator::TableSet { table }
+            | Operator::TableGrow { table }
+            | Operator::TableFill { table }
+            | Operator::TableInit { table, .. } => s.mutated_tables.push(table),
+            Operator::TableCopy { dst_table, .. } => s.mutated_tables.push(dst_table),
+            Operator::Loop { .. } => s.has_loop = true,
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+fn const_expr_funcs(expr: &wasmparser::ConstExpr<'_>, out: &mut Vec<u32>) -> Result<(), Error> {
+    let mut r = expr.get_operators_reader();
+    while !r.eof() {
+        if let Operator::RefFunc { function_index } = r.read()? {
+            out.push(function_index);
+        }
+    }
+    Ok(())
+}
+
+impl<'a> Module<'a> {
+    /// Validates `wasm` and gathers what the rewrite needs.
+    pub fn parse(wasm: &'a [u8], options: &Options) -> Result<Module<'a>, Error> {
+        let mut validator = Validator::new_with_features(crate::features());
+        let mut m = Module {
+            sections: Vec::new(),
+            types: Vec::new(),
+            type_entries: 0,
+            func_types: Vec::new(),
+            imported_funcs: 0,
+            globals: 0,
+            memories: 0,
+            tables: 0,
+            export_names: BTreeSet::new(),
+            start: None,
+            callee: Vec::new(),
+            recursive: Vec::new(),
+            indirect_hits: BTreeSet::new(),
+            ref_hits: BTreeSet::new(),
+            canon: Vec::new(),
+            bodies: Vec::new(),
+        };
+        let mut import_names: Vec<(String, String)> = Vec::new();
+        let mut imported_tables = BTreeSet::new();
+        let mut exported_tables = BTreeSet::new();
+        let mut exported_funcs = Vec::new();
+        // Functions placed in tables by segments (`Some(table)` for active ones).
+        let mut elem_funcs: Vec<(Option<u32>, u32)> = Vec::new();
+        let mut global_ref_funcs = Vec::new();
+
+        for payload in Parser::new(0).parse_all(wasm) {
+            let payload = payload?;
+            match validator.payload(&payload)? {
+                ValidPayload::Func(func, body) => m.bodies.push((body, func)),
+                ValidPayload::End(_) => {}
+                ValidPayload::Ok | ValidPayload::Parser(_) => {}
+            }
+            if let Some((id, range)) = payload.as_section() {
+                // Code entries are visited one by one; the code section itself is recorded once.
+                m.sections.push(Section { id, range });
+            }
+            match payload {
+                Payload::Version {
+                    encoding: wasmparser::Encoding::Component,
+                    ..
+                } => return Err(unsupported(None, "components (only core modules are)")),
+                Payload::TypeSection(r) => {
+                    m.type_entries = r.count();
+                    for group in r {
+                        for ty in group?.into_types() {
+                            match ty.composite_type.inner {
+                                CompositeInnerType::Func(f) if !ty.composite_type.shared => {
+                                    m.types.push(Some(f))
+                                }
+                                _ => {
+                                    return Err(unsupported(
+                                        None,
+                                        "GC, shared or continuation types in the type section",
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                Payload::ImportSection(r) => {
+                    for imp in r.into_imports() {
+                        let imp = imp?;
+                        match imp.ty {
+                            TypeRef::Func(t) | TypeRef::FuncExact(t) => {
+                                m.func_types.push(t);
+                                import_names.push((imp.module.to_string(), imp.name.to_string()));
+                            }
+                            TypeRef::Global(_) => m.globals += 1,
+                            TypeRef::Memory(_) => m.memories += 1,
+                            TypeRef::Table(_) => {
+                                imported_tables.insert(m.tables);
+                                m.tables += 1
+                            }
+                            TypeRef::Tag(_) => {}
+                        }
+                    }
+                    m.imported_funcs = m.func_types.len() as u32;
+                }
+                Payload::FunctionSection(r) => {
+                    for t in r {
+                        m.func_types.push(t?);
+                    }
+                }
+                Payload::TableSection(r) => {
+                    for t in r {
+                        if let wasmparser::TableInit::Expr(e) = t?.init {
+                            const_expr_funcs(&e, &mut global_ref_funcs)?;
+                        }
+                        m.tables += 1;
+                    }
+                }
+                Payload::MemorySection(r) => m.memories += r.count(),
+                Payload::GlobalSection(r) => {
+                    for g in r {
+                        const_expr_funcs(&g?.init_expr, &mut global_ref_funcs)?;
+                        m.globals += 1;
+                    }
+                }
+                Payload::ExportSection(r) => {
+                    for e in r {
+                        let e = e?;
+                        m.export_names.insert(e.name.to_string());
+                        match e.kind {
+                            ExternalKind::Table => {
+                                exported_tables.insert(e.index);
+                            }
+                            ExternalKind::Func | ExternalKind::FuncExact => {
+                                exported_funcs.push(e.index)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Payload::StartSection { func, .. } => m.start = Some(func),
+                Payload::ElementSection(r) => {
+                    for e in r {
+                        let e = e?;
+                        let table = match e.kind {
+                            ElementKind::Active { table_index, .. } => {
+                                Some(table_index.unwrap_or(0))
+                            }
+                            _ => None,
+                        };
+                        match e.items {
+                            ElementItems::Functions(fs) => {
+                                for f in fs {
+                                    elem_funcs.push((table, f?));
+                                }
+                            }
+                            ElementItems::Expressions(_, es) => {
+                                for ex in es {
+                                    let mut fs = Vec::new();
+                                    const_expr_funcs(&ex?, &mut fs)?;
+                                    elem_funcs.extend(fs.into_iter().map(|f| (table, f)));
+                                }
+                            }
+                        }
+                    }
+                }
+                Payload::CustomSection(c) if c.name() == crate::MANIFEST_SECTION => {
+                    return Err(unsupported(
+                        None,
+                        "the module is already instrumented by tabi",
+                    ));
+                }
+                _ => {}
+            }
+        }
+
+        // Canonical ids for function types: equal signatures share one.
+        let mut seen: BTreeMap<(Vec<wasmparser::ValType>, Vec<wasmparser::ValType>), u32> =
+            BTreeMap::new();
+        for ty in &m.types {
+            let key = ty
+                .as_ref()
+                .map(|f| (f.params().to_vec(), f.results().to_vec()))
+                .unwrap_or_default();
+            let next = seen.len() as u32;
+            m.canon.push(*seen.entry(key).or_insert(next));
+        }
+
+        let nfuncs = m.func_types.len();
+        let mut scans = Vec::with_capacity(m.bodies.len());
+        for (body, _) in &m.bodies {
+            scans.push(scan(body)?);
+        }
+
+        // Where a migration point import escapes as a value, calling it indirectly would
+        // bypass the rewrite's "pause after the call" handling.
+        let is_point: Vec<bool> = (0..nfuncs)
+            .map(|f| {
+                import_names
+                    .get(f)
+                    .is_some_and(|(module, name)| options.is_point(module, name))
+            })
+            .collect();
+        let mut escaping: BTreeSet<u32> = elem_funcs.iter().map(|&(_, f)| f).collect();
+        escaping.extend(global_ref_funcs.iter().copied());
+        for s in &scans {
+            escaping.extend(s.ref_funcs.iter().copied());
+        }
+        if let Some(&f) = escaping.iter().find(|&&f| is_point[f as usize]) {
+            let (module, name) = &import_names[f as usize];
+            return Err(unsupported(
+                None,
+                format!(
+                    "migration point import `{module}.{name}` is used as a function value \
+                     (in a table or by ref.func); it can only be called directly"
+                ),
+            ));
+        }
+        escaping.extend(exported_funcs.iter().copied());
+
+        let mut open_tables: BTreeSet<u32> = imported_tables;
+        open_tables.extend(exported_tables);
+        for s in &scans {
+            open_tables.extend(s.mutated_tables.iter().copied());
+        }
+
+        // The call graph: function nodes, then one node per indirect (type, table) pair and per
+        // call_ref type.
+        let canon_of = |f: u32| m.canon[m.func_types[f as usize] as usize];
+        let mut pair_nodes: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+        let mut ref_nodes: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); nfuncs];
+        for (i, s) in scans.iter().enumerate() {
+            let f = m.imported_funcs as usize + i;
+            for &g in &s.calls {
+                edges[f].push(g as usize);
+            }
+            for &(ty, table) in &s.indirect {
+                let key = (m.canon[ty as usize], table);
+                let node = *pair_nodes.entry(key).or_insert_with(|| {
+                    edges.push(Vec::new());
+                    edges.len() - 1
+                });
+                edges[f].push(node);
+            }
+            for &ty in &s.refs {
+                let key = m.canon[ty as usize];
+                let node = *ref_nodes.entry(key).or_insert_with(|| {
+                    edges.push(Vec::new());
+                    edges.len() - 1
+                });
+                edges[f].push(node);
+            }
+        }
+        for (&(ty, table), &node) in &pair_nodes {
+            let targets: Vec<usize> = if open_tables.contains(&table) {
+                escaping
+                    .iter()
+                    .filter(|&&g| canon_of(g) == ty)
+                    .map(|&g| g as usize)
+                    .collect()
+            } else {
+                elem_funcs
+                    .iter()
+                    .filter(|&&(t, g)| t == Some(table) && canon_of(g) == ty)
+                    .map(|&(_, g)| g as usize)
+                    .collect()
+            };
+            edges[node] = targets;
+        }
+        for (&ty, &node) in &ref_nodes {
+            edges[node] = escaping
+                .iter()
+                .filter(|&&g| canon_of(g) == ty)
+                .map(|&g| g as usize)
+                .collect();
+        }
+        for e in &mut edges {
+            e.sort_unstable();
+            e.dedup();
+        }
+
+        m.recursive = vec![false; nfuncs];
+        if options.safepoints {
+            let comp = strongly_connected(&edges);
+            let mut size = vec![0usize; edges.len()];
+            for &c in &comp {
+                size[c] += 1;
+            }
+            for f in m.imported_funcs as usize..nfuncs {
+                m.recursive[f] = size[comp[f]] > 1 || edges[f].contains(&f);
+            }
+        }
+
+        // Reverse reachability from the seeds.
+        let mut reaches = vec![false; edges.len()];
+        let mut work = Vec::new();
+        for f in 0..nfuncs {
+            let defined = f >= m.imported_funcs as usize;
+            let seed = is_point[f]
+                || (options.safepoints
+                    && defined
+                    && (scans[f - m.imported_funcs as usize].has_loop || m.recursive[f]));
+            if seed {
+                reaches[f] = true;
+                work.push(f);
+            }
+        }
+        let mut callers: Vec<Vec<usize>> = vec![Vec::new(); edges.len()];
+        for (from, es) in edges.iter().enumerate() {
+            for &to in es {
+                callers[to].push(from);
+            }
+        }
+        while let Some(n) = work.pop() {
+            for &c in &callers[n] {
+                if !reaches[c] {
+                    reaches[c] = true;
+                    work.push(c);
+                }
+            }
+        }
+        m.callee = (0..nfuncs)
+            .map(|f| match (reaches[f], f < m.imported_funcs as usize) {
+                (false, _) => Callee::Plain,
+                (true, true) if is_point[f] => Callee::Point,
+                // An import reached only through a cycle cannot be one; imports have no edges.
+                (true, true) => Callee::Plain,
+                (true, false) => Callee::Instrumented,
+            })
+            .collect();
+        m.indirect_hits = pair_nodes
+            .iter()
+            .filter(|&(_, &n)| reaches[n])
+            .map(|(&k, _)| k)
+            .collect();
+        m.ref_hits = ref_nodes
+            .iter()
+            .filter(|&(_, &n)| reaches[n])
+            .map(|(&k, _)| k)
+            .collect();
+        Ok(m)
+    }
+}
+
+/// Tarjan's algorithm without recursion: the component id of each node.
+fn strongly_connected(edges: &[Vec<usize>]) -> Vec<usize> {
+    const NONE: usize = usize::MAX;
+    let n = edges.len();
+    let mut index = vec![NONE; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut comp = vec![NONE; n];
+    let mut stack = Vec::new();
+    let mut next_index = 0;
+    let mut next_comp = 0;
+    for root in 0..n {
+        if index[root] != NONE {
+            continue;
+        }
+        let mut call: Vec<(usize, usize)> = vec![(root, 0)];
+        index[root] = next_index;
+        low[root] = next_index;
+        next_index += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (v, ref mut i)) = call.last_mut() {
+            if let Some(&w) = edges[v].get(*i) {
+                *i += 1;
+                if index[w] == NONE {
+                    index[w] = next_index;
+                    low[w] = next_index;
+                    next_index += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    call.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+            } else {
+                call.pop();
+                if let Some(&(parent, _)) = call.last() {
+                    low[parent] = low[parent].min(low[v]);
+                }
+                if low[v] == index[v] {
+                    while let Some(w) = stack.pop() {
+                        on_stack[w] = false;
+                        comp[w] = next_comp;
+                        if w == v {
+                            break;
+                        }
+                    }
+                    next_comp += 1;
+                }
+            }
+        }
+    }
+    comp
+}

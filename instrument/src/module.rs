@@ -1,0 +1,316 @@
+//! Puts the output module together.
+//!
+//! No index of the input changes: the added types, functions, memory and globals come after the
+//! input's own, so untouched sections and function bodies are copied byte for byte, and vector
+//! sections that grow keep their entries' bytes and get new entries appended.
+
+use wasm_encoder::{ConstExpr, Encode, ExportKind, GlobalType, Instruction, MemoryType, ValType};
+use wasmparser::BinaryReader;
+
+use crate::analysis::{Callee, Module};
+use crate::rewrite::{Ctx, Types, rewrite};
+use crate::{Error, Manifest, Options, Output, unsupported};
+
+const TYPE: u8 = 1;
+const FUNCTION: u8 = 3;
+const MEMORY: u8 = 5;
+const GLOBAL: u8 = 6;
+const EXPORT: u8 = 7;
+const START: u8 = 8;
+const CODE: u8 = 10;
+
+/// Position of a section id in the order the binary format requires.
+fn rank(id: u8) -> u8 {
+    match id {
+        1..=5 => id,
+        13 => 6,
+        6..=9 => id + 1,
+        12 => 11,
+        10 => 12,
+        11 => 13,
+        _ => 0,
+    }
+}
+
+/// The count of a vector section and the bytes of its entries.
+fn split_vec(data: &[u8]) -> Result<(u32, &[u8]), Error> {
+    if data.is_empty() {
+        return Ok((0, data));
+    }
+    let mut r = BinaryReader::new(data, 0);
+    let n = r.read_var_u32()?;
+    Ok((n, &data[r.original_position()..]))
+}
+
+fn section(out: &mut Vec<u8>, id: u8, data: &[u8]) {
+    out.push(id);
+    data.len().encode(out);
+    out.extend_from_slice(data);
+}
+
+/// `count + added` entries: the input's entry bytes, then `extra`.
+fn grown(original: &[u8], added: u32, extra: &[u8]) -> Result<Vec<u8>, Error> {
+    let (n, entries) = split_vec(original)?;
+    let mut d = Vec::with_capacity(original.len() + extra.len() + 5);
+    n.checked_add(added)
+        .ok_or_else(|| Error::Invalid("section too large".into()))?
+        .encode(&mut d);
+    d.extend_from_slice(entries);
+    d.extend_from_slice(extra);
+    Ok(d)
+}
+
+pub(crate) fn assemble(
+    wasm: &[u8],
+    m: &mut Module<'_>,
+    options: &Options,
+) -> Result<Output, Error> {
+    let bodies = std::mem::take(&mut m.bodies);
+    let m = &*m;
+    let nfuncs = m.func_types.len() as u32;
+    let state = m.globals;
+    let sp = m.globals + 1;
+    let budget = options.safepoints.then_some(m.globals + 2);
+    let mut ctx = Ctx {
+        m,
+        types: Types::new(m.types.len() as u32),
+        state,
+        sp,
+        budget,
+        stack_mem: m.memories,
+        reserve: nfuncs,
+    };
+    let reserve_type = ctx
+        .types
+        .index(&[wasmparser::ValType::I32], &[wasmparser::ValType::I32]);
+
+    // Function bodies: rewritten, or validated and copied.
+    let mut code = Vec::new();
+    let mut instrumented = 0u32;
+    let mut sites = 0u32;
+    (bodies.len() as u32)
+        .checked_add(1)
+        .ok_or_else(|| Error::Invalid("too many functions".into()))?
+        .encode(&mut code);
+    for (i, (body, to_validate)) in bodies.into_iter().enumerate() {
+        let func = m.imported_funcs + i as u32;
+        if m.callee[func as usize] == Callee::Instrumented {
+            let r = rewrite(&mut ctx, func, &body, to_validate)?;
+            instrumented += 1;
+            sites += r.sites;
+            r.body.len().encode(&mut code);
+            code.extend_from_slice(&r.body);
+        } else {
+            to_validate
+                .into_validator(Default::default())
+                .validate(&body)?;
+            let bytes = &wasm[body.range()];
+            bytes.len().encode(&mut code);
+            code.extend_from_slice(bytes);
+        }
+    }
+    let reserve = reserve_body(sp, m.memories);
+    reserve.len().encode(&mut code);
+    code.extend_from_slice(&reserve);
+
+    // Exports the host needs.
+    let mut exports: Vec<(String, ExportKind, u32)> = vec![
+        (crate::STATE_GLOBAL.into(), ExportKind::Global, state),
+        (crate::SP_GLOBAL.into(), ExportKind::Global, sp),
+        (crate::STACK_MEMORY.into(), ExportKind::Memory, m.memories),
+    ];
+    if let Some(b) = budget {
+        exports.push((crate::BUDGET_GLOBAL.into(), ExportKind::Global, b));
+    }
+    if let Some(s) = m.start {
+        exports.push((crate::START_EXPORT.into(), ExportKind::Func, s));
+    }
+    for g in 0..m.globals {
+        exports.push((crate::global_export(g), ExportKind::Global, g));
+    }
+    for mem in 0..m.memories {
+        exports.push((crate::memory_export(mem), ExportKind::Memory, mem));
+    }
+    for t in 0..m.tables {
+        exports.push((crate::table_export(t), ExportKind::Table, t));
+    }
+    if let Some((name, ..)) = exports.iter().find(|(n, ..)| m.export_names.contains(n)) {
+        return Err(unsupported(
+            None,
+            format!("the module already exports `{name}`, a name tabi reserves"),
+        ));
+    }
+    let mut export_bytes = Vec::new();
+    for (name, kind, index) in &exports {
+        name.as_str().encode(&mut export_bytes);
+        kind.encode(&mut export_bytes);
+        index.encode(&mut export_bytes);
+    }
+
+    let mut global_bytes = Vec::new();
+    let mut new_globals = vec![(state, 0), (sp, 0)];
+    if let Some(b) = budget {
+        new_globals.push((b, crate::DEFAULT_BUDGET));
+    }
+    for &(_, init) in &new_globals {
+        GlobalType {
+            val_type: ValType::I32,
+            mutable: true,
+            shared: false,
+        }
+        .encode(&mut global_bytes);
+        ConstExpr::i32_const(init).encode(&mut global_bytes);
+    }
+    let mut memory_bytes = Vec::new();
+    MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    }
+    .encode(&mut memory_bytes);
+    let mut function_bytes = Vec::new();
+    reserve_type.encode(&mut function_bytes);
+
+    let manifest = Manifest {
+        version: crate::FORMAT_VERSION,
+        options: options.clone(),
+        original_sha256: {
+            use sha2::Digest;
+            sha2::Sha256::digest(wasm).into()
+        },
+        globals: m.globals,
+        memories: m.memories,
+        tables: m.tables,
+        start_moved: m.start.is_some(),
+        instrumented_functions: instrumented,
+        sites,
+    };
+
+    let mut type_bytes = Vec::new();
+    for (params, results) in &ctx.types.list {
+        type_bytes.push(0x60);
+        params.len().encode(&mut type_bytes);
+        for &p in params {
+            encode_ty(p, &mut type_bytes)?;
+        }
+        results.len().encode(&mut type_bytes);
+        for &r in results {
+            encode_ty(r, &mut type_bytes)?;
+        }
+    }
+    let added_types = ctx.types.list.len() as u32;
+
+    // Each section that grows, built from the input's section (or none).
+    let build = |id: u8, original: &[u8]| -> Result<Vec<u8>, Error> {
+        match id {
+            TYPE => grown(original, added_types, &type_bytes),
+            FUNCTION => grown(original, 1, &function_bytes),
+            MEMORY => grown(original, 1, &memory_bytes),
+            GLOBAL => grown(original, new_globals.len() as u32, &global_bytes),
+            EXPORT => grown(original, exports.len() as u32, &export_bytes),
+            CODE => Ok(code.clone()),
+            _ => unreachable!("only growing sections"),
+        }
+    };
+    const GROWING: [u8; 6] = [TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE];
+
+    let mut out = Vec::with_capacity(wasm.len() + wasm.len() / 4 + 1024);
+    out.extend_from_slice(&wasm[..8]);
+    let mut done: Vec<u8> = Vec::new();
+    for s in &m.sections {
+        let data = &wasm[s.range.clone()];
+        if s.id == 0 {
+            section(&mut out, 0, data);
+            continue;
+        }
+        for id in GROWING {
+            if rank(id) < rank(s.id) && !done.contains(&id) {
+                section(&mut out, id, &build(id, &[])?);
+                done.push(id);
+            }
+        }
+        if GROWING.contains(&s.id) {
+            section(&mut out, s.id, &build(s.id, data)?);
+        } else if s.id != START {
+            section(&mut out, s.id, data);
+        }
+        done.push(s.id);
+    }
+    for id in GROWING {
+        if !done.contains(&id) {
+            section(&mut out, id, &build(id, &[])?);
+        }
+    }
+    let mut custom = Vec::new();
+    crate::MANIFEST_SECTION.encode(&mut custom);
+    custom.extend_from_slice(
+        &postcard::to_allocvec(&manifest).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    section(&mut out, 0, &custom);
+    Ok(Output {
+        wasm: out,
+        manifest,
+    })
+}
+
+fn encode_ty(t: wasmparser::ValType, sink: &mut Vec<u8>) -> Result<(), Error> {
+    use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+    RoundtripReencoder
+        .val_type(t)
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .encode(sink);
+    Ok(())
+}
+
+/// `reserve(n: i32) -> i32`: takes `n` bytes off the save stack, growing its memory as needed,
+/// and returns their address. Traps when the stack would pass 4 GiB or the memory cannot grow.
+fn reserve_body(sp: u32, mem: u32) -> Vec<u8> {
+    let mut f =
+        wasm_encoder::Function::new([(1, ValType::I32), (1, ValType::I64), (1, ValType::I32)]);
+    let (n, old, new, grow) = (0, 1, 2, 3);
+    f.instruction(&Instruction::GlobalGet(sp))
+        .instruction(&Instruction::LocalTee(old))
+        .instruction(&Instruction::I64ExtendI32U)
+        .instruction(&Instruction::LocalGet(n))
+        .instruction(&Instruction::I64ExtendI32U)
+        .instruction(&Instruction::I64Add)
+        .instruction(&Instruction::LocalTee(new))
+        .instruction(&Instruction::I64Const(0xFFFF_FFFF))
+        .instruction(&Instruction::I64GtU)
+        .instruction(&Instruction::If(wasm_encoder::BlockType::Empty))
+        .instruction(&Instruction::Unreachable)
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::LocalGet(new))
+        .instruction(&Instruction::I64Const(65535))
+        .instruction(&Instruction::I64Add)
+        .instruction(&Instruction::I64Const(16))
+        .instruction(&Instruction::I64ShrU)
+        .instruction(&Instruction::I32WrapI64)
+        .instruction(&Instruction::MemorySize(mem))
+        .instruction(&Instruction::I32Sub)
+        .instruction(&Instruction::LocalTee(grow))
+        .instruction(&Instruction::I32Const(0))
+        .instruction(&Instruction::I32GtS)
+        .instruction(&Instruction::If(wasm_encoder::BlockType::Empty))
+        .instruction(&Instruction::LocalGet(grow))
+        .instruction(&Instruction::MemoryGrow(mem))
+        .instruction(&Instruction::I32Const(-1))
+        .instruction(&Instruction::I32Eq)
+        .instruction(&Instruction::If(wasm_encoder::BlockType::Empty))
+        .instruction(&Instruction::Unreachable)
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::LocalGet(new))
+        .instruction(&Instruction::I32WrapI64)
+        .instruction(&Instruction::GlobalSet(sp))
+        .instruction(&Instruction::LocalGet(old))
+        .instruction(&Instruction::End);
+    let mut out = Vec::new();
+    f.encode(&mut out);
+    // `Function::encode` writes the size prefix; the code section writer adds its own.
+    let mut r = BinaryReader::new(&out, 0);
+    let _ = r.read_var_u32();
+    out[r.original_position()..].to_vec()
+}

@@ -1,0 +1,1140 @@
+//! Rewrites one function body so that it can unwind into, and rewind from, the save stack.
+//!
+//! The body is first read into a tree of items (plain operators, structured blocks, and *sites*:
+//! calls that may pause, and safepoints), with the operand-stack types the validator reports at
+//! each site. Each nesting level that holds a site is then emitted as
+//!
+//! ```text
+//! block $L_m (result T_m) … block $L_1 (result T_1)
+//!   block $dispatch                       ;; skipped unless rewinding
+//!     br_table on the saved site number → push the values T_j of the site's level, br $L_j
+//!   end
+//!   S_0
+//! end  I_1  S_1  end  I_2 …
+//! ```
+//!
+//! where `I_j` is the j-th item holding a site and `T_j` is this level's operand stack just
+//! before it (for a paused import call: just after it). Values that sit *below* a nested block
+//! holding a site are moved into locals around it, so the only operand values a frame saves are
+//! those of the innermost level, and every other value is a local.
+//!
+//! The frame a function saves is `[locals][site values][site: u32][size: u32]`, all
+//! little-endian, in the save-stack memory.
+
+use std::collections::BTreeMap;
+
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{BlockType, Encode, Instruction, MemArg};
+use wasmparser::{FuncToValidate, FuncType, FunctionBody, Operator, ValType, ValidatorResources};
+
+use crate::analysis::{Callee, Module};
+use crate::{Error, unsupported};
+
+/// Function types the rewrite adds to the type section.
+pub(crate) struct Types {
+    base: u32,
+    pub list: Vec<(Vec<ValType>, Vec<ValType>)>,
+    map: BTreeMap<(Vec<ValType>, Vec<ValType>), u32>,
+}
+
+impl Types {
+    pub fn new(base: u32) -> Types {
+        Types {
+            base,
+            list: Vec::new(),
+            map: BTreeMap::new(),
+        }
+    }
+
+    /// Index of the function type `params -> results`, added when new.
+    pub fn index(&mut self, params: &[ValType], results: &[ValType]) -> u32 {
+        let key = (params.to_vec(), results.to_vec());
+        if let Some(&i) = self.map.get(&key) {
+            return i;
+        }
+        let i = self.base + self.list.len() as u32;
+        self.list.push(key.clone());
+        self.map.insert(key, i);
+        i
+    }
+
+    fn block(&mut self, params: &[ValType], results: &[ValType]) -> Result<BlockType, Error> {
+        Ok(match (params, results) {
+            ([], []) => BlockType::Empty,
+            ([], [r]) => BlockType::Result(enc(*r)?),
+            _ => BlockType::FunctionType(self.index(params, results)),
+        })
+    }
+}
+
+/// Module-level indices the rewritten code refers to.
+pub(crate) struct Ctx<'m, 'a> {
+    pub m: &'m Module<'a>,
+    pub types: Types,
+    pub state: u32,
+    pub sp: u32,
+    pub budget: Option<u32>,
+    pub stack_mem: u32,
+    pub reserve: u32,
+}
+
+fn enc(t: ValType) -> Result<wasm_encoder::ValType, Error> {
+    RoundtripReencoder
+        .val_type(t)
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn size_of(t: ValType, func: u32) -> Result<u32, Error> {
+    Ok(match t {
+        ValType::I32 | ValType::F32 => 4,
+        ValType::I64 | ValType::F64 => 8,
+        ValType::V128 => 16,
+        ValType::Ref(_) => {
+            return Err(unsupported(
+                Some(func),
+                "a reference-typed value (local or operand) live across a migration point \
+                 cannot be saved to memory",
+            ));
+        }
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Block,
+    Loop,
+    If,
+}
+
+enum SiteKind {
+    /// A direct call of a rewritten function.
+    Callee,
+    /// `call_indirect` that may reach a rewritten function; the table index is kept in a local.
+    Indirect { index_local: u32 },
+    /// A call of a migration point import.
+    Point,
+    /// A safepoint: counts down the budget and unwinds at zero.
+    Safepoint,
+}
+
+struct Site<'a> {
+    kind: SiteKind,
+    op: Option<Operator<'a>>,
+    id: u32,
+    below: Vec<ValType>,
+    args: Vec<ValType>,
+    results: Vec<ValType>,
+}
+
+impl Site<'_> {
+    /// Values stored in the frame when unwinding here.
+    fn saved(&self) -> Vec<ValType> {
+        match self.kind {
+            SiteKind::Point => [self.below.as_slice(), &self.results].concat(),
+            _ => self.below.clone(),
+        }
+    }
+}
+
+struct Block<'a> {
+    kind: Kind,
+    blockty: wasmparser::BlockType,
+    params: Vec<ValType>,
+    results: Vec<ValType>,
+    below: Vec<ValType>,
+    body: Vec<Item<'a>>,
+    else_body: Option<Vec<Item<'a>>>,
+    dead: bool,
+    /// Site numbers in the `then` (or only) arm, and in the `else` arm.
+    sites: (u32, u32),
+    else_sites: (u32, u32),
+    param_locals: Vec<u32>,
+    below_locals: Vec<u32>,
+    cond_local: Option<u32>,
+    result_locals: Vec<u32>,
+}
+
+impl Block<'_> {
+    fn has_site(&self) -> bool {
+        self.sites.0 < self.sites.1 || self.else_sites.0 < self.else_sites.1
+    }
+}
+
+enum Item<'a> {
+    Op(Operator<'a>),
+    Block(Box<Block<'a>>),
+    Site(Box<Site<'a>>),
+}
+
+impl Item<'_> {
+    fn has_site(&self) -> bool {
+        match self {
+            Item::Op(_) => false,
+            Item::Block(b) => b.has_site(),
+            Item::Site(_) => true,
+        }
+    }
+}
+
+/// The rewritten body and the number of sites in it.
+pub(crate) struct Rewritten {
+    pub body: Vec<u8>,
+    pub sites: u32,
+}
+
+struct Locals {
+    /// Types of the original locals (parameters first).
+    original: Vec<ValType>,
+    /// Locals added by the rewrite, and whether each is saved in the frame.
+    extra: Vec<(ValType, bool)>,
+}
+
+impl Locals {
+    fn add(&mut self, t: ValType, saved: bool) -> u32 {
+        self.extra.push((t, saved));
+        (self.original.len() + self.extra.len() - 1) as u32
+    }
+}
+
+fn block_sig(m: &Module<'_>, bt: wasmparser::BlockType) -> (Vec<ValType>, Vec<ValType>) {
+    match bt {
+        wasmparser::BlockType::Empty => (vec![], vec![]),
+        wasmparser::BlockType::Type(t) => (vec![], vec![t]),
+        wasmparser::BlockType::FuncType(i) => {
+            let f = m.types[i as usize].as_ref().expect("validated block type");
+            (f.params().to_vec(), f.results().to_vec())
+        }
+    }
+}
+
+fn func_type<'m>(m: &'m Module<'_>, ty: u32) -> &'m FuncType {
+    m.types[ty as usize]
+        .as_ref()
+        .expect("validated function type")
+}
+
+/// Rewrites defined function `func`.
+pub(crate) fn rewrite(
+    ctx: &mut Ctx<'_, '_>,
+    func: u32,
+    body: &FunctionBody<'_>,
+    to_validate: FuncToValidate<ValidatorResources>,
+) -> Result<Rewritten, Error> {
+    let m = ctx.m;
+    let mut v = to_validate.into_validator(Default::default());
+    let fty = func_type(m, m.func_types[func as usize]).clone();
+    let mut locals = Locals {
+        original: fty.params().to_vec(),
+        extra: Vec::new(),
+    };
+    let mut lr = body.get_locals_reader()?;
+    for _ in 0..lr.get_count() {
+        let offset = lr.original_position();
+        let (count, ty) = lr.read()?;
+        v.define_locals(offset, count, ty)?;
+        locals
+            .original
+            .extend(std::iter::repeat_n(ty, count as usize));
+    }
+
+    // Read the body into a tree, validating as we go.
+    struct Open<'a> {
+        block: Block<'a>,
+        in_else: bool,
+    }
+    let new_block = |kind, blockty, params, results, below, dead, site| Block {
+        kind,
+        blockty,
+        params,
+        results,
+        below,
+        body: Vec::new(),
+        else_body: None,
+        dead,
+        sites: (site, site),
+        else_sites: (site, site),
+        param_locals: Vec::new(),
+        below_locals: Vec::new(),
+        cond_local: None,
+        result_locals: Vec::new(),
+    };
+    let mut next_site = 0u32;
+    let mut stack: Vec<Open<'_>> = vec![Open {
+        block: new_block(
+            Kind::Block,
+            wasmparser::BlockType::Empty,
+            vec![],
+            fty.results().to_vec(),
+            vec![],
+            false,
+            0,
+        ),
+        in_else: false,
+    }];
+    if m.recursive[func as usize] && ctx.budget.is_some() {
+        stack[0].block.body.push(Item::Site(Box::new(Site {
+            kind: SiteKind::Safepoint,
+            op: None,
+            id: next_site,
+            below: vec![],
+            args: vec![],
+            results: vec![],
+        })));
+        next_site += 1;
+    }
+
+    let mut reader = body.get_operators_reader()?;
+    loop {
+        let offset = reader.original_position();
+        let op = reader.read()?;
+        let frame = v
+            .get_control_frame(0)
+            .ok_or_else(|| Error::Invalid("operator after the end of a function".into()))?;
+        let (frame_height, unreachable) = (frame.height, frame.unreachable);
+        let height = v.operand_stack_height() as usize;
+        let level = height.saturating_sub(frame_height);
+        let top = stack.last_mut().expect("function frame");
+        let dead = top.block.dead || unreachable;
+        // Types of the `n` lowest values of this level, bottom first.
+        let types_at = |n: usize| -> Option<Vec<ValType>> {
+            if n > level {
+                return None;
+            }
+            (0..n)
+                .map(|p| v.get_operand_type(level - 1 - p).flatten())
+                .collect()
+        };
+        let mut item = None;
+        match &op {
+            Operator::Block { blockty } | Operator::Loop { blockty } | Operator::If { blockty } => {
+                let kind = match op {
+                    Operator::Block { .. } => Kind::Block,
+                    Operator::Loop { .. } => Kind::Loop,
+                    _ => Kind::If,
+                };
+                let (params, results) = block_sig(m, *blockty);
+                let extra = params.len() + usize::from(kind == Kind::If);
+                let below_n = level.checked_sub(extra);
+                let below = below_n.and_then(types_at);
+                let dead = dead || below.is_none();
+                let mut b = new_block(
+                    kind,
+                    *blockty,
+                    params.clone(),
+                    results,
+                    below.unwrap_or_default(),
+                    dead,
+                    next_site,
+                );
+                if kind == Kind::Loop && !dead && ctx.budget.is_some() {
+                    b.body.push(Item::Site(Box::new(Site {
+                        kind: SiteKind::Safepoint,
+                        op: None,
+                        id: next_site,
+                        below: params,
+                        args: vec![],
+                        results: vec![],
+                    })));
+                    next_site += 1;
+                }
+                v.op(offset, &op)?;
+                stack.push(Open {
+                    block: b,
+                    in_else: false,
+                });
+                continue;
+            }
+            Operator::Else => {
+                top.in_else = true;
+                top.block.sites.1 = next_site;
+                top.block.else_sites = (next_site, next_site);
+                top.block.else_body = Some(Vec::new());
+                v.op(offset, &op)?;
+                continue;
+            }
+            Operator::End => {
+                v.op(offset, &op)?;
+                let mut open = stack.pop().expect("open block");
+                if open.in_else {
+                    open.block.else_sites.1 = next_site;
+                } else {
+                    open.block.sites.1 = next_site;
+                }
+                let mut b = open.block;
+                if stack.is_empty() {
+                    reader.finish()?;
+                    return emit(ctx, func, &fty, locals, b, next_site);
+                }
+                if b.has_site() {
+                    for &p in &b.params {
+                        let l = locals.add(p, true);
+                        b.param_locals.push(l);
+                    }
+                    if !b.below.is_empty() {
+                        for &t in &b.below {
+                            let l = locals.add(t, true);
+                            b.below_locals.push(l);
+                        }
+                        if b.kind == Kind::If {
+                            b.cond_local = Some(locals.add(ValType::I32, false));
+                        }
+                        for &t in &b.results {
+                            let l = locals.add(t, false);
+                            b.result_locals.push(l);
+                        }
+                    }
+                }
+                let parent = stack.last_mut().expect("parent block");
+                let list = if parent.in_else {
+                    parent.block.else_body.as_mut().expect("else arm")
+                } else {
+                    &mut parent.block.body
+                };
+                list.push(Item::Block(Box::new(b)));
+                continue;
+            }
+            Operator::Call { function_index } if !dead => {
+                let callee = m.callee[*function_index as usize];
+                if callee != Callee::Plain {
+                    let f = func_type(m, m.func_types[*function_index as usize]);
+                    item = site_item(
+                        if callee == Callee::Point {
+                            SiteKind::Point
+                        } else {
+                            SiteKind::Callee
+                        },
+                        &op,
+                        f,
+                        level,
+                        &types_at,
+                        &mut next_site,
+                        &mut locals,
+                    );
+                }
+            }
+            Operator::CallIndirect {
+                type_index,
+                table_index,
+            } if !dead => {
+                let key = (m.canon[*type_index as usize], *table_index);
+                if m.indirect_hits.contains(&key) {
+                    let f = func_type(m, *type_index);
+                    item = site_item(
+                        SiteKind::Indirect { index_local: 0 },
+                        &op,
+                        f,
+                        level,
+                        &types_at,
+                        &mut next_site,
+                        &mut locals,
+                    );
+                }
+            }
+            Operator::ReturnCall { function_index }
+                if m.callee[*function_index as usize] != Callee::Plain =>
+            {
+                return Err(unsupported(
+                    Some(func),
+                    format!(
+                        "return_call of function {function_index}, which can reach a migration point"
+                    ),
+                ));
+            }
+            Operator::ReturnCallIndirect {
+                type_index,
+                table_index,
+            } if m
+                .indirect_hits
+                .contains(&(m.canon[*type_index as usize], *table_index)) =>
+            {
+                return Err(unsupported(
+                    Some(func),
+                    "return_call_indirect that can reach a migration point",
+                ));
+            }
+            Operator::CallRef { type_index } | Operator::ReturnCallRef { type_index }
+                if m.ref_hits.contains(&m.canon[*type_index as usize]) =>
+            {
+                return Err(unsupported(
+                    Some(func),
+                    "call_ref that can reach a migration point",
+                ));
+            }
+            Operator::Try { .. }
+            | Operator::TryTable { .. }
+            | Operator::Catch { .. }
+            | Operator::CatchAll
+            | Operator::Delegate { .. }
+            | Operator::Throw { .. }
+            | Operator::ThrowRef
+            | Operator::Rethrow { .. } => {
+                return Err(unsupported(
+                    Some(func),
+                    "exception handling in a function that can reach a migration point",
+                ));
+            }
+            _ => {}
+        }
+        v.op(offset, &op)?;
+        let top = stack.last_mut().expect("open block");
+        let list = if top.in_else {
+            top.block.else_body.as_mut().expect("else arm")
+        } else {
+            &mut top.block.body
+        };
+        list.push(item.unwrap_or(Item::Op(op)));
+    }
+}
+
+fn site_item<'a>(
+    kind: SiteKind,
+    op: &Operator<'a>,
+    f: &FuncType,
+    level: usize,
+    types_at: &dyn Fn(usize) -> Option<Vec<ValType>>,
+    next_site: &mut u32,
+    locals: &mut Locals,
+) -> Option<Item<'a>> {
+    let index = usize::from(matches!(kind, SiteKind::Indirect { .. }));
+    let below = types_at(level.checked_sub(f.params().len() + index)?)?;
+    let kind = match kind {
+        SiteKind::Indirect { .. } => {
+            let index_ty = types_at(level)?.last().copied()?;
+            SiteKind::Indirect {
+                index_local: locals.add(index_ty, true),
+            }
+        }
+        k => k,
+    };
+    let mut args = f.params().to_vec();
+    if let SiteKind::Indirect { .. } = kind {
+        // The table index is an operand of `call_indirect` too.
+        args = types_at(level)?[below.len()..].to_vec();
+    }
+    let id = *next_site;
+    *next_site += 1;
+    Some(Item::Site(Box::new(Site {
+        kind,
+        op: Some(op.clone()),
+        id,
+        below,
+        args,
+        results: f.results().to_vec(),
+    })))
+}
+
+fn collect_site_types(items: &[Item<'_>], out: &mut Vec<ValType>) {
+    for item in items {
+        match item {
+            Item::Op(_) => {}
+            Item::Site(s) => out.extend(s.saved()),
+            Item::Block(b) => {
+                collect_site_types(&b.body, out);
+                if let Some(e) = &b.else_body {
+                    collect_site_types(e, out);
+                }
+            }
+        }
+    }
+}
+
+/// Emits the rewritten function.
+struct Emitter<'c, 'm, 'a> {
+    ctx: &'c mut Ctx<'m, 'a>,
+    func: u32,
+    out: Vec<u8>,
+    /// Open labels, innermost last: `None` for the input's own labels, `Some(id)` for added ones.
+    labels: Vec<Option<u32>>,
+    next_label: u32,
+    unwind_label: u32,
+    base: u32,
+    site_local: u32,
+    scratch: BTreeMap<ValType, u32>,
+    /// Byte offset of each saved local in the frame.
+    saved: Vec<(u32, ValType, u32)>,
+    locals_size: u32,
+}
+
+fn emit(
+    ctx: &mut Ctx<'_, '_>,
+    func: u32,
+    fty: &FuncType,
+    mut locals: Locals,
+    root: Block<'_>,
+    sites: u32,
+) -> Result<Rewritten, Error> {
+    let base = locals.add(ValType::I32, false);
+    let site_local = locals.add(ValType::I32, false);
+    // One scratch local per type of value a site saves (i32 is always needed).
+    let mut scratch = BTreeMap::new();
+    let mut wanted = vec![ValType::I32];
+    collect_site_types(&root.body, &mut wanted);
+    if let Some(e) = &root.else_body {
+        collect_site_types(e, &mut wanted);
+    }
+    for t in wanted {
+        if let std::collections::btree_map::Entry::Vacant(v) = scratch.entry(t) {
+            v.insert(locals.add(t, false));
+        }
+    }
+    let mut saved = Vec::new();
+    let mut offset = 0u32;
+    let all = locals
+        .original
+        .iter()
+        .map(|&t| (t, true))
+        .chain(locals.extra.iter().copied());
+    for (i, (t, keep)) in all.enumerate() {
+        if keep {
+            saved.push((i as u32, t, offset));
+            offset = offset
+                .checked_add(size_of(t, func)?)
+                .ok_or_else(|| unsupported(Some(func), "frame larger than 4 GiB"))?;
+        }
+    }
+    let mut e = Emitter {
+        ctx,
+        func,
+        out: Vec::new(),
+        labels: Vec::new(),
+        next_label: 0,
+        unwind_label: 0,
+        base,
+        site_local,
+        scratch,
+        saved,
+        locals_size: offset,
+    };
+
+    // Local declarations: the original ones, then the added ones, run-length encoded.
+    let mut runs: Vec<(u32, ValType)> = Vec::new();
+    for &t in locals.original[fty.params().len()..]
+        .iter()
+        .chain(locals.extra.iter().map(|(t, _)| t))
+    {
+        match runs.last_mut() {
+            Some((n, last)) if *last == t => *n += 1,
+            _ => runs.push((1, t)),
+        }
+    }
+    runs.len().encode(&mut e.out);
+    for (n, t) in runs {
+        n.encode(&mut e.out);
+        enc(t)?.encode(&mut e.out);
+    }
+
+    e.prologue()?;
+    e.unwind_label = e.open_added(BlockType::Empty);
+    let bt = e.ctx.types.block(&[], fty.results())?;
+    e.ins(Instruction::Block(bt));
+    e.labels.push(None);
+    e.level(&root.body, &[])?;
+    e.end();
+    e.ins(Instruction::Return);
+    e.end();
+    e.epilogue(fty.results())?;
+    e.ins(Instruction::End);
+    Ok(Rewritten { body: e.out, sites })
+}
+
+impl Emitter<'_, '_, '_> {
+    fn ins(&mut self, i: Instruction<'_>) {
+        i.encode(&mut self.out);
+    }
+
+    fn open_added(&mut self, bt: BlockType) -> u32 {
+        self.ins(Instruction::Block(bt));
+        let id = self.next_label;
+        self.next_label += 1;
+        self.labels.push(Some(id));
+        id
+    }
+
+    fn end(&mut self) {
+        self.ins(Instruction::End);
+        self.labels.pop();
+    }
+
+    /// Relative depth of added label `id`.
+    fn depth_of(&self, id: u32) -> Result<u32, Error> {
+        self.labels
+            .iter()
+            .rev()
+            .position(|&l| l == Some(id))
+            .map(|d| d as u32)
+            .ok_or_else(|| Error::Internal("branch to a closed label".into()))
+    }
+
+    /// Relative depth, in the output, of the input's relative depth `d`.
+    fn map_depth(&self, d: u32) -> Result<u32, Error> {
+        let mut seen = 0;
+        for (i, l) in self.labels.iter().rev().enumerate() {
+            if l.is_none() {
+                if seen == d {
+                    return Ok(i as u32);
+                }
+                seen += 1;
+            }
+        }
+        Err(Error::Invalid("branch depth out of range".into()))
+    }
+
+    fn mem(&self, offset: u32) -> MemArg {
+        MemArg {
+            offset: offset.into(),
+            align: 0,
+            memory_index: self.ctx.stack_mem,
+        }
+    }
+
+    fn load(&mut self, t: ValType, offset: u32) -> Result<(), Error> {
+        let m = self.mem(offset);
+        self.ins(match t {
+            ValType::I32 => Instruction::I32Load(m),
+            ValType::I64 => Instruction::I64Load(m),
+            ValType::F32 => Instruction::F32Load(m),
+            ValType::F64 => Instruction::F64Load(m),
+            ValType::V128 => Instruction::V128Load(m),
+            ValType::Ref(_) => return Err(size_of(t, self.func).unwrap_err()),
+        });
+        Ok(())
+    }
+
+    fn store(&mut self, t: ValType, offset: u32) -> Result<(), Error> {
+        let m = self.mem(offset);
+        self.ins(match t {
+            ValType::I32 => Instruction::I32Store(m),
+            ValType::I64 => Instruction::I64Store(m),
+            ValType::F32 => Instruction::F32Store(m),
+            ValType::F64 => Instruction::F64Store(m),
+            ValType::V128 => Instruction::V128Store(m),
+            ValType::Ref(_) => return Err(size_of(t, self.func).unwrap_err()),
+        });
+        Ok(())
+    }
+
+    fn zero(&mut self, t: ValType) -> Result<(), Error> {
+        self.ins(match t {
+            ValType::I32 => Instruction::I32Const(0),
+            ValType::I64 => Instruction::I64Const(0),
+            ValType::F32 => Instruction::F32Const(0.0.into()),
+            ValType::F64 => Instruction::F64Const(0.0.into()),
+            ValType::V128 => Instruction::V128Const(0),
+            ValType::Ref(r) if r.is_nullable() => Instruction::RefNull(
+                RoundtripReencoder
+                    .heap_type(r.heap_type())
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+            ),
+            ValType::Ref(_) => {
+                return Err(unsupported(
+                    Some(self.func),
+                    "a non-nullable reference parameter or result in a function that can \
+                     reach a migration point",
+                ));
+            }
+        });
+        Ok(())
+    }
+
+    /// On rewind: pop this function's frame and reload its locals.
+    fn prologue(&mut self) -> Result<(), Error> {
+        let (state, sp, base) = (self.ctx.state, self.ctx.sp, self.base);
+        self.ins(Instruction::GlobalGet(state));
+        self.ins(Instruction::I32Const(crate::REWINDING));
+        self.ins(Instruction::I32Eq);
+        self.ins(Instruction::If(BlockType::Empty));
+        self.ins(Instruction::GlobalGet(sp));
+        self.ins(Instruction::I32Const(8));
+        self.ins(Instruction::I32Sub);
+        self.ins(Instruction::LocalTee(base));
+        self.load(ValType::I32, 0)?;
+        self.ins(Instruction::LocalSet(self.site_local));
+        self.ins(Instruction::LocalGet(base));
+        self.ins(Instruction::I32Const(8));
+        self.ins(Instruction::I32Add);
+        self.ins(Instruction::LocalGet(base));
+        self.load(ValType::I32, 4)?;
+        self.ins(Instruction::I32Sub);
+        self.ins(Instruction::LocalTee(base));
+        self.ins(Instruction::GlobalSet(sp));
+        for (l, t, off) in self.saved.clone() {
+            self.ins(Instruction::LocalGet(base));
+            self.load(t, off)?;
+            self.ins(Instruction::LocalSet(l));
+        }
+        self.ins(Instruction::End);
+        Ok(())
+    }
+
+    /// After the unwind label: store the locals, return placeholder results.
+    fn epilogue(&mut self, results: &[ValType]) -> Result<(), Error> {
+        for (l, t, off) in self.saved.clone() {
+            self.ins(Instruction::LocalGet(self.base));
+            self.ins(Instruction::LocalGet(l));
+            self.store(t, off)?;
+        }
+        for &r in results {
+            self.zero(r)?;
+        }
+        Ok(())
+    }
+
+    /// Saves `values` (on the operand stack, last on top) and the site trailer into a new
+    /// frame, then branches to the unwind label.
+    fn save_and_unwind(&mut self, site: u32, values: &[ValType]) -> Result<(), Error> {
+        let mut offsets = Vec::with_capacity(values.len());
+        let mut off = self.locals_size;
+        for &t in values {
+            offsets.push(off);
+            off = off
+                .checked_add(size_of(t, self.func)?)
+                .ok_or_else(|| unsupported(Some(self.func), "frame larger than 4 GiB"))?;
+        }
+        let size = off
+            .checked_add(8)
+            .ok_or_else(|| unsupported(Some(self.func), "frame larger than 4 GiB"))?;
+        self.ins(Instruction::I32Const(size as i32));
+        self.ins(Instruction::Call(self.ctx.reserve));
+        self.ins(Instruction::LocalSet(self.base));
+        for (&t, &o) in values.iter().zip(&offsets).rev() {
+            let s = self.scratch[&t];
+            self.ins(Instruction::LocalSet(s));
+            self.ins(Instruction::LocalGet(self.base));
+            self.ins(Instruction::LocalGet(s));
+            self.store(t, o)?;
+        }
+        self.ins(Instruction::LocalGet(self.base));
+        self.ins(Instruction::I32Const(site as i32));
+        self.store(ValType::I32, size - 8)?;
+        self.ins(Instruction::LocalGet(self.base));
+        self.ins(Instruction::I32Const(size as i32));
+        self.store(ValType::I32, size - 4)?;
+        let d = self.depth_of(self.unwind_label)?;
+        self.ins(Instruction::Br(d));
+        Ok(())
+    }
+
+    /// Pushes values saved at `site`.
+    fn reload(&mut self, values: &[ValType]) -> Result<(), Error> {
+        let mut off = self.locals_size;
+        for &t in values {
+            self.ins(Instruction::LocalGet(self.base));
+            self.load(t, off)?;
+            off += size_of(t, self.func)?;
+        }
+        Ok(())
+    }
+
+    /// After a call that may unwind: if unwinding, save and leave.
+    fn unwind_check(&mut self, site: &Site<'_>) -> Result<(), Error> {
+        let saved = site.saved();
+        let on_stack = [site.below.as_slice(), &site.results].concat();
+        let bt = self.ctx.types.block(&on_stack, &on_stack)?;
+        self.ins(Instruction::GlobalGet(self.ctx.state));
+        self.ins(Instruction::If(bt));
+        self.labels.push(Some(u32::MAX));
+        if !matches!(site.kind, SiteKind::Point) {
+            for _ in &site.results {
+                self.ins(Instruction::Drop);
+            }
+        }
+        self.save_and_unwind(site.id, &saved)?;
+        self.end();
+        Ok(())
+    }
+
+    fn safepoint(&mut self, site: &Site<'_>) -> Result<(), Error> {
+        let budget = self.ctx.budget.expect("safepoints enabled");
+        let s = self.scratch[&ValType::I32];
+        self.ins(Instruction::GlobalGet(budget));
+        self.ins(Instruction::I32Const(1));
+        self.ins(Instruction::I32Sub);
+        self.ins(Instruction::LocalTee(s));
+        self.ins(Instruction::GlobalSet(budget));
+        self.ins(Instruction::LocalGet(s));
+        self.ins(Instruction::I32Eqz);
+        let bt = match site.below.as_slice() {
+            [] => BlockType::Empty,
+            b => BlockType::FunctionType(self.ctx.types.index(b, b)),
+        };
+        self.ins(Instruction::If(bt));
+        self.labels.push(Some(u32::MAX));
+        self.ins(Instruction::I32Const(crate::UNWINDING));
+        self.ins(Instruction::GlobalSet(self.ctx.state));
+        self.save_and_unwind(site.id, &site.below)?;
+        self.end();
+        Ok(())
+    }
+
+    fn op(&mut self, op: &Operator<'_>) -> Result<(), Error> {
+        let i = match op {
+            Operator::Br { relative_depth } => Instruction::Br(self.map_depth(*relative_depth)?),
+            Operator::BrIf { relative_depth } => {
+                Instruction::BrIf(self.map_depth(*relative_depth)?)
+            }
+            Operator::BrOnNull { relative_depth } => {
+                Instruction::BrOnNull(self.map_depth(*relative_depth)?)
+            }
+            Operator::BrOnNonNull { relative_depth } => {
+                Instruction::BrOnNonNull(self.map_depth(*relative_depth)?)
+            }
+            Operator::BrTable { targets } => {
+                let mut ts = Vec::with_capacity(targets.len() as usize);
+                for t in targets.targets() {
+                    ts.push(self.map_depth(t?)?);
+                }
+                let default = self.map_depth(targets.default())?;
+                Instruction::BrTable(ts.into(), default)
+            }
+            Operator::BrOnCast { .. } | Operator::BrOnCastFail { .. } => {
+                return Err(unsupported(Some(self.func), "GC br_on_cast"));
+            }
+            op => RoundtripReencoder
+                .instruction(op.clone())
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        };
+        self.ins(i);
+        Ok(())
+    }
+
+    fn block_header(&mut self, b: &Block<'_>) -> Result<(), Error> {
+        let bt = RoundtripReencoder
+            .block_type(b.blockty)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.ins(match b.kind {
+            Kind::Block => Instruction::Block(bt),
+            Kind::Loop => Instruction::Loop(bt),
+            Kind::If => Instruction::If(bt),
+        });
+        self.labels.push(None);
+        Ok(())
+    }
+
+    fn plain(&mut self, items: &[Item<'_>]) -> Result<(), Error> {
+        for item in items {
+            match item {
+                Item::Op(op) => self.op(op)?,
+                Item::Block(b) => {
+                    self.block_header(b)?;
+                    self.plain(&b.body)?;
+                    if let Some(e) = &b.else_body {
+                        self.ins(Instruction::Else);
+                        self.plain(e)?;
+                    }
+                    self.end();
+                }
+                Item::Site(_) => return Err(Error::Internal("site in a plain level".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits one nesting level; its parameters (if any) arrive in `param_locals`' order.
+    fn level(&mut self, items: &[Item<'_>], param_locals: &[u32]) -> Result<(), Error> {
+        let js: Vec<usize> = (0..items.len()).filter(|&i| items[i].has_site()).collect();
+        if js.is_empty() {
+            return self.plain(items);
+        }
+        for &l in param_locals.iter().rev() {
+            self.ins(Instruction::LocalSet(l));
+        }
+        // The values on this level's stack when execution reaches item j.
+        let mut ts = Vec::with_capacity(js.len());
+        for &j in &js {
+            ts.push(match &items[j] {
+                Item::Site(s) => match s.kind {
+                    SiteKind::Callee | SiteKind::Indirect { .. } => {
+                        [s.below.as_slice(), &s.args].concat()
+                    }
+                    SiteKind::Point => [s.below.as_slice(), &s.results].concat(),
+                    SiteKind::Safepoint => s.below.clone(),
+                },
+                Item::Block(b) if b.kind == Kind::If => {
+                    [b.params.as_slice(), &[ValType::I32]].concat()
+                }
+                Item::Block(b) => b.params.clone(),
+                Item::Op(_) => unreachable!("only items with sites"),
+            });
+        }
+        let mut ls = vec![0u32; js.len()];
+        for k in (0..js.len()).rev() {
+            let bt = self.ctx.types.block(&[], &ts[k])?;
+            ls[k] = self.open_added(bt);
+        }
+
+        // Dispatch: one group per (item, arm); each site number maps to its group.
+        struct Group {
+            item: usize,
+            arm: Option<bool>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut site_group: Vec<u32> = Vec::new();
+        let first = match &items[js[0]] {
+            Item::Site(s) => s.id,
+            Item::Block(b) => b.sites.0,
+            Item::Op(_) => unreachable!(),
+        };
+        for (k, &j) in js.iter().enumerate() {
+            match &items[j] {
+                Item::Site(_) => {
+                    site_group.push(groups.len() as u32);
+                    groups.push(Group { item: k, arm: None });
+                }
+                Item::Block(b) => {
+                    let arms: &[(Option<bool>, (u32, u32))] = if b.kind == Kind::If {
+                        &[(Some(true), b.sites), (Some(false), b.else_sites)]
+                    } else {
+                        &[(None, (b.sites.0, b.else_sites.1.max(b.sites.1)))]
+                    };
+                    for &(arm, (lo, hi)) in arms {
+                        if lo < hi {
+                            for _ in lo..hi {
+                                site_group.push(groups.len() as u32);
+                            }
+                            groups.push(Group { item: k, arm });
+                        }
+                    }
+                }
+                Item::Op(_) => unreachable!(),
+            }
+        }
+        let dispatch = self.open_added(BlockType::Empty);
+        self.ins(Instruction::GlobalGet(self.ctx.state));
+        self.ins(Instruction::I32Eqz);
+        self.ins(Instruction::BrIf(self.depth_of(dispatch)?));
+        let mut gl = vec![0u32; groups.len()];
+        for g in (0..groups.len()).rev() {
+            gl[g] = self.open_added(BlockType::Empty);
+        }
+        let trap = self.open_added(BlockType::Empty);
+        self.ins(Instruction::LocalGet(self.site_local));
+        if first != 0 {
+            self.ins(Instruction::I32Const(first as i32));
+            self.ins(Instruction::I32Sub);
+        }
+        let mut targets = Vec::with_capacity(site_group.len());
+        for &g in &site_group {
+            targets.push(self.depth_of(gl[g as usize])?);
+        }
+        let default = self.depth_of(trap)?;
+        self.ins(Instruction::BrTable(targets.into(), default));
+        self.end();
+        self.ins(Instruction::Unreachable);
+        for (g, group) in groups.iter().enumerate() {
+            self.end();
+            debug_assert_eq!(
+                self.labels.last(),
+                Some(&Some(gl.get(g + 1).copied().unwrap_or(dispatch)))
+            );
+            match &items[js[group.item]] {
+                Item::Site(s) => match s.kind {
+                    SiteKind::Callee | SiteKind::Indirect { .. } => {
+                        self.reload(&s.below)?;
+                        let n = s.args.len();
+                        for (i, &a) in s.args.iter().enumerate() {
+                            match s.kind {
+                                SiteKind::Indirect { index_local } if i + 1 == n => {
+                                    self.ins(Instruction::LocalGet(index_local))
+                                }
+                                _ => self.zero(a)?,
+                            }
+                        }
+                    }
+                    SiteKind::Point | SiteKind::Safepoint => {
+                        self.reload(&s.saved())?;
+                        self.ins(Instruction::I32Const(crate::NORMAL));
+                        self.ins(Instruction::GlobalSet(self.ctx.state));
+                    }
+                },
+                Item::Block(b) => {
+                    for &l in &b.param_locals {
+                        self.ins(Instruction::LocalGet(l));
+                    }
+                    if let Some(arm) = group.arm {
+                        self.ins(Instruction::I32Const(i32::from(arm)));
+                    }
+                }
+                Item::Op(_) => unreachable!(),
+            }
+            let d = self.depth_of(ls[group.item])?;
+            self.ins(Instruction::Br(d));
+        }
+        self.end(); // dispatch
+        for &l in param_locals {
+            self.ins(Instruction::LocalGet(l));
+        }
+
+        let mut prev = 0;
+        for (k, &j) in js.iter().enumerate() {
+            self.plain(&items[prev..j])?;
+            prev = j + 1;
+            // The part of item j inside $L_k.
+            match &items[j] {
+                Item::Site(s) => match s.kind {
+                    SiteKind::Callee => {}
+                    SiteKind::Indirect { index_local } => {
+                        self.ins(Instruction::LocalTee(index_local))
+                    }
+                    SiteKind::Point => {
+                        self.op(s.op.as_ref().expect("call"))?;
+                        self.unwind_check(s)?;
+                    }
+                    SiteKind::Safepoint => self.safepoint(s)?,
+                },
+                Item::Block(b) => {
+                    if !b.below.is_empty() {
+                        if let Some(c) = b.cond_local {
+                            self.ins(Instruction::LocalSet(c));
+                        }
+                        for &l in b.param_locals.iter().rev() {
+                            self.ins(Instruction::LocalSet(l));
+                        }
+                        for &l in b.below_locals.iter().rev() {
+                            self.ins(Instruction::LocalSet(l));
+                        }
+                        for &l in &b.param_locals {
+                            self.ins(Instruction::LocalGet(l));
+                        }
+                        if let Some(c) = b.cond_local {
+                            self.ins(Instruction::LocalGet(c));
+                        }
+                    }
+                }
+                Item::Op(_) => unreachable!(),
+            }
+            self.end(); // $L_k
+            debug_assert!(k < ls.len());
+            // The part after $L_k.
+            match &items[j] {
+                Item::Site(s) => {
+                    if matches!(s.kind, SiteKind::Callee | SiteKind::Indirect { .. }) {
+                        self.op(s.op.as_ref().expect("call"))?;
+                        self.unwind_check(s)?;
+                    }
+                }
+                Item::Block(b) => {
+                    self.block_header(b)?;
+                    self.level(&b.body, &b.param_locals)?;
+                    if let Some(e) = &b.else_body {
+                        self.ins(Instruction::Else);
+                        self.level(e, &b.param_locals)?;
+                    }
+                    self.end();
+                    if !b.below.is_empty() {
+                        for &l in b.result_locals.iter().rev() {
+                            self.ins(Instruction::LocalSet(l));
+                        }
+                        for &l in &b.below_locals {
+                            self.ins(Instruction::LocalGet(l));
+                        }
+                        for &l in &b.result_locals {
+                            self.ins(Instruction::LocalGet(l));
+                        }
+                    }
+                }
+                Item::Op(_) => unreachable!(),
+            }
+        }
+        self.plain(&items[prev..])
+    }
+}

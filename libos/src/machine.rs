@@ -1,0 +1,323 @@
+//! Pausing and resuming an instrumented guest, the same way on every engine.
+//!
+//! A module rewritten by `tabi-instrument` can save its call stack into a memory of its own and
+//! rebuild it from there. This module holds the engine-neutral half of that protocol: the plain
+//! data of a paused instance ([`MachineState`]), the policy that decides when to pause
+//! ([`PauseControl`]), and the loop that calls the guest's entry points, rewinds after
+//! safepoint yields and stops when a pause is due ([`drive`]). An adapter supplies the engine
+//! half by implementing [`Machine`] over its store and instance.
+//!
+//! The protocol constants here are those of `tabi-instrument` (checked by a test in
+//! `tabi-tests`).
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineError, Exit};
+
+/// Export name of the state global.
+pub const STATE_GLOBAL: &str = "__tabi_state";
+/// Export name of the save stack's top.
+pub const SP_GLOBAL: &str = "__tabi_sp";
+/// Export name of the save-stack memory.
+pub const STACK_MEMORY: &str = "__tabi_stack";
+/// Export name of the safepoint budget global.
+pub const BUDGET_GLOBAL: &str = "__tabi_budget";
+/// Export name of the module's former start function.
+pub const START_EXPORT: &str = "__tabi_start";
+/// State: running normally.
+pub const NORMAL: i32 = 0;
+/// State: saving frames.
+pub const UNWINDING: i32 = 1;
+/// State: rebuilding frames.
+pub const REWINDING: i32 = 2;
+/// The entry point of a command.
+pub const ENTRY: &str = "_start";
+
+/// Export name of global `i` of an instrumented module.
+pub fn global_export(i: u32) -> String {
+    alloc::format!("__tabi_global_{i}")
+}
+
+/// Export name of memory `i` of an instrumented module.
+pub fn memory_export(i: u32) -> String {
+    alloc::format!("__tabi_memory_{i}")
+}
+
+/// A global's value, as plain data (floats as their bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    /// An `i32`.
+    I32(i32),
+    /// An `i64`.
+    I64(i64),
+    /// An `f32`, by its bits.
+    F32(u32),
+    /// An `f64`, by its bits.
+    F64(u64),
+    /// A `v128`.
+    V128(u128),
+    /// A reference; its value is not carried (refs are not serializable), only that there was
+    /// one. Restoring leaves the fresh instance's value.
+    Ref,
+}
+
+/// The execution state of a paused instance: everything of it that is not the kernel.
+///
+/// The module itself is not included; a resume needs the same instrumented bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineState {
+    /// The export that was running ([`START_EXPORT`] or [`ENTRY`]).
+    pub entry: String,
+    /// Every global of the original module, by index, imported ones included.
+    pub globals: Vec<Value>,
+    /// Every memory of the original module, by index: its whole contents.
+    pub memories: Vec<Vec<u8>>,
+    /// The save stack: the frames the guest wrote while unwinding, outermost last.
+    pub stack: Vec<u8>,
+    /// The safepoint budget left, when the module has safepoints.
+    pub budget: Option<i32>,
+}
+
+/// Why a run paused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PauseReason {
+    /// The migration point [`PauseControl::after_points`] named was reached.
+    AfterPoints,
+    /// The host asked through [`PauseControl::request`].
+    Requested,
+    /// The guest called `tabi.checkpoint`.
+    Guest,
+}
+
+/// When to pause a run. Counted by the adapters at each migration point.
+#[derive(Clone, Debug, Default)]
+pub struct PauseControl {
+    /// Pause after the N-th migration point call of this run (1 is the first).
+    pub after_points: Option<u64>,
+    /// When set (from any thread), pause at the next migration point or safepoint yield.
+    pub request: Option<Arc<AtomicBool>>,
+    /// Safepoints passed between yields to the host (modules with safepoints only); `None`
+    /// keeps the module's default.
+    pub budget: Option<i32>,
+    points: u64,
+    pending: Option<PauseReason>,
+}
+
+impl PauseControl {
+    /// Never pauses (except when the guest asks).
+    pub fn never() -> Self {
+        PauseControl::default()
+    }
+
+    /// Pauses after the `n`-th migration point.
+    pub fn after(n: u64) -> Self {
+        PauseControl {
+            after_points: Some(n),
+            ..PauseControl::default()
+        }
+    }
+
+    /// Migration points passed so far in this run.
+    pub fn points(&self) -> u64 {
+        self.points
+    }
+
+    /// Called by an adapter after a migration point import returned: whether the guest must
+    /// unwind now.
+    pub fn at_point(&mut self) -> bool {
+        self.points += 1;
+        if self.pending.is_some() {
+            return true;
+        }
+        let reason = if self.after_points == Some(self.points) {
+            Some(PauseReason::AfterPoints)
+        } else if self.requested() {
+            Some(PauseReason::Requested)
+        } else {
+            None
+        };
+        self.pending = reason;
+        reason.is_some()
+    }
+
+    /// Called by an adapter when the guest calls `tabi.checkpoint`, before the call returns.
+    pub fn guest_request(&mut self) {
+        self.pending.get_or_insert(PauseReason::Guest);
+    }
+
+    fn requested(&self) -> bool {
+        self.request
+            .as_ref()
+            .is_some_and(|r| r.swap(false, Ordering::AcqRel))
+    }
+}
+
+/// What a [`Machine`] call ended with.
+pub enum CallEnd {
+    /// The export returned (normally, or because the guest unwound).
+    Returned,
+    /// The guest exited or trapped.
+    Exit(Exit),
+}
+
+/// The engine half of the protocol: one instantiated, instrumented module.
+pub trait Machine {
+    /// Whether the instance exports `name`.
+    fn has_export(&mut self, name: &str) -> bool;
+    /// Calls export `name` with zeroed arguments.
+    fn call(&mut self, name: &str) -> Result<CallEnd, EngineError>;
+    /// Reads an `i32` global export.
+    fn get_i32(&mut self, name: &str) -> Result<i32, EngineError>;
+    /// Writes an `i32` global export.
+    fn set_i32(&mut self, name: &str, value: i32) -> Result<(), EngineError>;
+    /// The pause policy the adapter's imports consult.
+    fn control(&mut self) -> &mut PauseControl;
+    /// Copies globals, memories and the save stack out.
+    fn capture(&mut self, entry: &str) -> Result<MachineState, EngineError>;
+    /// Writes globals, memories and the save stack in, and sets the state to rewinding.
+    fn restore(&mut self, state: &MachineState) -> Result<(), EngineError>;
+}
+
+/// How [`drive`] ended.
+pub enum Driven {
+    /// The guest finished.
+    Exit(Exit),
+    /// The guest paused; its state is here, and the kernel is in the adapter's store.
+    Paused(MachineState, PauseReason),
+}
+
+/// Where [`drive`] starts.
+pub enum Start<'a> {
+    /// A fresh instance: the start export (if any), then [`ENTRY`].
+    Fresh,
+    /// A fresh instance, from a paused state.
+    Resume(&'a MachineState),
+    /// The instance that just paused in export `entry`, continuing without copying anything.
+    InPlace(&'a str),
+}
+
+/// Runs an instrumented instance from `start`. Safepoint yields that no pause is due for are
+/// rewound on the spot.
+pub fn drive(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineError> {
+    let has_budget = m.has_export(BUDGET_GLOBAL);
+    if has_budget && let Some(b) = m.control().budget {
+        m.set_i32(BUDGET_GLOBAL, b)?;
+    }
+    let mut entries: Vec<String> = Vec::new();
+    match start {
+        Start::InPlace(entry) => {
+            m.set_i32(STATE_GLOBAL, REWINDING)?;
+            entries.push(entry.into());
+            if entry == START_EXPORT {
+                entries.push(ENTRY.into());
+            }
+        }
+        Start::Resume(state) => {
+            if state.entry != START_EXPORT && state.entry != ENTRY {
+                return Err(EngineError::Link(alloc::format!(
+                    "cannot resume in export `{}`",
+                    state.entry
+                )));
+            }
+            m.restore(state)?;
+            if has_budget && let Some(b) = m.control().budget {
+                m.set_i32(BUDGET_GLOBAL, b)?;
+            }
+            entries.push(state.entry.clone());
+            if state.entry == START_EXPORT {
+                entries.push(ENTRY.into());
+            }
+        }
+        Start::Fresh => {
+            if m.has_export(START_EXPORT) {
+                entries.push(START_EXPORT.into());
+            }
+            entries.push(ENTRY.into());
+        }
+    }
+    for entry in &entries {
+        if !m.has_export(entry) {
+            return Err(EngineError::Link(alloc::format!("no `{entry}` export")));
+        }
+        loop {
+            if let CallEnd::Exit(exit) = m.call(entry)? {
+                return Ok(Driven::Exit(exit));
+            }
+            if m.get_i32(STATE_GLOBAL)? != UNWINDING {
+                break;
+            }
+            // Unwound: a pause is due, or a safepoint ran out of budget.
+            let reason = {
+                let c = m.control();
+                match c.pending.take() {
+                    Some(r) => Some(r),
+                    None if c.requested() => Some(PauseReason::Requested),
+                    None => None,
+                }
+            };
+            if let Some(reason) = reason {
+                m.set_i32(STATE_GLOBAL, NORMAL)?;
+                let state = m.capture(entry)?;
+                return Ok(Driven::Paused(state, reason));
+            }
+            let budget = m.control().budget.unwrap_or(DEFAULT_BUDGET);
+            m.set_i32(BUDGET_GLOBAL, budget)?;
+            m.set_i32(STATE_GLOBAL, REWINDING)?;
+        }
+    }
+    Ok(Driven::Exit(Exit::Code(0)))
+}
+
+/// The budget a module with safepoints starts with (that of `tabi-instrument`).
+pub const DEFAULT_BUDGET: i32 = 1 << 20;
+
+/// How a pausable run ended.
+pub enum Outcome {
+    /// The guest finished.
+    Finished(crate::engine::Finished),
+    /// The guest paused.
+    Paused(Paused),
+}
+
+/// A paused guest, outside any engine.
+pub struct Paused {
+    /// The instance's execution state.
+    pub state: MachineState,
+    /// Why it paused.
+    pub reason: PauseReason,
+    /// Migration points passed in the run that paused.
+    pub points: u64,
+    /// The process (kernel and host).
+    pub process: crate::engine::Process,
+}
+
+/// The migration-point imports: which `wasi_snapshot_preview1` functions (by their position in
+/// [`crate::p1::NAMES`]) an adapter counts, and whether `tabi` imports count. Must match the
+/// options the module was instrumented with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Points {
+    /// Per [`crate::p1::NAMES`] entry.
+    pub p1: Vec<bool>,
+    /// Whether `tabi.checkpoint` is one.
+    pub tabi: bool,
+}
+
+impl Points {
+    /// The default set: every preview-1 function except `proc_exit`, and `tabi`'s.
+    pub fn all() -> Points {
+        Points {
+            p1: crate::p1::NAMES.iter().map(|n| *n != "proc_exit").collect(),
+            tabi: true,
+        }
+    }
+
+    /// Whether preview-1 function number `i` is one.
+    pub fn p1(&self, i: usize) -> bool {
+        self.p1.get(i).copied().unwrap_or(false)
+    }
+}

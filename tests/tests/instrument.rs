@@ -1,0 +1,235 @@
+//! The instrument rewrite: hand-written modules that cover the constructs it must handle, run
+//! instrumented and not, paused at every migration point and resumed on the other engine.
+
+use tabi_instrument::{Error, Options, instrument};
+use tabi_tests::migrate::{check_every, plain};
+use tabi_tests::{Sandbox, Spec};
+
+/// A module printing through `fd_write`, with `sched_yield` as a cheap migration point. `$out`
+/// appends an i32 as decimal text to the output buffer; `$flush` writes it.
+fn module(body: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (global $len (mut i32) (i32.const 0))
+  (global $counter (mut i64) (i64.const 7))
+  (table 4 funcref)
+  (elem (i32.const 0) $ind_a $ind_b $pure)
+  (type $ii (func (param i32) (result i32)))
+  ;; point(x) = x + 1 after a migration point
+  (func $point (param i32) (result i32)
+    (drop (call $yield))
+    (i32.add (local.get 0) (i32.const 1)))
+  (func $out (param $v i32)
+    (local $i i32) (local $neg i32)
+    (if (i32.lt_s (local.get $v) (i32.const 0))
+      (then (local.set $neg (i32.const 1)) (local.set $v (i32.sub (i32.const 0) (local.get $v)))))
+    ;; write digits backwards into 1000..1016, then copy forwards
+    (local.set $i (i32.const 1016))
+    (loop $digits
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (i32.store8 (local.get $i) (i32.add (i32.const 48) (i32.rem_u (local.get $v) (i32.const 10))))
+      (local.set $v (i32.div_u (local.get $v) (i32.const 10)))
+      (br_if $digits (local.get $v)))
+    (if (local.get $neg) (then
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (i32.store8 (local.get $i) (i32.const 45))))
+    (memory.copy (i32.add (i32.const 2048) (global.get $len)) (local.get $i) (i32.sub (i32.const 1016) (local.get $i)))
+    (global.set $len (i32.add (global.get $len) (i32.sub (i32.const 1016) (local.get $i))))
+    (i32.store8 (i32.add (i32.const 2048) (global.get $len)) (i32.const 10))
+    (global.set $len (i32.add (global.get $len) (i32.const 1))))
+  (func $flush
+    (i32.store (i32.const 0) (i32.const 2048))
+    (i32.store (i32.const 4) (global.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (global.set $len (i32.const 0)))
+  (func $ind_a (param i32) (result i32) (call $point (i32.mul (local.get 0) (i32.const 3))))
+  (func $ind_b (param i32) (result i32) (i32.sub (call $point (local.get 0)) (i32.const 100)))
+  (func $pure (param i32) (result i32) (i32.mul (local.get 0) (local.get 0)))
+  {body}
+)"#
+    );
+    wat::parse_str(text).unwrap()
+}
+
+fn spec() -> Spec {
+    Spec::new("wat").sandbox(Sandbox::None)
+}
+
+/// Each construct: plain output equals instrumented output, and every pause point resumes
+/// correctly across engines.
+fn check(body: &str, min_points: u64) {
+    let wasm = module(body);
+    let expected = plain(&spec(), &wasm);
+    assert_eq!(expected.outcome.code, Some(0), "{expected:?}");
+    let out = instrument(&wasm, &Options::default()).unwrap();
+    assert_eq!(plain(&spec(), &out.wasm), expected);
+    let n = check_every(&spec(), &wasm, 1).unwrap();
+    assert!(n >= min_points, "only {n} points");
+}
+
+#[test]
+fn values_below_a_call_survive() {
+    check(
+        r#"(func (export "_start")
+            (call $out (i32.add (i32.const 1000) (i32.mul (i32.const 3) (call $point (i32.const 4)))))
+            (call $out (i32.wrap_i64 (i64.add (i64.const 5) (i64.extend_i32_s (call $point (i32.const -9))))))
+            (call $out (i32.trunc_f64_s (f64.mul (f64.const 2.5) (f64.convert_i32_s (call $point (i32.const 8))))))
+            (call $flush))"#,
+        4,
+    );
+}
+
+#[test]
+fn nested_blocks_loops_and_branches() {
+    check(
+        r#"(func $f (param $n i32) (result i32) (local $acc i32) (local $i i32)
+            (block $done
+              (loop $l
+                (br_if $done (i32.ge_s (local.get $i) (local.get $n)))
+                (local.set $acc
+                  (i32.add (local.get $acc)
+                    (if (result i32) (i32.and (local.get $i) (i32.const 1))
+                      (then (call $point (local.get $i)))
+                      (else (i32.mul (i32.const 10) (call $point (local.get $i)))))))
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br $l)))
+            (local.get $acc))
+          (func (export "_start")
+            (call $out (call $f (i32.const 6)))
+            ;; a value below a block that holds a migration point
+            (call $out (i32.add (i32.const 77) (block (result i32) (call $point (i32.const 1)))))
+            (call $out (i32.sub (i32.const 5) (if (result i32) (i32.const 0) (then (i32.const 1)) (else (call $point (i32.const 40))))))
+            (call $flush))"#,
+        8,
+    );
+}
+
+#[test]
+fn multi_value_and_block_parameters() {
+    check(
+        r#"(func $two (param i32) (result i32 i64)
+            (call $point (local.get 0)) (i64.extend_i32_u (call $point (i32.const 10))))
+          (func (export "_start") (local $a i32) (local $b i64)
+            (call $two (i32.const 3))
+            (local.set $b) (local.set $a)
+            (call $out (i32.add (local.get $a) (i32.wrap_i64 (local.get $b))))
+            (i32.const 100) (i32.const 20)
+            (block $b2 (param i32 i32) (result i32)
+              (i32.add (call $point))
+            )
+            (call $out)
+            (i32.const 3)
+            (loop $l (param i32) (result i32)
+              (call $point)
+              (local.tee $a)
+              (br_if $l (i32.lt_s (local.get $a) (i32.const 6)))
+              (drop)
+              (local.get $a))
+            (call $out)
+            (call $flush))"#,
+        6,
+    );
+}
+
+#[test]
+fn indirect_calls_recursion_and_globals() {
+    check(
+        r#"(func $rec (param $n i32) (result i32)
+            (if (result i32) (i32.eqz (local.get $n))
+              (then (call $point (i32.const 0)))
+              (else (i32.add (local.get $n) (call $rec (i32.sub (local.get $n) (i32.const 1)))))))
+          (func (export "_start") (local $i i32)
+            (call $out (call_indirect (type $ii) (i32.const 5) (i32.const 0)))
+            (call $out (call_indirect (type $ii) (i32.const 5) (i32.const 1)))
+            (call $out (call_indirect (type $ii) (i32.const 5) (i32.const 2)))
+            (call $out (call $rec (i32.const 30)))
+            (global.set $counter (i64.add (global.get $counter) (i64.extend_i32_u (call $point (i32.const 1)))))
+            (call $out (i32.wrap_i64 (global.get $counter)))
+            (call $flush))"#,
+        5,
+    );
+}
+
+#[test]
+fn unsupported_constructs_are_refused_with_their_name() {
+    // A tail call of a function that reaches a migration point.
+    let wasm = module(
+        r#"(func $t (result i32) (return_call $point (i32.const 1))) (func (export "_start") (drop (call $t)))"#,
+    );
+    match instrument(&wasm, &Options::default()) {
+        Err(Error::Unsupported { construct, .. }) => {
+            assert!(construct.contains("return_call"), "{construct}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A migration point used as a function value.
+    let wasm = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "sched_yield" (func $y (result i32)))
+            (table 1 funcref) (elem (i32.const 0) $y) (func (export "_start")))"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        instrument(&wasm, &Options::default()),
+        Err(Error::Unsupported { .. })
+    ));
+    // Malformed input.
+    assert!(matches!(
+        instrument(b"\0asm\x01\0\0\0\x01\xff", &Options::default()),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        instrument(b"not wasm", &Options::default()),
+        Err(Error::Invalid(_))
+    ));
+    // Already instrumented.
+    let wasm = module(r#"(func (export "_start") (drop (call $point (i32.const 1))))"#);
+    let once = instrument(&wasm, &Options::default()).unwrap().wasm;
+    assert!(matches!(
+        instrument(&once, &Options::default()),
+        Err(Error::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn output_is_deterministic_and_untouched_functions_are_byte_identical() {
+    let wasm =
+        module(r#"(func (export "_start") (drop (call $point (call $pure (i32.const 3)))))"#);
+    let a = instrument(&wasm, &Options::default()).unwrap();
+    let b = instrument(&wasm, &Options::default()).unwrap();
+    assert_eq!(a.wasm, b.wasm);
+    let m = tabi_instrument::Manifest::from_module(&a.wasm)
+        .unwrap()
+        .unwrap();
+    assert_eq!(m, a.manifest);
+    {
+        use sha2::Digest;
+        assert_eq!(
+            m.original_sha256,
+            <[u8; 32]>::from(sha2::Sha256::digest(&wasm))
+        );
+    }
+    // $point, $ind_a, $ind_b and _start reach `sched_yield`, $flush calls `fd_write`; $out and
+    // $pure reach neither.
+    assert_eq!(m.instrumented_functions, 5);
+    let bodies = |w: &[u8]| -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        for p in wasmparser::Parser::new(0).parse_all(w) {
+            if let wasmparser::Payload::CodeSectionEntry(b) = p.unwrap() {
+                v.push(w[b.range()].to_vec());
+            }
+        }
+        v
+    };
+    let (before, after) = (bodies(&wasm), bodies(&a.wasm));
+    // Function order: $point $out $flush $ind_a $ind_b $pure _start.
+    for i in [1, 5] {
+        assert_eq!(before[i], after[i], "body {i} changed");
+    }
+    for i in [0, 2, 3, 4, 6] {
+        assert_ne!(before[i], after[i], "body {i} not rewritten");
+    }
+}
