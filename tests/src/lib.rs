@@ -250,7 +250,37 @@ pub mod migrate {
     use super::*;
     use tabi_libos::machine::{self, MachineState, PauseControl, Points};
 
-    /// Compiles and runs an instrumented module on `backend` until it finishes or pauses.
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+
+    type Cache<M> = Mutex<HashMap<Vec<u8>, M>>;
+
+    /// Engines and compiled modules, shared by every run of a test process.
+    fn wasmtime_module(wasm: &[u8]) -> (&'static tabi_wasmtime::Wasmtime, wasmtime::Module) {
+        static E: OnceLock<tabi_wasmtime::Wasmtime> = OnceLock::new();
+        static C: OnceLock<Cache<wasmtime::Module>> = OnceLock::new();
+        let e = E.get_or_init(tabi_wasmtime::Wasmtime::new);
+        let mut c = C.get_or_init(Default::default).lock().unwrap();
+        let m = c
+            .entry(wasm.to_vec())
+            .or_insert_with(|| e.compile(wasm).unwrap())
+            .clone();
+        (e, m)
+    }
+
+    fn wasmi_module(wasm: &[u8]) -> (&'static tabi_wasmi::Wasmi, wasmi::Module) {
+        static E: OnceLock<tabi_wasmi::Wasmi> = OnceLock::new();
+        static C: OnceLock<Cache<wasmi::Module>> = OnceLock::new();
+        let e = E.get_or_init(tabi_wasmi::Wasmi::new);
+        let mut c = C.get_or_init(Default::default).lock().unwrap();
+        let m = c
+            .entry(wasm.to_vec())
+            .or_insert_with(|| e.compile(wasm).unwrap())
+            .clone();
+        (e, m)
+    }
+
+    /// Runs an instrumented module on `backend` until it finishes or pauses.
     pub fn run_pausable(
         backend: Backend,
         wasm: &[u8],
@@ -260,14 +290,12 @@ pub mod migrate {
     ) -> machine::Outcome {
         match backend {
             Backend::Wasmtime => {
-                let e = tabi_wasmtime::Wasmtime::new();
-                let m = e.compile(wasm).unwrap();
+                let (e, m) = wasmtime_module(wasm);
                 e.run_pausable(&m, process, control, Points::all(), resume)
                     .unwrap()
             }
             Backend::Wasmi => {
-                let e = tabi_wasmi::Wasmi::new();
-                let m = e.compile(wasm).unwrap();
+                let (e, m) = wasmi_module(wasm);
                 e.run_pausable(&m, process, control, Points::all(), resume)
                     .unwrap()
             }

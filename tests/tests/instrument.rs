@@ -233,3 +233,26 @@ fn output_is_deterministic_and_untouched_functions_are_byte_identical() {
         assert_ne!(before[i], after[i], "body {i} not rewritten");
     }
 }
+
+/// The kernel issue's guests, paused after every migration point they reach and resumed on the
+/// other engine (alternating which engine goes first), give what an uninterrupted run of the
+/// original gives: stdout, stderr, exit status and the in-memory file tree.
+#[test]
+fn guests_survive_a_pause_at_every_migration_point() {
+    use tabi_tests::guests;
+    let cases = [
+        Spec::new(guests::HELLO).args(&["a", "b c"]).env("K", "v"),
+        Spec::new(guests::HELLO).args(&["--exit", "3"]),
+        Spec::new(guests::STD_FS),
+        Spec::new(guests::STD_FS).args(&["churn", "20"]),
+        Spec::new(guests::COMPUTE).args(&["all", "1"]),
+        Spec::new(guests::COMPUTE).args(&["deep", "50"]),
+        Spec::new(guests::POSIX),
+    ];
+    for spec in cases {
+        let wasm = std::fs::read(&spec.wasm).unwrap();
+        let n = check_every(&spec, &wasm, 1).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        assert!(n > 0, "{spec:?} passed no migration point");
+        eprintln!("{:?} {:?}: {n} points", spec.wasm.rsplit('/').next(), spec.args);
+    }
+}

@@ -1,4 +1,5 @@
-//! Compute-bound work for benchmarks and cross-engine checks: `compute hash|sort|float|all N`.
+//! Compute-bound work for benchmarks and cross-engine checks:
+//! `compute hash|sort|float|all|fib|deep N`.
 //! Prints a checksum so every engine must agree on the result.
 
 fn fnv_rounds(n: u64) -> u64 {
@@ -61,6 +62,21 @@ fn nbody(steps: u64) -> f64 {
     pos.iter().flatten().sum()
 }
 
+/// Recursion `n` frames deep; the innermost frame writes to stdout, a migration point.
+fn deep(n: u64) -> u64 {
+    if n == 0 {
+        println!("bottom");
+        return 1;
+    }
+    let below = deep(n - 1);
+    std::hint::black_box(below.wrapping_mul(31).wrapping_add(n))
+}
+
+/// Naive Fibonacci: call-heavy recursion.
+fn fib(n: u64) -> u64 {
+    if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("all");
@@ -70,6 +86,12 @@ fn main() {
     }
     if what == "sort" || what == "all" {
         println!("sort {}", sort_rounds(n));
+    }
+    if what == "deep" {
+        println!("deep {}", deep(n));
+    }
+    if what == "fib" {
+        println!("fib {}", fib(n));
     }
     if what == "float" || what == "all" {
         println!("float {:.9}", nbody(n * 10_000));
