@@ -280,8 +280,26 @@ pub mod migrate {
         (e, m)
     }
 
-    /// Runs an instrumented module on `backend` until it finishes or pauses.
+    /// Runs an instrumented module on `backend` until it finishes or pauses, on a thread with
+    /// a stack large enough for the engines' deepest guest stacks.
     pub fn run_pausable(
+        backend: Backend,
+        wasm: &[u8],
+        process: Process,
+        control: PauseControl,
+        resume: Option<&MachineState>,
+    ) -> machine::Outcome {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(64 << 20)
+                .spawn_scoped(s, || run_pausable_here(backend, wasm, process, control, resume))
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    }
+
+    fn run_pausable_here(
         backend: Backend,
         wasm: &[u8],
         process: Process,

@@ -237,22 +237,110 @@ fn output_is_deterministic_and_untouched_functions_are_byte_identical() {
 /// The kernel issue's guests, paused after every migration point they reach and resumed on the
 /// other engine (alternating which engine goes first), give what an uninterrupted run of the
 /// original gives: stdout, stderr, exit status and the in-memory file tree.
-#[test]
-fn guests_survive_a_pause_at_every_migration_point() {
+fn every_point(spec: Spec) {
+    let wasm = std::fs::read(&spec.wasm).unwrap();
+    let n = check_every(&spec, &wasm, 1).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+    assert!(n > 0, "{spec:?} passed no migration point");
+}
+
+mod every_point {
+    use super::*;
     use tabi_tests::guests;
-    let cases = [
-        Spec::new(guests::HELLO).args(&["a", "b c"]).env("K", "v"),
-        Spec::new(guests::HELLO).args(&["--exit", "3"]),
-        Spec::new(guests::STD_FS),
-        Spec::new(guests::STD_FS).args(&["churn", "20"]),
-        Spec::new(guests::COMPUTE).args(&["all", "1"]),
-        Spec::new(guests::COMPUTE).args(&["deep", "50"]),
-        Spec::new(guests::POSIX),
-    ];
-    for spec in cases {
-        let wasm = std::fs::read(&spec.wasm).unwrap();
-        let n = check_every(&spec, &wasm, 1).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
-        assert!(n > 0, "{spec:?} passed no migration point");
-        eprintln!("{:?} {:?}: {n} points", spec.wasm.rsplit('/').next(), spec.args);
+
+    #[test]
+    fn hello() {
+        every_point(Spec::new(guests::HELLO).args(&["a", "b c"]).env("K", "v"));
+        every_point(Spec::new(guests::HELLO).args(&["--exit", "3"]));
     }
+
+    #[test]
+    fn std_fs() {
+        every_point(Spec::new(guests::STD_FS));
+    }
+
+    #[test]
+    fn std_fs_churn() {
+        every_point(Spec::new(guests::STD_FS).args(&["churn", "20"]));
+    }
+
+    #[test]
+    fn compute() {
+        every_point(Spec::new(guests::COMPUTE).args(&["all", "1"]));
+        every_point(Spec::new(guests::COMPUTE).args(&["deep", "50"]));
+    }
+
+    #[test]
+    fn posix_c() {
+        every_point(Spec::new(guests::POSIX));
+    }
+}
+
+/// A 10,000-frame stack unwinds into the save stack and rebuilds itself, on either engine,
+/// and across them.
+#[test]
+fn deep_recursion_unwinds_and_rewinds() {
+    use tabi_tests::guests;
+    let spec = Spec::new(guests::COMPUTE).args(&["deep", "10000"]);
+    let wasm = std::fs::read(&spec.wasm).unwrap();
+    let n = check_every(&spec, &wasm, 1).unwrap();
+    assert!(n >= 2, "{n}");
+}
+
+/// With safepoints, a guest looping without any call can be paused by the host from another
+/// thread, and the paused state resumes on the other engine with the same result.
+#[test]
+fn safepoints_let_the_host_pause_a_loop() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tabi_libos::machine::{Outcome, PauseControl, PauseReason};
+    use tabi_tests::migrate::run_pausable;
+    use tabi_tests::{Backend, guests, process_for};
+
+    let spec = Spec::new(guests::COMPUTE).args(&["hash", "60"]);
+    let original = std::fs::read(&spec.wasm).unwrap();
+    let options = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let wasm = instrument(&original, &options).unwrap().wasm;
+    let expected = plain(&spec, &original);
+
+    // A small budget: the guest yields often, and each yield is rewound in place.
+    let (process, out, _) = process_for(&spec);
+    let mut control = PauseControl::never();
+    control.budget = Some(1000);
+    match run_pausable(Backend::Wasmtime, &wasm, process, control, None) {
+        Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
+        Outcome::Paused(_) => panic!("paused without a request"),
+    }
+    assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), expected.outcome.stdout);
+
+    // A request from another thread while the hash loop runs.
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            flag.store(true, Ordering::Release);
+        })
+    };
+    let (process, out1, _) = process_for(&spec);
+    let mut control = PauseControl::never();
+    control.request = Some(flag);
+    control.budget = Some(10_000);
+    let paused = match run_pausable(Backend::Wasmtime, &wasm, process, control, None) {
+        Outcome::Paused(p) => p,
+        Outcome::Finished(_) => panic!("the loop finished before the request"),
+    };
+    setter.join().unwrap();
+    assert_eq!(paused.reason, PauseReason::Requested);
+    let (mut process, out2, _) = process_for(&spec);
+    process.kernel = paused.process.kernel;
+    match run_pausable(Backend::Wasmi, &wasm, process, PauseControl::never(), Some(&paused.state)) {
+        Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
+        Outcome::Paused(_) => panic!("paused again"),
+    }
+    let got = String::from_utf8_lossy(&out1.lock().unwrap()).into_owned()
+        + &String::from_utf8_lossy(&out2.lock().unwrap());
+    assert_eq!(got, expected.outcome.stdout);
 }
