@@ -5,6 +5,9 @@
 //! `--copy-dir HOST::GUEST`, which copies a host directory into the in-memory file system so
 //! that its contents travel with the guest, and `--deterministic`, which makes clocks virtual and
 //! randomness seeded so that two runs print the same bytes.
+//!
+//! `tabi instrument IN -o OUT` rewrites a module with `tabi-instrument` so that its call stack
+//! can be saved and rebuilt; the output still runs anywhere a plain module runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +32,62 @@ struct Cli {
 enum Command {
     /// Run a WASI preview-1 module's `_start`.
     Run(RunArgs),
+    /// Rewrite a module so that its call stack can be saved and rebuilt (see tabi-instrument).
+    Instrument(InstrumentArgs),
+}
+
+#[derive(Parser)]
+struct InstrumentArgs {
+    /// The module to rewrite.
+    input: PathBuf,
+    /// Where to write the result.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Add safepoints at loop headers and recursive functions' entries, so that the host can
+    /// pause a guest that makes no calls.
+    #[arg(long)]
+    safepoints: bool,
+    /// Also treat calls of these imports as migration points: MODULE (all its imports) or
+    /// MODULE::NAME.
+    #[arg(long = "point", value_name = "MODULE[::NAME]")]
+    points: Vec<String>,
+    /// Drop the default migration points (every wasi_snapshot_preview1 and tabi import).
+    #[arg(long)]
+    no_default_points: bool,
+}
+
+fn instrument(args: InstrumentArgs) -> Result<()> {
+    let wasm = std::fs::read(&args.input)
+        .with_context(|| format!("cannot read module `{}`", args.input.display()))?;
+    let mut options = tabi_instrument::Options {
+        safepoints: args.safepoints,
+        ..Default::default()
+    };
+    if args.no_default_points {
+        options.points.clear();
+    }
+    for p in &args.points {
+        let (module, name) = match p.split_once("::") {
+            Some((m, n)) => (m.to_string(), Some(n.to_string())),
+            None => (p.clone(), None),
+        };
+        options
+            .points
+            .push(tabi_instrument::PointRule { module, name });
+    }
+    let out = tabi_instrument::instrument(&wasm, &options)
+        .with_context(|| format!("cannot instrument `{}`", args.input.display()))?;
+    std::fs::write(&args.output, &out.wasm)
+        .with_context(|| format!("cannot write `{}`", args.output.display()))?;
+    eprintln!(
+        "tabi: instrumented {} functions ({} sites); {} -> {} bytes ({:+.1}%)",
+        out.manifest.instrumented_functions,
+        out.manifest.sites,
+        wasm.len(),
+        out.wasm.len(),
+        (out.wasm.len() as f64 / wasm.len().max(1) as f64 - 1.0) * 100.0
+    );
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -147,6 +206,13 @@ fn main() -> ExitCode {
                 // Statuses above 255 wrap as the host's own exit() would.
                 ExitCode::from(exit.process_code() as u8)
             }
+            Err(e) => {
+                eprintln!("tabi: error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Instrument(args) => match instrument(args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tabi: error: {e:#}");
                 ExitCode::from(1)

@@ -123,3 +123,40 @@ fn dir_mounts_write_to_the_host() {
     assert_eq!(out.status.code(), Some(0));
     assert!(dir.path().join("greeting.txt").exists());
 }
+
+#[test]
+fn instrument_writes_a_module_that_runs_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("hello.tabi.wasm");
+    let out = tabi()
+        .args(["instrument", guests::HELLO, "-o"])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("instrumented"));
+    let bytes = std::fs::read(&out_path).unwrap();
+    assert!(tabi_instrument::Manifest::from_module(&bytes).unwrap().is_some());
+    for backend in ["wasmtime", "wasmi"] {
+        let run = tabi()
+            .args(["run", "--backend", backend])
+            .arg(&out_path)
+            .args(["--exit", "7"])
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(7), "{backend}");
+        assert!(String::from_utf8_lossy(&run.stdout).contains("hello from a WASI guest"));
+    }
+    // Bad input: a clear error, status 1.
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\x0a\xff").unwrap();
+    let out = tabi()
+        .args(["instrument"])
+        .arg(&bad)
+        .arg("-o")
+        .arg(dir.path().join("x.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tabi: error: cannot instrument"));
+}
