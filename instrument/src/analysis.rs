@@ -53,6 +53,10 @@ pub(crate) struct Module<'a> {
     pub callee: Vec<Callee>,
     /// Per function: gets an entry safepoint.
     pub recursive: Vec<bool>,
+    /// Per function: cannot return (a loop-free body whose every path traps or calls such a
+    /// function) and can reach a migration point. Calls of it are not sites; on entry it
+    /// raises the no-pause counter instead, for pauses cannot be taken inside it.
+    pub guard: Vec<bool>,
     /// `(canonical type, table)` pairs whose `call_indirect` may reach a rewritten function.
     pub indirect_hits: BTreeSet<(u32, u32)>,
     /// Canonical types whose `call_ref` may reach a rewritten function.
@@ -63,9 +67,25 @@ pub(crate) struct Module<'a> {
     pub bodies: Vec<(FunctionBody<'a>, FuncToValidate<ValidatorResources>)>,
 }
 
+/// The control shape of a loop-free body, enough to tell whether its end can be reached.
+enum Ev {
+    Block,
+    If,
+    Else,
+    End,
+    Br(u32),
+    BrIf(u32),
+    BrTable(Vec<u32>),
+    Return,
+    Stop,
+    Call(u32),
+}
+
 /// Per-function facts gathered by one pass over its operators.
 #[derive(Default)]
 struct Scan {
+    /// The control shape, for bodies without loops.
+    shape: Vec<Ev>,
     calls: Vec<u32>,
     indirect: Vec<(u32, u32)>,
     refs: Vec<u32>,
@@ -78,7 +98,39 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
     let mut s = Scan::default();
     let mut reader = body.get_operators_reader()?;
     while !reader.eof() {
-        match reader.read()? {
+        let op = reader.read()?;
+        if !s.has_loop {
+            s.shape.push(match &op {
+                Operator::Block { .. } | Operator::Try { .. } | Operator::TryTable { .. } => {
+                    Ev::Block
+                }
+                Operator::If { .. } => Ev::If,
+                Operator::Else | Operator::Catch { .. } | Operator::CatchAll => Ev::Else,
+                Operator::End | Operator::Delegate { .. } => Ev::End,
+                Operator::Br { relative_depth } => Ev::Br(*relative_depth),
+                Operator::BrIf { relative_depth }
+                | Operator::BrOnNull { relative_depth }
+                | Operator::BrOnNonNull { relative_depth }
+                | Operator::BrOnCast { relative_depth, .. }
+                | Operator::BrOnCastFail { relative_depth, .. } => Ev::BrIf(*relative_depth),
+                Operator::BrTable { targets } => {
+                    let mut t: Vec<u32> = targets.targets().collect::<Result<_, _>>()?;
+                    t.push(targets.default());
+                    Ev::BrTable(t)
+                }
+                Operator::Return
+                | Operator::ReturnCall { .. }
+                | Operator::ReturnCallIndirect { .. }
+                | Operator::ReturnCallRef { .. } => Ev::Return,
+                Operator::Unreachable
+                | Operator::Throw { .. }
+                | Operator::ThrowRef
+                | Operator::Rethrow { .. } => Ev::Stop,
+                Operator::Call { function_index } => Ev::Call(*function_index),
+                _ => Ev::Call(u32::MAX),
+            });
+        }
+        match op {
             Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
                 s.calls.push(function_index)
             }
@@ -99,11 +151,126 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
             | Operator::TableFill { table }
             | Operator::TableInit { table, .. } => s.mutated_tables.push(table),
             Operator::TableCopy { dst_table, .. } => s.mutated_tables.push(dst_table),
-            Operator::Loop { .. } => s.has_loop = true,
+            Operator::Loop { .. } => {
+                s.has_loop = true;
+                s.shape = Vec::new();
+            }
             _ => {}
         }
     }
     Ok(s)
+}
+
+/// Whether a loop-free body of this shape can return, given which functions cannot.
+fn can_return(shape: &[Ev], noreturn: &[bool]) -> bool {
+    struct Frame {
+        is_if: bool,
+        entry_live: bool,
+        then_end: Option<bool>,
+        targeted: bool,
+    }
+    let mut frames = vec![Frame {
+        is_if: false,
+        entry_live: true,
+        then_end: None,
+        targeted: false,
+    }];
+    let mut live = true;
+    let target = |frames: &mut Vec<Frame>, d: u32| {
+        let n = frames.len();
+        if let Some(f) = (d as usize).checked_add(1).and_then(|d| n.checked_sub(d)) {
+            frames[f].targeted = true;
+        }
+    };
+    for ev in shape {
+        match ev {
+            Ev::Block | Ev::If => frames.push(Frame {
+                is_if: matches!(ev, Ev::If),
+                entry_live: live,
+                then_end: None,
+                targeted: false,
+            }),
+            Ev::Else => {
+                if let Some(f) = frames.last_mut() {
+                    f.then_end = Some(live);
+                    live = f.entry_live;
+                }
+            }
+            Ev::End => {
+                let Some(f) = frames.pop() else { break };
+                let fallthrough = match (f.is_if, f.then_end) {
+                    (true, None) => live || f.entry_live,
+                    (true, Some(t)) => live || t,
+                    (false, _) => live,
+                };
+                live = fallthrough || f.targeted;
+                if frames.is_empty() {
+                    return live;
+                }
+            }
+            Ev::Br(d) => {
+                if live {
+                    target(&mut frames, *d);
+                }
+                live = false;
+            }
+            Ev::BrIf(d) => {
+                if live {
+                    target(&mut frames, *d);
+                }
+            }
+            Ev::BrTable(ds) => {
+                if live {
+                    for d in ds {
+                        target(&mut frames, *d);
+                    }
+                }
+                live = false;
+            }
+            Ev::Return => {
+                if live {
+                    return true;
+                }
+            }
+            Ev::Stop => live = false,
+            Ev::Call(f) => {
+                if noreturn.get(*f as usize).copied().unwrap_or(false) {
+                    live = false;
+                }
+            }
+        }
+    }
+    // A branch to the function's own label returns too.
+    live || frames.first().is_some_and(|f| f.targeted)
+}
+
+/// Reverse reachability from `seeds` over `edges`, not entering nodes for which `skip` holds.
+fn reach(edges: &[Vec<usize>], seeds: &[usize], skip: &dyn Fn(usize) -> bool) -> Vec<bool> {
+    let mut callers: Vec<Vec<usize>> = vec![Vec::new(); edges.len()];
+    for (from, es) in edges.iter().enumerate() {
+        for &to in es {
+            if !skip(to) {
+                callers[to].push(from);
+            }
+        }
+    }
+    let mut reaches = vec![false; edges.len()];
+    let mut work = Vec::new();
+    for &s in seeds {
+        if !reaches[s] {
+            reaches[s] = true;
+            work.push(s);
+        }
+    }
+    while let Some(n) = work.pop() {
+        for &c in &callers[n] {
+            if !reaches[c] {
+                reaches[c] = true;
+                work.push(c);
+            }
+        }
+    }
+    reaches
 }
 
 fn const_expr_funcs(expr: &wasmparser::ConstExpr<'_>, out: &mut Vec<u32>) -> Result<(), Error> {
@@ -133,6 +300,7 @@ impl<'a> Module<'a> {
             start: None,
             callee: Vec::new(),
             recursive: Vec::new(),
+            guard: Vec::new(),
             indirect_hits: BTreeSet::new(),
             ref_hits: BTreeSet::new(),
             canon: Vec::new(),
@@ -388,40 +556,55 @@ impl<'a> Module<'a> {
             }
         }
 
-        // Reverse reachability from the seeds.
-        let mut reaches = vec![false; edges.len()];
-        let mut work = Vec::new();
-        for f in 0..nfuncs {
-            let defined = f >= m.imported_funcs as usize;
-            let seed = is_point[f]
-                || (options.safepoints
-                    && defined
-                    && (scans[f - m.imported_funcs as usize].has_loop || m.recursive[f]));
-            if seed {
-                reaches[f] = true;
-                work.push(f);
-            }
-        }
-        let mut callers: Vec<Vec<usize>> = vec![Vec::new(); edges.len()];
-        for (from, es) in edges.iter().enumerate() {
-            for &to in es {
-                callers[to].push(from);
-            }
-        }
-        while let Some(n) = work.pop() {
-            for &c in &callers[n] {
-                if !reaches[c] {
-                    reaches[c] = true;
-                    work.push(c);
+        // Functions that cannot return: proc_exit, and loop-free bodies that cannot reach
+        // their end (a greatest fixpoint: assume they cannot, then drop those that can).
+        let imported = m.imported_funcs as usize;
+        let mut noreturn: Vec<bool> = (0..nfuncs)
+            .map(|f| {
+                if f < imported {
+                    import_names[f].0 == "wasi_snapshot_preview1" && import_names[f].1 == "proc_exit"
+                } else {
+                    !scans[f - imported].has_loop
+                }
+            })
+            .collect();
+        loop {
+            let mut changed = false;
+            for f in imported..nfuncs {
+                if noreturn[f] && can_return(&scans[f - imported].shape, &noreturn) {
+                    noreturn[f] = false;
+                    changed = true;
                 }
             }
+            if !changed {
+                break;
+            }
         }
+
+        // Reverse reachability from the seeds, through calls that can return; and through any.
+        let seeds: Vec<usize> = (0..nfuncs)
+            .filter(|&f| {
+                let defined = f >= imported;
+                is_point[f]
+                    || (options.safepoints
+                        && defined
+                        && !noreturn[f]
+                        && (scans[f - imported].has_loop || m.recursive[f]))
+            })
+            .collect();
+        let is_noreturn = |n: usize| n < nfuncs && noreturn[n];
+        let reaches = reach(&edges, &seeds, &is_noreturn);
+        let reaches_any = reach(&edges, &seeds, &|_| false);
+        m.guard = (0..nfuncs)
+            .map(|f| f >= imported && noreturn[f] && reaches_any[f])
+            .collect();
         m.callee = (0..nfuncs)
             .map(|f| match (reaches[f], f < m.imported_funcs as usize) {
                 (false, _) => Callee::Plain,
                 (true, true) if is_point[f] => Callee::Point,
                 // An import reached only through a cycle cannot be one; imports have no edges.
                 (true, true) => Callee::Plain,
+                (true, false) if noreturn[f] => Callee::Plain,
                 (true, false) => Callee::Instrumented,
             })
             .collect();

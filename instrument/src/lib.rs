@@ -69,6 +69,10 @@ pub const STATE_GLOBAL: &str = "__tabi_state";
 pub const SP_GLOBAL: &str = "__tabi_sp";
 /// Export name of the memory holding the save stack.
 pub const STACK_MEMORY: &str = "__tabi_stack";
+/// Export name of the `i32` global counting entries into functions that cannot return (panic
+/// and abort paths). While it is not zero, the host must not start an unwind: such functions
+/// are not rewritten, so a stack through them cannot be saved. Safepoints respect it too.
+pub const NOPAUSE_GLOBAL: &str = "__tabi_nopause";
 /// Export name of the `i32` global counted down by safepoints (only with
 /// [`Options::safepoints`]).
 pub const BUDGET_GLOBAL: &str = "__tabi_budget";

@@ -70,13 +70,15 @@ pub(crate) fn assemble(
     let nfuncs = m.func_types.len() as u32;
     let state = m.globals;
     let sp = m.globals + 1;
-    let budget = options.safepoints.then_some(m.globals + 2);
+    let nopause = m.globals + 2;
+    let budget = options.safepoints.then_some(m.globals + 3);
     let mut ctx = Ctx {
         m,
         types: Types::new(m.types.len() as u32),
         state,
         sp,
         budget,
+        nopause,
         stack_mem: m.memories,
         reserve: nfuncs,
     };
@@ -105,8 +107,26 @@ pub(crate) fn assemble(
                 .into_validator(Default::default())
                 .validate(&body)?;
             let bytes = &wasm[body.range()];
-            bytes.len().encode(&mut code);
-            code.extend_from_slice(bytes);
+            if m.guard[func as usize] {
+                // Raise the no-pause counter on entry; the body is otherwise unchanged.
+                let mut locals = body.get_locals_reader()?;
+                for _ in 0..locals.get_count() {
+                    locals.read()?;
+                }
+                let split = locals.original_position() - body.range().start;
+                let mut prefix = Vec::new();
+                Instruction::GlobalGet(nopause).encode(&mut prefix);
+                Instruction::I32Const(1).encode(&mut prefix);
+                Instruction::I32Add.encode(&mut prefix);
+                Instruction::GlobalSet(nopause).encode(&mut prefix);
+                (bytes.len() + prefix.len()).encode(&mut code);
+                code.extend_from_slice(&bytes[..split]);
+                code.extend_from_slice(&prefix);
+                code.extend_from_slice(&bytes[split..]);
+            } else {
+                bytes.len().encode(&mut code);
+                code.extend_from_slice(bytes);
+            }
         }
     }
     let reserve = reserve_body(sp, m.memories);
@@ -118,6 +138,7 @@ pub(crate) fn assemble(
         (crate::STATE_GLOBAL.into(), ExportKind::Global, state),
         (crate::SP_GLOBAL.into(), ExportKind::Global, sp),
         (crate::STACK_MEMORY.into(), ExportKind::Memory, m.memories),
+        (crate::NOPAUSE_GLOBAL.into(), ExportKind::Global, nopause),
     ];
     if let Some(b) = budget {
         exports.push((crate::BUDGET_GLOBAL.into(), ExportKind::Global, b));
@@ -148,7 +169,7 @@ pub(crate) fn assemble(
     }
 
     let mut global_bytes = Vec::new();
-    let mut new_globals = vec![(state, 0), (sp, 0)];
+    let mut new_globals = vec![(state, 0), (sp, 0), (nopause, 0)];
     if let Some(b) = budget {
         new_globals.push((b, crate::DEFAULT_BUDGET));
     }

@@ -74,6 +74,7 @@ pub(crate) struct Ctx<'m, 'a> {
     pub state: u32,
     pub sp: u32,
     pub budget: Option<u32>,
+    pub nopause: u32,
     pub stack_mem: u32,
     pub reserve: u32,
 }
@@ -523,11 +524,11 @@ fn site_item<'a>(
     })))
 }
 
-fn collect_site_types(items: &[Item<'_>], out: &mut Vec<ValType>) {
+fn collect_site_types(items: &[Item<'_>], out: &mut Vec<Vec<ValType>>) {
     for item in items {
         match item {
             Item::Op(_) => {}
-            Item::Site(s) => out.extend(s.saved()),
+            Item::Site(s) => out.push(s.saved()),
             Item::Block(b) => {
                 collect_site_types(&b.body, out);
                 if let Some(e) = &b.else_body {
@@ -550,6 +551,7 @@ struct Emitter<'c, 'm, 'a> {
     base: u32,
     site_local: u32,
     scratch: BTreeMap<ValType, u32>,
+    site_values: BTreeMap<ValType, Vec<u32>>,
     /// Byte offset of each saved local in the frame.
     saved: Vec<(u32, ValType, u32)>,
     locals_size: u32,
@@ -565,16 +567,23 @@ fn emit(
 ) -> Result<Rewritten, Error> {
     let base = locals.add(ValType::I32, false);
     let site_local = locals.add(ValType::I32, false);
-    // One scratch local per type of value a site saves (i32 is always needed).
     let mut scratch = BTreeMap::new();
-    let mut wanted = vec![ValType::I32];
-    collect_site_types(&root.body, &mut wanted);
-    if let Some(e) = &root.else_body {
-        collect_site_types(e, &mut wanted);
-    }
-    for t in wanted {
-        if let std::collections::btree_map::Entry::Vacant(v) = scratch.entry(t) {
-            v.insert(locals.add(t, false));
+    scratch.insert(ValType::I32, locals.add(ValType::I32, false));
+    // Site values go into locals of their own (the k-th value of a type at a site into the
+    // k-th such local), saved with the others.
+    let mut site_types = Vec::new();
+    collect_site_types(&root.body, &mut site_types);
+    let mut site_values: BTreeMap<ValType, Vec<u32>> = BTreeMap::new();
+    for types in &site_types {
+        let mut seen: BTreeMap<ValType, usize> = BTreeMap::new();
+        for &t in types {
+            size_of(t, func)?;
+            let k = seen.entry(t).or_insert(0);
+            let list = site_values.entry(t).or_default();
+            if list.len() == *k {
+                list.push(locals.add(t, true));
+            }
+            *k += 1;
         }
     }
     let mut saved = Vec::new();
@@ -602,6 +611,7 @@ fn emit(
         base,
         site_local,
         scratch,
+        site_values,
         saved,
         locals_size: offset,
     };
@@ -623,12 +633,11 @@ fn emit(
         enc(t)?.encode(&mut e.out);
     }
 
-    e.prologue()?;
     e.unwind_label = e.open_added(BlockType::Empty);
     let bt = e.ctx.types.block(&[], fty.results())?;
     e.ins(Instruction::Block(bt));
     e.labels.push(None);
-    e.level(&root.body, &[])?;
+    e.level(&root.body, &[], true)?;
     e.end();
     e.ins(Instruction::Return);
     e.end();
@@ -736,38 +745,38 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    /// On rewind: pop this function's frame and reload its locals.
-    fn prologue(&mut self) -> Result<(), Error> {
-        let (state, sp, base) = (self.ctx.state, self.ctx.sp, self.base);
-        self.ins(Instruction::GlobalGet(state));
-        self.ins(Instruction::I32Const(crate::REWINDING));
-        self.ins(Instruction::I32Eq);
-        self.ins(Instruction::If(BlockType::Empty));
+    /// Bytes of this function's frame: the saved locals, then the site number.
+    fn frame_size(&self) -> u32 {
+        self.locals_size + 4
+    }
+
+    /// On rewind: pop this function's frame and reload its locals and site number.
+    fn restore_frame(&mut self) -> Result<(), Error> {
+        let (sp, base) = (self.ctx.sp, self.base);
         self.ins(Instruction::GlobalGet(sp));
-        self.ins(Instruction::I32Const(8));
-        self.ins(Instruction::I32Sub);
-        self.ins(Instruction::LocalTee(base));
-        self.load(ValType::I32, 0)?;
-        self.ins(Instruction::LocalSet(self.site_local));
-        self.ins(Instruction::LocalGet(base));
-        self.ins(Instruction::I32Const(8));
-        self.ins(Instruction::I32Add);
-        self.ins(Instruction::LocalGet(base));
-        self.load(ValType::I32, 4)?;
+        self.ins(Instruction::I32Const(self.frame_size() as i32));
         self.ins(Instruction::I32Sub);
         self.ins(Instruction::LocalTee(base));
         self.ins(Instruction::GlobalSet(sp));
+        self.ins(Instruction::LocalGet(base));
+        self.load(ValType::I32, self.locals_size)?;
+        self.ins(Instruction::LocalSet(self.site_local));
         for (l, t, off) in self.saved.clone() {
             self.ins(Instruction::LocalGet(base));
             self.load(t, off)?;
             self.ins(Instruction::LocalSet(l));
         }
-        self.ins(Instruction::End);
         Ok(())
     }
 
     /// After the unwind label: store the locals, return placeholder results.
     fn epilogue(&mut self, results: &[ValType]) -> Result<(), Error> {
+        self.ins(Instruction::I32Const(self.frame_size() as i32));
+        self.ins(Instruction::Call(self.ctx.reserve));
+        self.ins(Instruction::LocalSet(self.base));
+        self.ins(Instruction::LocalGet(self.base));
+        self.ins(Instruction::LocalGet(self.site_local));
+        self.store(ValType::I32, self.locals_size)?;
         for (l, t, off) in self.saved.clone() {
             self.ins(Instruction::LocalGet(self.base));
             self.ins(Instruction::LocalGet(l));
@@ -779,48 +788,36 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    /// Saves `values` (on the operand stack, last on top) and the site trailer into a new
-    /// frame, then branches to the unwind label.
+    /// The locals holding a site's values, in order.
+    fn value_locals(&self, values: &[ValType]) -> Vec<u32> {
+        let mut seen: BTreeMap<ValType, usize> = BTreeMap::new();
+        values
+            .iter()
+            .map(|t| {
+                let k = seen.entry(*t).or_insert(0);
+                *k += 1;
+                self.site_values[t][*k - 1]
+            })
+            .collect()
+    }
+
+    /// Moves `values` (on the operand stack, last on top) into their locals, records the site
+    /// and branches to the unwind label, where the frame is written.
     fn save_and_unwind(&mut self, site: u32, values: &[ValType]) -> Result<(), Error> {
-        let mut offsets = Vec::with_capacity(values.len());
-        let mut off = self.locals_size;
-        for &t in values {
-            offsets.push(off);
-            off = off
-                .checked_add(size_of(t, self.func)?)
-                .ok_or_else(|| unsupported(Some(self.func), "frame larger than 4 GiB"))?;
+        for l in self.value_locals(values).into_iter().rev() {
+            self.ins(Instruction::LocalSet(l));
         }
-        let size = off
-            .checked_add(8)
-            .ok_or_else(|| unsupported(Some(self.func), "frame larger than 4 GiB"))?;
-        self.ins(Instruction::I32Const(size as i32));
-        self.ins(Instruction::Call(self.ctx.reserve));
-        self.ins(Instruction::LocalSet(self.base));
-        for (&t, &o) in values.iter().zip(&offsets).rev() {
-            let s = self.scratch[&t];
-            self.ins(Instruction::LocalSet(s));
-            self.ins(Instruction::LocalGet(self.base));
-            self.ins(Instruction::LocalGet(s));
-            self.store(t, o)?;
-        }
-        self.ins(Instruction::LocalGet(self.base));
         self.ins(Instruction::I32Const(site as i32));
-        self.store(ValType::I32, size - 8)?;
-        self.ins(Instruction::LocalGet(self.base));
-        self.ins(Instruction::I32Const(size as i32));
-        self.store(ValType::I32, size - 4)?;
+        self.ins(Instruction::LocalSet(self.site_local));
         let d = self.depth_of(self.unwind_label)?;
         self.ins(Instruction::Br(d));
         Ok(())
     }
 
-    /// Pushes values saved at `site`.
+    /// Pushes the values saved at a site.
     fn reload(&mut self, values: &[ValType]) -> Result<(), Error> {
-        let mut off = self.locals_size;
-        for &t in values {
-            self.ins(Instruction::LocalGet(self.base));
-            self.load(t, off)?;
-            off += size_of(t, self.func)?;
+        for l in self.value_locals(values) {
+            self.ins(Instruction::LocalGet(l));
         }
         Ok(())
     }
@@ -859,6 +856,9 @@ impl Emitter<'_, '_, '_> {
         };
         self.ins(Instruction::If(bt));
         self.labels.push(Some(u32::MAX));
+        // Not inside a function that cannot return: there the stack cannot be saved.
+        self.ins(Instruction::GlobalGet(self.ctx.nopause));
+        self.ins(Instruction::BrIf(0));
         self.ins(Instruction::I32Const(crate::UNWINDING));
         self.ins(Instruction::GlobalSet(self.ctx.state));
         self.save_and_unwind(site.id, &site.below)?;
@@ -929,8 +929,9 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    /// Emits one nesting level; its parameters (if any) arrive in `param_locals`' order.
-    fn level(&mut self, items: &[Item<'_>], param_locals: &[u32]) -> Result<(), Error> {
+    /// Emits one nesting level; its parameters (if any) arrive in `param_locals`' order. The
+    /// function's top level (`top`) also reloads the frame when rewinding.
+    fn level(&mut self, items: &[Item<'_>], param_locals: &[u32], top: bool) -> Result<(), Error> {
         let js: Vec<usize> = (0..items.len()).filter(|&i| items[i].has_site()).collect();
         if js.is_empty() {
             return self.plain(items);
@@ -1002,6 +1003,9 @@ impl Emitter<'_, '_, '_> {
         self.ins(Instruction::GlobalGet(self.ctx.state));
         self.ins(Instruction::I32Eqz);
         self.ins(Instruction::BrIf(self.depth_of(dispatch)?));
+        if top {
+            self.restore_frame()?;
+        }
         let mut gl = vec![0u32; groups.len()];
         for g in (0..groups.len()).rev() {
             gl[g] = self.open_added(BlockType::Empty);
@@ -1114,10 +1118,10 @@ impl Emitter<'_, '_, '_> {
                 }
                 Item::Block(b) => {
                     self.block_header(b)?;
-                    self.level(&b.body, &b.param_locals)?;
+                    self.level(&b.body, &b.param_locals, false)?;
                     if let Some(e) = &b.else_body {
                         self.ins(Instruction::Else);
-                        self.level(e, &b.param_locals)?;
+                        self.level(e, &b.param_locals, false)?;
                     }
                     self.end();
                     if !b.below.is_empty() {

@@ -25,6 +25,8 @@ pub const STATE_GLOBAL: &str = "__tabi_state";
 pub const SP_GLOBAL: &str = "__tabi_sp";
 /// Export name of the save-stack memory.
 pub const STACK_MEMORY: &str = "__tabi_stack";
+/// Export name of the no-pause counter: while it is not zero, no unwind may start.
+pub const NOPAUSE_GLOBAL: &str = "__tabi_nopause";
 /// Export name of the safepoint budget global.
 pub const BUDGET_GLOBAL: &str = "__tabi_budget";
 /// Export name of the module's former start function.

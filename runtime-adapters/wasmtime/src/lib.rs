@@ -37,6 +37,7 @@ pub struct GuestData {
 /// What the imports need to start an unwind.
 struct PauseHooks {
     state: Global,
+    nopause: Global,
     control: PauseControl,
     points: Points,
 }

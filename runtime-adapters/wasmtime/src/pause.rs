@@ -36,8 +36,12 @@ impl Wasmtime {
             .get_global(&mut store, STATE_GLOBAL)
             .ok_or_else(|| EngineError::Link("the module is not instrumented by tabi".into()))?;
         store.data_mut().memory = instance.get_memory(&mut store, "memory");
+        let nopause = instance
+            .get_global(&mut store, machine::NOPAUSE_GLOBAL)
+            .ok_or_else(|| EngineError::Link("the module is not instrumented by tabi".into()))?;
         store.data_mut().pause = Some(crate::PauseHooks {
             state,
+            nopause,
             control,
             points,
         });
@@ -265,7 +269,12 @@ pub(crate) fn after_point(mut caller: impl AsContextMut<Data = GuestData>) -> wa
         return Ok(());
     };
     if p.control.at_point() {
-        let state = p.state;
+        let (state, nopause) = (p.state, p.nopause);
+        // Inside a function that cannot return the stack cannot be saved: the pause waits for
+        // the next migration point (the control keeps it pending).
+        if nopause.get(&mut ctx).i32() != Some(0) {
+            return Ok(());
+        }
         state.set(&mut ctx, Val::I32(machine::UNWINDING))?;
     }
     Ok(())
