@@ -539,6 +539,135 @@ fn collect_site_types(items: &[Item<'_>], out: &mut Vec<Vec<ValType>>) {
     }
 }
 
+/// A set of local indices.
+#[derive(Clone, PartialEq, Eq)]
+struct Set(Vec<u64>);
+
+impl Set {
+    fn empty(n: usize) -> Set {
+        Set(vec![0; n.div_ceil(64)])
+    }
+    fn insert(&mut self, i: u32) {
+        if let Some(w) = self.0.get_mut(i as usize / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    fn remove(&mut self, i: u32) {
+        if let Some(w) = self.0.get_mut(i as usize / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+    fn contains(&self, i: u32) -> bool {
+        self.0.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn union(&mut self, other: &Set) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+}
+
+/// Backward liveness of the original locals over the tree; collects the locals live after any
+/// site, which are the only ones a frame must keep.
+struct Liveness {
+    n: usize,
+    labels: Vec<Set>,
+    at_sites: Set,
+}
+
+impl Liveness {
+    fn label(&self, d: u32) -> Set {
+        self.labels
+            .len()
+            .checked_sub(d as usize + 1)
+            .map(|i| self.labels[i].clone())
+            .unwrap_or_else(|| Set::empty(self.n))
+    }
+
+    fn seq(&mut self, items: &[Item<'_>], out: Set) -> Set {
+        let mut live = out;
+        for item in items.iter().rev() {
+            live = self.item(item, live);
+        }
+        live
+    }
+
+    fn item(&mut self, item: &Item<'_>, mut after: Set) -> Set {
+        match item {
+            Item::Op(op) => match op {
+                Operator::LocalGet { local_index } => {
+                    after.insert(*local_index);
+                    after
+                }
+                Operator::LocalSet { local_index } | Operator::LocalTee { local_index } => {
+                    after.remove(*local_index);
+                    after
+                }
+                Operator::Br { relative_depth } => self.label(*relative_depth),
+                Operator::BrIf { relative_depth }
+                | Operator::BrOnNull { relative_depth }
+                | Operator::BrOnNonNull { relative_depth } => {
+                    after.union(&self.label(*relative_depth));
+                    after
+                }
+                Operator::BrTable { targets } => {
+                    let mut live = self.label(targets.default());
+                    for t in targets.targets().flatten() {
+                        live.union(&self.label(t));
+                    }
+                    live
+                }
+                Operator::Return
+                | Operator::Unreachable
+                | Operator::ReturnCall { .. }
+                | Operator::ReturnCallIndirect { .. }
+                | Operator::ReturnCallRef { .. } => Set::empty(self.n),
+                _ => after,
+            },
+            Item::Site(_) => {
+                self.at_sites.union(&after);
+                after
+            }
+            Item::Block(b) => match b.kind {
+                Kind::Block => {
+                    self.labels.push(after.clone());
+                    let r = self.seq(&b.body, after);
+                    self.labels.pop();
+                    r
+                }
+                Kind::If => {
+                    self.labels.push(after.clone());
+                    let mut t = self.seq(&b.body, after.clone());
+                    let e = match &b.else_body {
+                        Some(e) => self.seq(e, after),
+                        None => after,
+                    };
+                    self.labels.pop();
+                    t.union(&e);
+                    t
+                }
+                Kind::Loop => {
+                    let mut guess = Set::empty(self.n);
+                    loop {
+                        self.labels.push(guess.clone());
+                        let r = self.seq(&b.body, after.clone());
+                        self.labels.pop();
+                        let mut next = guess.clone();
+                        next.union(&r);
+                        if next == guess {
+                            return guess;
+                        }
+                        guess = next;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Locals bigger than this many skip the liveness analysis and are all saved.
+const LIVENESS_LIMIT: usize = 4096;
+
 /// Emits the rewritten function.
 struct Emitter<'c, 'm, 'a> {
     ctx: &'c mut Ctx<'m, 'a>,
@@ -586,12 +715,24 @@ fn emit(
             *k += 1;
         }
     }
+    // Original locals are saved when live after some site; added ones when marked.
+    let n = locals.original.len();
+    let keep = (n <= LIVENESS_LIMIT).then(|| {
+        let mut l = Liveness {
+            n,
+            labels: vec![Set::empty(n)],
+            at_sites: Set::empty(n),
+        };
+        l.seq(&root.body, Set::empty(n));
+        l.at_sites
+    });
     let mut saved = Vec::new();
     let mut offset = 0u32;
     let all = locals
         .original
         .iter()
-        .map(|&t| (t, true))
+        .enumerate()
+        .map(|(i, &t)| (t, keep.as_ref().is_none_or(|k| k.contains(i as u32))))
         .chain(locals.extra.iter().copied());
     for (i, (t, keep)) in all.enumerate() {
         if keep {
