@@ -417,3 +417,184 @@ pub mod migrate {
         Ok(checked)
     }
 }
+
+/// Generated modules (wasm-smith) as a differential check of the rewrite: the original, the
+/// instrumented module, and the instrumented module paused at a migration point and resumed on
+/// the other engine must print the same bytes and end the same way. The fuzz target and a test
+/// share it.
+pub mod smith {
+    use super::*;
+    use arbitrary::Unstructured;
+    use tabi_libos::machine::{self, PauseControl, Points};
+
+    const IMPORTS: &str = r#"(module
+        (import "wasi_snapshot_preview1" "sched_yield" (func (result i32)))
+        (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "random_get" (func (param i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func (param i32))))"#;
+    const EXPORTS: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+
+    /// The generator's configuration: the features tabi's rewrite and both engines support.
+    pub fn config() -> wasm_smith::Config {
+        wasm_smith::Config {
+            available_imports: Some(wat::parse_str(IMPORTS).expect("valid imports")),
+            exports: Some(wat::parse_str(EXPORTS).expect("valid exports")),
+            canonicalize_nans: true,
+            exceptions_enabled: false,
+            gc_enabled: false,
+            simd_enabled: false,
+            relaxed_simd_enabled: false,
+            threads_enabled: false,
+            memory64_enabled: false,
+            tail_call_enabled: false,
+            reference_types_enabled: false,
+            max_memory32_bytes: 1 << 20,
+            max_table_elements: 1000,
+            max_memories: 2,
+            ..wasm_smith::Config::default()
+        }
+    }
+
+    /// A module from fuzzer bytes, made to terminate.
+    pub fn generate(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
+        let mut m = wasm_smith::Module::new(config(), u)?;
+        m.ensure_termination(20_000)
+            .map_err(|_| arbitrary::Error::IncorrectFormat)?;
+        Ok(m.to_bytes())
+    }
+
+    /// What a run printed and how it ended (a trap's text differs between engines; only that
+    /// it trapped counts).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Seen {
+        /// Standard output.
+        pub stdout: Vec<u8>,
+        /// Exit status, or `None` for a trap or signal.
+        pub code: Option<u32>,
+    }
+
+    fn process() -> (Process, Captured) {
+        let mut kernel = Kernel::new();
+        kernel.set_deterministic(1);
+        let mut host = StdHost::new();
+        let (out, buf) = Stdio::buffer();
+        host.stdout = out;
+        host.stderr = Stdio::Null;
+        host.stdin = Stdio::Null;
+        (Process::new(kernel, host), buf)
+    }
+
+    fn seen(exit: &Exit, out: &Captured) -> Seen {
+        Seen {
+            stdout: out.lock().unwrap().clone(),
+            code: match exit {
+                Exit::Code(c) => Some(*c),
+                _ => None,
+            },
+        }
+    }
+
+    /// Runs `wasm` plainly; `None` when an engine refuses it or its start function traps.
+    pub fn run_plain(backend: Backend, wasm: &[u8]) -> Option<Seen> {
+        let (p, out) = process();
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(64 << 20)
+                .spawn_scoped(s, || {
+                    let f = backend.engine().run(wasm, p).ok()?;
+                    Some(seen(&f.exit, &out))
+                })
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// Checks one generated module, pausing at the migration points `pick` chooses among the
+    /// `n` the run passes. `Ok(None)` when the case does not apply (refused by the rewrite as
+    /// unsupported, or by an engine); an `Err` is a bug.
+    pub fn check(wasm: &[u8], pick: &dyn Fn(u64) -> Vec<u64>) -> Result<Option<u64>, String> {
+        let Some(expected) = run_plain(Backend::Wasmtime, wasm) else {
+            return Ok(None);
+        };
+        if run_plain(Backend::Wasmi, wasm).as_ref() != Some(&expected) {
+            return Ok(None); // the engines themselves disagree (resource limits)
+        }
+        let inst = match tabi_instrument::instrument(wasm, &tabi_instrument::Options::default()) {
+            Ok(o) => o.wasm,
+            Err(tabi_instrument::Error::Unsupported { .. }) => return Ok(None),
+            Err(e) => return Err(format!("rewrite failed: {e}")),
+        };
+        // Uninterrupted, on both engines, counting the migration points.
+        let mut n = 0;
+        for b in Backend::ALL {
+            let (p, out) = process();
+            match migrate::run_pausable(b, &inst, p, PauseControl::never(), None) {
+                machine::Outcome::Finished(f) => {
+                    let got = seen(&f.exit, &out);
+                    if got != expected {
+                        return Err(format!("instrumented on {b:?}: {got:?}, expected {expected:?}"));
+                    }
+                }
+                machine::Outcome::Paused(_) => return Err("paused without a request".into()),
+            }
+            let (p, _) = process();
+            if let machine::Outcome::Paused(pp) =
+                migrate::run_pausable(b, &inst, p, PauseControl::after(u64::MAX), None)
+            {
+                return Err(format!("paused at {}", pp.points));
+            }
+        }
+        // Count points with a session on wasmi.
+        {
+            let e = tabi_wasmi::Wasmi::new();
+            let m = e.compile(&inst).map_err(|e| e.to_string())?;
+            let (p, _) = process();
+            let mut s = e
+                .session(&m, p, PauseControl::never(), Points::all())
+                .map_err(|e| e.to_string())?;
+            let _ = s.drive(machine::Start::Fresh).map_err(|e| e.to_string())?;
+            n = n.max(s.points());
+        }
+        for k in pick(n) {
+            for (a, b) in [
+                (Backend::Wasmtime, Backend::Wasmi),
+                (Backend::Wasmi, Backend::Wasmtime),
+            ] {
+                let (p, out1) = process();
+                let paused = match migrate::run_pausable(a, &inst, p, PauseControl::after(k), None)
+                {
+                    machine::Outcome::Paused(p) => p,
+                    machine::Outcome::Finished(f) => {
+                        // A pause inside a function that cannot return waits; the run may end.
+                        if seen(&f.exit, &out1) != expected {
+                            return Err(format!("run with a pause at {k} on {a:?} differs"));
+                        }
+                        continue;
+                    }
+                };
+                let state: machine::MachineState =
+                    postcard::from_bytes(&postcard::to_allocvec(&paused.state).unwrap()).unwrap();
+                let (mut p, out2) = process();
+                p.kernel = paused.process.kernel;
+                match migrate::run_pausable(b, &inst, p, PauseControl::never(), Some(&state)) {
+                    machine::Outcome::Finished(f) => {
+                        let mut stdout = out1.lock().unwrap().clone();
+                        stdout.extend_from_slice(&out2.lock().unwrap());
+                        let got = Seen {
+                            stdout,
+                            code: seen(&f.exit, &out2).code,
+                        };
+                        if got != expected {
+                            return Err(format!(
+                                "paused at {k} on {a:?}, resumed on {b:?}: {got:?}, expected {expected:?}"
+                            ));
+                        }
+                    }
+                    machine::Outcome::Paused(_) => return Err("paused again".into()),
+                }
+            }
+        }
+        Ok(Some(n))
+    }
+}

@@ -344,3 +344,44 @@ fn safepoints_let_the_host_pause_a_loop() {
         + &String::from_utf8_lossy(&out2.lock().unwrap());
     assert_eq!(got, expected.outcome.stdout);
 }
+
+/// Generated modules (wasm-smith, from fixed seeds): instrumented and not, and paused at the
+/// first, a middle and the last migration point and resumed on the other engine, they print
+/// the same and end the same way.
+#[test]
+fn generated_modules_behave_the_same() {
+    let mut checked = 0;
+    let mut with_points = 0;
+    for seed in 0..300u64 {
+        // Bytes from a small xorshift generator, so the corpus is fixed and needs no files.
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut u = arbitrary::Unstructured::new(&bytes);
+        let Ok(wasm) = tabi_tests::smith::generate(&mut u) else {
+            continue;
+        };
+        let pick = |n: u64| -> Vec<u64> {
+            let mut v = vec![1, n.div_ceil(2), n];
+            v.retain(|&k| k >= 1 && k <= n);
+            v.dedup();
+            v
+        };
+        match tabi_tests::smith::check(&wasm, &pick) {
+            Ok(Some(n)) => {
+                checked += 1;
+                with_points += usize::from(n > 0);
+            }
+            Ok(None) => {}
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+    }
+    assert!(checked >= 100, "only {checked} generated modules were checked");
+    assert!(with_points >= 10, "only {with_points} generated modules passed a migration point");
+}
