@@ -183,7 +183,16 @@ fn main() {
 
     println!(
         "{:<16} {:>9} {:>7} {:>7} {:>9} | {:>7} {:>7} {:>9} | {:>7} {:>9}",
-        "guest", "orig B", "tabi", "tabi+sp", "asyncify", "wt tabi", "wt +sp", "wt async", "wi tabi", "wi async"
+        "guest",
+        "orig B",
+        "tabi",
+        "tabi+sp",
+        "asyncify",
+        "wt tabi",
+        "wt +sp",
+        "wt async",
+        "wi tabi",
+        "wi async"
     );
     let (mut size_tabi, mut size_async) = (Vec::new(), Vec::new());
     let mut worst = [0f64; 5];
@@ -193,9 +202,21 @@ fn main() {
         let tabi = instrument(&orig, &Options::default()).unwrap().wasm;
         let tabi_sp = instrument(&orig, &sp).unwrap().wasm;
         let mut variants = vec![
-            Variant { name: "orig", wasm: orig.clone(), kind: Kind::Plain },
-            Variant { name: "tabi", wasm: tabi, kind: Kind::Tabi },
-            Variant { name: "tabi+sp", wasm: tabi_sp, kind: Kind::Tabi },
+            Variant {
+                name: "orig",
+                wasm: orig.clone(),
+                kind: Kind::Plain,
+            },
+            Variant {
+                name: "tabi",
+                wasm: tabi,
+                kind: Kind::Tabi,
+            },
+            Variant {
+                name: "tabi+sp",
+                wasm: tabi_sp,
+                kind: Kind::Tabi,
+            },
         ];
         if have_wasm_opt {
             let o = wasm_opt(&orig, &["-O".into()]).unwrap();
@@ -209,23 +230,42 @@ fn main() {
                 ],
             )
             .unwrap();
-            variants.push(Variant { name: "orig -O", wasm: o, kind: Kind::Plain });
-            variants.push(Variant { name: "asyncify", wasm: a, kind: Kind::Plain });
+            variants.push(Variant {
+                name: "orig -O",
+                wasm: o,
+                kind: Kind::Plain,
+            });
+            variants.push(Variant {
+                name: "asyncify",
+                wasm: a,
+                kind: Kind::Plain,
+            });
         }
         let size = |i: usize| variants[i].wasm.len() as f64;
         let st = size(1) / size(0);
         let ssp = size(2) / size(0);
         size_tabi.push(st);
-        let sa = if have_wasm_opt { size(4) / size(3) } else { f64::NAN };
+        let sa = if have_wasm_opt {
+            size(4) / size(3)
+        } else {
+            f64::NAN
+        };
         if have_wasm_opt {
             size_async.push(sa);
         }
 
-        let wt: Vec<wasmtime::Module> =
-            variants.iter().map(|v| wasmtime.compile(&v.wasm).unwrap()).collect();
-        let wtt = time_all(&mut |i| run_wasmtime(&wasmtime, &wt[i], variants[i].kind, big), variants.len());
-        let wi: Vec<wasmi::Module> =
-            variants.iter().map(|v| wasmi.compile(&v.wasm).unwrap()).collect();
+        let wt: Vec<wasmtime::Module> = variants
+            .iter()
+            .map(|v| wasmtime.compile(&v.wasm).unwrap())
+            .collect();
+        let wtt = time_all(
+            &mut |i| run_wasmtime(&wasmtime, &wt[i], variants[i].kind, big),
+            variants.len(),
+        );
+        let wi: Vec<wasmi::Module> = variants
+            .iter()
+            .map(|v| wasmi.compile(&v.wasm).unwrap())
+            .collect();
         // wasmi skips the safepoint variant (its target is for wasmtime).
         let wi_idx: Vec<usize> = (0..variants.len()).filter(|&i| i != 2).collect();
         let wit_sub = time_all(
@@ -252,7 +292,11 @@ fn main() {
     println!(
         "size, geometric mean: tabi {:.3} (target <= 1.25), asyncify {:.3}",
         geomean(&size_tabi),
-        if size_async.is_empty() { f64::NAN } else { geomean(&size_async) }
+        if size_async.is_empty() {
+            f64::NAN
+        } else {
+            geomean(&size_async)
+        }
     );
     println!(
         "time, worst guest: wasmtime tabi {:.3} (<= 1.05), tabi+sp {:.3} (<= 1.15), wasmi tabi {:.3} (<= 1.03); asyncify wasmtime {:.3}, wasmi {:.3}",
@@ -276,14 +320,20 @@ fn unwind_rewind(e: &tabi_wasmtime::Wasmtime) {
     // The migration point at the bottom of the recursion is the next-to-last one.
     let total = {
         let (p, ..) = process_for(&spec);
-        let mut s = e.session(&m, p, PauseControl::never(), Points::all()).unwrap();
+        let mut s = e
+            .session(&m, p, PauseControl::never(), Points::all())
+            .unwrap();
         assert!(matches!(s.drive(Start::Fresh).unwrap(), Driven::Exit(_)));
         s.points()
     };
     let at = total - 1;
     let run = |pause: bool| -> (f64, usize) {
         let (p, out, _) = process_for(&spec);
-        let control = if pause { PauseControl::after(at) } else { PauseControl::never() };
+        let control = if pause {
+            PauseControl::after(at)
+        } else {
+            PauseControl::never()
+        };
         let mut s = e.session(&m, p, control, Points::all()).unwrap();
         let t = Instant::now();
         let mut stack = 0;
@@ -291,7 +341,10 @@ fn unwind_rewind(e: &tabi_wasmtime::Wasmtime) {
             Driven::Paused(state, _) => {
                 stack = state.stack.len();
                 let entry = state.entry.clone();
-                assert!(matches!(s.drive(Start::InPlace(&entry)).unwrap(), Driven::Exit(_)));
+                assert!(matches!(
+                    s.drive(Start::InPlace(&entry)).unwrap(),
+                    Driven::Exit(_)
+                ));
             }
             Driven::Exit(_) => assert!(!pause),
         }
@@ -327,10 +380,16 @@ fn big_module() {
     };
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I32]); // 0: sched_yield
-    types.ty().function([ValType::I32, ValType::I32], [ValType::I32]); // 1: ours
+    types
+        .ty()
+        .function([ValType::I32, ValType::I32], [ValType::I32]); // 1: ours
     types.ty().function([], []); // 2: _start
     let mut imports = ImportSection::new();
-    imports.import("wasi_snapshot_preview1", "sched_yield", EntityType::Function(0));
+    imports.import(
+        "wasi_snapshot_preview1",
+        "sched_yield",
+        EntityType::Function(0),
+    );
     let n = 60_000u32;
     let mut funcs = FunctionSection::new();
     let mut code = CodeSection::new();

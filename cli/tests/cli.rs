@@ -136,7 +136,11 @@ fn instrument_writes_a_module_that_runs_the_same() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("instrumented"));
     let bytes = std::fs::read(&out_path).unwrap();
-    assert!(tabi_instrument::Manifest::from_module(&bytes).unwrap().is_some());
+    assert!(
+        tabi_instrument::Manifest::from_module(&bytes)
+            .unwrap()
+            .is_some()
+    );
     for backend in ["wasmtime", "wasmi"] {
         let run = tabi()
             .args(["run", "--backend", backend])

@@ -562,7 +562,8 @@ impl<'a> Module<'a> {
         let mut noreturn: Vec<bool> = (0..nfuncs)
             .map(|f| {
                 if f < imported {
-                    import_names[f].0 == "wasi_snapshot_preview1" && import_names[f].1 == "proc_exit"
+                    import_names[f].0 == "wasi_snapshot_preview1"
+                        && import_names[f].1 == "proc_exit"
                 } else {
                     !scans[f - imported].has_loop
                 }

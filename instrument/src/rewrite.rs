@@ -558,7 +558,9 @@ impl Set {
         }
     }
     fn contains(&self, i: u32) -> bool {
-        self.0.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.0
+            .get(i as usize / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     fn union(&mut self, other: &Set) {
         for (a, b) in self.0.iter_mut().zip(&other.0) {

@@ -292,7 +292,9 @@ pub mod migrate {
         std::thread::scope(|s| {
             std::thread::Builder::new()
                 .stack_size(64 << 20)
-                .spawn_scoped(s, || run_pausable_here(backend, wasm, process, control, resume))
+                .spawn_scoped(s, || {
+                    run_pausable_here(backend, wasm, process, control, resume)
+                })
                 .unwrap()
                 .join()
                 .unwrap()
@@ -533,7 +535,9 @@ pub mod smith {
                 machine::Outcome::Finished(f) => {
                     let got = seen(&f.exit, &out);
                     if got != expected {
-                        return Err(format!("instrumented on {b:?}: {got:?}, expected {expected:?}"));
+                        return Err(format!(
+                            "instrumented on {b:?}: {got:?}, expected {expected:?}"
+                        ));
                     }
                 }
                 machine::Outcome::Paused(_) => return Err("paused without a request".into()),

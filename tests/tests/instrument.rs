@@ -313,7 +313,10 @@ fn safepoints_let_the_host_pause_a_loop() {
         Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
         Outcome::Paused(_) => panic!("paused without a request"),
     }
-    assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), expected.outcome.stdout);
+    assert_eq!(
+        String::from_utf8_lossy(&out.lock().unwrap()),
+        expected.outcome.stdout
+    );
 
     // A request from another thread while the hash loop runs.
     let flag = Arc::new(AtomicBool::new(false));
@@ -336,7 +339,13 @@ fn safepoints_let_the_host_pause_a_loop() {
     assert_eq!(paused.reason, PauseReason::Requested);
     let (mut process, out2, _) = process_for(&spec);
     process.kernel = paused.process.kernel;
-    match run_pausable(Backend::Wasmi, &wasm, process, PauseControl::never(), Some(&paused.state)) {
+    match run_pausable(
+        Backend::Wasmi,
+        &wasm,
+        process,
+        PauseControl::never(),
+        Some(&paused.state),
+    ) {
         Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
         Outcome::Paused(_) => panic!("paused again"),
     }
@@ -382,6 +391,12 @@ fn generated_modules_behave_the_same() {
             Err(e) => panic!("seed {seed}: {e}"),
         }
     }
-    assert!(checked >= 100, "only {checked} generated modules were checked");
-    assert!(with_points >= 10, "only {with_points} generated modules passed a migration point");
+    assert!(
+        checked >= 100,
+        "only {checked} generated modules were checked"
+    );
+    assert!(
+        with_points >= 10,
+        "only {with_points} generated modules passed a migration point"
+    );
 }

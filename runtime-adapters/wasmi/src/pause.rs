@@ -107,7 +107,7 @@ fn write_memory(
     data: &[u8],
     whole_pages: bool,
 ) -> Result<(), EngineError> {
-    if whole_pages && data.len() % PAGE != 0 {
+    if whole_pages && !data.len().is_multiple_of(PAGE) {
         return Err(EngineError::Engine(
             "memory image is not whole pages".into(),
         ));
@@ -139,7 +139,7 @@ impl Machine for Session {
             .get_func(&mut self.store, name)
             .ok_or_else(|| EngineError::Link(format!("no function export `{name}`")))?;
         let ty = func.ty(&self.store);
-        if ty.params().len() != 0 {
+        if !ty.params().is_empty() {
             return Err(EngineError::Link(format!(
                 "export `{name}` takes parameters"
             )));

@@ -106,7 +106,7 @@ fn write_memory(
     data: &[u8],
     whole_pages: bool,
 ) -> Result<(), EngineError> {
-    if whole_pages && data.len() % PAGE != 0 {
+    if whole_pages && !data.len().is_multiple_of(PAGE) {
         return Err(EngineError::Engine(
             "memory image is not whole pages".into(),
         ));

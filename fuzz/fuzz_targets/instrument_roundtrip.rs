@@ -1,0 +1,19 @@
+//! A generated module → rewrite → run, paused at a migration point chosen by the input and
+//! resumed on the other engine → the same output and exit as the original.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&choice, rest)) = data.split_first() else {
+        return;
+    };
+    let mut u = arbitrary::Unstructured::new(rest);
+    let Ok(wasm) = tabi_tests::smith::generate(&mut u) else {
+        return;
+    };
+    let pick = |n: u64| if n == 0 { vec![] } else { vec![1 + u64::from(choice) % n] };
+    if let Err(e) = tabi_tests::smith::check(&wasm, &pick) {
+        panic!("{e}");
+    }
+});
