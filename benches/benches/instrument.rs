@@ -197,7 +197,11 @@ fn main() {
     let (mut size_tabi, mut size_async) = (Vec::new(), Vec::new());
     let mut worst = [0f64; 5];
     // Compiled modules are shared by the guests built from one file.
+    let only = std::env::var("TABI_BENCH_ONLY").ok();
     for (name, big, small) in &cases {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let orig = std::fs::read(&big.wasm).unwrap();
         let tabi = instrument(&orig, &Options::default()).unwrap().wasm;
         let tabi_sp = instrument(&orig, &sp).unwrap().wasm;
@@ -238,6 +242,14 @@ fn main() {
             variants.push(Variant {
                 name: "asyncify",
                 wasm: a,
+                kind: Kind::Plain,
+            });
+        }
+        if std::env::var_os("TABI_BENCH_PLAIN_RUNNER").is_some() {
+            let w = variants[1].wasm.clone();
+            variants.push(Variant {
+                name: "tabi, plain runner",
+                wasm: w,
                 kind: Kind::Plain,
             });
         }
@@ -288,6 +300,14 @@ fn main() {
             "{name:<16} {:>9} {st:>7.3} {ssp:>7.3} {sa:>9.3} | {wt_t:>7.3} {wt_sp:>7.3} {wt_a:>9.3} | {wi_t:>7.3} {wi_a:>9.3}",
             orig.len(),
         );
+        for i in 5..variants.len() {
+            println!(
+                "  {}: wasmtime {:.3}, wasmi {:.3}",
+                variants[i].name,
+                wtt[i] / wtt[0],
+                wit(i) / wit(0)
+            );
+        }
     }
     println!(
         "size, geometric mean: tabi {:.3} (target <= 1.25), asyncify {:.3}",
@@ -303,8 +323,10 @@ fn main() {
         worst[0], worst[1], worst[2], worst[3], worst[4]
     );
 
-    unwind_rewind(&wasmtime);
-    big_module();
+    if only.is_none() {
+        unwind_rewind(&wasmtime);
+        big_module();
+    }
 }
 
 /// An unwind of 1,000 frames into the save stack and the rewind, in place, on wasmtime: the

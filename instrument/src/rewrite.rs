@@ -188,6 +188,9 @@ struct Locals {
     original: Vec<ValType>,
     /// Locals added by the rewrite, and whether each is saved in the frame.
     extra: Vec<(ValType, bool)>,
+    /// The local keeping a `call_indirect`'s table index, per index type: one serves every
+    /// site, since a frame stops at one site at a time.
+    table_index: BTreeMap<ValType, u32>,
 }
 
 impl Locals {
@@ -227,6 +230,7 @@ pub(crate) fn rewrite(
     let mut locals = Locals {
         original: fty.params().to_vec(),
         extra: Vec::new(),
+        table_index: BTreeMap::new(),
     };
     let mut lr = body.get_locals_reader()?;
     for _ in 0..lr.get_count() {
@@ -502,7 +506,14 @@ fn site_item<'a>(
         SiteKind::Indirect { .. } => {
             let index_ty = types_at(level)?.last().copied()?;
             SiteKind::Indirect {
-                index_local: locals.add(index_ty, true),
+                index_local: match locals.table_index.get(&index_ty) {
+                    Some(&l) => l,
+                    None => {
+                        let l = locals.add(index_ty, true);
+                        locals.table_index.insert(index_ty, l);
+                        l
+                    }
+                },
             }
         }
         k => k,
