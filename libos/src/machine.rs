@@ -167,23 +167,135 @@ pub enum CallEnd {
     Exit(Exit),
 }
 
-/// The engine half of the protocol: one instantiated, instrumented module.
+/// The engine half of the protocol: one instantiated, instrumented module. An adapter
+/// implements the accessors; capturing and restoring state is written once, here.
 pub trait Machine {
     /// Whether the instance exports `name`.
     fn has_export(&mut self, name: &str) -> bool;
-    /// Calls export `name` with zeroed arguments.
+    /// Calls export `name` (which takes no parameters).
     fn call(&mut self, name: &str) -> Result<CallEnd, EngineError>;
-    /// Reads an `i32` global export.
-    fn get_i32(&mut self, name: &str) -> Result<i32, EngineError>;
-    /// Writes an `i32` global export.
-    fn set_i32(&mut self, name: &str, value: i32) -> Result<(), EngineError>;
     /// The pause policy the adapter's imports consult.
     fn control(&mut self) -> &mut PauseControl;
+    /// The value of global export `name` and whether it is mutable; `None` if there is none.
+    fn global(&mut self, name: &str) -> Option<(Value, bool)>;
+    /// Sets mutable global export `name`; an error if it is missing or of another type.
+    fn set_global(&mut self, name: &str, value: Value) -> Result<(), EngineError>;
+    /// A copy of memory export `name`; `None` if there is none.
+    fn memory(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Grows memory export `name` to hold `data` and writes it at offset 0.
+    fn write_memory(&mut self, name: &str, data: &[u8]) -> Result<(), EngineError>;
+    /// The size in bytes of memory export `name`.
+    fn memory_size(&mut self, name: &str) -> Result<usize, EngineError>;
+
+    /// Reads an `i32` global export.
+    fn get_i32(&mut self, name: &str) -> Result<i32, EngineError> {
+        match self.global(name) {
+            Some((Value::I32(v), _)) => Ok(v),
+            Some(_) => Err(EngineError::Link(alloc::format!(
+                "global `{name}` is not an i32"
+            ))),
+            None => Err(EngineError::Link(alloc::format!(
+                "no global export `{name}`"
+            ))),
+        }
+    }
+
+    /// Writes an `i32` global export.
+    fn set_i32(&mut self, name: &str, value: i32) -> Result<(), EngineError> {
+        self.set_global(name, Value::I32(value))
+    }
+
     /// Copies globals, memories and the save stack out.
-    fn capture(&mut self, entry: &str) -> Result<MachineState, EngineError>;
+    fn capture(&mut self, entry: &str) -> Result<MachineState, EngineError> {
+        let mut globals = Vec::new();
+        while let Some((v, _)) = self.global(&global_export(globals.len() as u32)) {
+            globals.push(v);
+        }
+        let mut memories = Vec::new();
+        while let Some(m) = self.memory(&memory_export(memories.len() as u32)) {
+            memories.push(m);
+        }
+        let sp = self.get_i32(SP_GLOBAL)? as u32 as usize;
+        let mut stack = self
+            .memory(STACK_MEMORY)
+            .ok_or_else(|| EngineError::Link("no save-stack memory".into()))?;
+        if sp > stack.len() {
+            return Err(EngineError::Engine("save stack top out of bounds".into()));
+        }
+        stack.truncate(sp);
+        let budget = if self.has_export(BUDGET_GLOBAL) {
+            Some(self.get_i32(BUDGET_GLOBAL)?)
+        } else {
+            None
+        };
+        Ok(MachineState {
+            entry: entry.into(),
+            globals,
+            memories,
+            stack,
+            budget,
+        })
+    }
+
     /// Writes globals, memories and the save stack in, and sets the state to rewinding.
-    fn restore(&mut self, state: &MachineState) -> Result<(), EngineError>;
+    /// Everything is checked against the instance: the number and types of globals, memory
+    /// images of whole pages no smaller than the module's own.
+    fn restore(&mut self, state: &MachineState) -> Result<(), EngineError> {
+        for (i, v) in state.globals.iter().enumerate() {
+            let name = global_export(i as u32);
+            let (current, mutable) = self.global(&name).ok_or_else(|| {
+                EngineError::Engine(alloc::format!("the module has no global {i}"))
+            })?;
+            if !mutable || *v == Value::Ref {
+                continue;
+            }
+            if core::mem::discriminant(v) != core::mem::discriminant(&current) {
+                return Err(EngineError::Engine(alloc::format!(
+                    "global {i} has another type in the saved state"
+                )));
+            }
+            self.set_global(&name, *v)?;
+        }
+        if self
+            .global(&global_export(state.globals.len() as u32))
+            .is_some()
+        {
+            return Err(EngineError::Engine(
+                "the saved state has fewer globals than the module".into(),
+            ));
+        }
+        for (i, data) in state.memories.iter().enumerate() {
+            let name = memory_export(i as u32);
+            let current = self.memory_size(&name)?;
+            if data.len() % PAGE != 0 || data.len() < current {
+                return Err(EngineError::Engine(alloc::format!(
+                    "memory {i}: an image of {} bytes does not fit a memory of {current}",
+                    data.len()
+                )));
+            }
+            self.write_memory(&name, data)?;
+        }
+        if self
+            .memory_size(&memory_export(state.memories.len() as u32))
+            .is_ok()
+        {
+            return Err(EngineError::Engine(
+                "the saved state has fewer memories than the module".into(),
+            ));
+        }
+        self.write_memory(STACK_MEMORY, &state.stack)?;
+        let sp = i32::try_from(state.stack.len())
+            .map_err(|_| EngineError::Engine("save stack larger than 2 GiB".into()))?;
+        self.set_i32(SP_GLOBAL, sp)?;
+        if let Some(b) = state.budget {
+            self.set_i32(BUDGET_GLOBAL, b)?;
+        }
+        self.set_i32(STATE_GLOBAL, REWINDING)
+    }
 }
+
+/// A Wasm page.
+pub const PAGE: usize = 65536;
 
 /// How [`drive`] ended.
 pub enum Driven {

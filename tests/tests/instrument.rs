@@ -400,3 +400,71 @@ fn generated_modules_behave_the_same() {
         "only {with_points} generated modules passed a migration point"
     );
 }
+
+/// The kernel crate is no_std and does not depend on the rewrite, so the protocol's names and
+/// values are written twice; they must agree.
+#[test]
+fn protocol_constants_agree() {
+    use tabi_libos::machine as m;
+    assert_eq!(m::STATE_GLOBAL, tabi_instrument::STATE_GLOBAL);
+    assert_eq!(m::SP_GLOBAL, tabi_instrument::SP_GLOBAL);
+    assert_eq!(m::STACK_MEMORY, tabi_instrument::STACK_MEMORY);
+    assert_eq!(m::BUDGET_GLOBAL, tabi_instrument::BUDGET_GLOBAL);
+    assert_eq!(m::NOPAUSE_GLOBAL, tabi_instrument::NOPAUSE_GLOBAL);
+    assert_eq!(m::START_EXPORT, tabi_instrument::START_EXPORT);
+    assert_eq!(
+        (m::NORMAL, m::UNWINDING, m::REWINDING),
+        (
+            tabi_instrument::NORMAL,
+            tabi_instrument::UNWINDING,
+            tabi_instrument::REWINDING
+        )
+    );
+    assert_eq!(m::DEFAULT_BUDGET, tabi_instrument::DEFAULT_BUDGET);
+    for i in [0, 7, 123] {
+        assert_eq!(m::global_export(i), tabi_instrument::global_export(i));
+        assert_eq!(m::memory_export(i), tabi_instrument::memory_export(i));
+    }
+}
+
+/// A saved state that does not fit the module is refused with an error, not a panic.
+#[test]
+fn a_state_that_does_not_fit_is_refused() {
+    use tabi_libos::machine::{Outcome, PauseControl, Points};
+    let wasm =
+        module(r#"(func (export "_start") (call $out (call $point (i32.const 1))) (call $flush))"#);
+    let inst = instrument(&wasm, &Options::default()).unwrap().wasm;
+    let (p, ..) = tabi_tests::process_for(&spec());
+    let Outcome::Paused(paused) = tabi_tests::migrate::run_pausable(
+        tabi_tests::Backend::Wasmtime,
+        &inst,
+        p,
+        PauseControl::after(1),
+        None,
+    ) else {
+        panic!("did not pause");
+    };
+    let mut bad_pages = paused.state.clone();
+    bad_pages.memories[0].truncate(100);
+    let mut bad_globals = paused.state.clone();
+    bad_globals.globals.pop();
+    let mut bad_type = paused.state.clone();
+    bad_type.globals[0] = tabi_libos::machine::Value::F64(0);
+    let mut bad_entry = paused.state.clone();
+    bad_entry.entry = "main".into();
+    for (what, state) in [
+        ("pages", bad_pages),
+        ("globals", bad_globals),
+        ("type", bad_type),
+        ("entry", bad_entry),
+    ] {
+        let e = tabi_wasmi::Wasmi::new();
+        let m = e.compile(&inst).unwrap();
+        let (p, ..) = tabi_tests::process_for(&spec());
+        assert!(
+            e.run_pausable(&m, p, PauseControl::never(), Points::all(), Some(&state))
+                .is_err(),
+            "{what}"
+        );
+    }
+}

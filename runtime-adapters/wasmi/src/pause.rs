@@ -1,16 +1,13 @@
 //! The engine half of pausing and resuming an instrumented guest on wasmi.
 
 use tabi_libos::machine::{
-    self, CallEnd, Driven, Machine, MachineState, PauseControl, Points, SP_GLOBAL, STACK_MEMORY,
-    STATE_GLOBAL, Value,
+    self, CallEnd, Driven, Machine, MachineState, PauseControl, Points, STATE_GLOBAL, Value,
 };
 use tabi_libos::{EngineError, Process};
-use wasmi::{AsContextMut, Global, Instance, Module, Mutability, Store, Val};
+use wasmi::{AsContextMut, Global, Instance, Memory, Module, Mutability, Store, Val};
 use wasmi::{F32, F64, V128};
 
 use crate::{GuestData, Wasmi, exit_of};
-
-const PAGE: usize = 65536;
 
 /// An instantiated, instrumented guest that can be driven, paused and resumed.
 pub struct Session {
@@ -70,10 +67,16 @@ impl Session {
         self.store.into_data().process
     }
 
-    fn global(&mut self, name: &str) -> Result<Global, EngineError> {
+    fn global_handle(&mut self, name: &str) -> Result<Global, EngineError> {
         self.instance
             .get_global(&mut self.store, name)
             .ok_or_else(|| EngineError::Link(format!("no global export `{name}`")))
+    }
+
+    fn memory_handle(&mut self, name: &str) -> Result<Memory, EngineError> {
+        self.instance
+            .get_memory(&mut self.store, name)
+            .ok_or_else(|| EngineError::Link(format!("no memory export `{name}`")))
     }
 }
 
@@ -88,44 +91,15 @@ fn to_value(v: &Val) -> Value {
     }
 }
 
-fn from_value(v: Value, like: &Val) -> Option<Val> {
-    Some(match (v, like) {
-        (Value::I32(x), Val::I32(_)) => Val::I32(x),
-        (Value::I64(x), Val::I64(_)) => Val::I64(x),
-        (Value::F32(x), Val::F32(_)) => Val::F32(F32::from_bits(x)),
-        (Value::F64(x), Val::F64(_)) => Val::F64(F64::from_bits(x)),
-        (Value::V128(x), Val::V128(_)) => Val::V128(V128::from(x)),
-        _ => return None,
+fn from_value(v: Value) -> Option<Val> {
+    Some(match v {
+        Value::I32(x) => Val::I32(x),
+        Value::I64(x) => Val::I64(x),
+        Value::F32(x) => Val::F32(F32::from_bits(x)),
+        Value::F64(x) => Val::F64(F64::from_bits(x)),
+        Value::V128(x) => Val::V128(V128::from(x)),
+        Value::Ref => return None,
     })
-}
-
-/// Grows `mem` to hold `len` bytes and writes `data` at 0; `len` must be whole pages unless
-/// `exact` is false.
-fn write_memory(
-    store: &mut Store<GuestData>,
-    mem: wasmi::Memory,
-    data: &[u8],
-    whole_pages: bool,
-) -> Result<(), EngineError> {
-    if whole_pages && !data.len().is_multiple_of(PAGE) {
-        return Err(EngineError::Engine(
-            "memory image is not whole pages".into(),
-        ));
-    }
-    let pages = data.len().div_ceil(PAGE) as u64;
-    let current = mem.size(&*store);
-    if whole_pages && current > pages {
-        return Err(EngineError::Engine(format!(
-            "memory image of {pages} pages is smaller than the module's {current}"
-        )));
-    }
-    if pages > current {
-        mem.grow(&mut *store, pages - current).map_err(|e| {
-            EngineError::Engine(format!("cannot grow memory to {pages} pages: {e}"))
-        })?;
-    }
-    mem.data_mut(&mut *store)[..data.len()].copy_from_slice(data);
-    Ok(())
 }
 
 impl Machine for Session {
@@ -139,7 +113,7 @@ impl Machine for Session {
             .get_func(&mut self.store, name)
             .ok_or_else(|| EngineError::Link(format!("no function export `{name}`")))?;
         let ty = func.ty(&self.store);
-        if !ty.params().is_empty() {
+        if ty.params().len() > 0 {
             return Err(EngineError::Link(format!(
                 "export `{name}` takes parameters"
             )));
@@ -149,19 +123,6 @@ impl Machine for Session {
             Ok(()) => Ok(CallEnd::Returned),
             Err(e) => Ok(CallEnd::Exit(exit_of(e))),
         }
-    }
-
-    fn get_i32(&mut self, name: &str) -> Result<i32, EngineError> {
-        let g = self.global(name)?;
-        g.get(&self.store)
-            .i32()
-            .ok_or_else(|| EngineError::Link(format!("global `{name}` is not an i32")))
-    }
-
-    fn set_i32(&mut self, name: &str, value: i32) -> Result<(), EngineError> {
-        let g = self.global(name)?;
-        g.set(&mut self.store, Val::I32(value))
-            .map_err(|e| EngineError::Engine(e.to_string()))
     }
 
     fn control(&mut self) -> &mut PauseControl {
@@ -174,92 +135,40 @@ impl Machine for Session {
             .control
     }
 
-    fn capture(&mut self, entry: &str) -> Result<MachineState, EngineError> {
-        let mut globals = Vec::new();
-        while let Some(g) = self.instance.get_global(
-            &mut self.store,
-            &machine::global_export(globals.len() as u32),
-        ) {
-            globals.push(to_value(&g.get(&self.store)));
-        }
-        let mut memories = Vec::new();
-        while let Some(m) = self.instance.get_memory(
-            &mut self.store,
-            &machine::memory_export(memories.len() as u32),
-        ) {
-            memories.push(m.data(&self.store).to_vec());
-        }
-        let sp = self.get_i32(SP_GLOBAL)? as u32 as usize;
-        let stack_mem = self
-            .instance
-            .get_memory(&mut self.store, STACK_MEMORY)
-            .ok_or_else(|| EngineError::Link("no save-stack memory".into()))?;
-        let stack = stack_mem
-            .data(&self.store)
-            .get(..sp)
-            .ok_or_else(|| EngineError::Engine("save stack top out of bounds".into()))?
-            .to_vec();
-        let budget = if self.has_export(machine::BUDGET_GLOBAL) {
-            Some(self.get_i32(machine::BUDGET_GLOBAL)?)
-        } else {
-            None
-        };
-        Ok(MachineState {
-            entry: entry.into(),
-            globals,
-            memories,
-            stack,
-            budget,
-        })
+    fn global(&mut self, name: &str) -> Option<(Value, bool)> {
+        let g = self.instance.get_global(&mut self.store, name)?;
+        let mutable = g.ty(&self.store).mutability() == Mutability::Var;
+        Some((to_value(&g.get(&self.store)), mutable))
     }
 
-    fn restore(&mut self, state: &MachineState) -> Result<(), EngineError> {
-        for (i, v) in state.globals.iter().enumerate() {
-            let g = self.global(&machine::global_export(i as u32))?;
-            if g.ty(&self.store).mutability() != Mutability::Var {
-                continue;
-            }
-            let like = g.get(&self.store);
-            if *v == Value::Ref {
-                continue;
-            }
-            let val = from_value(*v, &like).ok_or_else(|| {
-                EngineError::Engine(format!("global {i} has another type in the snapshot"))
+    fn set_global(&mut self, name: &str, value: Value) -> Result<(), EngineError> {
+        let g = self.global_handle(name)?;
+        let v = from_value(value)
+            .ok_or_else(|| EngineError::Engine(format!("cannot set reference global `{name}`")))?;
+        g.set(&mut self.store, v)
+            .map_err(|e| EngineError::Engine(e.to_string()))
+    }
+
+    fn memory(&mut self, name: &str) -> Option<Vec<u8>> {
+        let m = self.instance.get_memory(&mut self.store, name)?;
+        Some(m.data(&self.store).to_vec())
+    }
+
+    fn memory_size(&mut self, name: &str) -> Result<usize, EngineError> {
+        Ok(self.memory_handle(name)?.data(&self.store).len())
+    }
+
+    fn write_memory(&mut self, name: &str, data: &[u8]) -> Result<(), EngineError> {
+        let mem = self.memory_handle(name)?;
+        let pages = data.len().div_ceil(machine::PAGE) as u64;
+        let current = mem.size(&self.store);
+        if pages > current {
+            mem.grow(&mut self.store, pages - current).map_err(|e| {
+                EngineError::Engine(format!("cannot grow memory `{name}` to {pages} pages: {e}"))
             })?;
-            g.set(&mut self.store, val)
-                .map_err(|e| EngineError::Engine(e.to_string()))?;
         }
-        if self
-            .instance
-            .get_global(
-                &mut self.store,
-                &machine::global_export(state.globals.len() as u32),
-            )
-            .is_some()
-        {
-            return Err(EngineError::Engine(
-                "the snapshot has fewer globals than the module".into(),
-            ));
-        }
-        for (i, data) in state.memories.iter().enumerate() {
-            let mem = self
-                .instance
-                .get_memory(&mut self.store, &machine::memory_export(i as u32))
-                .ok_or_else(|| EngineError::Engine(format!("the module has no memory {i}")))?;
-            write_memory(&mut self.store, mem, data, true)?;
-        }
-        let stack_mem = self
-            .instance
-            .get_memory(&mut self.store, STACK_MEMORY)
-            .ok_or_else(|| EngineError::Link("no save-stack memory".into()))?;
-        write_memory(&mut self.store, stack_mem, &state.stack, false)?;
-        let sp = i32::try_from(state.stack.len())
-            .map_err(|_| EngineError::Engine("save stack larger than 2 GiB".into()))?;
-        self.set_i32(SP_GLOBAL, sp)?;
-        if let Some(b) = state.budget {
-            self.set_i32(machine::BUDGET_GLOBAL, b)?;
-        }
-        self.set_i32(STATE_GLOBAL, machine::REWINDING)
+        mem.data_mut(&mut self.store)[..data.len()].copy_from_slice(data);
+        Ok(())
     }
 }
 
