@@ -113,7 +113,7 @@ impl Machine for Session {
             .get_func(&mut self.store, name)
             .ok_or_else(|| EngineError::Link(format!("no function export `{name}`")))?;
         let ty = func.ty(&self.store);
-        if ty.params().len() > 0 {
+        if !ty.params().is_empty() {
             return Err(EngineError::Link(format!(
                 "export `{name}` takes parameters"
             )));
