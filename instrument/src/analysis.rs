@@ -49,6 +49,8 @@ pub(crate) struct Module<'a> {
     pub tables: u32,
     pub export_names: BTreeSet<String>,
     pub start: Option<u32>,
+    /// Whether any function writes a table (`table.set`, `grow`, `fill`, `copy`, `init`).
+    pub writes_tables: bool,
     /// Per function: the class of a direct call to it.
     pub callee: Vec<Callee>,
     /// Per function: gets an entry safepoint.
@@ -298,6 +300,7 @@ impl<'a> Module<'a> {
             tables: 0,
             export_names: BTreeSet::new(),
             start: None,
+            writes_tables: false,
             callee: Vec::new(),
             recursive: Vec::new(),
             guard: Vec::new(),
@@ -486,6 +489,7 @@ impl<'a> Module<'a> {
         open_tables.extend(exported_tables);
         for s in &scans {
             open_tables.extend(s.mutated_tables.iter().copied());
+            m.writes_tables |= !s.mutated_tables.is_empty();
         }
 
         // The call graph: function nodes, then one node per indirect (type, table) pair and per

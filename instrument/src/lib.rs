@@ -73,6 +73,11 @@ pub const STACK_MEMORY: &str = "__tabi_stack";
 /// and abort paths). While it is not zero, the host must not start an unwind: such functions
 /// are not rewritten, so a stack through them cannot be saved. Safepoints respect it too.
 pub const NOPAUSE_GLOBAL: &str = "__tabi_nopause";
+/// Export name of an immutable `i32` global of facts about the module a host must know.
+pub const FLAGS_GLOBAL: &str = "__tabi_flags";
+/// Bit of [`FLAGS_GLOBAL`]: the guest writes its tables (`table.set`, `grow`, `fill`, `copy`,
+/// `init`), so their contents are part of its state.
+pub const FLAG_WRITES_TABLES: i32 = 1;
 /// Export name of the `i32` global counted down by safepoints (only with
 /// [`Options::safepoints`]).
 pub const BUDGET_GLOBAL: &str = "__tabi_budget";
@@ -174,6 +179,9 @@ pub struct Manifest {
     pub tables: u32,
     /// Whether the start function was moved to [`START_EXPORT`].
     pub start_moved: bool,
+    /// Whether the guest writes its tables; the value of [`FLAGS_GLOBAL`]'s bit
+    /// [`FLAG_WRITES_TABLES`].
+    pub writes_tables: bool,
     /// Number of functions rewritten.
     pub instrumented_functions: u32,
     /// Number of call sites (and safepoints) at which a frame can stop.

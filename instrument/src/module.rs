@@ -71,7 +71,8 @@ pub(crate) fn assemble(
     let state = m.globals;
     let sp = m.globals + 1;
     let nopause = m.globals + 2;
-    let budget = options.safepoints.then_some(m.globals + 3);
+    let flags = m.globals + 3;
+    let budget = options.safepoints.then_some(m.globals + 4);
     let mut ctx = Ctx {
         m,
         types: Types::new(m.types.len() as u32),
@@ -139,6 +140,7 @@ pub(crate) fn assemble(
         (crate::SP_GLOBAL.into(), ExportKind::Global, sp),
         (crate::STACK_MEMORY.into(), ExportKind::Memory, m.memories),
         (crate::NOPAUSE_GLOBAL.into(), ExportKind::Global, nopause),
+        (crate::FLAGS_GLOBAL.into(), ExportKind::Global, flags),
     ];
     if let Some(b) = budget {
         exports.push((crate::BUDGET_GLOBAL.into(), ExportKind::Global, b));
@@ -169,14 +171,20 @@ pub(crate) fn assemble(
     }
 
     let mut global_bytes = Vec::new();
-    let mut new_globals = vec![(state, 0), (sp, 0), (nopause, 0)];
+    let flag_bits = if m.writes_tables {
+        crate::FLAG_WRITES_TABLES
+    } else {
+        0
+    };
+    let mut new_globals = vec![(state, 0, true), (sp, 0, true), (nopause, 0, true)];
+    new_globals.push((flags, flag_bits, false));
     if let Some(b) = budget {
-        new_globals.push((b, crate::DEFAULT_BUDGET));
+        new_globals.push((b, crate::DEFAULT_BUDGET, true));
     }
-    for &(_, init) in &new_globals {
+    for &(_, init, mutable) in &new_globals {
         GlobalType {
             val_type: ValType::I32,
-            mutable: true,
+            mutable,
             shared: false,
         }
         .encode(&mut global_bytes);
@@ -205,6 +213,7 @@ pub(crate) fn assemble(
         memories: m.memories,
         tables: m.tables,
         start_moved: m.start.is_some(),
+        writes_tables: m.writes_tables,
         instrumented_functions: instrumented,
         sites,
     };

@@ -27,6 +27,11 @@ pub const SP_GLOBAL: &str = "__tabi_sp";
 pub const STACK_MEMORY: &str = "__tabi_stack";
 /// Export name of the no-pause counter: while it is not zero, no unwind may start.
 pub const NOPAUSE_GLOBAL: &str = "__tabi_nopause";
+/// Export name of the module's flags (an immutable `i32`).
+pub const FLAGS_GLOBAL: &str = "__tabi_flags";
+/// Flag: the guest writes its tables. Their contents are not captured yet, so such a guest
+/// cannot be paused.
+pub const FLAG_WRITES_TABLES: i32 = 1;
 /// Export name of the safepoint budget global.
 pub const BUDGET_GLOBAL: &str = "__tabi_budget";
 /// Export name of the module's former start function.
@@ -207,6 +212,11 @@ pub trait Machine {
 
     /// Copies globals, memories and the save stack out.
     fn capture(&mut self, entry: &str) -> Result<MachineState, EngineError> {
+        if self.get_i32(FLAGS_GLOBAL)? & FLAG_WRITES_TABLES != 0 {
+            return Err(EngineError::Engine(
+                "the guest writes its tables, whose contents tabi cannot capture yet".into(),
+            ));
+        }
         let mut globals = Vec::new();
         while let Some((v, _)) = self.global(&global_export(globals.len() as u32)) {
             globals.push(v);

@@ -412,6 +412,8 @@ fn protocol_constants_agree() {
     assert_eq!(m::BUDGET_GLOBAL, tabi_instrument::BUDGET_GLOBAL);
     assert_eq!(m::NOPAUSE_GLOBAL, tabi_instrument::NOPAUSE_GLOBAL);
     assert_eq!(m::START_EXPORT, tabi_instrument::START_EXPORT);
+    assert_eq!(m::FLAGS_GLOBAL, tabi_instrument::FLAGS_GLOBAL);
+    assert_eq!(m::FLAG_WRITES_TABLES, tabi_instrument::FLAG_WRITES_TABLES);
     assert_eq!(
         (m::NORMAL, m::UNWINDING, m::REWINDING),
         (
@@ -467,4 +469,30 @@ fn a_state_that_does_not_fit_is_refused() {
             "{what}"
         );
     }
+}
+
+/// A guest that writes its tables cannot be captured yet: pausing it is an error, not a
+/// snapshot that would resume with the wrong table.
+#[test]
+fn a_guest_writing_its_tables_is_not_captured() {
+    use tabi_libos::machine::{PauseControl, Points};
+    let wasm = module(
+        r#"(func (export "_start")
+            (table.set 0 (i32.const 3) (ref.func $ind_a))
+            (call $out (call_indirect (type $ii) (i32.const 5) (i32.const 3)))
+            (call $flush))
+          (elem declare func $ind_a)"#,
+    );
+    let out = instrument(&wasm, &Options::default()).unwrap();
+    assert!(out.manifest.writes_tables);
+    let e = tabi_wasmtime::Wasmtime::new();
+    let m = e.compile(&out.wasm).unwrap();
+    let (p, ..) = tabi_tests::process_for(&spec());
+    let err = e
+        .run_pausable(&m, p, PauseControl::after(1), Points::all(), None)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("tables"), "{err}");
+    // Without a pause it runs as the original does.
+    assert_eq!(plain(&spec(), &out.wasm), plain(&spec(), &wasm));
 }
