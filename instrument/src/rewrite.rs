@@ -155,7 +155,21 @@ struct Block<'a> {
     result_locals: Vec<u32>,
 }
 
-impl Block<'_> {
+impl<'a> Block<'a> {
+    /// For a loop whose only site is its own leading safepoint: that safepoint. Such a loop
+    /// needs no rewind dispatch: resuming re-enters it with its parameters and runs the
+    /// (harmless) safepoint check again.
+    fn lone_safepoint(&self) -> Option<&Site<'a>> {
+        match (self.kind, self.body.first()) {
+            (Kind::Loop, Some(Item::Site(s)))
+                if matches!(s.kind, SiteKind::Safepoint) && self.sites.1 - self.sites.0 == 1 =>
+            {
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+
     fn has_site(&self) -> bool {
         self.sites.0 < self.sites.1 || self.else_sites.0 < self.else_sites.1
     }
@@ -692,7 +706,7 @@ struct Emitter<'c, 'm, 'a> {
     unwind_label: u32,
     base: u32,
     site_local: u32,
-    scratch: BTreeMap<ValType, u32>,
+    budget_local: Option<u32>,
     site_values: BTreeMap<ValType, Vec<u32>>,
     /// Byte offset of each saved local in the frame.
     saved: Vec<(u32, ValType, u32)>,
@@ -709,8 +723,9 @@ fn emit(
 ) -> Result<Rewritten, Error> {
     let base = locals.add(ValType::I32, false);
     let site_local = locals.add(ValType::I32, false);
-    let mut scratch = BTreeMap::new();
-    scratch.insert(ValType::I32, locals.add(ValType::I32, false));
+    // With safepoints the budget lives in a local (a register), written back to the global
+    // around calls that may spend it and when the function returns.
+    let budget_local = ctx.budget.map(|_| locals.add(ValType::I32, false));
     // Site values go into locals of their own (the k-th value of a type at a site into the
     // k-th such local), saved with the others.
     let mut site_types = Vec::new();
@@ -764,7 +779,7 @@ fn emit(
         unwind_label: 0,
         base,
         site_local,
-        scratch,
+        budget_local,
         site_values,
         saved,
         locals_size: offset,
@@ -787,12 +802,14 @@ fn emit(
         enc(t)?.encode(&mut e.out);
     }
 
+    e.load_budget();
     e.unwind_label = e.open_added(BlockType::Empty);
     let bt = e.ctx.types.block(&[], fty.results())?;
     e.ins(Instruction::Block(bt));
     e.labels.push(None);
     e.level(&root.body, &[], true)?;
     e.end();
+    e.store_budget();
     e.ins(Instruction::Return);
     e.end();
     e.epilogue(fty.results())?;
@@ -995,14 +1012,11 @@ impl Emitter<'_, '_, '_> {
     }
 
     fn safepoint(&mut self, site: &Site<'_>) -> Result<(), Error> {
-        let budget = self.ctx.budget.expect("safepoints enabled");
-        let s = self.scratch[&ValType::I32];
-        self.ins(Instruction::GlobalGet(budget));
+        let b = self.budget_local.expect("safepoints enabled");
+        self.ins(Instruction::LocalGet(b));
         self.ins(Instruction::I32Const(1));
         self.ins(Instruction::I32Sub);
-        self.ins(Instruction::LocalTee(s));
-        self.ins(Instruction::GlobalSet(budget));
-        self.ins(Instruction::LocalGet(s));
+        self.ins(Instruction::LocalTee(b));
         self.ins(Instruction::I32Eqz);
         let bt = match site.below.as_slice() {
             [] => BlockType::Empty,
@@ -1013,6 +1027,7 @@ impl Emitter<'_, '_, '_> {
         // Not inside a function that cannot return: there the stack cannot be saved.
         self.ins(Instruction::GlobalGet(self.ctx.nopause));
         self.ins(Instruction::BrIf(0));
+        self.store_budget();
         self.ins(Instruction::I32Const(crate::UNWINDING));
         self.ins(Instruction::GlobalSet(self.ctx.state));
         self.save_and_unwind(site.id, &site.below)?;
@@ -1020,7 +1035,30 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    fn load_budget(&mut self) {
+        if let (Some(l), Some(g)) = (self.budget_local, self.ctx.budget) {
+            self.ins(Instruction::GlobalGet(g));
+            self.ins(Instruction::LocalSet(l));
+        }
+    }
+
+    fn store_budget(&mut self) {
+        if let (Some(l), Some(g)) = (self.budget_local, self.ctx.budget) {
+            self.ins(Instruction::LocalGet(l));
+            self.ins(Instruction::GlobalSet(g));
+        }
+    }
+
     fn op(&mut self, op: &Operator<'_>) -> Result<(), Error> {
+        if matches!(
+            op,
+            Operator::Return
+                | Operator::ReturnCall { .. }
+                | Operator::ReturnCallIndirect { .. }
+                | Operator::ReturnCallRef { .. }
+        ) {
+            self.store_budget();
+        }
         let i = match op {
             Operator::Br { relative_depth } => Instruction::Br(self.map_depth(*relative_depth)?),
             Operator::BrIf { relative_depth } => {
@@ -1205,8 +1243,21 @@ impl Emitter<'_, '_, '_> {
                     }
                 },
                 Item::Block(b) => {
-                    for &l in &b.param_locals {
-                        self.ins(Instruction::LocalGet(l));
+                    if let Some(sp) = b.lone_safepoint() {
+                        self.reload(&sp.below)?;
+                        self.ins(Instruction::I32Const(crate::NORMAL));
+                        self.ins(Instruction::GlobalSet(self.ctx.state));
+                        // The loop's check runs again on entry; one more unit of budget keeps
+                        // it from firing at once (with a budget of 1 it would never progress).
+                        let bl = self.budget_local.expect("safepoints enabled");
+                        self.ins(Instruction::LocalGet(bl));
+                        self.ins(Instruction::I32Const(1));
+                        self.ins(Instruction::I32Add);
+                        self.ins(Instruction::LocalSet(bl));
+                    } else {
+                        for &l in &b.param_locals {
+                            self.ins(Instruction::LocalGet(l));
+                        }
                     }
                     if let Some(arm) = group.arm {
                         self.ins(Instruction::I32Const(i32::from(arm)));
@@ -1266,8 +1317,28 @@ impl Emitter<'_, '_, '_> {
             match &items[j] {
                 Item::Site(s) => {
                     if matches!(s.kind, SiteKind::Callee | SiteKind::Indirect { .. }) {
+                        self.store_budget();
                         self.op(s.op.as_ref().expect("call"))?;
                         self.unwind_check(s)?;
+                        self.load_budget();
+                    }
+                }
+                Item::Block(b) if b.lone_safepoint().is_some() => {
+                    let sp = b.lone_safepoint().expect("checked");
+                    self.block_header(b)?;
+                    self.safepoint(sp)?;
+                    self.plain(&b.body[1..])?;
+                    self.end();
+                    if !b.below.is_empty() {
+                        for &l in b.result_locals.iter().rev() {
+                            self.ins(Instruction::LocalSet(l));
+                        }
+                        for &l in &b.below_locals {
+                            self.ins(Instruction::LocalGet(l));
+                        }
+                        for &l in &b.result_locals {
+                            self.ins(Instruction::LocalGet(l));
+                        }
                     }
                 }
                 Item::Block(b) => {

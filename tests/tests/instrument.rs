@@ -67,6 +67,34 @@ fn check(body: &str, min_points: u64) {
     assert_eq!(expected.outcome.code, Some(0), "{expected:?}");
     let out = instrument(&wasm, &Options::default()).unwrap();
     assert_eq!(plain(&spec(), &out.wasm), expected);
+    // With safepoints and a budget of 1-3, the guest yields at almost every loop header and
+    // recursive call, and each yield is rewound in place.
+    let sp = instrument(
+        &wasm,
+        &Options {
+            safepoints: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for budget in 1..=3 {
+        for backend in tabi_tests::Backend::ALL {
+            let (p, out, _) = tabi_tests::process_for(&spec());
+            let mut control = tabi_libos::machine::PauseControl::never();
+            control.budget = Some(budget);
+            match tabi_tests::migrate::run_pausable(backend, &sp.wasm, p, control, None) {
+                tabi_libos::machine::Outcome::Finished(f) => {
+                    assert_eq!(f.exit, tabi_libos::Exit::Code(0))
+                }
+                tabi_libos::machine::Outcome::Paused(_) => panic!("paused"),
+            }
+            let got = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+            assert_eq!(
+                got, expected.outcome.stdout,
+                "budget {budget} on {backend:?}"
+            );
+        }
+    }
     let n = check_every(&spec(), &wasm, 1).unwrap();
     assert!(n >= min_points, "only {n} points");
 }
