@@ -49,11 +49,14 @@ fn build_rust(dir: &Path, out: &Path) {
             "--target-dir",
         ])
         .arg(&target_dir);
-    // Settings meant for the host build must not leak into the guest build.
+    // Settings meant for the host build must not leak into the guest build. That includes the
+    // toolchain: the guests build with the default one (which has the wasm target) even when
+    // the host build runs on another, such as nightly for `cargo fuzz`.
     for (key, _) in std::env::vars() {
         if key.starts_with("CARGO_") && key != "CARGO_HOME"
             || key == "RUSTFLAGS"
             || key.starts_with("RUSTC")
+            || key == "RUSTUP_TOOLCHAIN"
         {
             cmd.env_remove(key);
         }
