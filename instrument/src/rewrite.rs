@@ -1323,32 +1323,20 @@ impl Emitter<'_, '_, '_> {
                         self.load_budget();
                     }
                 }
-                Item::Block(b) if b.lone_safepoint().is_some() => {
-                    let sp = b.lone_safepoint().expect("checked");
-                    self.block_header(b)?;
-                    self.safepoint(sp)?;
-                    self.plain(&b.body[1..])?;
-                    self.end();
-                    if !b.below.is_empty() {
-                        for &l in b.result_locals.iter().rev() {
-                            self.ins(Instruction::LocalSet(l));
-                        }
-                        for &l in &b.below_locals {
-                            self.ins(Instruction::LocalGet(l));
-                        }
-                        for &l in &b.result_locals {
-                            self.ins(Instruction::LocalGet(l));
-                        }
-                    }
-                }
                 Item::Block(b) => {
                     self.block_header(b)?;
-                    self.level(&b.body, &b.param_locals, false)?;
-                    if let Some(e) = &b.else_body {
-                        self.ins(Instruction::Else);
-                        self.level(e, &b.param_locals, false)?;
+                    if let Some(sp) = b.lone_safepoint() {
+                        self.safepoint(sp)?;
+                        self.plain(&b.body[1..])?;
+                    } else {
+                        self.level(&b.body, &b.param_locals, false)?;
+                        if let Some(e) = &b.else_body {
+                            self.ins(Instruction::Else);
+                            self.level(e, &b.param_locals, false)?;
+                        }
                     }
                     self.end();
+                    // Put the values moved into locals back under the block's results.
                     if !b.below.is_empty() {
                         for &l in b.result_locals.iter().rev() {
                             self.ins(Instruction::LocalSet(l));
