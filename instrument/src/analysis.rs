@@ -102,35 +102,39 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
     while !reader.eof() {
         let op = reader.read()?;
         if !s.has_loop {
-            s.shape.push(match &op {
+            let ev = match &op {
                 Operator::Block { .. } | Operator::Try { .. } | Operator::TryTable { .. } => {
-                    Ev::Block
+                    Some(Ev::Block)
                 }
-                Operator::If { .. } => Ev::If,
-                Operator::Else | Operator::Catch { .. } | Operator::CatchAll => Ev::Else,
-                Operator::End | Operator::Delegate { .. } => Ev::End,
-                Operator::Br { relative_depth } => Ev::Br(*relative_depth),
+                Operator::If { .. } => Some(Ev::If),
+                Operator::Else | Operator::Catch { .. } | Operator::CatchAll => Some(Ev::Else),
+                Operator::End | Operator::Delegate { .. } => Some(Ev::End),
+                Operator::Br { relative_depth } => Some(Ev::Br(*relative_depth)),
                 Operator::BrIf { relative_depth }
                 | Operator::BrOnNull { relative_depth }
                 | Operator::BrOnNonNull { relative_depth }
                 | Operator::BrOnCast { relative_depth, .. }
-                | Operator::BrOnCastFail { relative_depth, .. } => Ev::BrIf(*relative_depth),
+                | Operator::BrOnCastFail { relative_depth, .. } => Some(Ev::BrIf(*relative_depth)),
                 Operator::BrTable { targets } => {
                     let mut t: Vec<u32> = targets.targets().collect::<Result<_, _>>()?;
                     t.push(targets.default());
-                    Ev::BrTable(t)
+                    Some(Ev::BrTable(t))
                 }
                 Operator::Return
                 | Operator::ReturnCall { .. }
                 | Operator::ReturnCallIndirect { .. }
-                | Operator::ReturnCallRef { .. } => Ev::Return,
+                | Operator::ReturnCallRef { .. } => Some(Ev::Return),
                 Operator::Unreachable
                 | Operator::Throw { .. }
                 | Operator::ThrowRef
-                | Operator::Rethrow { .. } => Ev::Stop,
-                Operator::Call { function_index } => Ev::Call(*function_index),
-                _ => Ev::Call(u32::MAX),
-            });
+                | Operator::Rethrow { .. } => Some(Ev::Stop),
+                Operator::Call { function_index } => Some(Ev::Call(*function_index)),
+                // Other operators do not change control flow.
+                _ => None,
+            };
+            if let Some(ev) = ev {
+                s.shape.push(ev);
+            }
         }
         match op {
             Operator::Call { function_index } | Operator::ReturnCall { function_index } => {

@@ -233,14 +233,18 @@ pub(crate) fn assemble(
     let added_types = ctx.types.list.len() as u32;
 
     // Each section that grows, built from the input's section (or none).
-    let build = |id: u8, original: &[u8]| -> Result<Vec<u8>, Error> {
+    // The code section is moved, not copied: it is written once.
+    let mut code = Some(code);
+    let mut build = |id: u8, original: &[u8]| -> Result<Vec<u8>, Error> {
         match id {
             TYPE => grown(original, added_types, &type_bytes),
             FUNCTION => grown(original, 1, &function_bytes),
             MEMORY => grown(original, 1, &memory_bytes),
             GLOBAL => grown(original, new_globals.len() as u32, &global_bytes),
             EXPORT => grown(original, exports.len() as u32, &export_bytes),
-            CODE => Ok(code.clone()),
+            CODE => code
+                .take()
+                .ok_or_else(|| Error::Internal("code section written twice".into())),
             _ => unreachable!("only growing sections"),
         }
     };
