@@ -148,28 +148,28 @@ fn main() {
     let cases: Vec<(&str, Spec, Spec)> = vec![
         (
             "fib (recursion)",
-            Spec::new(guests::COMPUTE).args(&["fib", "32"]),
-            Spec::new(guests::COMPUTE).args(&["fib", "27"]),
+            Spec::new(guests::COMPUTE).args(&["fib", "36"]),
+            Spec::new(guests::COMPUTE).args(&["fib", "30"]),
         ),
         (
             "hash loop",
-            Spec::new(guests::COMPUTE).args(&["hash", "40"]),
-            Spec::new(guests::COMPUTE).args(&["hash", "4"]),
+            Spec::new(guests::COMPUTE).args(&["hash", "300"]),
+            Spec::new(guests::COMPUTE).args(&["hash", "30"]),
         ),
         (
             "sort",
-            Spec::new(guests::COMPUTE).args(&["sort", "40"]),
-            Spec::new(guests::COMPUTE).args(&["sort", "4"]),
+            Spec::new(guests::COMPUTE).args(&["sort", "300"]),
+            Spec::new(guests::COMPUTE).args(&["sort", "30"]),
         ),
         (
             "float (n-body)",
-            Spec::new(guests::COMPUTE).args(&["float", "40"]),
-            Spec::new(guests::COMPUTE).args(&["float", "4"]),
+            Spec::new(guests::COMPUTE).args(&["float", "200"]),
+            Spec::new(guests::COMPUTE).args(&["float", "20"]),
         ),
         (
             "file churn",
-            Spec::new(guests::STD_FS).args(&["churn", "1000"]),
-            Spec::new(guests::STD_FS).args(&["churn", "300"]),
+            Spec::new(guests::STD_FS).args(&["churn", "30000"]),
+            Spec::new(guests::STD_FS).args(&["churn", "3000"]),
         ),
     ];
     let have_wasm_opt = wasm_opt(&std::fs::read(guests::HELLO).unwrap(), &["-O".into()]).is_some();

@@ -83,14 +83,13 @@ pub(crate) fn assemble(
         stack_mem: m.memories,
         reserve: nfuncs,
     };
-    let reserve_type = ctx
-        .types
-        .index(&[wasmparser::ValType::I32], &[wasmparser::ValType::I32]);
+    let reserve_type = ctx.types.index(&[wasmparser::ValType::I32], &[]);
 
     // Function bodies: rewritten, or validated and copied.
     let mut code = Vec::new();
     let mut instrumented = 0u32;
     let mut sites = 0u32;
+    let mut max_frame = 0u32;
     (bodies.len() as u32)
         .checked_add(1)
         .ok_or_else(|| Error::Invalid("too many functions".into()))?
@@ -101,6 +100,7 @@ pub(crate) fn assemble(
             let r = rewrite(&mut ctx, func, &body, to_validate)?;
             instrumented += 1;
             sites += r.sites;
+            max_frame = max_frame.max(r.frame);
             r.body.len().encode(&mut code);
             code.extend_from_slice(&r.body);
         } else {
@@ -130,7 +130,7 @@ pub(crate) fn assemble(
             }
         }
     }
-    let reserve = reserve_body(sp, m.memories);
+    let reserve = reserve_body(sp, m.memories, max_frame);
     reserve.len().encode(&mut code);
     code.extend_from_slice(&reserve);
 
@@ -192,7 +192,8 @@ pub(crate) fn assemble(
     }
     let mut memory_bytes = Vec::new();
     MemoryType {
-        minimum: 1,
+        // Room for the largest frame above an empty stack (see `reserve_body`).
+        minimum: u64::from(max_frame).div_ceil(PAGE).max(1),
         maximum: None,
         memory64: false,
         shared: false,
@@ -298,14 +299,17 @@ fn encode_ty(t: wasmparser::ValType, sink: &mut Vec<u8>) -> Result<(), Error> {
     Ok(())
 }
 
-/// `reserve(n: i32) -> i32`: takes `n` bytes off the save stack, growing its memory as needed,
-/// and returns their address. Traps when the stack would pass 4 GiB or the memory cannot grow.
-fn reserve_body(sp: u32, mem: u32) -> Vec<u8> {
-    let mut f =
-        wasm_encoder::Function::new([(1, ValType::I32), (1, ValType::I64), (1, ValType::I32)]);
-    let (n, old, new, grow) = (0, 1, 2, 3);
+/// Bytes in a Wasm page.
+const PAGE: u64 = 65536;
+
+/// `reserve(n: i32)`: claims the `n` bytes just written above the save stack's top, and grows
+/// its memory so that the largest frame (`max_frame`) fits above the new top: a frame is
+/// written before it is claimed. Traps when the stack would pass 4 GiB or the memory cannot
+/// grow.
+fn reserve_body(sp: u32, mem: u32, max_frame: u32) -> Vec<u8> {
+    let mut f = wasm_encoder::Function::new([(1, ValType::I64), (1, ValType::I32)]);
+    let (n, new, grow) = (0, 1, 2);
     f.instruction(&Instruction::GlobalGet(sp))
-        .instruction(&Instruction::LocalTee(old))
         .instruction(&Instruction::I64ExtendI32U)
         .instruction(&Instruction::LocalGet(n))
         .instruction(&Instruction::I64ExtendI32U)
@@ -317,7 +321,7 @@ fn reserve_body(sp: u32, mem: u32) -> Vec<u8> {
         .instruction(&Instruction::Unreachable)
         .instruction(&Instruction::End)
         .instruction(&Instruction::LocalGet(new))
-        .instruction(&Instruction::I64Const(65535))
+        .instruction(&Instruction::I64Const(i64::from(max_frame) + 65535))
         .instruction(&Instruction::I64Add)
         .instruction(&Instruction::I64Const(16))
         .instruction(&Instruction::I64ShrU)
@@ -339,7 +343,6 @@ fn reserve_body(sp: u32, mem: u32) -> Vec<u8> {
         .instruction(&Instruction::LocalGet(new))
         .instruction(&Instruction::I32WrapI64)
         .instruction(&Instruction::GlobalSet(sp))
-        .instruction(&Instruction::LocalGet(old))
         .instruction(&Instruction::End);
     let mut out = Vec::new();
     f.encode(&mut out);

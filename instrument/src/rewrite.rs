@@ -195,6 +195,8 @@ impl Item<'_> {
 pub(crate) struct Rewritten {
     pub body: Vec<u8>,
     pub sites: u32,
+    /// Bytes of the function's frame on the save stack.
+    pub frame: u32,
 }
 
 struct Locals {
@@ -302,6 +304,14 @@ pub(crate) fn rewrite(
         next_site += 1;
     }
 
+    let needs_safepoint = if ctx.budget.is_some() {
+        loops_needing_safepoints(m, body)?
+    } else {
+        Vec::new()
+    };
+    let mut loops_seen = 0usize;
+    let mut budget_in_local = false;
+
     let mut reader = body.get_operators_reader()?;
     loop {
         let offset = reader.original_position();
@@ -345,7 +355,12 @@ pub(crate) fn rewrite(
                     dead,
                     next_site,
                 );
-                if kind == Kind::Loop && !dead && ctx.budget.is_some() {
+                let needed = kind == Kind::Loop && {
+                    loops_seen += 1;
+                    needs_safepoint.get(loops_seen - 1).copied().unwrap_or(true)
+                };
+                if needed && !dead && ctx.budget.is_some() {
+                    budget_in_local = true;
                     b.body.push(Item::Site(Box::new(Site {
                         kind: SiteKind::Safepoint,
                         op: None,
@@ -382,7 +397,7 @@ pub(crate) fn rewrite(
                 let mut b = open.block;
                 if stack.is_empty() {
                     reader.finish()?;
-                    return emit(ctx, func, &fty, locals, b, next_site);
+                    return emit(ctx, func, &fty, locals, b, next_site, budget_in_local);
                 }
                 if b.has_site() {
                     for &p in &b.params {
@@ -505,6 +520,77 @@ pub(crate) fn rewrite(
     }
 }
 
+/// Per loop of the body, in order of appearance: whether it needs a safepoint of its own.
+///
+/// A loop does not when every path from its header back to it passes a call that polls:
+/// a migration point (where the host checks for a pending request) or a function with an
+/// entry safepoint. The check is simple and sound: such a call stands at the loop's own level,
+/// and no branch back to the loop comes before it. A loop no branch returns to runs once and
+/// needs none either.
+fn loops_needing_safepoints(m: &Module<'_>, body: &FunctionBody<'_>) -> Result<Vec<bool>, Error> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Status {
+        Pending,
+        Polled,
+        Needed,
+    }
+    let polls = |f: u32| match m.callee.get(f as usize) {
+        Some(Callee::Point) => true,
+        Some(Callee::Instrumented) => m.recursive[f as usize],
+        _ => false,
+    };
+    let mut status: Vec<Status> = Vec::new();
+    // Open labels, innermost last: the loop's number for loops.
+    let mut frames: Vec<Option<usize>> = vec![None];
+    let branch = |frames: &[Option<usize>], status: &mut Vec<Status>, d: u32| {
+        let target = frames
+            .len()
+            .checked_sub(d as usize + 1)
+            .and_then(|i| frames[i]);
+        if let Some(l) = target
+            && status[l] == Status::Pending
+        {
+            status[l] = Status::Needed;
+        }
+    };
+    let mut reader = body.get_operators_reader()?;
+    while !reader.eof() {
+        match reader.read()? {
+            Operator::Block { .. } | Operator::If { .. } => frames.push(None),
+            Operator::Loop { .. } => {
+                frames.push(Some(status.len()));
+                status.push(Status::Pending);
+            }
+            Operator::End => {
+                frames.pop();
+            }
+            Operator::Call { function_index } if polls(function_index) => {
+                if let Some(Some(l)) = frames.last()
+                    && status[*l] == Status::Pending
+                {
+                    status[*l] = Status::Polled;
+                }
+            }
+            Operator::Br { relative_depth }
+            | Operator::BrIf { relative_depth }
+            | Operator::BrOnNull { relative_depth }
+            | Operator::BrOnNonNull { relative_depth }
+            | Operator::BrOnCast { relative_depth, .. }
+            | Operator::BrOnCastFail { relative_depth, .. } => {
+                branch(&frames, &mut status, relative_depth)
+            }
+            Operator::BrTable { targets } => {
+                branch(&frames, &mut status, targets.default());
+                for t in targets.targets() {
+                    branch(&frames, &mut status, t?);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(status.into_iter().map(|s| s == Status::Needed).collect())
+}
+
 fn site_item<'a>(
     kind: SiteKind,
     op: &Operator<'a>,
@@ -600,6 +686,8 @@ struct Liveness {
     n: usize,
     labels: Vec<Set>,
     at_sites: Set,
+    /// Per site: the locals live after it.
+    per_site: BTreeMap<u32, Set>,
 }
 
 impl Liveness {
@@ -651,8 +739,10 @@ impl Liveness {
                 | Operator::ReturnCallRef { .. } => Set::empty(self.n),
                 _ => after,
             },
-            Item::Site(_) => {
+            Item::Site(s) => {
                 self.at_sites.union(&after);
+                // A loop is walked until nothing changes; the last walk's set is the answer.
+                self.per_site.insert(s.id, after.clone());
                 after
             }
             Item::Block(b) => match b.kind {
@@ -707,6 +797,8 @@ struct Emitter<'c, 'm, 'a> {
     base: u32,
     site_local: u32,
     budget_local: Option<u32>,
+    /// Whether `budget_local` holds the budget between safepoints (else it is scratch).
+    budget_in_local: bool,
     site_values: BTreeMap<ValType, Vec<u32>>,
     /// Byte offset of each saved local in the frame.
     saved: Vec<(u32, ValType, u32)>,
@@ -720,11 +812,13 @@ fn emit(
     mut locals: Locals,
     root: Block<'_>,
     sites: u32,
+    budget_in_local: bool,
 ) -> Result<Rewritten, Error> {
     let base = locals.add(ValType::I32, false);
     let site_local = locals.add(ValType::I32, false);
-    // With safepoints the budget lives in a local (a register), written back to the global
-    // around calls that may spend it and when the function returns.
+    // With loop safepoints the budget lives in a local (a register), written back to the
+    // global around calls that may spend it and when the function returns. A function whose
+    // only safepoint is at its entry counts down the global itself, and the local is scratch.
     let budget_local = ctx.budget.map(|_| locals.add(ValType::I32, false));
     // Site values go into locals of their own (the k-th value of a type at a site into the
     // k-th such local), saved with the others.
@@ -750,10 +844,12 @@ fn emit(
             n,
             labels: vec![Set::empty(n)],
             at_sites: Set::empty(n),
+            per_site: BTreeMap::new(),
         };
         l.seq(&root.body, Set::empty(n));
-        l.at_sites
+        (l.at_sites, l.per_site)
     });
+    let keep = keep.map(|(k, _)| k);
     let mut saved = Vec::new();
     let mut offset = 0u32;
     let all = locals
@@ -780,6 +876,7 @@ fn emit(
         base,
         site_local,
         budget_local,
+        budget_in_local,
         site_values,
         saved,
         locals_size: offset,
@@ -814,7 +911,12 @@ fn emit(
     e.end();
     e.epilogue(fty.results())?;
     e.ins(Instruction::End);
-    Ok(Rewritten { body: e.out, sites })
+    let frame = e.frame_size();
+    Ok(Rewritten {
+        body: e.out,
+        sites,
+        frame,
+    })
 }
 
 impl Emitter<'_, '_, '_> {
@@ -940,10 +1042,15 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    /// After the unwind label: store the locals, return placeholder results.
+    /// After the unwind label: store the locals at the stack top, then claim the frame,
+    /// and return placeholder results.
+    ///
+    /// The stack memory always has room for the largest frame above the top, so the stores
+    /// come first and the call to `reserve` (which keeps that room) comes when no saved value
+    /// is live any more: a value live across a call would have to be spilled, and the code
+    /// generator then tends to spill it on the hot path too.
     fn epilogue(&mut self, results: &[ValType]) -> Result<(), Error> {
-        self.ins(Instruction::I32Const(self.frame_size() as i32));
-        self.ins(Instruction::Call(self.ctx.reserve));
+        self.ins(Instruction::GlobalGet(self.ctx.sp));
         self.ins(Instruction::LocalSet(self.base));
         self.ins(Instruction::LocalGet(self.base));
         self.ins(Instruction::LocalGet(self.site_local));
@@ -953,6 +1060,8 @@ impl Emitter<'_, '_, '_> {
             self.ins(Instruction::LocalGet(l));
             self.store(t, off)?;
         }
+        self.ins(Instruction::I32Const(self.frame_size() as i32));
+        self.ins(Instruction::Call(self.ctx.reserve));
         for &r in results {
             self.zero(r)?;
         }
@@ -1013,11 +1122,25 @@ impl Emitter<'_, '_, '_> {
 
     fn safepoint(&mut self, site: &Site<'_>) -> Result<(), Error> {
         let b = self.budget_local.expect("safepoints enabled");
-        self.ins(Instruction::LocalGet(b));
+        if self.budget_in_local {
+            self.ins(Instruction::LocalGet(b));
+        } else {
+            self.ins(Instruction::GlobalGet(
+                self.ctx.budget.expect("safepoints enabled"),
+            ));
+        }
         self.ins(Instruction::I32Const(1));
         self.ins(Instruction::I32Sub);
         self.ins(Instruction::LocalTee(b));
-        self.ins(Instruction::I32Eqz);
+        if !self.budget_in_local {
+            self.ins(Instruction::GlobalSet(
+                self.ctx.budget.expect("safepoints enabled"),
+            ));
+            self.ins(Instruction::LocalGet(b));
+        }
+        // At or below zero: a yield is due (it stays due while a pause must be deferred).
+        self.ins(Instruction::I32Const(0));
+        self.ins(Instruction::I32LeS);
         let bt = match site.below.as_slice() {
             [] => BlockType::Empty,
             b => BlockType::FunctionType(self.ctx.types.index(b, b)),
@@ -1036,6 +1159,9 @@ impl Emitter<'_, '_, '_> {
     }
 
     fn load_budget(&mut self) {
+        if !self.budget_in_local {
+            return;
+        }
         if let (Some(l), Some(g)) = (self.budget_local, self.ctx.budget) {
             self.ins(Instruction::GlobalGet(g));
             self.ins(Instruction::LocalSet(l));
@@ -1043,6 +1169,9 @@ impl Emitter<'_, '_, '_> {
     }
 
     fn store_budget(&mut self) {
+        if !self.budget_in_local {
+            return;
+        }
         if let (Some(l), Some(g)) = (self.budget_local, self.ctx.budget) {
             self.ins(Instruction::LocalGet(l));
             self.ins(Instruction::GlobalSet(g));

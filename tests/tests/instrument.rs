@@ -524,3 +524,69 @@ fn a_guest_writing_its_tables_is_not_captured() {
     // Without a pause it runs as the original does.
     assert_eq!(plain(&spec(), &out.wasm), plain(&spec(), &wasm));
 }
+
+/// `$rec` recurses, so with safepoints it polls on entry. `_start`'s loop calls it on every
+/// iteration (`polled`) or may branch back before the call (`spinning`).
+fn loop_with_recursion(spinning: bool) -> String {
+    let skip = if spinning {
+        // Odd counts go round again without calling `$rec`.
+        "(br_if $l (i32.and (local.get $i) (i32.const 1)))"
+    } else {
+        ""
+    };
+    format!(
+        r#"(func $rec (param $n i32) (result i32)
+            (if (result i32) (i32.eqz (local.get $n))
+              (then (i32.const 1))
+              (else (i32.add (call $rec (i32.sub (local.get $n) (i32.const 1))) (i32.const 2)))))
+          (func (export "_start") (local $i i32) (local $acc i32)
+            (local.set $i (i32.const 40))
+            (loop $l
+              (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+              {skip}
+              (local.set $acc (i32.add (local.get $acc) (call $rec (local.get $i))))
+              (br_if $l (local.get $i)))
+            (call $out (local.get $acc))
+            (drop (call $point (i32.const 0)))
+            (call $flush))"#
+    )
+}
+
+#[test]
+fn a_loop_that_always_calls_a_polling_function_needs_no_safepoint() {
+    let sp = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let sites = |spinning| {
+        instrument(&module(&loop_with_recursion(spinning)), &sp)
+            .unwrap()
+            .manifest
+            .sites
+    };
+    // The spinning loop keeps its own safepoint; the polled one relies on `$rec`'s.
+    assert_eq!(sites(true), sites(false) + 1);
+    // Both still pause, resume and finish as the original does.
+    check(&loop_with_recursion(false), 2);
+    check(&loop_with_recursion(true), 2);
+}
+
+#[test]
+fn frames_larger_than_a_page_fit_and_grow_the_save_stack() {
+    // 9,000 i64 locals: more than the liveness pass looks at, so all are saved and the frame
+    // is ~72 KB, above the stack memory's first page. Three such frames are live at the point.
+    let decls = "(local i64) ".repeat(9000);
+    let body = format!(
+        r#"(func $big (param $d i32) (result i32) {decls}
+            (local.set 5 (i64.extend_i32_u (local.get $d)))
+            (local.set 8999 (i64.const 40))
+            (if (local.get $d)
+              (then (drop (call $big (i32.sub (local.get $d) (i32.const 1)))))
+              (else (drop (call $point (i32.const 0)))))
+            (i32.wrap_i64 (i64.add (local.get 5) (local.get 8999))))
+          (func (export "_start")
+            (call $out (call $big (i32.const 2)))
+            (call $flush))"#
+    );
+    check(&body, 2);
+}
