@@ -1,0 +1,234 @@
+//! tabi's checkpoint file.
+//!
+//! A snapshot holds everything of a paused guest but the engine: the identity of the module it
+//! ran, each memory (64 KiB pages; all-zero pages left out, the rest LZ4-compressed in chunks),
+//! the globals, the tables, the save stack the instrumented guest wrote, and the kernel state.
+//! `docs/snapshot-format.md` is the format's definition; this crate writes and reads it.
+//!
+//! - Everything is little-endian and sized explicitly, so a snapshot is the same bytes on every
+//!   host (the kernel state is postcard, which is byte-order independent too).
+//! - Writing streams: memories are compressed chunk by chunk straight to the [`Sink`], so a
+//!   guest's memory is never held twice.
+//! - Reading treats the file as hostile: every size is checked against [`Limits`] before it is
+//!   allocated, every section and chunk against its CRC-32, the order of sections, and the
+//!   kernel state must decode. Failures are a typed [`Error`], never a panic.
+//! - An incremental snapshot names its parent by [`Snapshot::hash`] and holds only the pages
+//!   (and kernel state) that changed since it.
+//!
+//! A snapshot never grants anything on the host: it records which guest paths were host
+//! mounts, and whoever resumes decides what to grant.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod format;
+mod read;
+mod write;
+
+pub use format::{CHUNK_PAGES, MAGIC, PAGE, SectionId, VERSION};
+pub use read::{Limits, SectionInfo, Snapshot, read};
+pub use write::{Base, Contents, Summary, WriteError, write};
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Which module a snapshot was taken from, and with which rewrite.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// SHA-256 of the original module's bytes.
+    pub original_sha256: [u8; 32],
+    /// SHA-256 of the instrumented module that ran.
+    pub module_sha256: [u8; 32],
+    /// The instrumentation options, as the writer encoded them (shown by `tabi inspect`).
+    pub options: Vec<u8>,
+    /// For an incremental snapshot: the [`Snapshot::hash`] of its parent.
+    pub parent: Option<[u8; 32]>,
+}
+
+/// Where a snapshot goes. Implemented for every [`std::io::Write`] with the `std` feature.
+pub trait Sink {
+    /// The sink's error.
+    type Error;
+    /// Writes all of `buf`.
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// Where a snapshot comes from. Implemented for every [`std::io::Read`] with the `std` feature.
+pub trait Source {
+    /// Fills `buf` completely; `Ok(false)` if the input ended first (nothing or part of `buf`
+    /// read).
+    fn read_exact_or_eof(&mut self, buf: &mut [u8]) -> Result<bool, Error>;
+}
+
+impl Sink for Vec<u8> {
+    type Error = core::convert::Infallible;
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
+        self.extend_from_slice(buf);
+        Ok(())
+    }
+}
+
+impl Source for &[u8] {
+    fn read_exact_or_eof(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
+        if self.len() < buf.len() {
+            *self = &[];
+            return Ok(false);
+        }
+        let (head, tail) = self.split_at(buf.len());
+        buf.copy_from_slice(head);
+        *self = tail;
+        Ok(true)
+    }
+}
+
+/// Adapts a [`std::io::Write`] to [`Sink`].
+#[cfg(feature = "std")]
+pub struct IoSink<W>(pub W);
+
+#[cfg(feature = "std")]
+impl<W: std::io::Write> Sink for IoSink<W> {
+    type Error = std::io::Error;
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write_all(buf)
+    }
+}
+
+/// Adapts a [`std::io::Read`] to [`Source`].
+#[cfg(feature = "std")]
+pub struct IoSource<R>(pub R);
+
+#[cfg(feature = "std")]
+impl<R: std::io::Read> Source for IoSource<R> {
+    fn read_exact_or_eof(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
+        match self.0.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(Error::Io(std::format!("{e}"))),
+        }
+    }
+}
+
+/// Why a snapshot could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The file does not start with [`MAGIC`].
+    BadMagic,
+    /// A format version this reader does not know.
+    UnsupportedVersion {
+        /// The file's version.
+        found: u16,
+        /// The newest version this reader reads.
+        newest: u16,
+    },
+    /// A checksum did not match: the named part is corrupt.
+    BadChecksum {
+        /// Which part.
+        what: String,
+    },
+    /// The file ended inside the named part.
+    Truncated {
+        /// Which part.
+        what: String,
+    },
+    /// A section came where another was expected (or was repeated, or is unknown).
+    OutOfOrder {
+        /// The section id found.
+        found: u8,
+        /// What the reader expected there.
+        expected: String,
+    },
+    /// A size exceeds the reader's limits (or the module's).
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// Its declared size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A field that cannot be right: an unknown tag, a chunk outside its memory, bytes left
+    /// over, a page that does not decompress to its size.
+    Malformed {
+        /// What is wrong.
+        what: String,
+    },
+    /// The kernel state does not decode.
+    BadKernelState(String),
+    /// An incremental snapshot needs its parent, and none (or another) was given.
+    Parent {
+        /// The parent the snapshot names.
+        expected: [u8; 32],
+        /// The hash of the base that was given, if any.
+        given: Option<[u8; 32]>,
+    },
+    /// The module given for a resume is not the one the snapshot was taken from.
+    ModuleMismatch {
+        /// What differs.
+        what: String,
+    },
+    /// The source failed.
+    Io(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadMagic => write!(f, "not a tabi snapshot (bad magic)"),
+            Error::UnsupportedVersion { found, newest } => write!(
+                f,
+                "snapshot format version {found} is not supported (this reader reads 1 to {newest})"
+            ),
+            Error::BadChecksum { what } => write!(f, "checksum mismatch in {what}: the file is corrupt"),
+            Error::Truncated { what } => write!(f, "the file ends inside {what}: it is truncated"),
+            Error::OutOfOrder { found, expected } => {
+                write!(f, "section {found} found where {expected} was expected")
+            }
+            Error::TooLarge { what, size, limit } => {
+                write!(f, "{what} is {size} bytes, over the limit of {limit}")
+            }
+            Error::Malformed { what } => write!(f, "malformed snapshot: {what}"),
+            Error::BadKernelState(e) => write!(f, "the kernel state does not decode: {e}"),
+            Error::Parent { expected, given } => match given {
+                None => write!(
+                    f,
+                    "this is an incremental snapshot; it needs its parent {}",
+                    hex(expected)
+                ),
+                Some(g) => write!(
+                    f,
+                    "this incremental snapshot's parent is {}, not {}",
+                    hex(expected),
+                    hex(g)
+                ),
+            },
+            Error::ModuleMismatch { what } => {
+                write!(f, "the snapshot was taken from another module: {what}")
+            }
+            Error::Io(e) => write!(f, "cannot read the snapshot: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}

@@ -1,0 +1,648 @@
+//! The reader: validates everything, allocates only what it has checked.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use sha2::{Digest, Sha256};
+use tabi_libos::Kernel;
+use tabi_libos::machine::{MachineState, Value};
+
+use crate::format::*;
+use crate::{Error, Identity, Source};
+
+/// What a reader accepts. Sizes beyond these are refused before anything is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Memories in a snapshot.
+    pub memories: u32,
+    /// Pages in one memory (65,536 is 4 GiB, all a 32-bit memory can have).
+    pub pages: u32,
+    /// Pages over all memories.
+    pub total_pages: u64,
+    /// Globals.
+    pub globals: u32,
+    /// Tables.
+    pub tables: u32,
+    /// Bytes of any other section (module, save stack, kernel state).
+    pub section: u32,
+}
+
+impl Default for Limits {
+    /// 4 GiB of memory in all, 256 MiB per other section.
+    fn default() -> Self {
+        Limits {
+            memories: 64,
+            pages: 65536,
+            total_pages: 65536,
+            globals: 1 << 20,
+            tables: 1 << 16,
+            section: 256 << 20,
+        }
+    }
+}
+
+/// One section as stored, for `tabi inspect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionInfo {
+    /// Which section.
+    pub id: SectionId,
+    /// Bytes it takes in the file, framing included.
+    pub stored: u64,
+    /// Bytes it stands for once decompressed (for memories: the pages present).
+    pub raw: u64,
+}
+
+/// A snapshot, read and checked.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The format version it was written in.
+    pub version: u16,
+    /// Which module it was taken from.
+    pub identity: Identity,
+    /// The original module's bytes, when the snapshot carries them.
+    pub module: Option<Vec<u8>>,
+    /// The export that was running.
+    pub entry: String,
+    /// The safepoint budget left.
+    pub budget: Option<i32>,
+    /// Migration points passed so far in the run.
+    pub points: u64,
+    /// Every global of the original module.
+    pub globals: Vec<Value>,
+    /// Number of tables (each as instantiated).
+    pub tables: u32,
+    /// Every memory, whole (an incremental snapshot's applied to its base's).
+    pub memories: Vec<Vec<u8>>,
+    /// The save stack.
+    pub stack: Vec<u8>,
+    /// The kernel state, decoded.
+    pub kernel: Kernel,
+    /// Its bytes, as stored (a base for the next incremental snapshot compares against them).
+    pub kernel_bytes: Vec<u8>,
+    /// The content hash from the end marker, checked.
+    pub hash: [u8; 32],
+    /// The sections as stored.
+    pub sections: Vec<SectionInfo>,
+}
+
+impl Snapshot {
+    /// The engine-side state, for [`tabi_libos::machine::Start::Resume`].
+    pub fn machine_state(&self) -> MachineState {
+        MachineState {
+            entry: self.entry.clone(),
+            globals: self.globals.clone(),
+            memories: self.memories.clone(),
+            stack: self.stack.clone(),
+            budget: self.budget,
+        }
+    }
+
+    /// Checks that `instrumented` (and `original`, if given) are the modules this snapshot
+    /// was taken from.
+    pub fn check_module(&self, original: Option<&[u8]>, instrumented: &[u8]) -> Result<(), Error> {
+        if let Some(o) = original
+            && crate::sha256(o) != self.identity.original_sha256
+        {
+            return Err(Error::ModuleMismatch {
+                what: "the original module's SHA-256 differs".into(),
+            });
+        }
+        if crate::sha256(instrumented) != self.identity.module_sha256 {
+            return Err(Error::ModuleMismatch {
+                what: "the instrumented module's SHA-256 differs (another build of tabi-instrument, or other options)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+struct In<'s, S: Source> {
+    src: &'s mut S,
+    digest: Sha256,
+    offset: u64,
+}
+
+impl<S: Source> In<'_, S> {
+    fn data(&mut self, buf: &mut [u8], what: &str) -> Result<(), Error> {
+        if !self.src.read_exact_or_eof(buf)? {
+            return Err(Error::Truncated { what: what.into() });
+        }
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+    fn frame(&mut self, buf: &mut [u8], what: &str) -> Result<(), Error> {
+        self.data(buf, what)?;
+        self.digest.update(&*buf);
+        Ok(())
+    }
+    fn frame_array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], Error> {
+        let mut a = [0u8; N];
+        self.frame(&mut a, what)?;
+        Ok(a)
+    }
+    /// Reads `len` bytes, growing the buffer as data arrives, so that a truncated file with a
+    /// large declared size costs no more than what it holds.
+    fn bytes(&mut self, len: usize, what: &str) -> Result<Vec<u8>, Error> {
+        const STEP: usize = 1 << 20;
+        let mut v = Vec::with_capacity(len.min(STEP));
+        while v.len() < len {
+            let n = (len - v.len()).min(STEP);
+            let start = v.len();
+            v.resize(start + n, 0);
+            self.data(&mut v[start..], what)?;
+        }
+        Ok(v)
+    }
+    /// A buffered section's payload, checked against its CRC and `limit`.
+    fn section(&mut self, id: SectionId, limit: u32) -> Result<(Vec<u8>, u64), Error> {
+        let what = id.name();
+        let h = self.frame_array::<8>(what)?;
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let sum = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        if len > limit {
+            return Err(Error::TooLarge {
+                what: format!("the {what} section"),
+                size: len.into(),
+                limit: limit.into(),
+            });
+        }
+        let payload = self.bytes(len as usize, &format!("the {what} section"))?;
+        if section_crc(id as u8, len, &payload) != sum {
+            return Err(Error::BadChecksum {
+                what: format!("the {what} section"),
+            });
+        }
+        Ok((payload, 9 + u64::from(len)))
+    }
+}
+
+fn section_id<S: Source>(input: &mut In<'_, S>) -> Result<u8, Error> {
+    Ok(input.frame_array::<1>("a section header")?[0])
+}
+
+fn out_of_order(found: u8, expected: &str) -> Error {
+    Error::OutOfOrder {
+        found,
+        expected: expected.to_string(),
+    }
+}
+
+/// Reads a snapshot from `src`. An incremental snapshot is applied to `base`, which must be
+/// the snapshot it names as its parent.
+pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) -> Result<Snapshot, Error> {
+    let mut input = In {
+        src,
+        digest: Sha256::new(),
+        offset: 0,
+    };
+    let mut sections = Vec::new();
+
+    // Header.
+    let mut magic = [0u8; 8];
+    if !input.src.read_exact_or_eof(&mut magic)? {
+        return Err(if MAGIC.starts_with(&magic[..]) || magic.iter().all(|&b| b == 0) {
+            Error::Truncated {
+                what: "the header".into(),
+            }
+        } else {
+            Error::BadMagic
+        });
+    }
+    input.digest.update(magic);
+    input.offset = 8;
+    if magic != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let rest = input.frame_array::<8>("the header")?;
+    let version = u16::from_le_bytes([rest[0], rest[1]]);
+    let flags = u16::from_le_bytes([rest[2], rest[3]]);
+    let sum = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    let mut h = Vec::from(MAGIC);
+    h.extend_from_slice(&rest[..4]);
+    if crc(&h) != sum {
+        return Err(Error::BadChecksum {
+            what: "the header".into(),
+        });
+    }
+    if version == 0 || version > VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            newest: VERSION,
+        });
+    }
+    if flags & !FLAG_INCREMENTAL != 0 {
+        return Err(Error::Malformed {
+            what: format!("unknown header flags {flags:#x}"),
+        });
+    }
+    let incremental = flags & FLAG_INCREMENTAL != 0;
+
+    // Identity.
+    let id = section_id(&mut input)?;
+    if id != SectionId::Identity as u8 {
+        return Err(out_of_order(id, "identity"));
+    }
+    let (p, stored) = input.section(SectionId::Identity, limits.section)?;
+    sections.push(SectionInfo {
+        id: SectionId::Identity,
+        stored,
+        raw: p.len() as u64,
+    });
+    let mut c = Cursor {
+        bytes: &p,
+        what: "identity",
+    };
+    let original_sha256 = c.array::<32>()?;
+    let module_sha256 = c.array::<32>()?;
+    let parent = match c.u8()? {
+        0 => None,
+        1 => Some(c.array::<32>()?),
+        t => {
+            return Err(Error::Malformed {
+                what: format!("parent tag {t}"),
+            });
+        }
+    };
+    let olen = c.u32()? as usize;
+    let options = c.take(olen)?.to_vec();
+    c.end()?;
+    if parent.is_some() != incremental {
+        return Err(Error::Malformed {
+            what: "the header's incremental flag and the parent disagree".into(),
+        });
+    }
+    if let Some(expected) = parent {
+        match base {
+            Some(b) if b.hash == expected => {}
+            Some(b) => {
+                return Err(Error::Parent {
+                    expected,
+                    given: Some(b.hash),
+                });
+            }
+            None => {
+                return Err(Error::Parent {
+                    expected,
+                    given: None,
+                });
+            }
+        }
+    }
+    let base = if incremental { base } else { None };
+    let identity = Identity {
+        original_sha256,
+        module_sha256,
+        options,
+        parent,
+    };
+
+    // Module (optional).
+    let mut id = section_id(&mut input)?;
+    let mut module = None;
+    if id == SectionId::Module as u8 {
+        let (p, stored) = input.section(SectionId::Module, limits.section)?;
+        let mut c = Cursor {
+            bytes: &p,
+            what: "module",
+        };
+        let len = c.u64()?;
+        if len > u64::from(limits.section) {
+            return Err(Error::TooLarge {
+                what: "the module".into(),
+                size: len,
+                limit: limits.section.into(),
+            });
+        }
+        let m = lz4_flex::block::decompress(c.bytes, len as usize).map_err(|e| Error::Malformed {
+            what: format!("the module does not decompress: {e}"),
+        })?;
+        if m.len() as u64 != len {
+            return Err(Error::Malformed {
+                what: "the module decompresses to another size".into(),
+            });
+        }
+        sections.push(SectionInfo {
+            id: SectionId::Module,
+            stored,
+            raw: len,
+        });
+        module = Some(m);
+        id = section_id(&mut input)?;
+    }
+
+    // Machine.
+    if id != SectionId::Machine as u8 {
+        return Err(out_of_order(id, "machine"));
+    }
+    let (p, stored) = input.section(SectionId::Machine, limits.section)?;
+    sections.push(SectionInfo {
+        id: SectionId::Machine,
+        stored,
+        raw: p.len() as u64,
+    });
+    let mut c = Cursor {
+        bytes: &p,
+        what: "machine",
+    };
+    let elen = c.u16()? as usize;
+    let entry = core::str::from_utf8(c.take(elen)?)
+        .map_err(|_| Error::Malformed {
+            what: "the entry name is not UTF-8".into(),
+        })?
+        .to_string();
+    let budget = match c.u8()? {
+        0 => None,
+        1 => Some(i32::from_le_bytes(c.array()?)),
+        t => {
+            return Err(Error::Malformed {
+                what: format!("budget tag {t}"),
+            });
+        }
+    };
+    let points = c.u64()?;
+    c.end()?;
+
+    // Globals.
+    let id = section_id(&mut input)?;
+    if id != SectionId::Globals as u8 {
+        return Err(out_of_order(id, "globals"));
+    }
+    let (p, stored) = input.section(SectionId::Globals, limits.section)?;
+    sections.push(SectionInfo {
+        id: SectionId::Globals,
+        stored,
+        raw: p.len() as u64,
+    });
+    let mut c = Cursor {
+        bytes: &p,
+        what: "globals",
+    };
+    let n = c.u32()?;
+    if n > limits.globals {
+        return Err(Error::TooLarge {
+            what: "the number of globals".into(),
+            size: n.into(),
+            limit: limits.globals.into(),
+        });
+    }
+    // Each global takes at least one byte, so `n` is also bounded by the payload.
+    if n as usize > c.bytes.len() {
+        return Err(Error::Malformed {
+            what: "more globals than the section has bytes".into(),
+        });
+    }
+    let mut globals = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        globals.push(c.value()?);
+    }
+    c.end()?;
+
+    // Tables.
+    let id = section_id(&mut input)?;
+    if id != SectionId::Tables as u8 {
+        return Err(out_of_order(id, "tables"));
+    }
+    let (p, stored) = input.section(SectionId::Tables, limits.section)?;
+    sections.push(SectionInfo {
+        id: SectionId::Tables,
+        stored,
+        raw: p.len() as u64,
+    });
+    let mut c = Cursor {
+        bytes: &p,
+        what: "tables",
+    };
+    let tables = c.u32()?;
+    if tables > limits.tables {
+        return Err(Error::TooLarge {
+            what: "the number of tables".into(),
+            size: tables.into(),
+            limit: limits.tables.into(),
+        });
+    }
+    for _ in 0..tables {
+        let k = c.u8()?;
+        if k != 0 {
+            return Err(Error::Malformed {
+                what: format!("table kind {k} (only 0, as instantiated, is known)"),
+            });
+        }
+    }
+    c.end()?;
+
+    // Memories.
+    let mut memories: Vec<Vec<u8>> = Vec::new();
+    let mut total_pages = 0u64;
+    let mut id = section_id(&mut input)?;
+    while id == SectionId::Memory as u8 {
+        let h = input.frame_array::<12>("a memory header")?;
+        let index = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let pages = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let sum = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        if crc(&h[..8]) != sum {
+            return Err(Error::BadChecksum {
+                what: format!("the header of memory {index}"),
+            });
+        }
+        if index as usize != memories.len() {
+            return Err(Error::OutOfOrder {
+                found: SectionId::Memory as u8,
+                expected: format!("memory {} (found memory {index})", memories.len()),
+            });
+        }
+        if index >= limits.memories {
+            return Err(Error::TooLarge {
+                what: "the number of memories".into(),
+                size: u64::from(index) + 1,
+                limit: limits.memories.into(),
+            });
+        }
+        if pages > limits.pages {
+            return Err(Error::TooLarge {
+                what: format!("memory {index} (in pages)"),
+                size: pages.into(),
+                limit: limits.pages.into(),
+            });
+        }
+        total_pages += u64::from(pages);
+        if total_pages > limits.total_pages {
+            return Err(Error::TooLarge {
+                what: "all memories (in pages)".into(),
+                size: total_pages,
+                limit: limits.total_pages,
+            });
+        }
+        let mut mem = match base.and_then(|b| b.memories.get(index as usize)) {
+            Some(old) if old.len() <= pages as usize * PAGE => {
+                let mut m = old.clone();
+                m.resize(pages as usize * PAGE, 0);
+                m
+            }
+            Some(_) => {
+                return Err(Error::Malformed {
+                    what: format!("memory {index} is smaller than in the parent"),
+                });
+            }
+            None => vec![0u8; pages as usize * PAGE],
+        };
+        let mut stored = 13u64;
+        let mut raw = 0u64;
+        let mut next = 0u32;
+        loop {
+            let first = u32::from_le_bytes(input.frame_array::<4>("a memory chunk")?);
+            stored += 4;
+            if first == CHUNK_END {
+                break;
+            }
+            let ch = input.frame_array::<13>("a memory chunk")?;
+            let n = u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
+            let kind = ch[4];
+            let len = u32::from_le_bytes([ch[5], ch[6], ch[7], ch[8]]);
+            let sum = u32::from_le_bytes([ch[9], ch[10], ch[11], ch[12]]);
+            if first < next || n == 0 || n > CHUNK_PAGES || u64::from(first) + u64::from(n) > u64::from(pages) {
+                return Err(Error::Malformed {
+                    what: format!(
+                        "chunk of pages {first}+{n} in memory {index} of {pages} pages (out of order or out of range)"
+                    ),
+                });
+            }
+            let raw_len = n as usize * PAGE;
+            let max = match kind {
+                CHUNK_LZ4 => raw_len,
+                CHUNK_RAW => raw_len,
+                CHUNK_ZERO if incremental => 0,
+                _ => {
+                    return Err(Error::Malformed {
+                        what: format!("chunk kind {kind} in memory {index}"),
+                    });
+                }
+            };
+            if len as usize > max {
+                return Err(Error::TooLarge {
+                    what: format!("a chunk of memory {index}"),
+                    size: len.into(),
+                    limit: max as u64,
+                });
+            }
+            let data = input.bytes(len as usize, &format!("memory {index}"))?;
+            if crc(&data) != sum {
+                return Err(Error::BadChecksum {
+                    what: format!("pages {first}..{} of memory {index}", first + n),
+                });
+            }
+            let dst = &mut mem[first as usize * PAGE..first as usize * PAGE + raw_len];
+            match kind {
+                CHUNK_LZ4 => {
+                    let got = lz4_flex::block::decompress_into(&data, dst).map_err(|e| Error::Malformed {
+                        what: format!("pages {first}..{} of memory {index} do not decompress: {e}", first + n),
+                    })?;
+                    if got != raw_len {
+                        return Err(Error::Malformed {
+                            what: format!("pages {first}..{} of memory {index} decompress short", first + n),
+                        });
+                    }
+                }
+                CHUNK_RAW => {
+                    if data.len() != raw_len {
+                        return Err(Error::Malformed {
+                            what: format!("raw chunk of memory {index} has the wrong length"),
+                        });
+                    }
+                    dst.copy_from_slice(&data);
+                }
+                _ => dst.fill(0),
+            }
+            stored += 17 + u64::from(len);
+            raw += raw_len as u64;
+            next = first + n;
+        }
+        sections.push(SectionInfo {
+            id: SectionId::Memory,
+            stored,
+            raw,
+        });
+        memories.push(mem);
+        id = section_id(&mut input)?;
+    }
+    if let Some(b) = base
+        && b.memories.len() != memories.len()
+    {
+        return Err(Error::Malformed {
+            what: "an incremental snapshot has another number of memories than its parent".into(),
+        });
+    }
+
+    // Stack.
+    if id != SectionId::Stack as u8 {
+        return Err(out_of_order(id, "stack (or another memory)"));
+    }
+    let (stack, stored) = input.section(SectionId::Stack, limits.section)?;
+    sections.push(SectionInfo {
+        id: SectionId::Stack,
+        stored,
+        raw: stack.len() as u64,
+    });
+
+    // Kernel.
+    let id = section_id(&mut input)?;
+    if id != SectionId::Kernel as u8 {
+        return Err(out_of_order(id, "kernel"));
+    }
+    let (p, stored) = input.section(SectionId::Kernel, limits.section)?;
+    let kernel_bytes = match p.split_first() {
+        Some((1, rest)) => rest.to_vec(),
+        Some((0, [])) if incremental => match base {
+            Some(b) => b.kernel_bytes.clone(),
+            None => unreachable!("checked with the identity"),
+        },
+        _ => {
+            return Err(Error::Malformed {
+                what: "kernel section tag".into(),
+            });
+        }
+    };
+    sections.push(SectionInfo {
+        id: SectionId::Kernel,
+        stored,
+        raw: kernel_bytes.len() as u64,
+    });
+    let kernel = tabi_libos::decode_state(&kernel_bytes).map_err(|e| Error::BadKernelState(e.to_string()))?;
+
+    // End and content hash.
+    let id = section_id(&mut input)?;
+    if id != SectionId::End as u8 {
+        return Err(out_of_order(id, "end"));
+    }
+    let expected: [u8; 32] = input.digest.clone().finalize().into();
+    let mut hash = [0u8; 32];
+    input.data(&mut hash, "the end marker")?;
+    if hash != expected {
+        return Err(Error::BadChecksum {
+            what: "the end marker's content hash".into(),
+        });
+    }
+    let mut extra = [0u8; 1];
+    if input.src.read_exact_or_eof(&mut extra)? {
+        return Err(Error::Malformed {
+            what: "bytes after the end marker".into(),
+        });
+    }
+    Ok(Snapshot {
+        version,
+        identity,
+        module,
+        entry,
+        budget,
+        points,
+        globals,
+        tables,
+        memories,
+        stack,
+        kernel,
+        kernel_bytes,
+        hash,
+        sections,
+    })
+}

@@ -1,0 +1,323 @@
+//! The writer.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use sha2::{Digest, Sha256};
+use tabi_libos::machine::Value;
+
+use crate::format::*;
+use crate::{Identity, Sink};
+
+/// What a snapshot holds, borrowed from wherever it lives (a live engine memory, or a captured
+/// [`tabi_libos::machine::MachineState`]).
+pub struct Contents<'a> {
+    /// The module's identity.
+    pub identity: Identity,
+    /// The original module's bytes, to make the snapshot self-contained (optional).
+    pub module: Option<&'a [u8]>,
+    /// The export that was running.
+    pub entry: &'a str,
+    /// The safepoint budget left, for modules with safepoints.
+    pub budget: Option<i32>,
+    /// Migration points passed so far in the run.
+    pub points: u64,
+    /// Every global of the original module.
+    pub globals: &'a [Value],
+    /// Number of tables; their contents are those the module's instantiation gives (tabi
+    /// refuses to capture a guest that writes its tables).
+    pub tables: u32,
+    /// Every memory of the original module; each a whole number of 64 KiB pages.
+    pub memories: Vec<&'a [u8]>,
+    /// The save stack.
+    pub stack: &'a [u8],
+    /// The kernel state, encoded with [`tabi_libos::encode_state`].
+    pub kernel: &'a [u8],
+}
+
+/// The snapshot an incremental one is written against.
+pub struct Base<'a> {
+    /// Its [`crate::Snapshot::hash`] (or [`Summary::hash`]).
+    pub hash: [u8; 32],
+    /// Its memories, as they were when it was taken.
+    pub memories: Vec<&'a [u8]>,
+    /// Its kernel state bytes.
+    pub kernel: &'a [u8],
+}
+
+/// What was written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Bytes written in all.
+    pub bytes: u64,
+    /// Bytes of memory pages written (before compression).
+    pub pages_raw: u64,
+    /// Bytes the pages took once compressed.
+    pub pages_stored: u64,
+    /// Number of pages written.
+    pub pages: u64,
+    /// The snapshot's content hash: an incremental child names it as its parent.
+    pub hash: [u8; 32],
+}
+
+/// Why a snapshot could not be written.
+#[derive(Debug)]
+pub enum WriteError<E> {
+    /// The sink failed.
+    Sink(E),
+    /// The contents cannot be written (a memory that is not whole pages, a base that does not
+    /// match).
+    Invalid(String),
+}
+
+impl<E: core::fmt::Display> core::fmt::Display for WriteError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WriteError::Sink(e) => write!(f, "cannot write the snapshot: {e}"),
+            WriteError::Invalid(e) => write!(f, "cannot write the snapshot: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl<E: core::fmt::Debug + core::fmt::Display> std::error::Error for WriteError<E> {}
+
+
+struct Out<'s, S: Sink> {
+    sink: &'s mut S,
+    digest: Sha256,
+    summary: Summary,
+}
+
+impl<S: Sink> Out<'_, S> {
+    /// Framing bytes: written and hashed.
+    fn frame(&mut self, b: &[u8]) -> Result<(), WriteError<S::Error>> {
+        self.digest.update(b);
+        self.data(b)
+    }
+    /// Payload bytes: written only (their CRC is in the framing).
+    fn data(&mut self, b: &[u8]) -> Result<(), WriteError<S::Error>> {
+        self.summary.bytes += b.len() as u64;
+        self.sink.write_all(b).map_err(WriteError::Sink)
+    }
+    /// A section whose payload is built in memory: id, length, CRC, payload.
+    fn section(&mut self, id: SectionId, payload: &[u8]) -> Result<(), WriteError<S::Error>> {
+        let len = u32::try_from(payload.len())
+            .map_err(|_| WriteError::Invalid(alloc::format!("{} section over 4 GiB", id.name())))?;
+        let mut h = [0u8; 9];
+        h[0] = id as u8;
+        h[1..5].copy_from_slice(&len.to_le_bytes());
+        let sum = section_crc(id as u8, len, payload);
+        h[5..9].copy_from_slice(&sum.to_le_bytes());
+        self.frame(&h)?;
+        self.data(payload)
+    }
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+/// Writes a snapshot of `contents` to `sink`. With a `base`, the snapshot is incremental: it
+/// holds only the pages that differ from the base's, and the kernel state only if it changed.
+pub fn write<S: Sink>(
+    sink: &mut S,
+    contents: &Contents<'_>,
+    base: Option<&Base<'_>>,
+) -> Result<Summary, WriteError<S::Error>> {
+    let mut out = Out {
+        sink,
+        digest: Sha256::new(),
+        summary: Summary::default(),
+    };
+    if let Some(b) = base {
+        if b.memories.len() != contents.memories.len() {
+            return Err(WriteError::Invalid(
+                "the base has another number of memories".into(),
+            ));
+        }
+    }
+    // Header.
+    let mut h = Vec::with_capacity(16);
+    h.extend_from_slice(&MAGIC);
+    h.extend_from_slice(&VERSION.to_le_bytes());
+    let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
+    h.extend_from_slice(&flags.to_le_bytes());
+    let c = crc(&h);
+    h.extend_from_slice(&c.to_le_bytes());
+    out.frame(&h)?;
+
+    // Identity.
+    let mut p = Vec::new();
+    p.extend_from_slice(&contents.identity.original_sha256);
+    p.extend_from_slice(&contents.identity.module_sha256);
+    let parent = base.map(|b| b.hash);
+    match parent {
+        Some(hash) => {
+            p.push(1);
+            p.extend_from_slice(&hash);
+        }
+        None => p.push(0),
+    }
+    p.extend_from_slice(&(contents.identity.options.len() as u32).to_le_bytes());
+    p.extend_from_slice(&contents.identity.options);
+    out.section(SectionId::Identity, &p)?;
+
+    // The module, compressed whole.
+    if let Some(m) = contents.module {
+        let mut p = Vec::with_capacity(m.len() / 2 + 16);
+        p.extend_from_slice(&(m.len() as u64).to_le_bytes());
+        p.extend_from_slice(&lz4_flex::block::compress(m));
+        out.section(SectionId::Module, &p)?;
+    }
+
+    // Machine.
+    let mut p = Vec::new();
+    let entry = contents.entry.as_bytes();
+    let entry_len = u16::try_from(entry.len())
+        .map_err(|_| WriteError::Invalid("entry name over 64 KiB".into()))?;
+    p.extend_from_slice(&entry_len.to_le_bytes());
+    p.extend_from_slice(entry);
+    match contents.budget {
+        Some(b) => {
+            p.push(1);
+            p.extend_from_slice(&b.to_le_bytes());
+        }
+        None => p.push(0),
+    }
+    p.extend_from_slice(&contents.points.to_le_bytes());
+    out.section(SectionId::Machine, &p)?;
+
+    // Globals.
+    let mut p = Vec::new();
+    p.extend_from_slice(&(contents.globals.len() as u32).to_le_bytes());
+    for g in contents.globals {
+        put_value(&mut p, g);
+    }
+    out.section(SectionId::Globals, &p)?;
+
+    // Tables: only their number; each is as instantiated (kind 0).
+    let mut p = Vec::new();
+    p.extend_from_slice(&contents.tables.to_le_bytes());
+    p.extend(core::iter::repeat_n(0u8, contents.tables as usize));
+    out.section(SectionId::Tables, &p)?;
+
+    // Memories, streamed chunk by chunk.
+    let mut scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
+    for (index, mem) in contents.memories.iter().enumerate() {
+        if mem.len() % PAGE != 0 {
+            return Err(WriteError::Invalid(alloc::format!(
+                "memory {index} is not a whole number of 64 KiB pages"
+            )));
+        }
+        let pages = u32::try_from(mem.len() / PAGE)
+            .map_err(|_| WriteError::Invalid("memory over 2^32 pages".into()))?;
+        let old = base.map(|b| b.memories[index]);
+        let mut h = Vec::with_capacity(13);
+        h.push(SectionId::Memory as u8);
+        h.extend_from_slice(&(index as u32).to_le_bytes());
+        h.extend_from_slice(&pages.to_le_bytes());
+        let c = crc(&h[1..]);
+        h.extend_from_slice(&c.to_le_bytes());
+        out.frame(&h)?;
+
+        // Classify each page: skip, write, or (incremental) now zero.
+        #[derive(PartialEq, Clone, Copy)]
+        enum Class {
+            Skip,
+            Data,
+            Zero,
+        }
+        let class = |p: u32| -> Class {
+            let range = p as usize * PAGE..(p as usize + 1) * PAGE;
+            let page = &mem[range.clone()];
+            match old {
+                None => {
+                    if is_zero(page) {
+                        Class::Skip
+                    } else {
+                        Class::Data
+                    }
+                }
+                Some(old) => {
+                    let before = old.get(range);
+                    if before == Some(page) {
+                        Class::Skip
+                    } else if is_zero(page) {
+                        // A page the base lacks reads as zero on resume too.
+                        if before.is_none() {
+                            Class::Skip
+                        } else {
+                            Class::Zero
+                        }
+                    } else {
+                        Class::Data
+                    }
+                }
+            }
+        };
+        let mut p = 0u32;
+        while p < pages {
+            let k = class(p);
+            if k == Class::Skip {
+                p += 1;
+                continue;
+            }
+            let mut n = 1u32;
+            while n < CHUNK_PAGES && p + n < pages && class(p + n) == k {
+                n += 1;
+            }
+            let raw = &mem[p as usize * PAGE..(p + n) as usize * PAGE];
+            let (kind, data): (u8, &[u8]) = match k {
+                Class::Zero => (CHUNK_ZERO, &[]),
+                _ => {
+                    let len = lz4_flex::block::compress_into(raw, &mut scratch)
+                        .map_err(|e| WriteError::Invalid(alloc::format!("lz4: {e}")))?;
+                    if len < raw.len() {
+                        (CHUNK_LZ4, &scratch[..len])
+                    } else {
+                        (CHUNK_RAW, raw)
+                    }
+                }
+            };
+            let mut ch = [0u8; 17];
+            ch[0..4].copy_from_slice(&p.to_le_bytes());
+            ch[4..8].copy_from_slice(&n.to_le_bytes());
+            ch[8] = kind;
+            ch[9..13].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            ch[13..17].copy_from_slice(&crc(data).to_le_bytes());
+            out.frame(&ch)?;
+            out.data(data)?;
+            if kind != CHUNK_ZERO {
+                out.summary.pages += u64::from(n);
+                out.summary.pages_raw += raw.len() as u64;
+                out.summary.pages_stored += data.len() as u64;
+            }
+            p += n;
+        }
+        out.frame(&CHUNK_END.to_le_bytes())?;
+    }
+
+    // Save stack.
+    out.section(SectionId::Stack, contents.stack)?;
+
+    // Kernel: 1 + bytes, or 0 when an incremental snapshot's kernel state is unchanged.
+    let same = base.is_some_and(|b| b.kernel == contents.kernel);
+    let mut p = Vec::with_capacity(contents.kernel.len() + 1);
+    if same {
+        p.push(0);
+    } else {
+        p.push(1);
+        p.extend_from_slice(contents.kernel);
+    }
+    out.section(SectionId::Kernel, &p)?;
+
+    // End: the id, then the content hash of everything before.
+    out.frame(&[SectionId::End as u8])?;
+    let hash: [u8; 32] = out.digest.clone().finalize().into();
+    out.data(&hash)?;
+    out.summary.hash = hash;
+    Ok(out.summary)
+}

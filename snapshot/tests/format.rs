@@ -1,0 +1,251 @@
+//! The snapshot format: round trips, incremental snapshots, and each class of bad input
+//! refused with its own error.
+
+use tabi_libos::Kernel;
+use tabi_libos::machine::Value;
+use tabi_snapshot::{Base, Contents, Error, Identity, Limits, PAGE, Snapshot, read, write};
+
+/// Three pages: data, zeros, a repeating pattern; and a second, one-page memory.
+fn memories() -> (Vec<u8>, Vec<u8>) {
+    let mut a = vec![0u8; 3 * PAGE];
+    for (i, b) in a[..PAGE].iter_mut().enumerate() {
+        *b = (i * 7 + i / 300) as u8;
+    }
+    for (i, b) in a[2 * PAGE..].iter_mut().enumerate() {
+        *b = (i % 5) as u8;
+    }
+    let mut b = vec![0u8; PAGE];
+    b[100] = 42;
+    (a, b)
+}
+
+fn kernel_bytes() -> Vec<u8> {
+    let mut k = Kernel::new();
+    k.set_args(vec!["guest".to_string(), "x".to_string()]);
+    k.mount_memory("/sandbox", 0).unwrap();
+    tabi_libos::encode_state(&k).unwrap()
+}
+
+fn snapshot_bytes(a: &[u8], b: &[u8], kernel: &[u8], base: Option<&Base<'_>>) -> Vec<u8> {
+    let globals = [
+        Value::I32(-5),
+        Value::I64(1 << 40),
+        Value::F32(0x4049_0fdb),
+        Value::F64(0x4009_21fb_5444_2d18),
+        Value::V128(u128::MAX - 3),
+    ];
+    let contents = Contents {
+        identity: Identity {
+            original_sha256: [1; 32],
+            module_sha256: [2; 32],
+            options: b"safepoints=no".to_vec(),
+            parent: None,
+        },
+        module: Some(b"\0asm\x01\0\0\0"),
+        entry: "_start",
+        budget: Some(77),
+        points: 12,
+        globals: &globals,
+        tables: 1,
+        memories: vec![a, b],
+        stack: &[9, 8, 7, 6],
+        kernel,
+    };
+    let mut out = Vec::new();
+    write(&mut out, &contents, base).unwrap();
+    out
+}
+
+fn full() -> Vec<u8> {
+    let (a, b) = memories();
+    snapshot_bytes(&a, &b, &kernel_bytes(), None)
+}
+
+fn read_all(bytes: &[u8]) -> Result<Snapshot, Error> {
+    read(&mut &bytes[..], &Limits::default(), None)
+}
+
+#[test]
+fn round_trip_keeps_everything() {
+    let (a, b) = memories();
+    let bytes = full();
+    let s = read_all(&bytes).unwrap();
+    assert_eq!(s.memories, vec![a, b]);
+    assert_eq!(s.entry, "_start");
+    assert_eq!(s.budget, Some(77));
+    assert_eq!(s.points, 12);
+    assert_eq!(s.globals[1], Value::I64(1 << 40));
+    assert_eq!(s.globals[4], Value::V128(u128::MAX - 3));
+    assert_eq!(s.stack, vec![9, 8, 7, 6]);
+    assert_eq!(s.tables, 1);
+    assert_eq!(s.module.as_deref(), Some(&b"\0asm\x01\0\0\0"[..]));
+    assert_eq!(s.kernel_bytes, kernel_bytes());
+    assert_eq!(s.identity.options, b"safepoints=no");
+    // The zero page is left out: less than the two data pages' raw size is stored.
+    let mem = &s.sections.iter().find(|i| i.id == tabi_snapshot::SectionId::Memory).unwrap();
+    assert_eq!(mem.raw, 2 * PAGE as u64);
+    assert!(mem.stored < PAGE as u64, "compressed to {}", mem.stored);
+    // Writing is deterministic.
+    assert_eq!(full(), bytes);
+}
+
+#[test]
+fn incremental_snapshots_hold_only_changes_and_need_their_parent() {
+    let (a, b) = memories();
+    let k = kernel_bytes();
+    let parent_bytes = snapshot_bytes(&a, &b, &k, None);
+    let parent = read_all(&parent_bytes).unwrap();
+    let mut a2 = a.clone();
+    a2[PAGE + 5] = 1; // the zero page gets data
+    a2[..PAGE].fill(0); // the first page becomes zero
+    a2.extend(vec![3u8; PAGE]); // the memory grew by a page
+    let base = Base {
+        hash: parent.hash,
+        memories: vec![&a, &b],
+        kernel: &k,
+    };
+    let child_bytes = snapshot_bytes(&a2, &b, &k, Some(&base));
+    assert!(child_bytes.len() < parent_bytes.len());
+    let child = read(&mut &child_bytes[..], &Limits::default(), Some(&parent)).unwrap();
+    assert_eq!(child.memories, vec![a2, b.clone()]);
+    assert_eq!(child.kernel_bytes, k);
+    // Without the parent, or with another, it is refused by name.
+    assert!(matches!(read_all(&child_bytes), Err(Error::Parent { given: None, .. })));
+    let other = read_all(&snapshot_bytes(&b, &b, &k, None)).unwrap();
+    assert!(matches!(
+        read(&mut &child_bytes[..], &Limits::default(), Some(&other)),
+        Err(Error::Parent { given: Some(_), .. })
+    ));
+}
+
+#[test]
+fn wrong_magic_is_refused() {
+    let mut bytes = full();
+    bytes[0] = b'X';
+    assert_eq!(read_all(&bytes).unwrap_err(), Error::BadMagic);
+    assert_eq!(read_all(b"hello, world, not a snapshot").unwrap_err(), Error::BadMagic);
+}
+
+/// Rewrites the header's version (and its CRC, so that only the version is wrong).
+fn with_version(mut bytes: Vec<u8>, v: u16) -> Vec<u8> {
+    bytes[8..10].copy_from_slice(&v.to_le_bytes());
+    let c = crc32fast::hash(&bytes[..12]);
+    bytes[12..16].copy_from_slice(&c.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn unknown_versions_are_refused_by_number() {
+    assert_eq!(
+        read_all(&with_version(full(), 2)).unwrap_err(),
+        Error::UnsupportedVersion { found: 2, newest: 1 }
+    );
+    assert!(matches!(
+        read_all(&with_version(full(), 0)).unwrap_err(),
+        Error::UnsupportedVersion { found: 0, .. }
+    ));
+}
+
+#[test]
+fn a_flipped_bit_anywhere_is_caught() {
+    let bytes = full();
+    // Every byte position, one flipped bit: never a panic, never a silent success.
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x10;
+        assert!(read_all(&b).is_err(), "byte {i} flipped went unnoticed");
+    }
+    // A flip inside compressed page data is a checksum error on that memory.
+    let mut b = bytes.clone();
+    let at = bytes.len() / 2;
+    b[at] ^= 1;
+    let e = read_all(&b).unwrap_err();
+    assert!(matches!(e, Error::BadChecksum { .. } | Error::Malformed { .. }), "{e:?}");
+}
+
+#[test]
+fn every_truncation_is_refused() {
+    let bytes = full();
+    for n in 0..bytes.len() {
+        match read_all(&bytes[..n]) {
+            Err(Error::Truncated { .. }) => {}
+            other => panic!("cut at {n}: {other:?}"),
+        }
+    }
+    let mut extra = bytes.clone();
+    extra.push(0);
+    assert!(matches!(read_all(&extra), Err(Error::Malformed { .. })));
+}
+
+/// Byte offset of the first section header after the header and identity.
+fn after_identity(bytes: &[u8]) -> usize {
+    let len = u32::from_le_bytes(bytes[17..21].try_into().unwrap()) as usize;
+    16 + 9 + len
+}
+
+#[test]
+fn sections_out_of_order_are_refused() {
+    let bytes = full();
+    let at = after_identity(&bytes);
+    assert_eq!(bytes[at], 2, "the module section follows the identity");
+    let mut b = bytes.clone();
+    b[at] = 3; // claims to be the machine section where the module is: its CRC covers its id
+    assert!(matches!(read_all(&b).unwrap_err(), Error::BadChecksum { .. }));
+    let mut b = bytes.clone();
+    b[at] = 8;
+    assert!(matches!(read_all(&b).unwrap_err(), Error::OutOfOrder { found: 8, .. }));
+    let mut b = bytes.clone();
+    b[at] = 0x77;
+    assert!(matches!(read_all(&b).unwrap_err(), Error::OutOfOrder { found: 0x77, .. }));
+}
+
+#[test]
+fn sizes_over_the_limits_are_refused_before_allocating() {
+    let bytes = full();
+    let tight = Limits {
+        pages: 2,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        read(&mut &bytes[..], &tight, None).unwrap_err(),
+        Error::TooLarge { size: 3, limit: 2, .. }
+    ));
+    let tight = Limits {
+        total_pages: 3,
+        ..Limits::default()
+    };
+    assert!(matches!(read(&mut &bytes[..], &tight, None).unwrap_err(), Error::TooLarge { .. }));
+    let tight = Limits {
+        memories: 1,
+        ..Limits::default()
+    };
+    assert!(matches!(read(&mut &bytes[..], &tight, None).unwrap_err(), Error::TooLarge { .. }));
+    // A section declaring 4 GiB in a short file: refused by the limit, not by allocating.
+    let mut b = bytes.clone();
+    b[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(read_all(&b).unwrap_err(), Error::TooLarge { .. }));
+    // Declared within the limit but longer than the file: truncated.
+    let mut b = bytes.clone();
+    b[17..21].copy_from_slice(&(200u32 << 20).to_le_bytes());
+    assert!(matches!(read_all(&b).unwrap_err(), Error::Truncated { .. }));
+}
+
+#[test]
+fn kernel_state_that_does_not_decode_is_refused() {
+    let (a, b) = memories();
+    let bytes = snapshot_bytes(&a, &b, &[0xff; 40], None);
+    assert!(matches!(read_all(&bytes).unwrap_err(), Error::BadKernelState(_)));
+    let mut k = kernel_bytes();
+    k.truncate(k.len() - 3);
+    let bytes = snapshot_bytes(&a, &b, &k, None);
+    assert!(matches!(read_all(&bytes).unwrap_err(), Error::BadKernelState(_)));
+}
+
+#[test]
+fn a_module_hash_that_does_not_match_is_refused() {
+    let s = read_all(&full()).unwrap();
+    assert!(matches!(
+        s.check_module(None, b"some other module"),
+        Err(Error::ModuleMismatch { .. })
+    ));
+}
