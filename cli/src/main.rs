@@ -8,14 +8,21 @@
 //!
 //! `tabi instrument IN -o OUT` rewrites a module with `tabi-instrument` so that its call stack
 //! can be saved and rebuilt; the output still runs anywhere a plain module runs.
+//!
+//! Checkpoints: `tabi run --checkpoint-after N --snapshot FILE` (or `--checkpoint-on-signal`,
+//! SIGUSR1) writes a snapshot and exits with status 75; `tabi resume FILE` carries on, on either
+//! backend; `tabi inspect FILE` describes a snapshot; `tabi migrate-test` checks that a guest
+//! survives migration at every N-th migration point.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tabi_libos::host::StdHost;
-use tabi_libos::{Engine, Exit, Kernel, Process};
+use tabi_cli::checkpoint::{self, CHECKPOINT_EXIT, Setup};
+use tabi_libos::host::Stdio;
+use tabi_libos::machine::{Outcome, PauseControl};
+use tabi_libos::{Engine, Exit};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +41,79 @@ enum Command {
     Run(RunArgs),
     /// Rewrite a module so that its call stack can be saved and rebuilt (see tabi-instrument).
     Instrument(InstrumentArgs),
+    /// Carry on a guest from a snapshot.
+    Resume(ResumeArgs),
+    /// Describe a snapshot; exits non-zero with the reason when it is invalid.
+    Inspect(InspectArgs),
+    /// Check that a guest survives being checkpointed and moved between backends.
+    MigrateTest(MigrateTestArgs),
+}
+
+#[derive(Parser)]
+struct ResumeArgs {
+    /// The engine to resume on.
+    #[arg(long, value_enum, default_value = "wasmtime")]
+    backend: Backend,
+    /// Grant a host directory the guest had mounted, as HOST::GUEST.
+    #[arg(long = "dir", value_name = "HOST::GUEST")]
+    dirs: Vec<String>,
+    /// The original module, when the snapshot does not carry it.
+    #[arg(long)]
+    module: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+    /// The snapshot.
+    file: PathBuf,
+}
+
+#[derive(Parser)]
+struct InspectArgs {
+    /// The snapshot.
+    file: PathBuf,
+}
+
+#[derive(Parser)]
+struct MigrateTestArgs {
+    /// Checkpoint at every N-th migration point.
+    #[arg(long, default_value_t = 1)]
+    every: u64,
+    /// Backends to move between, in turn.
+    #[arg(long, value_delimiter = ',', default_value = "wasmtime,wasmi")]
+    backends: Vec<Backend>,
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// The module to test.
+    module: PathBuf,
+    /// Arguments passed to the guest after its name.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// When to write a snapshot.
+#[derive(Parser, Default)]
+struct CheckpointArgs {
+    /// Pause at the N-th migration point (WASI call), write the snapshot and exit with status 75.
+    #[arg(long, value_name = "N", requires = "snapshot")]
+    checkpoint_after: Option<u64>,
+    /// Write a snapshot each time the process receives SIGUSR1, then continue.
+    #[arg(long, requires = "snapshot")]
+    checkpoint_on_signal: bool,
+    /// With --checkpoint-on-signal (or a checkpoint the guest asks for): stop after writing
+    /// the first snapshot, with status 75.
+    #[arg(long)]
+    stop_after_checkpoint: bool,
+    /// Where to write the snapshot.
+    #[arg(long, value_name = "FILE")]
+    snapshot: Option<PathBuf>,
+    /// Add safepoints, so that a signal can checkpoint a guest that loops without calling.
+    #[arg(long)]
+    safepoints: bool,
+}
+
+impl CheckpointArgs {
+    fn wanted(&self) -> bool {
+        self.checkpoint_after.is_some() || self.checkpoint_on_signal || self.snapshot.is_some()
+    }
 }
 
 #[derive(Parser)]
@@ -96,11 +176,34 @@ enum Backend {
     Wasmi,
 }
 
+impl From<Backend> for checkpoint::Backend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Wasmtime => checkpoint::Backend::Wasmtime,
+            Backend::Wasmi => checkpoint::Backend::Wasmi,
+        }
+    }
+}
+
 #[derive(Parser)]
 struct RunArgs {
     /// The engine to run on.
     #[arg(long, value_enum, default_value = "wasmtime")]
     backend: Backend,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+    /// The module to run.
+    module: PathBuf,
+    /// Arguments passed to the guest after its name.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// How the guest's process is set up.
+#[derive(Parser)]
+struct GuestArgs {
     /// Grant a host directory, as HOST::GUEST (or HOST, seen under the same path); writes land
     /// on the host.
     #[arg(long = "dir", value_name = "HOST::GUEST")]
@@ -108,6 +211,9 @@ struct RunArgs {
     /// Copy a host directory into the in-memory file system, as HOST::GUEST.
     #[arg(long = "copy-dir", value_name = "HOST::GUEST")]
     copy_dirs: Vec<String>,
+    /// An empty in-memory directory at this guest path (it travels with a checkpoint).
+    #[arg(long = "mem-dir", value_name = "GUEST")]
+    mem_dirs: Vec<String>,
     /// Set an environment variable, as K=V (or K, to pass the host's value).
     #[arg(long = "env", value_name = "K=V")]
     envs: Vec<String>,
@@ -120,11 +226,39 @@ struct RunArgs {
     /// Seed of the random generator with --deterministic.
     #[arg(long, default_value_t = 0, requires = "deterministic")]
     seed: u64,
-    /// The module to run.
-    module: PathBuf,
-    /// Arguments passed to the guest after its name.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+}
+
+impl GuestArgs {
+    fn setup(&self, module: &std::path::Path, args: &[String]) -> Result<Setup> {
+        let mut argv = vec![module.display().to_string()];
+        argv.extend(args.iter().cloned());
+        let mut env: Vec<(String, String)> = Vec::new();
+        if self.inherit_env {
+            env.extend(std::env::vars());
+        }
+        for e in &self.envs {
+            match e.split_once('=') {
+                Some((k, v)) => env.push((k.to_string(), v.to_string())),
+                None => match std::env::var(e) {
+                    Ok(v) => env.push((e.clone(), v)),
+                    Err(_) => bail!("--env {e}: no such variable in the host environment"),
+                },
+            }
+        }
+        Ok(Setup {
+            args: argv,
+            env,
+            dirs: self.dirs.iter().map(|d| split_mapping(d)).map(|(h, g)| (h.into(), g)).collect(),
+            copy_dirs: self
+                .copy_dirs
+                .iter()
+                .map(|d| split_mapping(d))
+                .map(|(h, g)| (h.into(), g))
+                .collect(),
+            memory_dirs: self.mem_dirs.clone(),
+            deterministic: self.deterministic.then_some(self.seed),
+        })
+    }
 }
 
 fn split_mapping(spec: &str) -> (String, String) {
@@ -134,89 +268,233 @@ fn split_mapping(spec: &str) -> (String, String) {
     }
 }
 
-fn run(args: RunArgs) -> Result<Exit> {
+/// How a run ended, for the exit status.
+enum Ended {
+    Exit(Exit),
+    Checkpointed,
+}
+
+fn run(args: RunArgs) -> Result<Ended> {
     let wasm = std::fs::read(&args.module)
         .with_context(|| format!("cannot read module `{}`", args.module.display()))?;
-    let mut kernel = Kernel::new();
-    let mut host = StdHost::new();
-    let mut argv = vec![args.module.display().to_string()];
-    argv.extend(args.args.iter().cloned());
-    kernel.set_args(argv);
-
-    let mut env: Vec<(String, String)> = Vec::new();
-    if args.inherit_env {
-        env.extend(std::env::vars());
+    let setup = args.guest.setup(&args.module, &args.args)?;
+    let process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
+    if !args.checkpoint.wanted() {
+        let engine: Box<dyn Engine> = match args.backend {
+            Backend::Wasmtime => Box::new(tabi_wasmtime::Wasmtime::new()),
+            Backend::Wasmi => Box::new(tabi_wasmi::Wasmi::new()),
+        };
+        let finished = engine
+            .run(&wasm, process)
+            .with_context(|| format!("cannot run `{}`", args.module.display()))?;
+        return Ok(Ended::Exit(finished.exit));
     }
-    for e in &args.envs {
-        match e.split_once('=') {
-            Some((k, v)) => env.push((k.to_string(), v.to_string())),
-            None => match std::env::var(e) {
-                Ok(v) => env.push((e.clone(), v)),
-                Err(_) => bail!("--env {e}: no such variable in the host environment"),
-            },
+    let instrumented = checkpoint::instrumented(&wasm, args.checkpoint.safepoints)?;
+    drive(
+        args.backend.into(),
+        &args.checkpoint,
+        &wasm,
+        &instrumented,
+        &setup.dirs,
+        process,
+        None,
+    )
+}
+
+/// Runs (or resumes) an instrumented guest, writing snapshots as `cp` asks.
+fn drive(
+    backend: checkpoint::Backend,
+    cp: &CheckpointArgs,
+    original: &[u8],
+    instrumented: &[u8],
+    dirs: &[(PathBuf, String)],
+    mut process: tabi_libos::Process,
+    snapshot: Option<tabi_snapshot::Snapshot>,
+) -> Result<Ended> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if cp.checkpoint_on_signal {
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, flag.clone())
+            .context("cannot install the SIGUSR1 handler")?;
+    }
+    let mut state = snapshot.map(|s| s.machine_state());
+    let mut first = true;
+    loop {
+        let mut control = PauseControl::never();
+        if first && let Some(n) = cp.checkpoint_after {
+            control = PauseControl::after(n);
+        }
+        if cp.checkpoint_on_signal {
+            control.request = Some(flag.clone());
+        }
+        first = false;
+        match checkpoint::run(backend, instrumented, process, control, state.as_ref())? {
+            Outcome::Finished(f) => return Ok(Ended::Exit(f.exit)),
+            Outcome::Paused(p) => {
+                let path = cp.snapshot.as_ref().expect("clap requires --snapshot");
+                let summary = checkpoint::write_snapshot(path, &p, original, instrumented, dirs)?;
+                eprintln!(
+                    "tabi: checkpoint at migration point {} ({:?}) written to {} ({} bytes)",
+                    p.points,
+                    p.reason,
+                    path.display(),
+                    summary.bytes
+                );
+                let stop = match p.reason {
+                    tabi_libos::machine::PauseReason::AfterPoints => true,
+                    _ => cp.stop_after_checkpoint,
+                };
+                if stop {
+                    return Ok(Ended::Checkpointed);
+                }
+                state = Some(p.state);
+                process = p.process;
+            }
         }
     }
-    kernel.set_env(env);
-    if args.deterministic {
-        kernel.set_deterministic(args.seed);
+}
+
+fn resume(args: ResumeArgs) -> Result<Ended> {
+    let snapshot = checkpoint::read_snapshot(&args.file)?;
+    let (original, instrumented) = checkpoint::modules_for(&snapshot, args.module.as_deref())?;
+    let dirs: Vec<(PathBuf, String)> = args
+        .dirs
+        .iter()
+        .map(|d| split_mapping(d))
+        .map(|(h, g)| (h.into(), g))
+        .collect();
+    let process = checkpoint::resume_process(&snapshot, &dirs, Stdio::Inherit, Stdio::Inherit)?;
+    drive(
+        args.backend.into(),
+        &args.checkpoint,
+        &original,
+        &instrumented,
+        &dirs,
+        process,
+        Some(snapshot),
+    )
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let s = checkpoint::read_snapshot(&args.file)?;
+    let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+    println!("snapshot {} (format version {})", args.file.display(), s.version);
+    println!("  content hash   {}", tabi_snapshot::hex(&s.hash));
+    println!("  original       sha256 {}", tabi_snapshot::hex(&s.identity.original_sha256));
+    println!("  instrumented   sha256 {}", tabi_snapshot::hex(&s.identity.module_sha256));
+    println!("  options        {}", String::from_utf8_lossy(&s.identity.options));
+    if let Some(p) = s.identity.parent {
+        println!("  parent         {}", tabi_snapshot::hex(&p));
     }
-    let now = {
-        use tabi_libos::Host;
-        host.wall_clock_ns()
-    };
-    for spec in &args.dirs {
-        let (h, g) = split_mapping(spec);
-        let index = host
-            .fs
-            .grant(h.as_ref())
-            .with_context(|| format!("--dir {spec}: cannot open host directory `{h}`"))?;
-        kernel
-            .mount_host(&g, index)
-            .map_err(|e| anyhow::anyhow!("--dir {spec}: {e}"))?;
+    println!("  entry          {}, after migration point {}", s.entry, s.points);
+    println!("sections:");
+    let (mut stored, mut raw) = (0u64, 0u64);
+    for sec in &s.sections {
+        println!("  {:<9} {:>12} bytes stored {:>12} bytes raw", sec.id.name(), sec.stored, sec.raw);
+        stored += sec.stored;
+        raw += sec.raw;
     }
-    for spec in &args.copy_dirs {
-        let (h, g) = split_mapping(spec);
-        let root = tabi_vfs::import_host_dir(kernel.fs_mut(), h.as_ref(), now)
-            .with_context(|| format!("--copy-dir {spec}: cannot copy host directory `{h}`"))?;
-        kernel
-            .mount_memory_root(&g, root)
-            .map_err(|e| anyhow::anyhow!("--copy-dir {spec}: {e}"))?;
+    let mem: u64 = s.memories.iter().map(|m| m.len() as u64).sum();
+    println!(
+        "total: {size} bytes on disk; {raw} bytes of contents ({:.2}x); memories {mem} bytes in all",
+        raw as f64 / stored.max(1) as f64
+    );
+    println!("descriptors:");
+    for (fd, d) in s.kernel.descriptors() {
+        println!("  {fd:>3} {}", describe_object(&d.object));
     }
-    let process = Process::new(kernel, host);
-    let engine: Box<dyn Engine> = match args.backend {
-        Backend::Wasmtime => Box::new(tabi_wasmtime::Wasmtime::new()),
-        Backend::Wasmi => Box::new(tabi_wasmi::Wasmi::new()),
-    };
-    let finished = engine
-        .run(&wasm, process)
-        .with_context(|| format!("cannot run `{}`", args.module.display()))?;
-    Ok(finished.exit)
+    if !s.mounts.is_empty() {
+        println!("host mounts (grant again with --dir HOST::GUEST when resuming):");
+        for m in &s.mounts {
+            println!("  {}", m.guest_path);
+        }
+    }
+    Ok(())
+}
+
+fn describe_object(o: &tabi_libos::Object) -> String {
+    use tabi_libos::Object;
+    match o {
+        Object::Stdin => "stdin".into(),
+        Object::Stdout => "stdout".into(),
+        Object::Stderr => "stderr".into(),
+        Object::MemDir { ino } => format!("in-memory directory (inode {ino})"),
+        Object::MemFile { ino, offset } => format!("in-memory file (inode {ino}) at offset {offset}"),
+        Object::HostDir { mount, path, .. } => format!("host directory {path:?} of mount {mount}"),
+        Object::HostFile { mount, path, offset, .. } => {
+            format!("host file {path:?} of mount {mount} at offset {offset}")
+        }
+    }
+}
+
+fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
+    let wasm = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read module `{}`", args.module.display()))?;
+    let setup = args.guest.setup(&args.module, &args.args)?;
+    let backends: Vec<checkpoint::Backend> = args.backends.iter().map(|&b| b.into()).collect();
+    let report = tabi_cli::migrate_test(&wasm, &setup, args.every, &backends)?;
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    println!(
+        "migrate-test: {} checkpoints (every {} migration points, across {}), {} snapshot bytes",
+        report.checkpoints,
+        args.every,
+        names.join(", "),
+        report.snapshot_bytes
+    );
+    for d in &report.divergences {
+        println!(
+            "DIVERGED after the checkpoint at migration point {} ({} -> {}): {}",
+            d.point,
+            d.from.name(),
+            d.to.name(),
+            d.what
+        );
+    }
+    if report.divergences.is_empty() {
+        println!("ok: output, exit status and files match the uninterrupted run");
+    }
+    Ok(report.divergences.is_empty())
+}
+
+fn status(r: Result<Ended>) -> ExitCode {
+    match r {
+        Ok(Ended::Exit(exit)) => {
+            match &exit {
+                Exit::Trap(reason) => eprintln!("tabi: guest trapped: {reason}"),
+                Exit::Signal(sig) => eprintln!("tabi: guest terminated by signal {sig}"),
+                Exit::Code(_) => {}
+            }
+            // Statuses above 255 wrap as the host's own exit() would.
+            ExitCode::from(exit.process_code() as u8)
+        }
+        Ok(Ended::Checkpointed) => ExitCode::from(CHECKPOINT_EXIT),
+        Err(e) => {
+            eprintln!("tabi: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let fail = |e: anyhow::Error| {
+        eprintln!("tabi: error: {e:#}");
+        ExitCode::from(1)
+    };
     match cli.command {
-        Command::Run(args) => match run(args) {
-            Ok(exit) => {
-                match &exit {
-                    Exit::Trap(reason) => eprintln!("tabi: guest trapped: {reason}"),
-                    Exit::Signal(sig) => eprintln!("tabi: guest terminated by signal {sig}"),
-                    Exit::Code(_) => {}
-                }
-                // Statuses above 255 wrap as the host's own exit() would.
-                ExitCode::from(exit.process_code() as u8)
-            }
-            Err(e) => {
-                eprintln!("tabi: error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Run(args) => status(run(args)),
+        Command::Resume(args) => status(resume(args)),
         Command::Instrument(args) => match instrument(args) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tabi: error: {e:#}");
-                ExitCode::from(1)
-            }
+            Err(e) => fail(e),
+        },
+        Command::Inspect(args) => match inspect(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::MigrateTest(args) => match migrate_test(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(2),
+            Err(e) => fail(e),
         },
     }
 }

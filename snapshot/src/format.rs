@@ -43,6 +43,8 @@ pub enum SectionId {
     Stack = 7,
     /// The kernel state (postcard).
     Kernel = 8,
+    /// The host directories the guest had mounted, with a fingerprint of each.
+    Mounts = 9,
     /// The end marker.
     End = 0xFF,
 }
@@ -59,6 +61,7 @@ impl SectionId {
             6 => SectionId::Memory,
             7 => SectionId::Stack,
             8 => SectionId::Kernel,
+            9 => SectionId::Mounts,
             0xFF => SectionId::End,
             _ => return None,
         })
@@ -75,6 +78,7 @@ impl SectionId {
             SectionId::Memory => "memory",
             SectionId::Stack => "stack",
             SectionId::Kernel => "kernel",
+            SectionId::Mounts => "mounts",
             SectionId::End => "end",
         }
     }

@@ -50,6 +50,18 @@ pub struct Identity {
     pub parent: Option<[u8; 32]>,
 }
 
+/// A host directory the guest had mounted when the snapshot was taken. The snapshot grants
+/// nothing: whoever resumes grants a directory for `guest_path` again, and can check that it is
+/// still the one the guest saw by comparing fingerprints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostMount {
+    /// The path the guest saw.
+    pub guest_path: String,
+    /// A digest of the directory's tree (names, types, sizes, modification times) at the
+    /// checkpoint, computed by the writer's host.
+    pub fingerprint: [u8; 32],
+}
+
 /// Where a snapshot goes. Implemented for every [`std::io::Write`] with the `std` feature.
 pub trait Sink {
     /// The sink's error.

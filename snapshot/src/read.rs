@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub kernel: Kernel,
     /// Its bytes, as stored (a base for the next incremental snapshot compares against them).
     pub kernel_bytes: Vec<u8>,
+    /// The host directories the guest had mounted.
+    pub mounts: Vec<crate::HostMount>,
     /// The content hash from the end marker, checked.
     pub hash: [u8; 32],
     /// The sections as stored.
@@ -610,6 +612,44 @@ pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) ->
     });
     let kernel = tabi_libos::decode_state(&kernel_bytes).map_err(|e| Error::BadKernelState(e.to_string()))?;
 
+    // Host mounts.
+    let id = section_id(&mut input)?;
+    if id != SectionId::Mounts as u8 {
+        return Err(out_of_order(id, "mounts"));
+    }
+    let (p, stored) = input.section(SectionId::Mounts, limits.section)?;
+    sections.push(SectionInfo {
+        id: SectionId::Mounts,
+        stored,
+        raw: p.len() as u64,
+    });
+    let mut c = Cursor {
+        bytes: &p,
+        what: "mounts",
+    };
+    let n = c.u32()?;
+    // Each entry takes at least 34 bytes.
+    if n as usize > c.bytes.len() / 34 {
+        return Err(Error::Malformed {
+            what: "more mounts than the section has bytes".into(),
+        });
+    }
+    let mut mounts = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = c.u16()? as usize;
+        let guest_path = core::str::from_utf8(c.take(len)?)
+            .map_err(|_| Error::Malformed {
+                what: "a mount path is not UTF-8".into(),
+            })?
+            .to_string();
+        let fingerprint = c.array::<32>()?;
+        mounts.push(crate::HostMount {
+            guest_path,
+            fingerprint,
+        });
+    }
+    c.end()?;
+
     // End and content hash.
     let id = section_id(&mut input)?;
     if id != SectionId::End as u8 {
@@ -642,6 +682,7 @@ pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) ->
         stack,
         kernel,
         kernel_bytes,
+        mounts,
         hash,
         sections,
     })

@@ -34,6 +34,8 @@ pub struct Contents<'a> {
     pub stack: &'a [u8],
     /// The kernel state, encoded with [`tabi_libos::encode_state`].
     pub kernel: &'a [u8],
+    /// The host directories mounted.
+    pub mounts: &'a [crate::HostMount],
 }
 
 /// The snapshot an incremental one is written against.
@@ -313,6 +315,19 @@ pub fn write<S: Sink>(
         p.extend_from_slice(contents.kernel);
     }
     out.section(SectionId::Kernel, &p)?;
+
+    // Host mounts.
+    let mut p = Vec::new();
+    p.extend_from_slice(&(contents.mounts.len() as u32).to_le_bytes());
+    for m in contents.mounts {
+        let path = m.guest_path.as_bytes();
+        let len = u16::try_from(path.len())
+            .map_err(|_| WriteError::Invalid("mount path over 64 KiB".into()))?;
+        p.extend_from_slice(&len.to_le_bytes());
+        p.extend_from_slice(path);
+        p.extend_from_slice(&m.fingerprint);
+    }
+    out.section(SectionId::Mounts, &p)?;
 
     // End: the id, then the content hash of everything before.
     out.frame(&[SectionId::End as u8])?;

@@ -50,6 +50,10 @@ fn snapshot_bytes(a: &[u8], b: &[u8], kernel: &[u8], base: Option<&Base<'_>>) ->
         memories: vec![a, b],
         stack: &[9, 8, 7, 6],
         kernel,
+        mounts: &[tabi_snapshot::HostMount {
+            guest_path: "/data".into(),
+            fingerprint: [5; 32],
+        }],
     };
     let mut out = Vec::new();
     write(&mut out, &contents, base).unwrap();
@@ -81,6 +85,7 @@ fn round_trip_keeps_everything() {
     assert_eq!(s.module.as_deref(), Some(&b"\0asm\x01\0\0\0"[..]));
     assert_eq!(s.kernel_bytes, kernel_bytes());
     assert_eq!(s.identity.options, b"safepoints=no");
+    assert_eq!(s.mounts[0].guest_path, "/data");
     // The zero page is left out: less than the two data pages' raw size is stored.
     let mem = &s.sections.iter().find(|i| i.id == tabi_snapshot::SectionId::Memory).unwrap();
     assert_eq!(mem.raw, 2 * PAGE as u64);

@@ -1,0 +1,423 @@
+//! Checkpoint and resume: the pieces `tabi run --checkpoint-…`, `tabi resume` and the harness
+//! share.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tabi_libos::host::{StdHost, Stdio};
+use tabi_libos::machine::{MachineState, Outcome, Paused, PauseControl, Points};
+use tabi_libos::{Kernel, MountKind, Process};
+use tabi_snapshot::{HostMount, Snapshot};
+
+/// The exit status of `tabi run` after it wrote a checkpoint and stopped the guest
+/// (`EX_TEMPFAIL`: the run is not over, resume it).
+pub const CHECKPOINT_EXIT: u8 = 75;
+
+/// A Wasm engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// wasmtime (Cranelift).
+    Wasmtime,
+    /// wasmi (interpreter).
+    Wasmi,
+}
+
+impl Backend {
+    /// Both, wasmtime first.
+    pub const ALL: [Backend; 2] = [Backend::Wasmtime, Backend::Wasmi];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Wasmtime => "wasmtime",
+            Backend::Wasmi => "wasmi",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "wasmtime" => Ok(Backend::Wasmtime),
+            "wasmi" => Ok(Backend::Wasmi),
+            _ => bail!("unknown backend `{s}` (wasmtime or wasmi)"),
+        }
+    }
+}
+
+/// How a guest's process is set up: what `tabi run`'s options describe.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    /// The guest's arguments, its program name first.
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<(String, String)>,
+    /// Host directories granted, as (host, guest path); writes land on the host.
+    pub dirs: Vec<(PathBuf, String)>,
+    /// Host directories copied into the in-memory file system, as (host, guest path).
+    pub copy_dirs: Vec<(PathBuf, String)>,
+    /// Empty in-memory directories, by guest path.
+    pub memory_dirs: Vec<String>,
+    /// Virtual clocks and seeded randomness, with this seed.
+    pub deterministic: Option<u64>,
+}
+
+impl Setup {
+    /// A fresh process for a first run, with the given standard streams.
+    pub fn process(&self, stdout: Stdio, stderr: Stdio) -> Result<Process> {
+        let mut kernel = Kernel::new();
+        let mut host = StdHost::new();
+        host.stdout = stdout;
+        host.stderr = stderr;
+        kernel.set_args(self.args.clone());
+        kernel.set_env(self.env.clone());
+        if let Some(seed) = self.deterministic {
+            kernel.set_deterministic(seed);
+        }
+        let now = {
+            use tabi_libos::Host;
+            host.wall_clock_ns()
+        };
+        for (h, g) in &self.dirs {
+            let index = host
+                .fs
+                .grant(h)
+                .with_context(|| format!("--dir: cannot open host directory `{}`", h.display()))?;
+            kernel
+                .mount_host(g, index)
+                .map_err(|e| anyhow!("--dir {}::{g}: {e}", h.display()))?;
+        }
+        for (h, g) in &self.copy_dirs {
+            let root = tabi_vfs::import_host_dir(kernel.fs_mut(), h, now).with_context(|| {
+                format!("--copy-dir: cannot copy host directory `{}`", h.display())
+            })?;
+            kernel
+                .mount_memory_root(g, root)
+                .map_err(|e| anyhow!("--copy-dir {}::{g}: {e}", h.display()))?;
+        }
+        for g in &self.memory_dirs {
+            kernel
+                .mount_memory(g, now)
+                .map_err(|e| anyhow!("in-memory directory {g}: {e}"))?;
+        }
+        Ok(Process::new(kernel, host))
+    }
+}
+
+/// Instrumentation options tabi uses for checkpointable runs.
+pub fn options(safepoints: bool) -> tabi_instrument::Options {
+    tabi_instrument::Options {
+        safepoints,
+        ..Default::default()
+    }
+}
+
+/// The instrumented form of `original`, from the cache when it is there (`$TABI_CACHE_DIR`,
+/// else `tabi-cache` in the temporary directory). A cached file is used only if its manifest
+/// names `original`'s hash and the same options; the rewrite is deterministic, so a cache
+/// miss gives the same bytes.
+pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
+    let opts = options(safepoints);
+    let hash = tabi_snapshot::sha256(original);
+    let dir = std::env::var_os("TABI_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("tabi-cache"));
+    let file = dir.join(format!(
+        "{}-v{}{}.wasm",
+        tabi_snapshot::hex(&hash),
+        tabi_instrument::FORMAT_VERSION,
+        if safepoints { "-sp" } else { "" }
+    ));
+    if let Ok(bytes) = std::fs::read(&file)
+        && let Ok(Some(m)) = tabi_instrument::Manifest::from_module(&bytes)
+        && m.original_sha256 == hash
+        && m.options == opts
+    {
+        return Ok(bytes);
+    }
+    let out = tabi_instrument::instrument(original, &opts)
+        .context("cannot instrument the module for checkpointing")?;
+    // A cache that cannot be written is not an error; write-then-rename keeps it whole.
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let tmp = dir.join(format!(".{}.{}", std::process::id(), file.display().to_string().len()));
+        if std::fs::write(&tmp, &out.wasm).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    Ok(out.wasm)
+}
+
+/// Runs instrumented `wasm` on `backend` until it finishes or pauses (on a thread with a stack
+/// large enough for the engines' deepest guests).
+pub fn run(
+    backend: Backend,
+    wasm: &[u8],
+    process: Process,
+    control: PauseControl,
+    resume: Option<&MachineState>,
+) -> Result<Outcome> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn_scoped(s, || -> Result<Outcome> {
+                Ok(match backend {
+                    Backend::Wasmtime => {
+                        let (e, m) = compiled_wasmtime(wasm)?;
+                        e.run_pausable(&m, process, control, Points::all(), resume)?
+                    }
+                    Backend::Wasmi => {
+                        let (e, m) = compiled_wasmi(wasm)?;
+                        e.run_pausable(&m, process, control, Points::all(), resume)?
+                    }
+                })
+            })
+            .expect("spawn a guest thread")
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the guest thread panicked")))
+    })
+}
+
+type Cache<M> = Mutex<HashMap<[u8; 32], M>>;
+
+/// The process's wasmtime engine and its compiled module for `wasm` (compiled once).
+fn compiled_wasmtime(wasm: &[u8]) -> Result<(&'static tabi_wasmtime::Wasmtime, wasmtime::Module)> {
+    static ENGINE: OnceLock<tabi_wasmtime::Wasmtime> = OnceLock::new();
+    static MODULES: OnceLock<Cache<wasmtime::Module>> = OnceLock::new();
+    let e = ENGINE.get_or_init(tabi_wasmtime::Wasmtime::new);
+    let key = tabi_snapshot::sha256(wasm);
+    let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = cache.get(&key) {
+        return Ok((e, m.clone()));
+    }
+    let m = e.compile(wasm)?;
+    cache.insert(key, m.clone());
+    Ok((e, m))
+}
+
+/// The process's wasmi engine and its compiled module for `wasm` (compiled once).
+fn compiled_wasmi(wasm: &[u8]) -> Result<(&'static tabi_wasmi::Wasmi, wasmi::Module)> {
+    static ENGINE: OnceLock<tabi_wasmi::Wasmi> = OnceLock::new();
+    static MODULES: OnceLock<Cache<wasmi::Module>> = OnceLock::new();
+    let e = ENGINE.get_or_init(tabi_wasmi::Wasmi::new);
+    let key = tabi_snapshot::sha256(wasm);
+    let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = cache.get(&key) {
+        return Ok((e, m.clone()));
+    }
+    let m = e.compile(wasm)?;
+    cache.insert(key, m.clone());
+    Ok((e, m))
+}
+
+/// A digest of a host directory's tree: each entry's path, type, size and modification time,
+/// in name order. Symbolic links are not followed.
+pub fn fingerprint(dir: &Path) -> Result<[u8; 32]> {
+    use sha2::Digest;
+    fn walk(dir: &Path, rel: &str, h: &mut sha2::Sha256) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let meta = std::fs::symlink_metadata(e.path())?;
+            let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+            let kind = if meta.is_dir() {
+                b'd'
+            } else if meta.file_type().is_symlink() {
+                b'l'
+            } else {
+                b'f'
+            };
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update([kind]);
+            h.update(meta.len().to_le_bytes());
+            h.update(mtime.to_le_bytes());
+            if meta.is_dir() {
+                walk(&e.path(), &name, h)?;
+            }
+        }
+        Ok(())
+    }
+    let mut h = sha2::Sha256::new();
+    walk(dir, "", &mut h).with_context(|| format!("cannot read host directory `{}`", dir.display()))?;
+    Ok(h.finalize().into())
+}
+
+/// Writes a snapshot of `paused` to `path` (through a temporary file and a rename, so that a
+/// failed write never leaves half a snapshot under that name). `dirs` are the host directories
+/// granted to the run, by guest path, to fingerprint.
+pub fn write_snapshot(
+    path: &Path,
+    paused: &Paused,
+    original: &[u8],
+    instrumented: &[u8],
+    dirs: &[(PathBuf, String)],
+) -> Result<tabi_snapshot::Summary> {
+    let bytes_dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = match bytes_dir {
+        Some(d) => d.join(format!(".tabi-snapshot.{}", std::process::id())),
+        None => PathBuf::from(format!(".tabi-snapshot.{}", std::process::id())),
+    };
+    let file = std::fs::File::create(&tmp)
+        .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    let mut sink = tabi_snapshot::IoSink(std::io::BufWriter::with_capacity(1 << 20, file));
+    let summary = write_to(&mut sink, paused, original, instrumented, dirs)?;
+    let file = sink
+        .0
+        .into_inner()
+        .map_err(|e| anyhow!("cannot write `{}`: {}", tmp.display(), e.error()))?;
+    file.sync_all()
+        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
+    Ok(summary)
+}
+
+/// Writes a snapshot of `paused` to `sink`.
+pub fn write_to<S: tabi_snapshot::Sink>(
+    sink: &mut S,
+    paused: &Paused,
+    original: &[u8],
+    instrumented: &[u8],
+    dirs: &[(PathBuf, String)],
+) -> Result<tabi_snapshot::Summary>
+where
+    S::Error: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static,
+{
+    let manifest = tabi_instrument::Manifest::from_module(instrumented)
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow!("the module that ran is not instrumented"))?;
+    let kernel = tabi_libos::encode_state(&paused.process.kernel)
+        .map_err(|e| anyhow!("cannot encode the kernel state: {e}"))?;
+    let mut mounts = Vec::new();
+    for m in paused.process.kernel.mounts() {
+        if let MountKind::Host { .. } = m.kind {
+            let (host, _) = dirs
+                .iter()
+                .find(|(_, g)| *g == m.guest_path)
+                .ok_or_else(|| anyhow!("no host directory known for mount {}", m.guest_path))?;
+            mounts.push(HostMount {
+                guest_path: m.guest_path.clone(),
+                fingerprint: fingerprint(host)?,
+            });
+        }
+    }
+    let state = &paused.state;
+    let contents = tabi_snapshot::Contents {
+        identity: tabi_snapshot::Identity {
+            original_sha256: manifest.original_sha256,
+            module_sha256: tabi_snapshot::sha256(instrumented),
+            options: format!(
+                "tabi-instrument format {}, safepoints {}",
+                manifest.version,
+                if manifest.options.safepoints { "on" } else { "off" }
+            )
+            .into_bytes(),
+            parent: None,
+        },
+        module: Some(original),
+        entry: &state.entry,
+        budget: state.budget,
+        points: paused.points,
+        globals: &state.globals,
+        tables: manifest.tables,
+        memories: state.memories.iter().map(Vec::as_slice).collect(),
+        stack: &state.stack,
+        kernel: &kernel,
+        mounts: &mounts,
+    };
+    tabi_snapshot::write(sink, &contents, None).map_err(|e| anyhow!("{e}"))
+}
+
+/// Reads and checks a snapshot file.
+pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
+    let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
+    tabi_snapshot::read(&mut src, &tabi_snapshot::Limits::default(), None)
+        .with_context(|| format!("`{}` is not a valid snapshot", path.display()))
+}
+
+/// The module a snapshot resumes with: the original it carries (or `module`, checked against
+/// its hash), instrumented again with the same options and checked against the instrumented
+/// hash. Returns (original, instrumented).
+pub fn modules_for(snapshot: &Snapshot, module: Option<&Path>) -> Result<(Vec<u8>, Vec<u8>)> {
+    let original = match (module, &snapshot.module) {
+        (Some(p), _) => {
+            std::fs::read(p).with_context(|| format!("cannot read module `{}`", p.display()))?
+        }
+        (None, Some(m)) => m.clone(),
+        (None, None) => bail!("the snapshot does not carry its module; pass it with --module"),
+    };
+    if tabi_snapshot::sha256(&original) != snapshot.identity.original_sha256 {
+        bail!("the module is not the one the snapshot was taken from (SHA-256 differs)");
+    }
+    let safepoints = String::from_utf8_lossy(&snapshot.identity.options).contains("safepoints on");
+    let wasm = instrumented(&original, safepoints)?;
+    snapshot
+        .check_module(Some(&original), &wasm)
+        .context("cannot resume")?;
+    Ok((original, wasm))
+}
+
+/// The process a snapshot resumes in: its kernel state, a new host with the given standard
+/// streams, and `dirs` granted again. Every host mount the guest had must be granted under
+/// the same guest path, and its directory must be unchanged since the checkpoint.
+pub fn resume_process(
+    snapshot: &Snapshot,
+    dirs: &[(PathBuf, String)],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<Process> {
+    let kernel = snapshot.kernel.clone();
+    let mut host = StdHost::new();
+    host.stdout = stdout;
+    host.stderr = stderr;
+    let mut wanted: Vec<(u32, String)> = kernel
+        .mounts()
+        .iter()
+        .filter_map(|m| match m.kind {
+            MountKind::Host { index } => Some((index, m.guest_path.clone())),
+            MountKind::Memory { .. } => None,
+        })
+        .collect();
+    wanted.sort();
+    for (index, guest) in &wanted {
+        let (h, _) = dirs.iter().find(|(_, g)| g == guest).ok_or_else(|| {
+            anyhow!(
+                "the guest had host directory {guest} mounted; grant it again with --dir HOST::{guest}"
+            )
+        })?;
+        if let Some(m) = snapshot.mounts.iter().find(|m| &m.guest_path == guest)
+            && fingerprint(h)? != m.fingerprint
+        {
+            bail!(
+                "host directory `{}` (mounted at {guest}) changed since the checkpoint; resuming would corrupt it",
+                h.display()
+            );
+        }
+        let got = host
+            .fs
+            .grant(h)
+            .with_context(|| format!("--dir: cannot open host directory `{}`", h.display()))?;
+        if got != *index {
+            bail!("host mounts must be granted in the order the guest had them");
+        }
+    }
+    for (h, g) in dirs {
+        if !wanted.iter().any(|(_, w)| w == g) {
+            bail!(
+                "--dir {}::{g}: the guest had no host directory at {g}",
+                h.display()
+            );
+        }
+    }
+    Ok(Process::new(kernel, host))
+}

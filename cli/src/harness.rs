@@ -1,0 +1,282 @@
+//! The migration test harness: does a guest survive being checkpointed and moved?
+//!
+//! [`migrate_test`] runs the guest once plainly (the original module, on wasmtime), then again,
+//! instrumented, checkpointing at every N-th migration point: each snapshot is written to bytes
+//! in the snapshot format, read back, and resumed on the next backend in turn, and so on to the
+//! end of the run. It compares standard output, standard error, the exit status, the in-memory
+//! file tree and the granted host directories' contents with the plain run's. After each
+//! checkpoint it also checks that the output so far is a prefix of the plain run's, so that a
+//! divergence is reported at the migration where it first shows.
+//!
+//! Host directories (`Setup::dirs`) are copied to a fresh temporary directory for each run, so
+//! runs neither see nor disturb one another, and their contents are compared at the end. Use
+//! `Setup::deterministic` for guests that read clocks or random numbers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow};
+use tabi_libos::host::Stdio;
+use tabi_libos::machine::{Outcome, PauseControl};
+use tabi_libos::{Engine, Exit, Kernel};
+
+use crate::checkpoint::{self, Backend, Setup};
+
+/// A difference between the plain run and a migrated one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// The migration point (counted over the whole run) of the checkpoint after which it
+    /// showed.
+    pub point: u64,
+    /// The backend that wrote the checkpoint.
+    pub from: Backend,
+    /// The backend that resumed it.
+    pub to: Backend,
+    /// What differs.
+    pub what: String,
+}
+
+/// What [`migrate_test`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The migration point (counted over the whole run) of the last checkpoint.
+    pub last_point: u64,
+    /// Checkpoints taken (and resumed).
+    pub checkpoints: u64,
+    /// Bytes of snapshot written over all checkpoints.
+    pub snapshot_bytes: u64,
+    /// Every divergence found (empty: the guest survived every migration).
+    pub divergences: Vec<Divergence>,
+}
+
+/// What a run leaves that must not depend on migrations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Observed {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit: String,
+    memory_files: Vec<(String, String, Vec<u8>)>,
+    host_files: Vec<Vec<(String, Vec<u8>)>>,
+}
+
+/// A buffer for a standard stream.
+fn buffer() -> (Stdio, Arc<Mutex<Vec<u8>>>) {
+    Stdio::buffer()
+}
+
+fn take(b: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
+    std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = e.file_type()?;
+        let dst = to.join(e.file_name());
+        if t.is_dir() {
+            copy_tree(&e.path(), &dst)?;
+        } else if t.is_symlink() {
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
+        } else {
+            std::fs::copy(e.path(), &dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_tree(dir: &Path, rel: &str, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+        let t = e.file_type()?;
+        if t.is_dir() {
+            out.push((name.clone() + "/", Vec::new()));
+            read_tree(&e.path(), &name, out)?;
+        } else if t.is_symlink() {
+            let target = std::fs::read_link(e.path())?;
+            out.push((name, target.to_string_lossy().as_bytes().to_vec()));
+        } else {
+            out.push((name, std::fs::read(e.path())?));
+        }
+    }
+    Ok(())
+}
+
+/// A copy of the setup whose host directories are fresh copies under `scratch`.
+fn isolated(setup: &Setup, scratch: &Path) -> Result<Setup> {
+    let mut s = setup.clone();
+    for (i, (h, _)) in s.dirs.iter_mut().enumerate() {
+        let copy = scratch.join(format!("dir{i}"));
+        copy_tree(h, &copy).with_context(|| format!("cannot copy `{}`", h.display()))?;
+        *h = copy;
+    }
+    Ok(s)
+}
+
+fn observe(
+    setup: &Setup,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit: &Exit,
+    kernel: &Kernel,
+) -> Result<Observed> {
+    let mut host_files = Vec::new();
+    for (h, _) in &setup.dirs {
+        let mut v = Vec::new();
+        read_tree(h, "", &mut v)?;
+        host_files.push(v);
+    }
+    Ok(Observed {
+        stdout,
+        stderr,
+        exit: format!("{exit:?}"),
+        memory_files: kernel
+            .fs()
+            .tree(0)
+            .map_err(|e| anyhow!("cannot list the in-memory files: {e:?}"))?
+            .into_iter()
+            .map(|(p, t, d)| (p, format!("{t:?}"), d))
+            .collect(),
+        host_files,
+    })
+}
+
+fn describe(expected: &Observed, got: &Observed) -> String {
+    let mut parts = Vec::new();
+    if expected.stdout != got.stdout {
+        parts.push(format!(
+            "stdout differs: expected {:?}, got {:?}",
+            String::from_utf8_lossy(&expected.stdout),
+            String::from_utf8_lossy(&got.stdout)
+        ));
+    }
+    if expected.stderr != got.stderr {
+        parts.push(format!(
+            "stderr differs: expected {:?}, got {:?}",
+            String::from_utf8_lossy(&expected.stderr),
+            String::from_utf8_lossy(&got.stderr)
+        ));
+    }
+    if expected.exit != got.exit {
+        parts.push(format!("exit differs: expected {}, got {}", expected.exit, got.exit));
+    }
+    if expected.memory_files != got.memory_files {
+        parts.push("the in-memory file tree differs".into());
+    }
+    if expected.host_files != got.host_files {
+        parts.push("a host directory's contents differ".into());
+    }
+    parts.join("; ")
+}
+
+/// Runs `original` with `setup` plainly, then migrating after every `every`-th migration point
+/// across `backends` in turn (the first run starts on `backends[0]`), and reports how the
+/// migrated run differs, if it does.
+pub fn migrate_test(original: &[u8], setup: &Setup, every: u64, backends: &[Backend]) -> Result<Report> {
+    anyhow::ensure!(every > 0, "--every must be at least 1");
+    anyhow::ensure!(!backends.is_empty(), "no backends to test on");
+    let instrumented = checkpoint::instrumented(original, false)?;
+
+    // The plain run: the original module on wasmtime.
+    let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let plain_setup = isolated(setup, &scratch.path().join("plain"))?;
+    let (out, out_buf) = buffer();
+    let (err, err_buf) = buffer();
+    let process = plain_setup.process(out, err)?;
+    let finished = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn_scoped(s, || tabi_wasmtime::Wasmtime::new().run(original, process))
+            .expect("spawn a guest thread")
+            .join()
+            .unwrap_or_else(|_| Err(tabi_libos::EngineError::Engine("panicked".into())))
+    })
+    .context("the plain run failed")?;
+    let expected = observe(
+        &plain_setup,
+        take(&out_buf),
+        take(&err_buf),
+        &finished.exit,
+        &finished.process.kernel,
+    )?;
+
+    // The migrated run.
+    let run_setup = isolated(setup, &scratch.path().join("migrated"))?;
+    let mut report = Report::default();
+    let (out, mut out_buf) = buffer();
+    let (err, mut err_buf) = buffer();
+    let mut process = run_setup.process(out, err)?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut resume: Option<tabi_snapshot::Snapshot> = None;
+    let mut turn = 0usize;
+    let mut diverged_at = None;
+    loop {
+        let backend = backends[turn % backends.len()];
+        let state = resume.as_ref().map(|s| s.machine_state());
+        let outcome = checkpoint::run(
+            backend,
+            &instrumented,
+            process,
+            PauseControl::after(every),
+            state.as_ref(),
+        )?;
+        stdout.extend(take(&out_buf));
+        stderr.extend(take(&err_buf));
+        match outcome {
+            Outcome::Finished(f) => {
+                let got = observe(&run_setup, stdout, stderr, &f.exit, &f.process.kernel)?;
+                if got != expected && diverged_at.is_none() {
+                    let from = backends[(turn + backends.len() - 1) % backends.len()];
+                    report.divergences.push(Divergence {
+                        point: report.last_point,
+                        from,
+                        to: backend,
+                        what: describe(&expected, &got),
+                    });
+                }
+                return Ok(report);
+            }
+            Outcome::Paused(p) => {
+                report.checkpoints += 1;
+                let point = f_points(&resume) + p.points;
+                let mut bytes = Vec::new();
+                let summary =
+                    checkpoint::write_to(&mut bytes, &p, original, &instrumented, &run_setup.dirs)?;
+                report.snapshot_bytes += summary.bytes;
+                let snapshot =
+                    tabi_snapshot::read(&mut &bytes[..], &tabi_snapshot::Limits::default(), None)
+                        .context("a snapshot the harness wrote does not read back")?;
+                if diverged_at.is_none()
+                    && (!expected.stdout.starts_with(&stdout) || !expected.stderr.starts_with(&stderr))
+                {
+                    diverged_at = Some(point);
+                    report.divergences.push(Divergence {
+                        point,
+                        from: backends[(turn + backends.len() - 1) % backends.len()],
+                        to: backend,
+                        what: "the output so far is not a prefix of the plain run's".into(),
+                    });
+                }
+                let (out, ob) = buffer();
+                let (err, eb) = buffer();
+                process = checkpoint::resume_process(&snapshot, &run_setup.dirs, out, err)?;
+                out_buf = ob;
+                err_buf = eb;
+                let mut s = snapshot;
+                s.points = point;
+                resume = Some(s);
+                report.last_point = point;
+                turn += 1;
+            }
+        }
+    }
+}
+
+/// Points passed before the current part of the run.
+fn f_points(resume: &Option<tabi_snapshot::Snapshot>) -> u64 {
+    resume.as_ref().map_or(0, |s| s.points)
+}
