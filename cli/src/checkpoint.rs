@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::{StdHost, Stdio};
-use tabi_libos::machine::{MachineState, Outcome, Paused, PauseControl, Points};
+use tabi_libos::machine::{MachineState, Outcome, PauseControl, Paused, Points};
 use tabi_libos::{Kernel, MountKind, Process};
 use tabi_snapshot::{HostMount, Snapshot};
 
@@ -142,7 +142,11 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
         .context("cannot instrument the module for checkpointing")?;
     // A cache that cannot be written is not an error; write-then-rename keeps it whole.
     if std::fs::create_dir_all(&dir).is_ok() {
-        let tmp = dir.join(format!(".{}.{}", std::process::id(), file.display().to_string().len()));
+        let tmp = dir.join(format!(
+            ".{}.{}",
+            std::process::id(),
+            file.display().to_string().len()
+        ));
         if std::fs::write(&tmp, &out.wasm).is_ok() {
             let _ = std::fs::rename(&tmp, &file);
         }
@@ -188,7 +192,10 @@ fn compiled_wasmtime(wasm: &[u8]) -> Result<(&'static tabi_wasmtime::Wasmtime, w
     static MODULES: OnceLock<Cache<wasmtime::Module>> = OnceLock::new();
     let e = ENGINE.get_or_init(tabi_wasmtime::Wasmtime::new);
     let key = tabi_snapshot::sha256(wasm);
-    let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(m) = cache.get(&key) {
         return Ok((e, m.clone()));
     }
@@ -203,7 +210,10 @@ fn compiled_wasmi(wasm: &[u8]) -> Result<(&'static tabi_wasmi::Wasmi, wasmi::Mod
     static MODULES: OnceLock<Cache<wasmi::Module>> = OnceLock::new();
     let e = ENGINE.get_or_init(tabi_wasmi::Wasmi::new);
     let key = tabi_snapshot::sha256(wasm);
-    let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(m) = cache.get(&key) {
         return Ok((e, m.clone()));
     }
@@ -246,7 +256,8 @@ pub fn fingerprint(dir: &Path) -> Result<[u8; 32]> {
         Ok(())
     }
     let mut h = sha2::Sha256::new();
-    walk(dir, "", &mut h).with_context(|| format!("cannot read host directory `{}`", dir.display()))?;
+    walk(dir, "", &mut h)
+        .with_context(|| format!("cannot read host directory `{}`", dir.display()))?;
     Ok(h.finalize().into())
 }
 
@@ -317,7 +328,11 @@ where
             options: format!(
                 "tabi-instrument format {}, safepoints {}",
                 manifest.version,
-                if manifest.options.safepoints { "on" } else { "off" }
+                if manifest.options.safepoints {
+                    "on"
+                } else {
+                    "off"
+                }
             )
             .into_bytes(),
             parent: None,

@@ -129,17 +129,25 @@ fn observe(
         read_tree(h, "", &mut v)?;
         host_files.push(v);
     }
+    let has_memory_files = kernel
+        .mounts()
+        .iter()
+        .any(|m| matches!(m.kind, tabi_libos::MountKind::Memory { .. }));
     Ok(Observed {
         stdout,
         stderr,
         exit: format!("{exit:?}"),
-        memory_files: kernel
-            .fs()
-            .tree(0)
-            .map_err(|e| anyhow!("cannot list the in-memory files: {e:?}"))?
-            .into_iter()
-            .map(|(p, t, d)| (p, format!("{t:?}"), d))
-            .collect(),
+        memory_files: if has_memory_files {
+            kernel
+                .fs()
+                .tree(0)
+                .map_err(|e| anyhow!("cannot list the in-memory files: {e:?}"))?
+                .into_iter()
+                .map(|(p, t, d)| (p, format!("{t:?}"), d))
+                .collect()
+        } else {
+            Vec::new()
+        },
         host_files,
     })
 }
@@ -161,7 +169,10 @@ fn describe(expected: &Observed, got: &Observed) -> String {
         ));
     }
     if expected.exit != got.exit {
-        parts.push(format!("exit differs: expected {}, got {}", expected.exit, got.exit));
+        parts.push(format!(
+            "exit differs: expected {}, got {}",
+            expected.exit, got.exit
+        ));
     }
     if expected.memory_files != got.memory_files {
         parts.push("the in-memory file tree differs".into());
@@ -175,7 +186,12 @@ fn describe(expected: &Observed, got: &Observed) -> String {
 /// Runs `original` with `setup` plainly, then migrating after every `every`-th migration point
 /// across `backends` in turn (the first run starts on `backends[0]`), and reports how the
 /// migrated run differs, if it does.
-pub fn migrate_test(original: &[u8], setup: &Setup, every: u64, backends: &[Backend]) -> Result<Report> {
+pub fn migrate_test(
+    original: &[u8],
+    setup: &Setup,
+    every: u64,
+    backends: &[Backend],
+) -> Result<Report> {
     anyhow::ensure!(every > 0, "--every must be at least 1");
     anyhow::ensure!(!backends.is_empty(), "no backends to test on");
     let instrumented = checkpoint::instrumented(original, false)?;
@@ -251,7 +267,8 @@ pub fn migrate_test(original: &[u8], setup: &Setup, every: u64, backends: &[Back
                     tabi_snapshot::read(&mut &bytes[..], &tabi_snapshot::Limits::default(), None)
                         .context("a snapshot the harness wrote does not read back")?;
                 if diverged_at.is_none()
-                    && (!expected.stdout.starts_with(&stdout) || !expected.stderr.starts_with(&stderr))
+                    && (!expected.stdout.starts_with(&stdout)
+                        || !expected.stderr.starts_with(&stderr))
                 {
                     diverged_at = Some(point);
                     report.divergences.push(Divergence {

@@ -248,7 +248,12 @@ impl GuestArgs {
         Ok(Setup {
             args: argv,
             env,
-            dirs: self.dirs.iter().map(|d| split_mapping(d)).map(|(h, g)| (h.into(), g)).collect(),
+            dirs: self
+                .dirs
+                .iter()
+                .map(|d| split_mapping(d))
+                .map(|(h, g)| (h.into(), g))
+                .collect(),
             copy_dirs: self
                 .copy_dirs
                 .iter()
@@ -377,19 +382,40 @@ fn resume(args: ResumeArgs) -> Result<Ended> {
 fn inspect(args: InspectArgs) -> Result<()> {
     let s = checkpoint::read_snapshot(&args.file)?;
     let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
-    println!("snapshot {} (format version {})", args.file.display(), s.version);
+    println!(
+        "snapshot {} (format version {})",
+        args.file.display(),
+        s.version
+    );
     println!("  content hash   {}", tabi_snapshot::hex(&s.hash));
-    println!("  original       sha256 {}", tabi_snapshot::hex(&s.identity.original_sha256));
-    println!("  instrumented   sha256 {}", tabi_snapshot::hex(&s.identity.module_sha256));
-    println!("  options        {}", String::from_utf8_lossy(&s.identity.options));
+    println!(
+        "  original       sha256 {}",
+        tabi_snapshot::hex(&s.identity.original_sha256)
+    );
+    println!(
+        "  instrumented   sha256 {}",
+        tabi_snapshot::hex(&s.identity.module_sha256)
+    );
+    println!(
+        "  options        {}",
+        String::from_utf8_lossy(&s.identity.options)
+    );
     if let Some(p) = s.identity.parent {
         println!("  parent         {}", tabi_snapshot::hex(&p));
     }
-    println!("  entry          {}, after migration point {}", s.entry, s.points);
+    println!(
+        "  entry          {}, after migration point {}",
+        s.entry, s.points
+    );
     println!("sections:");
     let (mut stored, mut raw) = (0u64, 0u64);
     for sec in &s.sections {
-        println!("  {:<9} {:>12} bytes stored {:>12} bytes raw", sec.id.name(), sec.stored, sec.raw);
+        println!(
+            "  {:<9} {:>12} bytes stored {:>12} bytes raw",
+            sec.id.name(),
+            sec.stored,
+            sec.raw
+        );
         stored += sec.stored;
         raw += sec.raw;
     }
@@ -418,9 +444,16 @@ fn describe_object(o: &tabi_libos::Object) -> String {
         Object::Stdout => "stdout".into(),
         Object::Stderr => "stderr".into(),
         Object::MemDir { ino } => format!("in-memory directory (inode {ino})"),
-        Object::MemFile { ino, offset } => format!("in-memory file (inode {ino}) at offset {offset}"),
+        Object::MemFile { ino, offset } => {
+            format!("in-memory file (inode {ino}) at offset {offset}")
+        }
         Object::HostDir { mount, path, .. } => format!("host directory {path:?} of mount {mount}"),
-        Object::HostFile { mount, path, offset, .. } => {
+        Object::HostFile {
+            mount,
+            path,
+            offset,
+            ..
+        } => {
             format!("host file {path:?} of mount {mount} at offset {offset}")
         }
     }

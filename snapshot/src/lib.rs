@@ -195,7 +195,9 @@ impl fmt::Display for Error {
                 f,
                 "snapshot format version {found} is not supported (this reader reads 1 to {newest})"
             ),
-            Error::BadChecksum { what } => write!(f, "checksum mismatch in {what}: the file is corrupt"),
+            Error::BadChecksum { what } => {
+                write!(f, "checksum mismatch in {what}: the file is corrupt")
+            }
             Error::Truncated { what } => write!(f, "the file ends inside {what}: it is truncated"),
             Error::OutOfOrder { found, expected } => {
                 write!(f, "section {found} found where {expected} was expected")

@@ -193,7 +193,11 @@ fn out_of_order(found: u8, expected: &str) -> Error {
 
 /// Reads a snapshot from `src`. An incremental snapshot is applied to `base`, which must be
 /// the snapshot it names as its parent.
-pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) -> Result<Snapshot, Error> {
+pub fn read<S: Source>(
+    src: &mut S,
+    limits: &Limits,
+    base: Option<&Snapshot>,
+) -> Result<Snapshot, Error> {
     let mut input = In {
         src,
         digest: Sha256::new(),
@@ -204,13 +208,15 @@ pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) ->
     // Header.
     let mut magic = [0u8; 8];
     if !input.src.read_exact_or_eof(&mut magic)? {
-        return Err(if MAGIC.starts_with(&magic[..]) || magic.iter().all(|&b| b == 0) {
-            Error::Truncated {
-                what: "the header".into(),
-            }
-        } else {
-            Error::BadMagic
-        });
+        return Err(
+            if MAGIC.starts_with(&magic[..]) || magic.iter().all(|&b| b == 0) {
+                Error::Truncated {
+                    what: "the header".into(),
+                }
+            } else {
+                Error::BadMagic
+            },
+        );
     }
     input.digest.update(magic);
     input.offset = 8;
@@ -317,9 +323,10 @@ pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) ->
                 limit: limits.section.into(),
             });
         }
-        let m = lz4_flex::block::decompress(c.bytes, len as usize).map_err(|e| Error::Malformed {
-            what: format!("the module does not decompress: {e}"),
-        })?;
+        let m =
+            lz4_flex::block::decompress(c.bytes, len as usize).map_err(|e| Error::Malformed {
+                what: format!("the module does not decompress: {e}"),
+            })?;
         if m.len() as u64 != len {
             return Err(Error::Malformed {
                 what: "the module decompresses to another size".into(),
@@ -503,7 +510,11 @@ pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) ->
             let kind = ch[4];
             let len = u32::from_le_bytes([ch[5], ch[6], ch[7], ch[8]]);
             let sum = u32::from_le_bytes([ch[9], ch[10], ch[11], ch[12]]);
-            if first < next || n == 0 || n > CHUNK_PAGES || u64::from(first) + u64::from(n) > u64::from(pages) {
+            if first < next
+                || n == 0
+                || n > CHUNK_PAGES
+                || u64::from(first) + u64::from(n) > u64::from(pages)
+            {
                 return Err(Error::Malformed {
                     what: format!(
                         "chunk of pages {first}+{n} in memory {index} of {pages} pages (out of order or out of range)"
@@ -537,12 +548,20 @@ pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) ->
             let dst = &mut mem[first as usize * PAGE..first as usize * PAGE + raw_len];
             match kind {
                 CHUNK_LZ4 => {
-                    let got = lz4_flex::block::decompress_into(&data, dst).map_err(|e| Error::Malformed {
-                        what: format!("pages {first}..{} of memory {index} do not decompress: {e}", first + n),
+                    let got = lz4_flex::block::decompress_into(&data, dst).map_err(|e| {
+                        Error::Malformed {
+                            what: format!(
+                                "pages {first}..{} of memory {index} do not decompress: {e}",
+                                first + n
+                            ),
+                        }
                     })?;
                     if got != raw_len {
                         return Err(Error::Malformed {
-                            what: format!("pages {first}..{} of memory {index} decompress short", first + n),
+                            what: format!(
+                                "pages {first}..{} of memory {index} decompress short",
+                                first + n
+                            ),
                         });
                     }
                 }
@@ -610,7 +629,8 @@ pub fn read<S: Source>(src: &mut S, limits: &Limits, base: Option<&Snapshot>) ->
         stored,
         raw: kernel_bytes.len() as u64,
     });
-    let kernel = tabi_libos::decode_state(&kernel_bytes).map_err(|e| Error::BadKernelState(e.to_string()))?;
+    let kernel = tabi_libos::decode_state(&kernel_bytes)
+        .map_err(|e| Error::BadKernelState(e.to_string()))?;
 
     // Host mounts.
     let id = section_id(&mut input)?;

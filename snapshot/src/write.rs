@@ -85,7 +85,6 @@ impl<E: core::fmt::Display> core::fmt::Display for WriteError<E> {
 #[cfg(feature = "std")]
 impl<E: core::fmt::Debug + core::fmt::Display> std::error::Error for WriteError<E> {}
 
-
 struct Out<'s, S: Sink> {
     sink: &'s mut S,
     digest: Sha256,
@@ -207,7 +206,8 @@ pub fn write<S: Sink>(
     out.section(SectionId::Tables, &p)?;
 
     // Memories, streamed chunk by chunk.
-    let mut scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
+    let mut scratch =
+        vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
     for (index, mem) in contents.memories.iter().enumerate() {
         if mem.len() % PAGE != 0 {
             return Err(WriteError::Invalid(alloc::format!(

@@ -87,7 +87,11 @@ fn round_trip_keeps_everything() {
     assert_eq!(s.identity.options, b"safepoints=no");
     assert_eq!(s.mounts[0].guest_path, "/data");
     // The zero page is left out: less than the two data pages' raw size is stored.
-    let mem = &s.sections.iter().find(|i| i.id == tabi_snapshot::SectionId::Memory).unwrap();
+    let mem = &s
+        .sections
+        .iter()
+        .find(|i| i.id == tabi_snapshot::SectionId::Memory)
+        .unwrap();
     assert_eq!(mem.raw, 2 * PAGE as u64);
     assert!(mem.stored < PAGE as u64, "compressed to {}", mem.stored);
     // Writing is deterministic.
@@ -115,7 +119,10 @@ fn incremental_snapshots_hold_only_changes_and_need_their_parent() {
     assert_eq!(child.memories, vec![a2, b.clone()]);
     assert_eq!(child.kernel_bytes, k);
     // Without the parent, or with another, it is refused by name.
-    assert!(matches!(read_all(&child_bytes), Err(Error::Parent { given: None, .. })));
+    assert!(matches!(
+        read_all(&child_bytes),
+        Err(Error::Parent { given: None, .. })
+    ));
     let other = read_all(&snapshot_bytes(&b, &b, &k, None)).unwrap();
     assert!(matches!(
         read(&mut &child_bytes[..], &Limits::default(), Some(&other)),
@@ -128,7 +135,10 @@ fn wrong_magic_is_refused() {
     let mut bytes = full();
     bytes[0] = b'X';
     assert_eq!(read_all(&bytes).unwrap_err(), Error::BadMagic);
-    assert_eq!(read_all(b"hello, world, not a snapshot").unwrap_err(), Error::BadMagic);
+    assert_eq!(
+        read_all(b"hello, world, not a snapshot").unwrap_err(),
+        Error::BadMagic
+    );
 }
 
 /// Rewrites the header's version (and its CRC, so that only the version is wrong).
@@ -143,7 +153,10 @@ fn with_version(mut bytes: Vec<u8>, v: u16) -> Vec<u8> {
 fn unknown_versions_are_refused_by_number() {
     assert_eq!(
         read_all(&with_version(full(), 2)).unwrap_err(),
-        Error::UnsupportedVersion { found: 2, newest: 1 }
+        Error::UnsupportedVersion {
+            found: 2,
+            newest: 1
+        }
     );
     assert!(matches!(
         read_all(&with_version(full(), 0)).unwrap_err(),
@@ -165,7 +178,10 @@ fn a_flipped_bit_anywhere_is_caught() {
     let at = bytes.len() / 2;
     b[at] ^= 1;
     let e = read_all(&b).unwrap_err();
-    assert!(matches!(e, Error::BadChecksum { .. } | Error::Malformed { .. }), "{e:?}");
+    assert!(
+        matches!(e, Error::BadChecksum { .. } | Error::Malformed { .. }),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -195,13 +211,22 @@ fn sections_out_of_order_are_refused() {
     assert_eq!(bytes[at], 2, "the module section follows the identity");
     let mut b = bytes.clone();
     b[at] = 3; // claims to be the machine section where the module is: its CRC covers its id
-    assert!(matches!(read_all(&b).unwrap_err(), Error::BadChecksum { .. }));
+    assert!(matches!(
+        read_all(&b).unwrap_err(),
+        Error::BadChecksum { .. }
+    ));
     let mut b = bytes.clone();
     b[at] = 8;
-    assert!(matches!(read_all(&b).unwrap_err(), Error::OutOfOrder { found: 8, .. }));
+    assert!(matches!(
+        read_all(&b).unwrap_err(),
+        Error::OutOfOrder { found: 8, .. }
+    ));
     let mut b = bytes.clone();
     b[at] = 0x77;
-    assert!(matches!(read_all(&b).unwrap_err(), Error::OutOfOrder { found: 0x77, .. }));
+    assert!(matches!(
+        read_all(&b).unwrap_err(),
+        Error::OutOfOrder { found: 0x77, .. }
+    ));
 }
 
 #[test]
@@ -213,18 +238,28 @@ fn sizes_over_the_limits_are_refused_before_allocating() {
     };
     assert!(matches!(
         read(&mut &bytes[..], &tight, None).unwrap_err(),
-        Error::TooLarge { size: 3, limit: 2, .. }
+        Error::TooLarge {
+            size: 3,
+            limit: 2,
+            ..
+        }
     ));
     let tight = Limits {
         total_pages: 3,
         ..Limits::default()
     };
-    assert!(matches!(read(&mut &bytes[..], &tight, None).unwrap_err(), Error::TooLarge { .. }));
+    assert!(matches!(
+        read(&mut &bytes[..], &tight, None).unwrap_err(),
+        Error::TooLarge { .. }
+    ));
     let tight = Limits {
         memories: 1,
         ..Limits::default()
     };
-    assert!(matches!(read(&mut &bytes[..], &tight, None).unwrap_err(), Error::TooLarge { .. }));
+    assert!(matches!(
+        read(&mut &bytes[..], &tight, None).unwrap_err(),
+        Error::TooLarge { .. }
+    ));
     // A section declaring 4 GiB in a short file: refused by the limit, not by allocating.
     let mut b = bytes.clone();
     b[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -239,11 +274,17 @@ fn sizes_over_the_limits_are_refused_before_allocating() {
 fn kernel_state_that_does_not_decode_is_refused() {
     let (a, b) = memories();
     let bytes = snapshot_bytes(&a, &b, &[0xff; 40], None);
-    assert!(matches!(read_all(&bytes).unwrap_err(), Error::BadKernelState(_)));
+    assert!(matches!(
+        read_all(&bytes).unwrap_err(),
+        Error::BadKernelState(_)
+    ));
     let mut k = kernel_bytes();
     k.truncate(k.len() - 3);
     let bytes = snapshot_bytes(&a, &b, &k, None);
-    assert!(matches!(read_all(&bytes).unwrap_err(), Error::BadKernelState(_)));
+    assert!(matches!(
+        read_all(&bytes).unwrap_err(),
+        Error::BadKernelState(_)
+    ));
 }
 
 #[test]

@@ -1,0 +1,266 @@
+//! Checkpoint, resume, inspect and the migration harness, through the library and the binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tabi_cli::{Backend, Setup, migrate_test};
+use tabi_tests::guests;
+
+fn tabi() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tabi"))
+}
+
+fn run(args: &[&str]) -> Output {
+    tabi()
+        .env(
+            "TABI_CACHE_DIR",
+            std::env::temp_dir().join("tabi-test-cache"),
+        )
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn setup(wasm: &str, args: &[&str]) -> Setup {
+    let mut argv = vec![wasm.to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    Setup {
+        args: argv,
+        memory_dirs: vec!["/sandbox".into()],
+        deterministic: Some(7),
+        ..Setup::default()
+    }
+}
+
+/// Every guest of the kernel and instrument issues survives a checkpoint at every migration
+/// point, alternating between the backends.
+#[test]
+fn every_guest_survives_migration_at_every_point() {
+    let cases: &[(&str, &[&str])] = &[
+        (guests::HELLO, &["a", "b c"]),
+        (guests::HELLO, &["--exit", "3"]),
+        (guests::STD_FS, &[]),
+        (guests::STD_FS, &["churn", "40"]),
+        (guests::COMPUTE, &["all", "1"]),
+        (guests::COMPUTE, &["deep", "3000"]),
+        (guests::POSIX, &[]),
+    ];
+    for (wasm, args) in cases {
+        let original = std::fs::read(wasm).unwrap();
+        let report = migrate_test(&original, &setup(wasm, args), 1, &Backend::ALL).unwrap();
+        assert!(
+            report.divergences.is_empty(),
+            "{wasm} {args:?}: {:?}",
+            report.divergences
+        );
+        assert!(report.checkpoints >= 2, "{wasm} {args:?}: {report:?}");
+    }
+}
+
+/// A guest printing the host's clock differs from run to run: the harness must say so, at the
+/// first checkpoint after the difference shows.
+#[test]
+fn the_harness_reports_where_a_run_diverges() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "clock_time_get" (func $now (param i32 i64 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (local $i i32)
+        (loop $l
+          (drop (call $now (i32.const 0) (i64.const 1) (i32.const 64)))
+          ;; print the 8 bytes of the time as they are
+          (i32.store (i32.const 0) (i32.const 64))
+          (i32.store (i32.const 4) (i32.const 8))
+          (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 4))))))"#;
+    let wasm = wat::parse_str(wat).unwrap();
+    let s = Setup {
+        args: vec!["clock".into()],
+        ..Setup::default()
+    };
+    let report = migrate_test(&wasm, &s, 1, &Backend::ALL).unwrap();
+    let first = report.divergences.first().expect("a divergence");
+    assert!(first.point <= 2, "{report:?}");
+    assert!(
+        first.what.contains("prefix") || first.what.contains("stdout"),
+        "{first:?}"
+    );
+}
+
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+                out.push((rel + "/", Vec::new()));
+            } else {
+                out.push((rel, std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A file-heavy guest on a real host directory: checkpointed at several points by the binary,
+/// resumed on the other backend, it leaves the same output and the same files.
+#[test]
+fn checkpoint_and_resume_on_a_host_directory() {
+    let plain_dir = tempfile::tempdir().unwrap();
+    let spec = format!("{}::/sandbox", plain_dir.path().display());
+    let plain = run(&["run", "--dir", &spec, guests::STD_FS]);
+    assert_eq!(plain.status.code(), Some(0), "{plain:?}");
+    for (n, first, second) in [
+        (3, "wasmtime", "wasmi"),
+        (40, "wasmi", "wasmtime"),
+        (90, "wasmtime", "wasmtime"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = tempfile::tempdir().unwrap();
+        let file = snap.path().join("s.snap");
+        let file = file.to_str().unwrap();
+        let spec = format!("{}::/sandbox", dir.path().display());
+        let n_text = n.to_string();
+        let a = run(&[
+            "run",
+            "--backend",
+            first,
+            "--dir",
+            &spec,
+            "--checkpoint-after",
+            &n_text,
+            "--snapshot",
+            file,
+            guests::STD_FS,
+        ]);
+        assert_eq!(a.status.code(), Some(75), "{a:?}");
+        let info = run(&["inspect", file]);
+        assert!(info.status.success(), "{info:?}");
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(
+            info.contains(&format!("after migration point {n}")),
+            "{info}"
+        );
+        assert!(info.contains("host mounts"), "{info}");
+        let b = run(&["resume", "--backend", second, "--dir", &spec, file]);
+        assert_eq!(b.status.code(), Some(0), "{b:?}");
+        assert_eq!(
+            [a.stdout, b.stdout].concat(),
+            plain.stdout,
+            "checkpoint at {n}"
+        );
+        assert_eq!(
+            tree(dir.path()),
+            tree(plain_dir.path()),
+            "checkpoint at {n}"
+        );
+    }
+}
+
+#[test]
+fn resume_refuses_a_changed_or_missing_host_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = tempfile::tempdir().unwrap();
+    let file = snap.path().join("s.snap");
+    let file = file.to_str().unwrap();
+    let spec = format!("{}::/sandbox", dir.path().display());
+    let a = run(&[
+        "run",
+        "--dir",
+        &spec,
+        "--checkpoint-after",
+        "30",
+        "--snapshot",
+        file,
+        guests::STD_FS,
+    ]);
+    assert_eq!(a.status.code(), Some(75), "{a:?}");
+
+    // No grant: refused, naming the guest path.
+    let b = run(&["resume", file]);
+    assert_eq!(b.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&b.stderr).contains("--dir HOST::/sandbox"),
+        "{b:?}"
+    );
+
+    // The directory changed since: refused, and left as it was.
+    std::fs::write(dir.path().join("intruder.txt"), b"changed").unwrap();
+    let before = tree(dir.path());
+    let b = run(&["resume", "--dir", &spec, file]);
+    assert_eq!(b.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&b.stderr).contains("changed since the checkpoint"),
+        "{b:?}"
+    );
+    assert_eq!(tree(dir.path()), before);
+}
+
+#[test]
+fn inspect_and_resume_refuse_bad_snapshots_with_the_reason() {
+    let snap = tempfile::tempdir().unwrap();
+    let path = snap.path().join("s.snap");
+    let file = path.to_str().unwrap();
+    let a = run(&[
+        "run",
+        "--mem-dir",
+        "/sandbox",
+        "--checkpoint-after",
+        "5",
+        "--snapshot",
+        file,
+        guests::STD_FS,
+    ]);
+    assert_eq!(a.status.code(), Some(75), "{a:?}");
+    let good = std::fs::read(&path).unwrap();
+
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (good[..good.len() / 2].to_vec(), "truncated"),
+        (
+            {
+                let mut b = good.clone();
+                b[good.len() / 2] ^= 0x40;
+                b
+            },
+            "corrupt",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[0] = b'Z';
+                b
+            },
+            "not a tabi snapshot",
+        ),
+        (Vec::new(), "truncated"),
+    ];
+    for (bytes, reason) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        for cmd in ["inspect", "resume"] {
+            let out = run(&[cmd, file]);
+            assert_eq!(out.status.code(), Some(1), "{cmd}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(reason), "{cmd}, expected `{reason}`: {err}");
+        }
+    }
+}
+
+#[test]
+fn migrate_test_command_reports_success() {
+    let out = run(&[
+        "migrate-test",
+        "--every",
+        "3",
+        "--mem-dir",
+        "/sandbox",
+        "--deterministic",
+        guests::STD_FS,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
+}
