@@ -1,6 +1,8 @@
 //! The snapshot format: round trips, incremental snapshots, and each class of bad input
 //! refused with its own error.
 
+use std::path::Path;
+
 use tabi_libos::Kernel;
 use tabi_libos::machine::Value;
 use tabi_snapshot::{Base, Contents, Error, Identity, Limits, PAGE, Snapshot, read, write};
@@ -294,4 +296,22 @@ fn a_module_hash_that_does_not_match_is_refused() {
         s.check_module(None, b"some other module"),
         Err(Error::ModuleMismatch { .. })
     ));
+}
+
+/// The fuzz targets' seed corpus (and any crash kept there) reads without a panic; the seed
+/// snapshot reads back whole.
+#[test]
+fn the_fuzz_corpus_reads_without_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/snapshot_read");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let r = read_all(&bytes);
+        if path.extension().is_some_and(|x| x == "snap") {
+            assert!(r.is_ok(), "{}: {r:?}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 2);
 }
