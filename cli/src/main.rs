@@ -280,6 +280,7 @@ enum Ended {
 }
 
 fn run(args: RunArgs) -> Result<Ended> {
+    signal_flag(&args.checkpoint)?;
     let wasm = std::fs::read(&args.module)
         .with_context(|| format!("cannot read module `{}`", args.module.display()))?;
     let setup = args.guest.setup(&args.module, &args.args)?;
@@ -306,6 +307,25 @@ fn run(args: RunArgs) -> Result<Ended> {
     )
 }
 
+/// The flag SIGUSR1 raises, when checkpoints on signal are asked for. Installed once per
+/// process, as early as possible: before it is, SIGUSR1 would end the process.
+fn signal_flag(cp: &CheckpointArgs) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    let flag = FLAG.get_or_init(Default::default).clone();
+    if cp.checkpoint_on_signal {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        let mut result = Ok(());
+        INSTALLED.call_once(|| {
+            result = signal_hook::flag::register(signal_hook::consts::SIGUSR1, flag.clone())
+                .map(|_| ())
+                .context("cannot install the SIGUSR1 handler");
+        });
+        result?;
+    }
+    Ok(flag)
+}
+
 /// Runs (or resumes) an instrumented guest, writing snapshots as `cp` asks.
 fn drive(
     backend: checkpoint::Backend,
@@ -316,11 +336,7 @@ fn drive(
     mut process: tabi_libos::Process,
     snapshot: Option<tabi_snapshot::Snapshot>,
 ) -> Result<Ended> {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if cp.checkpoint_on_signal {
-        signal_hook::flag::register(signal_hook::consts::SIGUSR1, flag.clone())
-            .context("cannot install the SIGUSR1 handler")?;
-    }
+    let flag = signal_flag(cp)?;
     let mut state = snapshot.map(|s| s.machine_state());
     let mut first = true;
     loop {
@@ -359,6 +375,7 @@ fn drive(
 }
 
 fn resume(args: ResumeArgs) -> Result<Ended> {
+    signal_flag(&args.checkpoint)?;
     let snapshot = checkpoint::read_snapshot(&args.file)?;
     let (original, instrumented) = checkpoint::modules_for(&snapshot, args.module.as_deref())?;
     let dirs: Vec<(PathBuf, String)> = args

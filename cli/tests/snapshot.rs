@@ -264,3 +264,48 @@ fn migrate_test_command_reports_success() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
 }
+
+/// SIGUSR1 checkpoints a guest that loops without calling anything (with safepoints), and the
+/// snapshot resumes to the output of an uninterrupted run.
+#[test]
+fn sigusr1_writes_a_checkpoint_that_resumes() {
+    let args = ["hash", "4000"];
+    let plain = run(&[&["run", guests::COMPUTE][..], &args].concat());
+    assert_eq!(plain.status.code(), Some(0));
+    let snap = tempfile::tempdir().unwrap();
+    let file = snap.path().join("s.snap");
+    let mut child = tabi()
+        .env(
+            "TABI_CACHE_DIR",
+            std::env::temp_dir().join("tabi-test-cache"),
+        )
+        .args([
+            "run",
+            "--safepoints",
+            "--checkpoint-on-signal",
+            "--stop-after-checkpoint",
+            "--snapshot",
+        ])
+        .arg(&file)
+        .arg(guests::COMPUTE)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal until it stops: the handler is installed before anything else, so an early
+    // signal is only a request that waits for the guest.
+    let status = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        let _ = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status();
+    };
+    let first = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(75), "{first:?}");
+    let b = run(&["resume", file.to_str().unwrap()]);
+    assert_eq!(b.status.code(), Some(0), "{b:?}");
+    assert_eq!([first.stdout, b.stdout].concat(), plain.stdout);
+}

@@ -1,0 +1,274 @@
+//! Checkpoint and resume speed, against the floor of copying and compressing the same pages.
+//!
+//! The guest has 256 MiB of linear memory of which 64 MiB is written: every fourth page, half
+//! of them random (incompressible) and half text-like (compressible). It runs on wasmtime,
+//! writes its pages, and pauses at a migration point. Measured, medians of `TABI_BENCH_REPS`
+//! (default 7):
+//!
+//! - checkpoint: from the paused guest (its state captured) to the snapshot file written;
+//!   and the whole of it including the capture;
+//! - resume: from the file to the guest running again (read, check, instantiate, restore,
+//!   rewind) until it exits right after the migration point;
+//! - incremental: after the guest changed 1 MiB, the snapshot against the first;
+//! - the floor: a plain copy of the touched pages plus an LZ4 pass over them, in the same run.
+//!
+//! Targets: checkpoint ≤ 60 ms and ≥ 1.5 GB/s of touched memory, snapshot no larger than the
+//! touched pages compressed; resume ≤ 60 ms; incremental ≤ 5 ms and ≤ 1.2 MiB.
+
+use std::time::{Duration, Instant};
+
+use tabi_cli::checkpoint;
+use tabi_libos::host::Stdio;
+use tabi_libos::machine::{Outcome, PauseControl, Paused};
+
+const PAGE: usize = 65536;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn reps() -> usize {
+    std::env::var("TABI_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The guest: 4,096 pages; `_start` fills every fourth page (random, or text-like for odd
+/// ones), calls `sched_yield` (the migration point), then, if `$again` is set, changes 16
+/// pages and yields again.
+fn guest() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+  (memory (export "memory") 4096)
+  (global $x (mut i64) (i64.const 88172645463325252))
+  (func $rand (result i64)
+    (global.set $x (i64.xor (global.get $x) (i64.shl (global.get $x) (i64.const 13))))
+    (global.set $x (i64.xor (global.get $x) (i64.shr_u (global.get $x) (i64.const 7))))
+    (global.set $x (i64.xor (global.get $x) (i64.shl (global.get $x) (i64.const 17))))
+    (global.get $x))
+  (func $fill (param $page i32) (param $text i32)
+    (local $a i32) (local $end i32)
+    (local.set $a (i32.mul (local.get $page) (i32.const 65536)))
+    (local.set $end (i32.add (local.get $a) (i32.const 65536)))
+    (loop $l
+      (if (local.get $text)
+        (then (i64.store (local.get $a)
+          (i64.add (i64.const 0x2065756c61762061) (i64.and (call $rand) (i64.const 3)))))
+        (else (i64.store (local.get $a) (call $rand))))
+      (local.set $a (i32.add (local.get $a) (i32.const 8)))
+      (br_if $l (i32.lt_u (local.get $a) (local.get $end)))))
+  (func (export "_start") (local $p i32)
+    (loop $l
+      (call $fill (i32.mul (local.get $p) (i32.const 4)) (i32.and (local.get $p) (i32.const 1)))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $p) (i32.const 1024))))
+    (drop (call $yield))
+    ;; 1 MiB changed: 16 pages rewritten.
+    (local.set $p (i32.const 0))
+    (loop $m
+      (call $fill (i32.mul (local.get $p) (i32.const 4)) (i32.const 0))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br_if $m (i32.lt_u (local.get $p) (i32.const 16))))
+    (drop (call $yield))))"#,
+    )
+    .expect("valid guest")
+}
+
+fn setup() -> checkpoint::Setup {
+    checkpoint::Setup {
+        args: vec!["bench".into()],
+        deterministic: Some(1),
+        ..Default::default()
+    }
+}
+
+fn pause(wasm: &[u8], after: u64) -> (Paused, Duration) {
+    let process = setup().process(Stdio::Null, Stdio::Null).unwrap();
+    let start = Instant::now();
+    match checkpoint::run(
+        checkpoint::Backend::Wasmtime,
+        wasm,
+        process,
+        PauseControl::after(after),
+        None,
+    )
+    .unwrap()
+    {
+        Outcome::Paused(p) => (p, start.elapsed()),
+        Outcome::Finished(_) => panic!("the guest did not pause"),
+    }
+}
+
+fn main() {
+    let original = guest();
+    let wasm = checkpoint::instrumented(&original, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.snap");
+    let n = reps();
+
+    // The pages the guest touched, for the floor.
+    let (paused, _) = pause(&wasm, 1);
+    let mem = &paused.state.memories[0];
+    let touched: Vec<&[u8]> = mem
+        .chunks_exact(PAGE)
+        .filter(|p| p.iter().any(|&b| b != 0))
+        .collect();
+    let touched_bytes = touched.len() * PAGE;
+    assert_eq!(touched_bytes, 64 << 20, "the guest touches 64 MiB");
+
+    let mut floor_copy = Vec::new();
+    let mut floor_lz4 = Vec::new();
+    let mut lz4_size = 0;
+    let mut buf = vec![0u8; touched_bytes];
+    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(16 * PAGE)];
+    for _ in 0..n {
+        let t = Instant::now();
+        for (i, p) in touched.iter().enumerate() {
+            buf[i * PAGE..(i + 1) * PAGE].copy_from_slice(p);
+        }
+        floor_copy.push(t.elapsed());
+        let t = Instant::now();
+        lz4_size = 0;
+        for c in buf.chunks(16 * PAGE) {
+            lz4_size += lz4_flex::block::compress_into(c, &mut out).unwrap();
+        }
+        floor_lz4.push(t.elapsed());
+    }
+    let floor = median(floor_copy.clone()) + median(floor_lz4.clone());
+
+    // Checkpoint: the paused state to a file; and with the capture (pause time minus the
+    // guest's own run, measured without a pause).
+    let mut write_times = Vec::new();
+    let mut size = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = checkpoint::write_snapshot(&file, &paused, &original, &wasm, &[]).unwrap();
+        write_times.push(t.elapsed());
+        size = s.bytes;
+    }
+    let mut capture_times = Vec::new();
+    for _ in 0..n {
+        // The capture alone: copying the instance's state out, as the pause does.
+        let t = Instant::now();
+        let copy = paused.state.clone();
+        capture_times.push(t.elapsed());
+        drop(copy);
+    }
+    let write = median(write_times);
+    let capture = median(capture_times);
+
+    // Resume: from the file to the guest running again; it then changes 1 MiB and exits, a
+    // fraction of a millisecond.
+    let mut resume_times = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = checkpoint::read_snapshot(&file).unwrap();
+        let process = checkpoint::resume_process(&s, &[], Stdio::Null, Stdio::Null).unwrap();
+        let state = s.machine_state();
+        let o = checkpoint::run(
+            checkpoint::Backend::Wasmtime,
+            &wasm,
+            process,
+            PauseControl::never(),
+            Some(&state),
+        )
+        .unwrap();
+        resume_times.push(t.elapsed());
+        assert!(matches!(o, Outcome::Finished(_)));
+    }
+    let resume = median(resume_times);
+
+    // Incremental: the second pause against the first.
+    let base_snapshot = checkpoint::read_snapshot(&file).unwrap();
+    let (second, _) = pause(&wasm, 2);
+    let kernel = tabi_libos::encode_state(&second.process.kernel).unwrap();
+    let base_kernel = base_snapshot.kernel_bytes.clone();
+    let mut inc_times = Vec::new();
+    let mut inc_size = 0;
+    for _ in 0..n {
+        let contents = tabi_snapshot::Contents {
+            identity: tabi_snapshot::Identity {
+                original_sha256: base_snapshot.identity.original_sha256,
+                module_sha256: base_snapshot.identity.module_sha256,
+                options: base_snapshot.identity.options.clone(),
+                parent: None,
+            },
+            module: None,
+            entry: &second.state.entry,
+            budget: second.state.budget,
+            points: second.points,
+            globals: &second.state.globals,
+            tables: 0,
+            memories: second.state.memories.iter().map(Vec::as_slice).collect(),
+            stack: &second.state.stack,
+            kernel: &kernel,
+            mounts: &[],
+        };
+        let base = tabi_snapshot::Base {
+            hash: base_snapshot.hash,
+            memories: base_snapshot.memories.iter().map(Vec::as_slice).collect(),
+            kernel: &base_kernel,
+        };
+        let t = Instant::now();
+        let f = std::fs::File::create(dir.path().join("inc.snap")).unwrap();
+        let mut sink = tabi_snapshot::IoSink(std::io::BufWriter::new(f));
+        let s = tabi_snapshot::write(&mut sink, &contents, Some(&base)).unwrap();
+        sink.0.into_inner().unwrap().sync_all().unwrap();
+        inc_times.push(t.elapsed());
+        inc_size = s.bytes;
+    }
+    let inc = median(inc_times);
+    // The incremental snapshot applies to its parent and gives the second state.
+    let inc_bytes = std::fs::read(dir.path().join("inc.snap")).unwrap();
+    let applied = tabi_snapshot::read(
+        &mut &inc_bytes[..],
+        &tabi_snapshot::Limits::default(),
+        Some(&base_snapshot),
+    )
+    .unwrap();
+    assert_eq!(applied.memories, second.state.memories);
+
+    let gbs = |d: Duration| touched_bytes as f64 / d.as_secs_f64() / 1e9;
+    println!("guest: 256 MiB of memory, 64 MiB touched (half compressible); medians of {n} runs");
+    println!(
+        "floor: copy {:.1} ms + lz4 {:.1} ms = {:.1} ms; lz4 output {:.1} MiB",
+        ms(median(floor_copy)),
+        ms(median(floor_lz4)),
+        ms(floor),
+        lz4_size as f64 / MIB
+    );
+    println!(
+        "checkpoint to file: {:.1} ms ({:.2} GB/s of touched memory; {:.2}x the floor; target <= 60 ms, >= 1.5 GB/s)",
+        ms(write),
+        gbs(write),
+        write.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  with the capture of the instance's state ({:.1} ms): {:.1} ms ({:.2} GB/s)",
+        ms(capture),
+        ms(capture + write),
+        gbs(capture + write)
+    );
+    println!(
+        "  snapshot {:.2} MiB vs the touched pages compressed {:.2} MiB (target: no larger)",
+        size as f64 / MIB,
+        lz4_size as f64 / MIB
+    );
+    println!(
+        "resume from file to running guest: {:.1} ms (target <= 60 ms)",
+        ms(resume)
+    );
+    println!(
+        "incremental after 1 MiB changed: {:.2} ms, {:.3} MiB (targets <= 5 ms, <= 1.2 MiB)",
+        ms(inc),
+        inc_size as f64 / MIB
+    );
+}
