@@ -232,7 +232,7 @@ pub fn migrate_test(
     let mut diverged_at = None;
     loop {
         let backend = backends[turn % backends.len()];
-        let state = resume.as_ref().map(|s| s.machine_state());
+        let state = resume.as_mut().map(|s| s.take_machine_state());
         let outcome = checkpoint::run(
             backend,
             &instrumented,

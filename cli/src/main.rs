@@ -337,7 +337,7 @@ fn drive(
     snapshot: Option<tabi_snapshot::Snapshot>,
 ) -> Result<Ended> {
     let flag = signal_flag(cp)?;
-    let mut state = snapshot.map(|s| s.machine_state());
+    let mut state = snapshot.map(|mut s| s.take_machine_state());
     let mut first = true;
     loop {
         let mut control = PauseControl::never();

@@ -307,6 +307,40 @@ pub trait Machine {
 /// A Wasm page.
 pub const PAGE: usize = 65536;
 
+/// Whether `bytes` are all zero.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let (head, rest) = bytes.split_at(bytes.len() % 64);
+    head.iter().all(|&b| b == 0)
+        && rest
+            .chunks_exact(64)
+            .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+/// A copy of a memory image that touches only the non-zero 4 KiB blocks: the rest of a large
+/// zeroed allocation stays unmapped, so copying a mostly empty memory costs its contents, not
+/// its size.
+pub fn sparse_copy(src: &[u8]) -> Vec<u8> {
+    let mut v = alloc::vec![0u8; src.len()];
+    for (d, s) in v.chunks_mut(4096).zip(src.chunks(4096)) {
+        if !is_zero(s) {
+            d.copy_from_slice(s);
+        }
+    }
+    v
+}
+
+/// Writes `src` over `dst` (same length), skipping 4 KiB blocks that are zero in both: a fresh
+/// instance's memory is mostly zero and untouched, and stays so.
+pub fn write_sparse(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.chunks_mut(4096).zip(src.chunks(4096)) {
+        if !is_zero(s) {
+            d.copy_from_slice(s);
+        } else if !is_zero(d) {
+            d.fill(0);
+        }
+    }
+}
+
 /// How [`drive`] ended.
 pub enum Driven {
     /// The guest finished.

@@ -90,6 +90,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The engine-side state, moved out (the snapshot keeps its identity, kernel and the
+    /// rest; its memories, globals and stack are left empty).
+    pub fn take_machine_state(&mut self) -> MachineState {
+        MachineState {
+            entry: self.entry.clone(),
+            globals: core::mem::take(&mut self.globals),
+            memories: core::mem::take(&mut self.memories),
+            stack: core::mem::take(&mut self.stack),
+            budget: self.budget,
+        }
+    }
+
     /// The engine-side state, for [`tabi_libos::machine::Start::Resume`].
     pub fn machine_state(&self) -> MachineState {
         MachineState {

@@ -116,10 +116,7 @@ impl<S: Sink> Out<'_, S> {
     }
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(64)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
+use tabi_libos::machine::is_zero;
 
 /// Writes a snapshot of `contents` to `sink`. With a `base`, the snapshot is incremental: it
 /// holds only the pages that differ from the base's, and the kernel state only if it changed.
@@ -133,12 +130,12 @@ pub fn write<S: Sink>(
         digest: Sha256::new(),
         summary: Summary::default(),
     };
-    if let Some(b) = base {
-        if b.memories.len() != contents.memories.len() {
-            return Err(WriteError::Invalid(
-                "the base has another number of memories".into(),
-            ));
-        }
+    if let Some(b) = base
+        && b.memories.len() != contents.memories.len()
+    {
+        return Err(WriteError::Invalid(
+            "the base has another number of memories".into(),
+        ));
     }
     // Header.
     let mut h = Vec::with_capacity(16);
@@ -205,9 +202,9 @@ pub fn write<S: Sink>(
     p.extend(core::iter::repeat_n(0u8, contents.tables as usize));
     out.section(SectionId::Tables, &p)?;
 
-    // Memories, streamed chunk by chunk.
-    let mut scratch =
-        vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
+    // Memories, streamed: each range of RANGE_PAGES pages is encoded on its own (with the
+    // `std` feature, two ranges at a time on two threads), then written in order. The ranges
+    // are fixed, so the bytes do not depend on how many threads encoded them.
     for (index, mem) in contents.memories.iter().enumerate() {
         if mem.len() % PAGE != 0 {
             return Err(WriteError::Invalid(alloc::format!(
@@ -224,80 +221,22 @@ pub fn write<S: Sink>(
         let c = crc(&h[1..]);
         h.extend_from_slice(&c.to_le_bytes());
         out.frame(&h)?;
-
-        // Classify each page: skip, write, or (incremental) now zero.
-        #[derive(PartialEq, Clone, Copy)]
-        enum Class {
-            Skip,
-            Data,
-            Zero,
-        }
-        let class = |p: u32| -> Class {
-            let range = p as usize * PAGE..(p as usize + 1) * PAGE;
-            let page = &mem[range.clone()];
-            match old {
-                None => {
-                    if is_zero(page) {
-                        Class::Skip
-                    } else {
-                        Class::Data
-                    }
+        let ranges: Vec<(u32, u32)> = (0..pages)
+            .step_by(RANGE_PAGES as usize)
+            .map(|p| (p, (p + RANGE_PAGES).min(pages)))
+            .collect();
+        let mut encoders = [Encoded::default(), Encoded::default()];
+        for pair in ranges.chunks(2) {
+            encode_ranges(mem, old, pair, &mut encoders).map_err(WriteError::Invalid)?;
+            for e in encoders.iter().take(pair.len()) {
+                for (header, data) in &e.chunks {
+                    out.frame(header)?;
+                    out.data(&e.data[data.clone()])?;
                 }
-                Some(old) => {
-                    let before = old.get(range);
-                    if before == Some(page) {
-                        Class::Skip
-                    } else if is_zero(page) {
-                        // A page the base lacks reads as zero on resume too.
-                        if before.is_none() {
-                            Class::Skip
-                        } else {
-                            Class::Zero
-                        }
-                    } else {
-                        Class::Data
-                    }
-                }
+                out.summary.pages += e.pages;
+                out.summary.pages_raw += e.pages * PAGE as u64;
+                out.summary.pages_stored += e.stored;
             }
-        };
-        let mut p = 0u32;
-        while p < pages {
-            let k = class(p);
-            if k == Class::Skip {
-                p += 1;
-                continue;
-            }
-            let mut n = 1u32;
-            while n < CHUNK_PAGES && p + n < pages && class(p + n) == k {
-                n += 1;
-            }
-            let raw = &mem[p as usize * PAGE..(p + n) as usize * PAGE];
-            let (kind, data): (u8, &[u8]) = match k {
-                Class::Zero => (CHUNK_ZERO, &[]),
-                _ => {
-                    let len = lz4_flex::block::compress_into(raw, &mut scratch)
-                        .map_err(|e| WriteError::Invalid(alloc::format!("lz4: {e}")))?;
-                    if len < raw.len() {
-                        (CHUNK_LZ4, &scratch[..len])
-                    } else {
-                        (CHUNK_RAW, raw)
-                    }
-                }
-            };
-            let mut ch = [0u8; 17];
-            ch[0..4].copy_from_slice(&p.to_le_bytes());
-            ch[4..8].copy_from_slice(&n.to_le_bytes());
-            ch[8] = kind;
-            ch[9..13].copy_from_slice(&(data.len() as u32).to_le_bytes());
-            ch[13..17].copy_from_slice(&crc(data).to_le_bytes());
-            out.frame(&ch)?;
-            out.data(data)?;
-            if kind != CHUNK_ZERO {
-                out.summary.pages += u64::from(n);
-                out.summary.pages_raw += raw.len() as u64;
-                out.summary.pages_stored += data.len() as u64;
-            }
-            p += n;
         }
         out.frame(&CHUNK_END.to_le_bytes())?;
     }
@@ -335,4 +274,156 @@ pub fn write<S: Sink>(
     out.data(&hash)?;
     out.summary.hash = hash;
     Ok(out.summary)
+}
+
+/// Pages per independently encoded range (16 MiB).
+const RANGE_PAGES: u32 = 256;
+
+/// The chunks of one range: headers, and their data in one buffer.
+#[derive(Default)]
+struct Encoded {
+    chunks: Vec<([u8; 17], core::ops::Range<usize>)>,
+    data: Vec<u8>,
+    scratch: Vec<u8>,
+    pages: u64,
+    stored: u64,
+}
+
+#[cfg(feature = "std")]
+fn encode_ranges(
+    mem: &[u8],
+    old: Option<&[u8]>,
+    ranges: &[(u32, u32)],
+    out: &mut [Encoded; 2],
+) -> Result<(), String> {
+    let [a, b] = out;
+    match ranges {
+        [r] => encode_range(mem, old, *r, a),
+        [r, s] => std::thread::scope(|scope| {
+            let t = scope.spawn(|| encode_range(mem, old, *s, b));
+            let first = encode_range(mem, old, *r, a);
+            let second = t
+                .join()
+                .unwrap_or_else(|_| Err("an encoder thread panicked".into()));
+            first.and(second)
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(not(feature = "std"))]
+fn encode_ranges(
+    mem: &[u8],
+    old: Option<&[u8]>,
+    ranges: &[(u32, u32)],
+    out: &mut [Encoded; 2],
+) -> Result<(), String> {
+    for (r, e) in ranges.iter().zip(out.iter_mut()) {
+        encode_range(mem, old, *r, e)?;
+    }
+    Ok(())
+}
+
+/// Encodes pages `range` of `mem`: the pages to write (non-zero ones; in an incremental
+/// snapshot, those that differ from `old`), in chunks of up to [`CHUNK_PAGES`].
+fn encode_range(
+    mem: &[u8],
+    old: Option<&[u8]>,
+    (start, end): (u32, u32),
+    e: &mut Encoded,
+) -> Result<(), String> {
+    e.chunks.clear();
+    e.data.clear();
+    e.pages = 0;
+    e.stored = 0;
+    if e.scratch.is_empty() {
+        e.scratch =
+            vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
+    }
+    #[derive(PartialEq, Clone, Copy)]
+    enum Class {
+        Skip,
+        Data,
+        Zero,
+    }
+    let class = |p: u32| -> Class {
+        let range = p as usize * PAGE..(p as usize + 1) * PAGE;
+        let page = &mem[range.clone()];
+        match old {
+            None => {
+                if is_zero(page) {
+                    Class::Skip
+                } else {
+                    Class::Data
+                }
+            }
+            Some(old) => {
+                let before = old.get(range);
+                if before == Some(page) {
+                    Class::Skip
+                } else if is_zero(page) {
+                    // A page the base lacks reads as zero on resume too.
+                    if before.is_none() {
+                        Class::Skip
+                    } else {
+                        Class::Zero
+                    }
+                } else {
+                    Class::Data
+                }
+            }
+        }
+    };
+    let mut p = start;
+    let mut next = if p < end { Some(class(p)) } else { None };
+    while let Some(k) = next {
+        if k == Class::Skip {
+            p += 1;
+            next = (p < end).then(|| class(p));
+            continue;
+        }
+        let mut n = 1u32;
+        next = None;
+        while p + n < end {
+            let c = class(p + n);
+            if c != k || n == CHUNK_PAGES {
+                next = Some(c);
+                break;
+            }
+            n += 1;
+        }
+        let raw = &mem[p as usize * PAGE..(p + n) as usize * PAGE];
+        let at = e.data.len();
+        let kind = match k {
+            Class::Zero => CHUNK_ZERO,
+            _ => {
+                let len = lz4_flex::block::compress_into(raw, &mut e.scratch)
+                    .map_err(|err| alloc::format!("lz4: {err}"))?;
+                if len < raw.len() {
+                    e.data.extend_from_slice(&e.scratch[..len]);
+                    CHUNK_LZ4
+                } else {
+                    e.data.extend_from_slice(raw);
+                    CHUNK_RAW
+                }
+            }
+        };
+        let data = &e.data[at..];
+        let mut ch = [0u8; 17];
+        ch[0..4].copy_from_slice(&p.to_le_bytes());
+        ch[4..8].copy_from_slice(&n.to_le_bytes());
+        ch[8] = kind;
+        ch[9..13].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        ch[13..17].copy_from_slice(&crc(data).to_le_bytes());
+        if kind != CHUNK_ZERO {
+            e.pages += u64::from(n);
+            e.stored += data.len() as u64;
+        }
+        e.chunks.push((ch, at..e.data.len()));
+        p += n;
+        if next.is_none() && p < end {
+            next = Some(class(p));
+        }
+    }
+    Ok(())
 }

@@ -151,7 +151,7 @@ impl Machine for Session {
 
     fn memory(&mut self, name: &str) -> Option<Vec<u8>> {
         let m = self.instance.get_memory(&mut self.store, name)?;
-        Some(m.data(&self.store).to_vec())
+        Some(machine::sparse_copy(m.data(&self.store)))
     }
 
     fn memory_size(&mut self, name: &str) -> Result<usize, EngineError> {
@@ -167,7 +167,7 @@ impl Machine for Session {
                 EngineError::Engine(format!("cannot grow memory `{name}` to {pages} pages: {e}"))
             })?;
         }
-        mem.data_mut(&mut self.store)[..data.len()].copy_from_slice(data);
+        machine::write_sparse(&mut mem.data_mut(&mut self.store)[..data.len()], data);
         Ok(())
     }
 }
