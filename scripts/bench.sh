@@ -12,3 +12,4 @@ fi
 cargo build --release -p tabi-cli
 cargo bench -p tabi-benches --bench wasi
 cargo bench -p tabi-benches --bench instrument
+cargo bench -p tabi-benches --bench snapshot
