@@ -186,40 +186,39 @@ pub fn run(
 
 type Cache<M> = Mutex<HashMap<[u8; 32], M>>;
 
-/// The process's wasmtime engine and its compiled module for `wasm` (compiled once).
+/// `wasm` compiled once per process: from `cache`, or by `compile`.
+fn cached<M: Clone>(
+    cache: &OnceLock<Cache<M>>,
+    wasm: &[u8],
+    compile: impl FnOnce() -> Result<M, tabi_libos::EngineError>,
+) -> Result<M> {
+    let key = tabi_snapshot::sha256(wasm);
+    let mut cache = cache
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = cache.get(&key) {
+        return Ok(m.clone());
+    }
+    let m = compile()?;
+    cache.insert(key, m.clone());
+    Ok(m)
+}
+
+/// The process's wasmtime engine and its compiled module for `wasm`.
 fn compiled_wasmtime(wasm: &[u8]) -> Result<(&'static tabi_wasmtime::Wasmtime, wasmtime::Module)> {
     static ENGINE: OnceLock<tabi_wasmtime::Wasmtime> = OnceLock::new();
     static MODULES: OnceLock<Cache<wasmtime::Module>> = OnceLock::new();
     let e = ENGINE.get_or_init(tabi_wasmtime::Wasmtime::new);
-    let key = tabi_snapshot::sha256(wasm);
-    let mut cache = MODULES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(m) = cache.get(&key) {
-        return Ok((e, m.clone()));
-    }
-    let m = e.compile(wasm)?;
-    cache.insert(key, m.clone());
-    Ok((e, m))
+    Ok((e, cached(&MODULES, wasm, || e.compile(wasm))?))
 }
 
-/// The process's wasmi engine and its compiled module for `wasm` (compiled once).
+/// The process's wasmi engine and its compiled module for `wasm`.
 fn compiled_wasmi(wasm: &[u8]) -> Result<(&'static tabi_wasmi::Wasmi, wasmi::Module)> {
     static ENGINE: OnceLock<tabi_wasmi::Wasmi> = OnceLock::new();
     static MODULES: OnceLock<Cache<wasmi::Module>> = OnceLock::new();
     let e = ENGINE.get_or_init(tabi_wasmi::Wasmi::new);
-    let key = tabi_snapshot::sha256(wasm);
-    let mut cache = MODULES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(m) = cache.get(&key) {
-        return Ok((e, m.clone()));
-    }
-    let m = e.compile(wasm)?;
-    cache.insert(key, m.clone());
-    Ok((e, m))
+    Ok((e, cached(&MODULES, wasm, || e.compile(wasm))?))
 }
 
 /// A digest of a host directory's tree: each entry's path, type, size and modification time,
