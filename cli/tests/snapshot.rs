@@ -57,6 +57,26 @@ fn every_guest_survives_migration_at_every_point() {
     }
 }
 
+/// The file-heavy guest on a granted host directory (each run on its own copy): open files,
+/// offsets and the directory's contents cross every checkpoint.
+#[test]
+fn a_host_directory_guest_survives_migration_at_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("existing.txt"), b"here before the guest\n").unwrap();
+    let original = std::fs::read(guests::STD_FS).unwrap();
+    let s = Setup {
+        args: vec![guests::STD_FS.into()],
+        dirs: vec![(dir.path().to_path_buf(), "/sandbox".into())],
+        deterministic: Some(3),
+        ..Setup::default()
+    };
+    let report = migrate_test(&original, &s, 1, &Backend::ALL).unwrap();
+    assert!(report.divergences.is_empty(), "{:?}", report.divergences);
+    assert!(report.checkpoints > 50, "{report:?}");
+    // The harness worked on copies: the granted directory is as it was.
+    assert_eq!(tree(dir.path()), vec![("existing.txt".to_string(), b"here before the guest\n".to_vec())]);
+}
+
 /// A guest printing the host's clock differs from run to run: the harness must say so, at the
 /// first checkpoint after the difference shows.
 #[test]
