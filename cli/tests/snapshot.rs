@@ -74,7 +74,13 @@ fn a_host_directory_guest_survives_migration_at_every_point() {
     assert!(report.divergences.is_empty(), "{:?}", report.divergences);
     assert!(report.checkpoints > 50, "{report:?}");
     // The harness worked on copies: the granted directory is as it was.
-    assert_eq!(tree(dir.path()), vec![("existing.txt".to_string(), b"here before the guest\n".to_vec())]);
+    assert_eq!(
+        tree(dir.path()),
+        vec![(
+            "existing.txt".to_string(),
+            b"here before the guest\n".to_vec()
+        )]
+    );
 }
 
 /// A guest printing the host's clock differs from run to run: the harness must say so, at the
