@@ -142,11 +142,7 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
         .context("cannot instrument the module for checkpointing")?;
     // A cache that cannot be written is not an error; write-then-rename keeps it whole.
     if std::fs::create_dir_all(&dir).is_ok() {
-        let tmp = dir.join(format!(
-            ".{}.{}",
-            std::process::id(),
-            file.display().to_string().len()
-        ));
+        let tmp = dir.join(format!(".{}.{}", std::process::id(), file_name(&file)));
         if std::fs::write(&tmp, &out.wasm).is_ok() {
             let _ = std::fs::rename(&tmp, &file);
         }
@@ -154,8 +150,19 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     Ok(out.wasm)
 }
 
-/// Runs instrumented `wasm` on `backend` until it finishes or pauses (on a thread with a stack
-/// large enough for the engines' deepest guests).
+/// Runs `f` on a thread with a stack large enough for the engines' deepest guests.
+pub fn on_guest_stack<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn_scoped(s, f)
+            .context("cannot start a guest thread")?
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the guest thread panicked")))
+    })
+}
+
+/// Runs instrumented `wasm` on `backend` until it finishes or pauses.
 pub fn run(
     backend: Backend,
     wasm: &[u8],
@@ -163,24 +170,17 @@ pub fn run(
     control: PauseControl,
     resume: Option<&MachineState>,
 ) -> Result<Outcome> {
-    std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .stack_size(64 << 20)
-            .spawn_scoped(s, || -> Result<Outcome> {
-                Ok(match backend {
-                    Backend::Wasmtime => {
-                        let (e, m) = compiled_wasmtime(wasm)?;
-                        e.run_pausable(&m, process, control, Points::all(), resume)?
-                    }
-                    Backend::Wasmi => {
-                        let (e, m) = compiled_wasmi(wasm)?;
-                        e.run_pausable(&m, process, control, Points::all(), resume)?
-                    }
-                })
-            })
-            .expect("spawn a guest thread")
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the guest thread panicked")))
+    on_guest_stack(|| {
+        Ok(match backend {
+            Backend::Wasmtime => {
+                let (e, m) = compiled_wasmtime(wasm)?;
+                e.run_pausable(&m, process, control, Points::all(), resume)?
+            }
+            Backend::Wasmi => {
+                let (e, m) = compiled_wasmi(wasm)?;
+                e.run_pausable(&m, process, control, Points::all(), resume)?
+            }
+        })
     })
 }
 
@@ -219,6 +219,12 @@ fn compiled_wasmi(wasm: &[u8]) -> Result<(&'static tabi_wasmi::Wasmi, wasmi::Mod
     static MODULES: OnceLock<Cache<wasmi::Module>> = OnceLock::new();
     let e = ENGINE.get_or_init(tabi_wasmi::Wasmi::new);
     Ok((e, cached(&MODULES, wasm, || e.compile(wasm))?))
+}
+
+/// The last component of `path`, for naming a temporary file beside it.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "tabi".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// A digest of a host directory's tree: each entry's path, type, size and modification time,
@@ -270,11 +276,7 @@ pub fn write_snapshot(
     instrumented: &[u8],
     dirs: &[(PathBuf, String)],
 ) -> Result<tabi_snapshot::Summary> {
-    let bytes_dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let tmp = match bytes_dir {
-        Some(d) => d.join(format!(".tabi-snapshot.{}", std::process::id())),
-        None => PathBuf::from(format!(".tabi-snapshot.{}", std::process::id())),
-    };
+    let tmp = path.with_file_name(format!(".{}.{}", std::process::id(), file_name(path)));
     let file = std::fs::File::create(&tmp)
         .with_context(|| format!("cannot create `{}`", tmp.display()))?;
     let mut sink = tabi_snapshot::IoSink(std::io::BufWriter::with_capacity(1 << 20, file));
@@ -298,7 +300,7 @@ pub fn write_to<S: tabi_snapshot::Sink>(
     dirs: &[(PathBuf, String)],
 ) -> Result<tabi_snapshot::Summary>
 where
-    S::Error: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static,
+    S::Error: std::fmt::Display,
 {
     let manifest = tabi_instrument::Manifest::from_module(instrumented)
         .ok()

@@ -59,11 +59,6 @@ struct Observed {
     host_files: Vec<Vec<(String, Vec<u8>)>>,
 }
 
-/// A buffer for a standard stream.
-fn buffer() -> (Stdio, Arc<Mutex<Vec<u8>>>) {
-    Stdio::buffer()
-}
-
 fn take(b: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
     std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()))
 }
@@ -199,18 +194,12 @@ pub fn migrate_test(
     // The plain run: the original module on wasmtime.
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let plain_setup = isolated(setup, &scratch.path().join("plain"))?;
-    let (out, out_buf) = buffer();
-    let (err, err_buf) = buffer();
+    let (out, out_buf) = Stdio::buffer();
+    let (err, err_buf) = Stdio::buffer();
     let process = plain_setup.process(out, err)?;
-    let finished = std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .stack_size(64 << 20)
-            .spawn_scoped(s, || tabi_wasmtime::Wasmtime::new().run(original, process))
-            .expect("spawn a guest thread")
-            .join()
-            .unwrap_or_else(|_| Err(tabi_libos::EngineError::Engine("panicked".into())))
-    })
-    .context("the plain run failed")?;
+    let finished =
+        checkpoint::on_guest_stack(|| Ok(tabi_wasmtime::Wasmtime::new().run(original, process)?))
+            .context("the plain run failed")?;
     let expected = observe(
         &plain_setup,
         take(&out_buf),
@@ -219,20 +208,20 @@ pub fn migrate_test(
         &finished.process.kernel,
     )?;
 
-    // The migrated run.
+    // The migrated run: each part runs until `every` more points, is checkpointed through the
+    // snapshot format, and the next part resumes it on the next backend.
     let run_setup = isolated(setup, &scratch.path().join("migrated"))?;
     let mut report = Report::default();
-    let (out, mut out_buf) = buffer();
-    let (err, mut err_buf) = buffer();
+    let (out, mut out_buf) = Stdio::buffer();
+    let (err, mut err_buf) = Stdio::buffer();
     let mut process = run_setup.process(out, err)?;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut resume: Option<tabi_snapshot::Snapshot> = None;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut state = None;
     let mut turn = 0usize;
-    let mut diverged_at = None;
+    // The backend that wrote the checkpoint the current part resumed.
+    let previous = |turn: usize| backends[(turn + backends.len() - 1) % backends.len()];
     loop {
         let backend = backends[turn % backends.len()];
-        let state = resume.as_mut().map(|s| s.take_machine_state());
         let outcome = checkpoint::run(
             backend,
             &instrumented,
@@ -245,11 +234,10 @@ pub fn migrate_test(
         match outcome {
             Outcome::Finished(f) => {
                 let got = observe(&run_setup, stdout, stderr, &f.exit, &f.process.kernel)?;
-                if got != expected && diverged_at.is_none() {
-                    let from = backends[(turn + backends.len() - 1) % backends.len()];
+                if got != expected && report.divergences.is_empty() {
                     report.divergences.push(Divergence {
                         point: report.last_point,
-                        from,
+                        from: previous(turn),
                         to: backend,
                         what: describe(&expected, &got),
                     });
@@ -258,42 +246,33 @@ pub fn migrate_test(
             }
             Outcome::Paused(p) => {
                 report.checkpoints += 1;
-                let point = f_points(&resume) + p.points;
+                report.last_point += p.points;
                 let mut bytes = Vec::new();
                 let summary =
                     checkpoint::write_to(&mut bytes, &p, original, &instrumented, &run_setup.dirs)?;
                 report.snapshot_bytes += summary.bytes;
-                let snapshot =
+                let mut snapshot =
                     tabi_snapshot::read(&mut &bytes[..], &tabi_snapshot::Limits::default(), None)
                         .context("a snapshot the harness wrote does not read back")?;
-                if diverged_at.is_none()
+                if report.divergences.is_empty()
                     && (!expected.stdout.starts_with(&stdout)
                         || !expected.stderr.starts_with(&stderr))
                 {
-                    diverged_at = Some(point);
                     report.divergences.push(Divergence {
-                        point,
-                        from: backends[(turn + backends.len() - 1) % backends.len()],
+                        point: report.last_point,
+                        from: previous(turn),
                         to: backend,
                         what: "the output so far is not a prefix of the plain run's".into(),
                     });
                 }
-                let (out, ob) = buffer();
-                let (err, eb) = buffer();
+                // The next part writes to buffers of its own host.
+                let (out, ob) = Stdio::buffer();
+                let (err, eb) = Stdio::buffer();
                 process = checkpoint::resume_process(&snapshot, &run_setup.dirs, out, err)?;
-                out_buf = ob;
-                err_buf = eb;
-                let mut s = snapshot;
-                s.points = point;
-                resume = Some(s);
-                report.last_point = point;
+                (out_buf, err_buf) = (ob, eb);
+                state = Some(snapshot.take_machine_state());
                 turn += 1;
             }
         }
     }
-}
-
-/// Points passed before the current part of the run.
-fn f_points(resume: &Option<tabi_snapshot::Snapshot>) -> u64 {
-    resume.as_ref().map_or(0, |s| s.points)
 }

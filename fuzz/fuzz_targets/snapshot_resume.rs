@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         let at = u32::from_le_bytes([m[0], m[1], m[2], m[3]]) as usize % b.len();
         b[at] ^= m[4];
     }
-    let Ok(snapshot) = tabi_snapshot::read(&mut &b[..], &tabi_snapshot::Limits::default(), None)
+    let Ok(mut snapshot) = tabi_snapshot::read(&mut &b[..], &tabi_snapshot::Limits::default(), None)
     else {
         return;
     };
@@ -51,11 +51,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(process) = checkpoint::resume_process(&snapshot, &[], Stdio::Null, Stdio::Null) else {
         return;
     };
+    let state = snapshot.take_machine_state();
     let _ = checkpoint::run(
         Backend::Wasmi,
         wasm,
         process,
         PauseControl::never(),
-        Some(&snapshot.machine_state()),
+        Some(&state),
     );
 });

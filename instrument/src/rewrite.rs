@@ -686,8 +686,6 @@ struct Liveness {
     n: usize,
     labels: Vec<Set>,
     at_sites: Set,
-    /// Per site: the locals live after it.
-    per_site: BTreeMap<u32, Set>,
 }
 
 impl Liveness {
@@ -739,10 +737,8 @@ impl Liveness {
                 | Operator::ReturnCallRef { .. } => Set::empty(self.n),
                 _ => after,
             },
-            Item::Site(s) => {
+            Item::Site(_) => {
                 self.at_sites.union(&after);
-                // A loop is walked until nothing changes; the last walk's set is the answer.
-                self.per_site.insert(s.id, after.clone());
                 after
             }
             Item::Block(b) => match b.kind {
@@ -844,12 +840,10 @@ fn emit(
             n,
             labels: vec![Set::empty(n)],
             at_sites: Set::empty(n),
-            per_site: BTreeMap::new(),
         };
         l.seq(&root.body, Set::empty(n));
-        (l.at_sites, l.per_site)
+        l.at_sites
     });
-    let keep = keep.map(|(k, _)| k);
     let mut saved = Vec::new();
     let mut offset = 0u32;
     let all = locals
@@ -1158,21 +1152,23 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    fn load_budget(&mut self) {
-        if !self.budget_in_local {
-            return;
+    /// The budget's local and global, when the budget is kept in the local.
+    fn budget_pair(&self) -> Option<(u32, u32)> {
+        match (self.budget_in_local, self.budget_local, self.ctx.budget) {
+            (true, Some(l), Some(g)) => Some((l, g)),
+            _ => None,
         }
-        if let (Some(l), Some(g)) = (self.budget_local, self.ctx.budget) {
+    }
+
+    fn load_budget(&mut self) {
+        if let Some((l, g)) = self.budget_pair() {
             self.ins(Instruction::GlobalGet(g));
             self.ins(Instruction::LocalSet(l));
         }
     }
 
     fn store_budget(&mut self) {
-        if !self.budget_in_local {
-            return;
-        }
-        if let (Some(l), Some(g)) = (self.budget_local, self.ctx.budget) {
+        if let Some((l, g)) = self.budget_pair() {
             self.ins(Instruction::LocalGet(l));
             self.ins(Instruction::GlobalSet(g));
         }

@@ -50,23 +50,6 @@ pub enum SectionId {
 }
 
 impl SectionId {
-    /// The section of byte `b`.
-    pub fn from_u8(b: u8) -> Option<SectionId> {
-        Some(match b {
-            1 => SectionId::Identity,
-            2 => SectionId::Module,
-            3 => SectionId::Machine,
-            4 => SectionId::Globals,
-            5 => SectionId::Tables,
-            6 => SectionId::Memory,
-            7 => SectionId::Stack,
-            8 => SectionId::Kernel,
-            9 => SectionId::Mounts,
-            0xFF => SectionId::End,
-            _ => return None,
-        })
-    }
-
     /// A name for messages.
     pub fn name(self) -> &'static str {
         match self {

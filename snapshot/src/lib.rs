@@ -46,7 +46,8 @@ pub struct Identity {
     pub module_sha256: [u8; 32],
     /// The instrumentation options, as the writer encoded them (shown by `tabi inspect`).
     pub options: Vec<u8>,
-    /// For an incremental snapshot: the [`Snapshot::hash`] of its parent.
+    /// For an incremental snapshot: the [`Snapshot::hash`] of its parent. Set by the reader;
+    /// the writer takes it from the [`Base`] it is given and ignores this field.
     pub parent: Option<[u8; 32]>,
 }
 

@@ -102,17 +102,6 @@ impl Snapshot {
         }
     }
 
-    /// The engine-side state, for [`tabi_libos::machine::Start::Resume`].
-    pub fn machine_state(&self) -> MachineState {
-        MachineState {
-            entry: self.entry.clone(),
-            globals: self.globals.clone(),
-            memories: self.memories.clone(),
-            stack: self.stack.clone(),
-            budget: self.budget,
-        }
-    }
-
     /// Checks that `instrumented` (and `original`, if given) are the modules this snapshot
     /// was taken from.
     pub fn check_module(&self, original: Option<&[u8]>, instrumented: &[u8]) -> Result<(), Error> {
@@ -626,10 +615,8 @@ pub fn read<S: Source>(
     let (p, stored) = input.section(SectionId::Kernel, limits.section)?;
     let kernel_bytes = match p.split_first() {
         Some((1, rest)) => rest.to_vec(),
-        Some((0, [])) if incremental => match base {
-            Some(b) => b.kernel_bytes.clone(),
-            None => unreachable!("checked with the identity"),
-        },
+        // `base` is the checked parent whenever the snapshot is incremental.
+        Some((0, [])) if let Some(b) = base => b.kernel_bytes.clone(),
         _ => {
             return Err(Error::Malformed {
                 what: "kernel section tag".into(),

@@ -289,35 +289,25 @@ struct Encoded {
     stored: u64,
 }
 
-#[cfg(feature = "std")]
+/// Encodes `ranges` (one or two) into `out`: with the `std` feature the second on a thread of
+/// its own, else one after the other.
 fn encode_ranges(
     mem: &[u8],
     old: Option<&[u8]>,
     ranges: &[(u32, u32)],
     out: &mut [Encoded; 2],
 ) -> Result<(), String> {
-    let [a, b] = out;
-    match ranges {
-        [r] => encode_range(mem, old, *r, a),
-        [r, s] => std::thread::scope(|scope| {
+    #[cfg(feature = "std")]
+    if let ([r, s], [a, b]) = (ranges, &mut *out) {
+        return std::thread::scope(|scope| {
             let t = scope.spawn(|| encode_range(mem, old, *s, b));
             let first = encode_range(mem, old, *r, a);
             let second = t
                 .join()
                 .unwrap_or_else(|_| Err("an encoder thread panicked".into()));
             first.and(second)
-        }),
-        _ => Ok(()),
+        });
     }
-}
-
-#[cfg(not(feature = "std"))]
-fn encode_ranges(
-    mem: &[u8],
-    old: Option<&[u8]>,
-    ranges: &[(u32, u32)],
-    out: &mut [Encoded; 2],
-) -> Result<(), String> {
     for (r, e) in ranges.iter().zip(out.iter_mut()) {
         encode_range(mem, old, *r, e)?;
     }
