@@ -279,16 +279,52 @@ pub fn write_snapshot(
     let tmp = path.with_file_name(format!(".{}.{}", std::process::id(), file_name(path)));
     let file = std::fs::File::create(&tmp)
         .with_context(|| format!("cannot create `{}`", tmp.display()))?;
-    let mut sink = tabi_snapshot::IoSink(std::io::BufWriter::with_capacity(1 << 20, file));
+    let mut sink = tabi_snapshot::IoSink(std::io::BufWriter::with_capacity(
+        1 << 20,
+        Durable::new(file),
+    ));
     let summary = write_to(&mut sink, paused, original, instrumented, dirs)?;
     let file = sink
         .0
         .into_inner()
-        .map_err(|e| anyhow!("cannot write `{}`: {}", tmp.display(), e.error()))?;
+        .map_err(|e| anyhow!("cannot write `{}`: {}", tmp.display(), e.error()))?
+        .file;
     file.sync_all()
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
     Ok(summary)
+}
+
+/// A file being written that is synced every [`Durable::EVERY`] bytes, so that the device
+/// writes what came so far while the snapshot's writer compresses the rest, and the final
+/// sync has little left to wait for.
+struct Durable {
+    file: std::fs::File,
+    unsynced: usize,
+}
+
+impl Durable {
+    const EVERY: usize = 8 << 20;
+
+    fn new(file: std::fs::File) -> Durable {
+        Durable { file, unsynced: 0 }
+    }
+}
+
+impl std::io::Write for Durable {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = std::io::Write::write(&mut self.file, buf)?;
+        self.unsynced += n;
+        if self.unsynced >= Self::EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.file)
+    }
 }
 
 /// Writes a snapshot of `paused` to `sink`.
@@ -365,22 +401,199 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
 /// its hash), instrumented again with the same options and checked against the instrumented
 /// hash. Returns (original, instrumented).
 pub fn modules_for(snapshot: &Snapshot, module: Option<&Path>) -> Result<(Vec<u8>, Vec<u8>)> {
-    let original = match (module, &snapshot.module) {
+    modules_for_head(
+        &tabi_snapshot::Head {
+            identity: &snapshot.identity,
+            module: snapshot.module.as_deref(),
+        },
+        module,
+    )
+}
+
+/// [`modules_for`], from the part of a snapshot before its memories.
+fn modules_for_head(
+    head: &tabi_snapshot::Head<'_>,
+    module: Option<&Path>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let original = match (module, head.module) {
         (Some(p), _) => {
             std::fs::read(p).with_context(|| format!("cannot read module `{}`", p.display()))?
         }
-        (None, Some(m)) => m.clone(),
+        (None, Some(m)) => m.to_vec(),
         (None, None) => bail!("the snapshot does not carry its module; pass it with --module"),
     };
-    if tabi_snapshot::sha256(&original) != snapshot.identity.original_sha256 {
+    if tabi_snapshot::sha256(&original) != head.identity.original_sha256 {
         bail!("the module is not the one the snapshot was taken from (SHA-256 differs)");
     }
-    let safepoints = String::from_utf8_lossy(&snapshot.identity.options).contains("safepoints on");
+    let safepoints = String::from_utf8_lossy(&head.identity.options).contains("safepoints on");
     let wasm = instrumented(&original, safepoints)?;
-    snapshot
+    head.identity
         .check_module(Some(&original), &wasm)
         .context("cannot resume")?;
     Ok((original, wasm))
+}
+
+/// A snapshot resumed: what it held but its memories, the modules, and how the run ended.
+pub struct Resumed {
+    /// The snapshot (its memories were read straight into the instance, so they are empty).
+    pub snapshot: Snapshot,
+    /// The original module.
+    pub original: Vec<u8>,
+    /// The instrumented module that runs.
+    pub instrumented: Vec<u8>,
+    /// How the resumed run ended.
+    pub outcome: Outcome,
+}
+
+/// Resumes the full snapshot in `src` on `backend`: instantiates its module as soon as the
+/// snapshot names it, decodes the memories straight into the instance (no page is copied
+/// twice), grants `dirs` again (see [`resume_process`]), and runs under `control`.
+/// `module` is the original module when the snapshot does not carry it.
+pub fn resume_from<S: tabi_snapshot::Source + Send>(
+    backend: Backend,
+    src: &mut S,
+    module: Option<&Path>,
+    dirs: &[(PathBuf, String)],
+    (stdout, stderr): (Stdio, Stdio),
+    control: PauseControl,
+) -> Result<Resumed> {
+    on_guest_stack(|| {
+        let mut loader = Loader {
+            backend,
+            module,
+            control: Some(control),
+            session: None,
+            modules: None,
+            memories: 0,
+            failure: None,
+        };
+        let read = tabi_snapshot::read_into(src, &tabi_snapshot::Limits::default(), &mut loader);
+        if let Some(e) = loader.failure.take() {
+            return Err(e);
+        }
+        let mut snapshot = read.context("not a valid snapshot")?;
+        if loader.session.is_none() {
+            // A guest without memories: nothing called for the instance yet.
+            let head = tabi_snapshot::Head {
+                identity: &snapshot.identity,
+                module: snapshot.module.as_deref(),
+            };
+            loader.session = Some(loader.instantiate(&head)?);
+        }
+        let (Some(mut session), Some((original, instrumented))) = (loader.session, loader.modules)
+        else {
+            bail!("no instance was made for the snapshot");
+        };
+        let process = resume_process(&snapshot, dirs, stdout, stderr)?;
+        *session.process_mut() = process;
+        let state = snapshot.take_machine_state();
+        let outcome = session.run(tabi_libos::machine::Start::Loaded {
+            state: &state,
+            memories: loader.memories,
+        })?;
+        Ok(Resumed {
+            snapshot,
+            original,
+            instrumented,
+            outcome,
+        })
+    })
+}
+
+/// A live instance of either engine.
+enum AnySession {
+    Wasmtime(tabi_wasmtime::Session),
+    Wasmi(tabi_wasmi::Session),
+}
+
+impl AnySession {
+    fn machine(&mut self) -> &mut dyn tabi_libos::machine::Machine {
+        match self {
+            AnySession::Wasmtime(s) => s,
+            AnySession::Wasmi(s) => s,
+        }
+    }
+
+    fn process_mut(&mut self) -> &mut Process {
+        match self {
+            AnySession::Wasmtime(s) => s.process_mut(),
+            AnySession::Wasmi(s) => s.process_mut(),
+        }
+    }
+
+    fn run(self, start: tabi_libos::machine::Start<'_>) -> Result<Outcome> {
+        Ok(match self {
+            AnySession::Wasmtime(s) => s.run(start)?,
+            AnySession::Wasmi(s) => s.run(start)?,
+        })
+    }
+}
+
+/// The reader's [`tabi_snapshot::MemoryTarget`]: instantiates the module when the first
+/// memory comes, then hands out the instance's memories.
+struct Loader<'a> {
+    backend: Backend,
+    module: Option<&'a Path>,
+    control: Option<PauseControl>,
+    session: Option<AnySession>,
+    modules: Option<(Vec<u8>, Vec<u8>)>,
+    memories: usize,
+    /// Why the target failed, beyond what the snapshot error can say.
+    failure: Option<anyhow::Error>,
+}
+
+impl Loader<'_> {
+    fn instantiate(&mut self, head: &tabi_snapshot::Head<'_>) -> Result<AnySession> {
+        let (original, wasm) = modules_for_head(head, self.module)?;
+        // The process is a placeholder until the kernel state, which comes after the
+        // memories, has been read and its mounts granted again.
+        let process = Process::new(Kernel::new(), StdHost::new());
+        let control = self.control.take().unwrap_or_else(PauseControl::never);
+        let session = match self.backend {
+            Backend::Wasmtime => {
+                let (e, m) = compiled_wasmtime(&wasm)?;
+                AnySession::Wasmtime(e.session(&m, process, control, Points::all())?)
+            }
+            Backend::Wasmi => {
+                let (e, m) = compiled_wasmi(&wasm)?;
+                AnySession::Wasmi(e.session(&m, process, control, Points::all())?)
+            }
+        };
+        self.modules = Some((original, wasm));
+        Ok(session)
+    }
+}
+
+impl tabi_snapshot::MemoryTarget for Loader<'_> {
+    fn memory(
+        &mut self,
+        head: &tabi_snapshot::Head<'_>,
+        index: u32,
+        pages: u32,
+    ) -> Result<&mut [u8], tabi_snapshot::Error> {
+        if self.session.is_none() {
+            match self.instantiate(head) {
+                Ok(s) => self.session = Some(s),
+                Err(e) => {
+                    let what = format!("{e:#}");
+                    self.failure = Some(e);
+                    return Err(tabi_snapshot::Error::ModuleMismatch { what });
+                }
+            }
+        }
+        self.memories += 1;
+        let name = tabi_libos::machine::memory_export(index);
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| tabi_snapshot::Error::Io("no instance".into()))?;
+        session
+            .machine()
+            .memory_mut(&name, pages as usize * tabi_snapshot::PAGE)
+            .map_err(|e| tabi_snapshot::Error::Malformed {
+                what: format!("memory {index} of {pages} pages does not fit the module: {e}"),
+            })
+    }
 }
 
 /// The process a snapshot resumes in: its kernel state, a new host with the given standard

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::Stdio;
 use tabi_libos::machine::{Outcome, PauseControl};
 use tabi_libos::{Engine, Exit, Kernel};
@@ -214,21 +214,36 @@ pub fn migrate_test(
     let mut report = Report::default();
     let (out, mut out_buf) = Stdio::buffer();
     let (err, mut err_buf) = Stdio::buffer();
-    let mut process = run_setup.process(out, err)?;
+    let mut process = Some(run_setup.process(out, err)?);
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let mut state = None;
+    // The snapshot the next part resumes from, as bytes.
+    let mut snapshot: Option<Vec<u8>> = None;
     let mut turn = 0usize;
     // The backend that wrote the checkpoint the current part resumed.
     let previous = |turn: usize| backends[(turn + backends.len() - 1) % backends.len()];
     loop {
         let backend = backends[turn % backends.len()];
-        let outcome = checkpoint::run(
-            backend,
-            &instrumented,
-            process,
-            PauseControl::after(every),
-            state.as_ref(),
-        )?;
+        let control = PauseControl::after(every);
+        let outcome = match (process.take(), snapshot.take()) {
+            (Some(p), _) => checkpoint::run(backend, &instrumented, p, control, None)?,
+            (None, Some(bytes)) => {
+                // Each part writes to buffers of its own host.
+                let (out, ob) = Stdio::buffer();
+                let (err, eb) = Stdio::buffer();
+                (out_buf, err_buf) = (ob, eb);
+                let resumed = checkpoint::resume_from(
+                    backend,
+                    &mut &bytes[..],
+                    None,
+                    &run_setup.dirs,
+                    (out, err),
+                    control,
+                )
+                .context("a snapshot the harness wrote does not resume")?;
+                resumed.outcome
+            }
+            (None, None) => bail!("nothing to run"),
+        };
         stdout.extend(take(&out_buf));
         stderr.extend(take(&err_buf));
         match outcome {
@@ -251,9 +266,6 @@ pub fn migrate_test(
                 let summary =
                     checkpoint::write_to(&mut bytes, &p, original, &instrumented, &run_setup.dirs)?;
                 report.snapshot_bytes += summary.bytes;
-                let mut snapshot =
-                    tabi_snapshot::read(&mut &bytes[..], &tabi_snapshot::Limits::default(), None)
-                        .context("a snapshot the harness wrote does not read back")?;
                 if report.divergences.is_empty()
                     && (!expected.stdout.starts_with(&stdout)
                         || !expected.stderr.starts_with(&stderr))
@@ -265,12 +277,7 @@ pub fn migrate_test(
                         what: "the output so far is not a prefix of the plain run's".into(),
                     });
                 }
-                // The next part writes to buffers of its own host.
-                let (out, ob) = Stdio::buffer();
-                let (err, eb) = Stdio::buffer();
-                process = checkpoint::resume_process(&snapshot, &run_setup.dirs, out, err)?;
-                (out_buf, err_buf) = (ob, eb);
-                state = Some(snapshot.take_machine_state());
+                snapshot = Some(bytes);
                 turn += 1;
             }
         }

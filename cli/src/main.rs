@@ -302,9 +302,14 @@ fn run(args: RunArgs) -> Result<Ended> {
         &wasm,
         &instrumented,
         &setup.dirs,
-        process,
-        None,
+        Start::Fresh(process),
     )
+}
+
+/// Where [`drive`] begins: a fresh process, or a run already resumed from a snapshot.
+enum Start {
+    Fresh(tabi_libos::Process),
+    Resumed(Outcome),
 }
 
 /// The flag SIGUSR1 raises, when checkpoints on signal are asked for. Installed once per
@@ -333,22 +338,25 @@ fn drive(
     original: &[u8],
     instrumented: &[u8],
     dirs: &[(PathBuf, String)],
-    mut process: tabi_libos::Process,
-    snapshot: Option<tabi_snapshot::Snapshot>,
+    start: Start,
 ) -> Result<Ended> {
-    let flag = signal_flag(cp)?;
-    let mut state = snapshot.map(|mut s| s.take_machine_state());
+    let mut state = None;
+    let (mut process, mut outcome) = match start {
+        Start::Fresh(p) => (Some(p), None),
+        Start::Resumed(o) => (None, Some(o)),
+    };
     let mut first = true;
     loop {
-        let mut control = PauseControl::never();
-        if first && let Some(n) = cp.checkpoint_after {
-            control = PauseControl::after(n);
-        }
-        if cp.checkpoint_on_signal {
-            control.request = Some(flag.clone());
-        }
+        let o = match (outcome.take(), process.take()) {
+            (Some(o), _) => o,
+            (None, Some(p)) => {
+                let control = control(cp, first)?;
+                checkpoint::run(backend, instrumented, p, control, state.as_ref())?
+            }
+            (None, None) => bail!("nothing to run"),
+        };
         first = false;
-        match checkpoint::run(backend, instrumented, process, control, state.as_ref())? {
+        match o {
             Outcome::Finished(f) => return Ok(Ended::Exit(f.exit)),
             Outcome::Paused(p) => {
                 let path = cp.snapshot.as_ref().expect("clap requires --snapshot");
@@ -368,31 +376,52 @@ fn drive(
                     return Ok(Ended::Checkpointed);
                 }
                 state = Some(p.state);
-                process = p.process;
+                process = Some(p.process);
             }
         }
     }
 }
 
+/// The pause policy of a run: `--checkpoint-after` counts from the first run only.
+fn control(cp: &CheckpointArgs, first: bool) -> Result<PauseControl> {
+    let flag = signal_flag(cp)?;
+    let mut control = PauseControl::never();
+    if first && let Some(n) = cp.checkpoint_after {
+        control = PauseControl::after(n);
+    }
+    if cp.checkpoint_on_signal {
+        control.request = Some(flag);
+    }
+    Ok(control)
+}
+
 fn resume(args: ResumeArgs) -> Result<Ended> {
     signal_flag(&args.checkpoint)?;
-    let snapshot = checkpoint::read_snapshot(&args.file)?;
-    let (original, instrumented) = checkpoint::modules_for(&snapshot, args.module.as_deref())?;
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot open `{}`", args.file.display()))?;
+    let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
     let dirs: Vec<(PathBuf, String)> = args
         .dirs
         .iter()
         .map(|d| split_mapping(d))
         .map(|(h, g)| (h.into(), g))
         .collect();
-    let process = checkpoint::resume_process(&snapshot, &dirs, Stdio::Inherit, Stdio::Inherit)?;
+    let resumed = checkpoint::resume_from(
+        args.backend.into(),
+        &mut src,
+        args.module.as_deref(),
+        &dirs,
+        (Stdio::Inherit, Stdio::Inherit),
+        control(&args.checkpoint, true)?,
+    )
+    .with_context(|| format!("cannot resume `{}`", args.file.display()))?;
     drive(
         args.backend.into(),
         &args.checkpoint,
-        &original,
-        &instrumented,
+        &resumed.original,
+        &resumed.instrumented,
         &dirs,
-        process,
-        Some(snapshot),
+        Start::Resumed(resumed.outcome),
     )
 }
 

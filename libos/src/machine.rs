@@ -191,6 +191,9 @@ pub trait Machine {
     fn write_memory(&mut self, name: &str, data: &[u8]) -> Result<(), EngineError>;
     /// The size in bytes of memory export `name`.
     fn memory_size(&mut self, name: &str) -> Result<usize, EngineError>;
+    /// Memory export `name`, grown to `bytes` (a whole number of pages) if it is smaller, to
+    /// write in place; an error if it is larger.
+    fn memory_mut(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError>;
 
     /// Reads an `i32` global export.
     fn get_i32(&mut self, name: &str) -> Result<i32, EngineError> {
@@ -251,6 +254,17 @@ pub trait Machine {
     /// Everything is checked against the instance: the number and types of globals, memory
     /// images of whole pages no smaller than the module's own.
     fn restore(&mut self, state: &MachineState) -> Result<(), EngineError> {
+        self.restore_loaded(state, None)
+    }
+
+    /// [`Machine::restore`], but when `loaded` is `Some(n)` the first `n` memories were
+    /// already written in place (with [`Machine::memory_mut`]) and `state.memories` is not
+    /// used.
+    fn restore_loaded(
+        &mut self,
+        state: &MachineState,
+        loaded: Option<usize>,
+    ) -> Result<(), EngineError> {
         for (i, v) in state.globals.iter().enumerate() {
             let name = global_export(i as u32);
             let (current, mutable) = self.global(&name).ok_or_else(|| {
@@ -274,7 +288,14 @@ pub trait Machine {
                 "the saved state has fewer globals than the module".into(),
             ));
         }
+        let memories = match loaded {
+            Some(n) => n,
+            None => state.memories.len(),
+        };
         for (i, data) in state.memories.iter().enumerate() {
+            if loaded.is_some() {
+                break;
+            }
             let name = memory_export(i as u32);
             let current = self.memory_size(&name)?;
             if data.len() % PAGE != 0 || data.len() < current {
@@ -285,10 +306,7 @@ pub trait Machine {
             }
             self.write_memory(&name, data)?;
         }
-        if self
-            .memory_size(&memory_export(state.memories.len() as u32))
-            .is_ok()
-        {
+        if self.memory_size(&memory_export(memories as u32)).is_ok() {
             return Err(EngineError::Engine(
                 "the saved state has fewer memories than the module".into(),
             ));
@@ -318,11 +336,12 @@ pub fn is_zero(bytes: &[u8]) -> bool {
 
 /// A copy of a memory image that touches only the non-zero 4 KiB blocks: the rest of a large
 /// zeroed allocation stays unmapped, so copying a mostly empty memory costs its contents, not
-/// its size.
+/// its size. Blocks the host never backed (see [`crate::resident`]) are not even read.
 pub fn sparse_copy(src: &[u8]) -> Vec<u8> {
+    let touched = crate::resident::touched_or_all(src);
     let mut v = alloc::vec![0u8; src.len()];
-    for (d, s) in v.chunks_mut(4096).zip(src.chunks(4096)) {
-        if !is_zero(s) {
+    for (i, (d, s)) in v.chunks_mut(4096).zip(src.chunks(4096)).enumerate() {
+        if touched.block(i) && !is_zero(s) {
             d.copy_from_slice(s);
         }
     }
@@ -330,12 +349,15 @@ pub fn sparse_copy(src: &[u8]) -> Vec<u8> {
 }
 
 /// Writes `src` over `dst` (same length), skipping 4 KiB blocks that are zero in both: a fresh
-/// instance's memory is mostly zero and untouched, and stays so.
+/// instance's memory is mostly zero and untouched, and stays so. Blocks the host never backed
+/// (see [`crate::resident`]) are known to be zero without reading them.
 pub fn write_sparse(dst: &mut [u8], src: &[u8]) {
-    for (d, s) in dst.chunks_mut(4096).zip(src.chunks(4096)) {
-        if !is_zero(s) {
+    let from = crate::resident::touched_or_all(src);
+    let to = crate::resident::touched_or_all(dst);
+    for (i, (d, s)) in dst.chunks_mut(4096).zip(src.chunks(4096)).enumerate() {
+        if from.block(i) && !is_zero(s) {
             d.copy_from_slice(s);
-        } else if !is_zero(d) {
+        } else if to.block(i) && !is_zero(d) {
             d.fill(0);
         }
     }
@@ -355,6 +377,14 @@ pub enum Start<'a> {
     Fresh,
     /// A fresh instance, from a paused state.
     Resume(&'a MachineState),
+    /// A fresh instance whose first `memories` memories already hold the paused state's
+    /// (written with [`Machine::memory_mut`]); the rest of the state is in `state`.
+    Loaded {
+        /// The state but for the memories.
+        state: &'a MachineState,
+        /// How many memories were written.
+        memories: usize,
+    },
     /// The instance that just paused in export `entry`, continuing without copying anything.
     InPlace(&'a str),
 }
@@ -367,6 +397,11 @@ pub fn drive(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineErro
         m.set_i32(BUDGET_GLOBAL, b)?;
     }
     let mut entries: Vec<String> = Vec::new();
+    let resume = match start {
+        Start::Resume(state) => Some((state, None)),
+        Start::Loaded { state, memories } => Some((state, Some(memories))),
+        Start::InPlace(_) | Start::Fresh => None,
+    };
     match start {
         Start::InPlace(entry) => {
             m.set_i32(STATE_GLOBAL, REWINDING)?;
@@ -375,14 +410,17 @@ pub fn drive(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineErro
                 entries.push(ENTRY.into());
             }
         }
-        Start::Resume(state) => {
+        Start::Resume(_) | Start::Loaded { .. } => {
+            let Some((state, loaded)) = resume else {
+                return Err(EngineError::Link("no state to resume from".into()));
+            };
             if state.entry != START_EXPORT && state.entry != ENTRY {
                 return Err(EngineError::Link(alloc::format!(
                     "cannot resume in export `{}`",
                     state.entry
                 )));
             }
-            m.restore(state)?;
+            m.restore_loaded(state, loaded)?;
             if has_budget && let Some(b) = m.control().budget {
                 m.set_i32(BUDGET_GLOBAL, b)?;
             }

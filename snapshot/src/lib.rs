@@ -30,7 +30,7 @@ mod read;
 mod write;
 
 pub use format::{CHUNK_PAGES, MAGIC, PAGE, SectionId, VERSION};
-pub use read::{Limits, SectionInfo, Snapshot, read};
+pub use read::{Head, Limits, MemoryTarget, SectionInfo, Snapshot, read, read_into};
 pub use write::{Base, Contents, Summary, WriteError, write};
 
 use alloc::string::String;

@@ -105,14 +105,21 @@ impl Snapshot {
     /// Checks that `instrumented` (and `original`, if given) are the modules this snapshot
     /// was taken from.
     pub fn check_module(&self, original: Option<&[u8]>, instrumented: &[u8]) -> Result<(), Error> {
+        self.identity.check_module(original, instrumented)
+    }
+}
+
+impl Identity {
+    /// Checks that `instrumented` (and `original`, if given) are the modules named here.
+    pub fn check_module(&self, original: Option<&[u8]>, instrumented: &[u8]) -> Result<(), Error> {
         if let Some(o) = original
-            && crate::sha256(o) != self.identity.original_sha256
+            && crate::sha256(o) != self.original_sha256
         {
             return Err(Error::ModuleMismatch {
                 what: "the original module's SHA-256 differs".into(),
             });
         }
-        if crate::sha256(instrumented) != self.identity.module_sha256 {
+        if crate::sha256(instrumented) != self.module_sha256 {
             return Err(Error::ModuleMismatch {
                 what: "the instrumented module's SHA-256 differs (another build of tabi-instrument, or other options)".into(),
             });
@@ -148,15 +155,21 @@ impl<S: Source> In<'_, S> {
     /// Reads `len` bytes, growing the buffer as data arrives, so that a truncated file with a
     /// large declared size costs no more than what it holds.
     fn bytes(&mut self, len: usize, what: &str) -> Result<Vec<u8>, Error> {
+        let mut v = Vec::new();
+        self.bytes_into(&mut v, len, what)?;
+        Ok(v)
+    }
+    /// [`Self::bytes`] into a buffer that is reused.
+    fn bytes_into(&mut self, v: &mut Vec<u8>, len: usize, what: &str) -> Result<(), Error> {
         const STEP: usize = 1 << 20;
-        let mut v = Vec::with_capacity(len.min(STEP));
+        v.clear();
         while v.len() < len {
             let n = (len - v.len()).min(STEP);
             let start = v.len();
             v.resize(start + n, 0);
             self.data(&mut v[start..], what)?;
         }
-        Ok(v)
+        Ok(())
     }
     /// A buffered section's payload, checked against its CRC and `limit`.
     fn section(&mut self, id: SectionId, limit: u32) -> Result<(Vec<u8>, u64), Error> {
@@ -192,6 +205,33 @@ fn out_of_order(found: u8, expected: &str) -> Error {
     }
 }
 
+/// What a snapshot says before its memories: enough to pick and instantiate the module that
+/// the memories are then read into (see [`MemoryTarget`]).
+#[derive(Clone, Debug)]
+pub struct Head<'a> {
+    /// Which module it was taken from.
+    pub identity: &'a Identity,
+    /// The original module's bytes, when the snapshot carries them.
+    pub module: Option<&'a [u8]>,
+}
+
+/// Where [`read_into`] decodes memories: typically the memories of an instance created for
+/// the snapshot, so that resuming copies no page twice.
+pub trait MemoryTarget {
+    /// Memory `index`, exactly `pages` 64 KiB pages long, to decode into. Called once per
+    /// memory, in order, once the sections before the memories have been read and checked.
+    /// The memory may hold anything: the reader zeroes what the snapshot leaves out.
+    fn memory(&mut self, head: &Head<'_>, index: u32, pages: u32) -> Result<&mut [u8], Error>;
+}
+
+/// Where the memories go.
+enum Dest<'a> {
+    /// Into the snapshot's own buffers (an incremental snapshot onto copies of its base's).
+    Owned(Option<&'a Snapshot>),
+    /// Into the caller's memories; the snapshot's are left empty.
+    Target(&'a mut dyn MemoryTarget),
+}
+
 /// Reads a snapshot from `src`. An incremental snapshot is applied to `base`, which must be
 /// the snapshot it names as its parent.
 pub fn read<S: Source>(
@@ -199,6 +239,25 @@ pub fn read<S: Source>(
     limits: &Limits,
     base: Option<&Snapshot>,
 ) -> Result<Snapshot, Error> {
+    read_to(src, limits, Dest::Owned(base))
+}
+
+/// Reads a full (not incremental) snapshot from `src`, decoding its memories into `target`
+/// instead of buffers of its own: the returned [`Snapshot::memories`] is empty. If this fails,
+/// the target's memories may hold part of the snapshot.
+pub fn read_into<S: Source>(
+    src: &mut S,
+    limits: &Limits,
+    target: &mut dyn MemoryTarget,
+) -> Result<Snapshot, Error> {
+    read_to(src, limits, Dest::Target(target))
+}
+
+fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Result<Snapshot, Error> {
+    let base = match dest {
+        Dest::Owned(base) => base,
+        Dest::Target(_) => None,
+    };
     let mut input = In {
         src,
         digest: Sha256::new(),
@@ -443,6 +502,11 @@ pub fn read<S: Source>(
     c.end()?;
 
     // Memories.
+    let head = Head {
+        identity: &identity,
+        module: module.as_deref(),
+    };
+    let mut count = 0usize;
     let mut memories: Vec<Vec<u8>> = Vec::new();
     let mut total_pages = 0u64;
     let mut id = section_id(&mut input)?;
@@ -456,12 +520,13 @@ pub fn read<S: Source>(
                 what: format!("the header of memory {index}"),
             });
         }
-        if index as usize != memories.len() {
+        if index as usize != count {
             return Err(Error::OutOfOrder {
                 found: SectionId::Memory as u8,
-                expected: format!("memory {} (found memory {index})", memories.len()),
+                expected: format!("memory {count} (found memory {index})"),
             });
         }
+        count += 1;
         if index >= limits.memories {
             return Err(Error::TooLarge {
                 what: "the number of memories".into(),
@@ -484,19 +549,63 @@ pub fn read<S: Source>(
                 limit: limits.total_pages,
             });
         }
-        let mut mem = match base.and_then(|b| b.memories.get(index as usize)) {
-            Some(old) if old.len() <= pages as usize * PAGE => {
-                let mut m = old.clone();
-                m.resize(pages as usize * PAGE, 0);
+        let bytes = pages as usize * PAGE;
+        let clear = matches!(dest, Dest::Target(_));
+        let mem: &mut [u8] = match &mut dest {
+            Dest::Owned(_) => {
+                let m = match base.and_then(|b| b.memories.get(index as usize)) {
+                    Some(old) if old.len() <= bytes => {
+                        // Only the blocks the parent's memory ever backed are copied.
+                        let mut m = tabi_libos::machine::sparse_copy(old);
+                        m.resize(bytes, 0);
+                        m
+                    }
+                    Some(_) => {
+                        return Err(Error::Malformed {
+                            what: format!("memory {index} is smaller than in the parent"),
+                        });
+                    }
+                    None => vec![0u8; bytes],
+                };
+                memories.push(m);
+                memories.last_mut().map_or(&mut [][..], |m| &mut m[..])
+            }
+            Dest::Target(t) => {
+                let m = t.memory(&head, index, pages)?;
+                if m.len() != bytes {
+                    return Err(Error::Malformed {
+                        what: format!(
+                            "memory {index}: the target gave {} bytes for {pages} pages",
+                            m.len()
+                        ),
+                    });
+                }
                 m
             }
-            Some(_) => {
-                return Err(Error::Malformed {
-                    what: format!("memory {index} is smaller than in the parent"),
-                });
-            }
-            None => vec![0u8; pages as usize * PAGE],
         };
+        // A target's memory may hold data where the snapshot has none: those pages (the
+        // gaps between chunks) are zeroed, reading only the blocks the host ever backed.
+        let touched = if clear {
+            Some(tabi_libos::resident::touched_or_all(mem))
+        } else {
+            None
+        };
+        let zero_gap = |mem: &mut [u8], from: u32, to: u32| {
+            if let Some(t) = &touched {
+                let range = from as usize * PAGE..to as usize * PAGE;
+                for (i, block) in mem[range.clone()]
+                    .chunks_mut(tabi_libos::resident::BLOCK)
+                    .enumerate()
+                {
+                    if t.block(range.start / tabi_libos::resident::BLOCK + i)
+                        && !tabi_libos::machine::is_zero(block)
+                    {
+                        block.fill(0);
+                    }
+                }
+            }
+        };
+        let mut chunk = Vec::new();
         let mut stored = 13u64;
         let mut raw = 0u64;
         let mut next = 0u32;
@@ -504,6 +613,7 @@ pub fn read<S: Source>(
             let first = u32::from_le_bytes(input.frame_array::<4>("a memory chunk")?);
             stored += 4;
             if first == CHUNK_END {
+                zero_gap(mem, next, pages);
                 break;
             }
             let ch = input.frame_array::<13>("a memory chunk")?;
@@ -540,16 +650,18 @@ pub fn read<S: Source>(
                     limit: max as u64,
                 });
             }
-            let data = input.bytes(len as usize, &format!("memory {index}"))?;
-            if crc(&data) != sum {
+            input.bytes_into(&mut chunk, len as usize, "a memory chunk")?;
+            let data = &chunk;
+            if crc(data) != sum {
                 return Err(Error::BadChecksum {
                     what: format!("pages {first}..{} of memory {index}", first + n),
                 });
             }
+            zero_gap(mem, next, first);
             let dst = &mut mem[first as usize * PAGE..first as usize * PAGE + raw_len];
             match kind {
                 CHUNK_LZ4 => {
-                    let got = lz4_flex::block::decompress_into(&data, dst).map_err(|e| {
+                    let got = lz4_flex::block::decompress_into(data, dst).map_err(|e| {
                         Error::Malformed {
                             what: format!(
                                 "pages {first}..{} of memory {index} do not decompress: {e}",
@@ -572,7 +684,7 @@ pub fn read<S: Source>(
                             what: format!("raw chunk of memory {index} has the wrong length"),
                         });
                     }
-                    dst.copy_from_slice(&data);
+                    dst.copy_from_slice(data);
                 }
                 _ => dst.fill(0),
             }
@@ -585,7 +697,6 @@ pub fn read<S: Source>(
             stored,
             raw,
         });
-        memories.push(mem);
         id = section_id(&mut input)?;
     }
     if let Some(b) = base

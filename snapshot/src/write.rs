@@ -117,6 +117,14 @@ impl<S: Sink> Out<'_, S> {
 }
 
 use tabi_libos::machine::is_zero;
+use tabi_libos::resident::{Touched, touched_or_all};
+
+/// A memory to encode, and its base's, with what the host says of their blocks.
+struct View<'a> {
+    mem: &'a [u8],
+    touched: &'a Touched,
+    old: Option<(&'a [u8], &'a Touched)>,
+}
 
 /// Writes a snapshot of `contents` to `sink`. With a `base`, the snapshot is incremental: it
 /// holds only the pages that differ from the base's, and the kernel state only if it changed.
@@ -203,8 +211,8 @@ pub fn write<S: Sink>(
     out.section(SectionId::Tables, &p)?;
 
     // Memories, streamed: each range of RANGE_PAGES pages is encoded on its own (with the
-    // `std` feature, two ranges at a time on two threads), then written in order. The ranges
-    // are fixed, so the bytes do not depend on how many threads encoded them.
+    // `std` feature, on encoder threads), then written in order. The ranges are fixed, so the
+    // bytes do not depend on how many threads encoded them.
     for (index, mem) in contents.memories.iter().enumerate() {
         if mem.len() % PAGE != 0 {
             return Err(WriteError::Invalid(alloc::format!(
@@ -214,6 +222,14 @@ pub fn write<S: Sink>(
         let pages = u32::try_from(mem.len() / PAGE)
             .map_err(|_| WriteError::Invalid("memory over 2^32 pages".into()))?;
         let old = base.map(|b| b.memories[index]);
+        // Pages the host never backed read as zero: they are skipped without being read.
+        let touched = touched_or_all(mem);
+        let old_touched = old.map(touched_or_all);
+        let view = View {
+            mem,
+            touched: &touched,
+            old: old.zip(old_touched.as_ref()),
+        };
         let mut h = Vec::with_capacity(13);
         h.push(SectionId::Memory as u8);
         h.extend_from_slice(&(index as u32).to_le_bytes());
@@ -225,19 +241,7 @@ pub fn write<S: Sink>(
             .step_by(RANGE_PAGES as usize)
             .map(|p| (p, (p + RANGE_PAGES).min(pages)))
             .collect();
-        let mut encoders = [Encoded::default(), Encoded::default()];
-        for pair in ranges.chunks(2) {
-            encode_ranges(mem, old, pair, &mut encoders).map_err(WriteError::Invalid)?;
-            for e in encoders.iter().take(pair.len()) {
-                for (header, data) in &e.chunks {
-                    out.frame(header)?;
-                    out.data(&e.data[data.clone()])?;
-                }
-                out.summary.pages += e.pages;
-                out.summary.pages_raw += e.pages * PAGE as u64;
-                out.summary.pages_stored += e.stored;
-            }
-        }
+        encode_memory(&view, &ranges, &mut out)?;
         out.frame(&CHUNK_END.to_le_bytes())?;
     }
 
@@ -276,40 +280,101 @@ pub fn write<S: Sink>(
     Ok(out.summary)
 }
 
-/// Pages per independently encoded range (16 MiB).
-const RANGE_PAGES: u32 = 256;
+/// Pages per independently encoded range (1 MiB): no chunk crosses a multiple of it.
+const RANGE_PAGES: u32 = CHUNK_PAGES;
+
+/// Encoded ranges in flight per encoder thread.
+#[cfg(feature = "std")]
+const BUFFERS: usize = 2;
 
 /// The chunks of one range: headers, and their data in one buffer.
 #[derive(Default)]
 struct Encoded {
     chunks: Vec<([u8; 17], core::ops::Range<usize>)>,
     data: Vec<u8>,
-    scratch: Vec<u8>,
     pages: u64,
     stored: u64,
 }
 
-/// Encodes `ranges` (one or two) into `out`: with the `std` feature the second on a thread of
-/// its own, else one after the other.
-fn encode_ranges(
-    mem: &[u8],
-    old: Option<&[u8]>,
+impl Encoded {
+    /// Writes the chunks in order.
+    fn write_to<S: Sink>(&self, out: &mut Out<'_, S>) -> Result<(), WriteError<S::Error>> {
+        for (header, data) in &self.chunks {
+            out.frame(header)?;
+            out.data(&self.data[data.clone()])?;
+        }
+        out.summary.pages += self.pages;
+        out.summary.pages_raw += self.pages * PAGE as u64;
+        out.summary.pages_stored += self.stored;
+        Ok(())
+    }
+}
+
+/// Encodes a memory's `ranges` and writes them in order. With the `std` feature, encoder
+/// threads take the ranges in turn while this thread writes what they finished, so
+/// compression and I/O overlap.
+fn encode_memory<S: Sink>(
+    view: &View<'_>,
     ranges: &[(u32, u32)],
-    out: &mut [Encoded; 2],
-) -> Result<(), String> {
+    out: &mut Out<'_, S>,
+) -> Result<(), WriteError<S::Error>> {
     #[cfg(feature = "std")]
-    if let ([r, s], [a, b]) = (ranges, &mut *out) {
+    if ranges.len() > 1 {
+        use std::sync::mpsc;
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 8)
+            .min(ranges.len());
         return std::thread::scope(|scope| {
-            let t = scope.spawn(|| encode_range(mem, old, *s, b));
-            let first = encode_range(mem, old, *r, a);
-            let second = t
-                .join()
-                .unwrap_or_else(|_| Err("an encoder thread panicked".into()));
-            first.and(second)
+            // Per worker: finished ranges one way, empty buffers back the other.
+            let mut done = Vec::new();
+            let mut empty = Vec::new();
+            for w in 0..workers {
+                let (tx, rx) = mpsc::sync_channel::<Result<Encoded, String>>(BUFFERS);
+                let (back, recycled) = mpsc::channel::<Encoded>();
+                done.push(rx);
+                empty.push(back);
+                scope.spawn(move || {
+                    // A few buffers per worker, reused: fresh memory costs a page fault per
+                    // 4 KiB, as much as compressing it.
+                    let mut made = 0;
+                    let mut scratch = Vec::new();
+                    for r in ranges.iter().skip(w).step_by(workers) {
+                        let mut e = if made < BUFFERS {
+                            made += 1;
+                            Encoded::default()
+                        } else {
+                            match recycled.recv() {
+                                Ok(e) => e,
+                                Err(_) => return,
+                            }
+                        };
+                        let result = encode_range(view, *r, &mut e, &mut scratch).map(|()| e);
+                        let failed = result.is_err();
+                        if tx.send(result).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+            }
+            for i in 0..ranges.len() {
+                let w = i % workers;
+                let e = done[w]
+                    .recv()
+                    .map_err(|_| WriteError::Invalid("an encoder thread panicked".into()))?
+                    .map_err(WriteError::Invalid)?;
+                e.write_to(out)?;
+                // The worker may have finished; then the buffer is simply dropped.
+                let _ = empty[w].send(e);
+            }
+            Ok(())
         });
     }
-    for (r, e) in ranges.iter().zip(out.iter_mut()) {
-        encode_range(mem, old, *r, e)?;
+    let mut e = Encoded::default();
+    let mut scratch = Vec::new();
+    for r in ranges {
+        encode_range(view, *r, &mut e, &mut scratch).map_err(WriteError::Invalid)?;
+        e.write_to(out)?;
     }
     Ok(())
 }
@@ -317,18 +382,17 @@ fn encode_ranges(
 /// Encodes pages `range` of `mem`: the pages to write (non-zero ones; in an incremental
 /// snapshot, those that differ from `old`), in chunks of up to [`CHUNK_PAGES`].
 fn encode_range(
-    mem: &[u8],
-    old: Option<&[u8]>,
+    view: &View<'_>,
     (start, end): (u32, u32),
     e: &mut Encoded,
+    scratch: &mut Vec<u8>,
 ) -> Result<(), String> {
     e.chunks.clear();
     e.data.clear();
     e.pages = 0;
     e.stored = 0;
-    if e.scratch.is_empty() {
-        e.scratch =
-            vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
+    if scratch.is_empty() {
+        *scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
     }
     #[derive(PartialEq, Clone, Copy)]
     enum Class {
@@ -336,30 +400,31 @@ fn encode_range(
         Data,
         Zero,
     }
+    let mem = view.mem;
+    // Whether a page is zero, reading it only if the host ever backed it.
+    let zero = |m: &[u8], t: &Touched, range: core::ops::Range<usize>| {
+        !t.any(range.clone()) || is_zero(&m[range])
+    };
     let class = |p: u32| -> Class {
         let range = p as usize * PAGE..(p as usize + 1) * PAGE;
-        let page = &mem[range.clone()];
-        match old {
+        let now_zero = zero(mem, view.touched, range.clone());
+        match view.old {
             None => {
-                if is_zero(page) {
+                if now_zero {
                     Class::Skip
                 } else {
                     Class::Data
                 }
             }
-            Some(old) => {
-                let before = old.get(range);
-                if before == Some(page) {
-                    Class::Skip
-                } else if is_zero(page) {
-                    // A page the base lacks reads as zero on resume too.
-                    if before.is_none() {
-                        Class::Skip
-                    } else {
-                        Class::Zero
-                    }
-                } else {
-                    Class::Data
+            Some((old, old_touched)) => {
+                // A page the base lacks reads as zero on resume too.
+                let was_zero = range.end > old.len() || zero(old, old_touched, range.clone());
+                match (was_zero, now_zero) {
+                    (true, true) => Class::Skip,
+                    (false, true) => Class::Zero,
+                    (true, false) => Class::Data,
+                    (false, false) if old[range.clone()] == mem[range] => Class::Skip,
+                    (false, false) => Class::Data,
                 }
             }
         }
@@ -387,10 +452,10 @@ fn encode_range(
         let kind = match k {
             Class::Zero => CHUNK_ZERO,
             _ => {
-                let len = lz4_flex::block::compress_into(raw, &mut e.scratch)
+                let len = lz4_flex::block::compress_into(raw, scratch)
                     .map_err(|err| alloc::format!("lz4: {err}"))?;
                 if len < raw.len() {
-                    e.data.extend_from_slice(&e.scratch[..len]);
+                    e.data.extend_from_slice(&scratch[..len]);
                     CHUNK_LZ4
                 } else {
                     e.data.extend_from_slice(raw);

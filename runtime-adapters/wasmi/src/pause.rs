@@ -159,16 +159,35 @@ impl Machine for Session {
     }
 
     fn write_memory(&mut self, name: &str, data: &[u8]) -> Result<(), EngineError> {
+        let dst = self.grown(name, data.len())?;
+        machine::write_sparse(&mut dst[..data.len()], data);
+        Ok(())
+    }
+
+    fn memory_mut(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError> {
+        let data = self.grown(name, bytes)?;
+        if data.len() != bytes {
+            return Err(EngineError::Engine(format!(
+                "memory `{name}` has {} bytes, not {bytes}",
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+}
+
+impl Session {
+    /// Memory export `name`, grown to hold at least `bytes`.
+    fn grown(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError> {
         let mem = self.memory_handle(name)?;
-        let pages = data.len().div_ceil(machine::PAGE) as u64;
+        let pages = bytes.div_ceil(machine::PAGE) as u64;
         let current = mem.size(&self.store);
         if pages > current {
             mem.grow(&mut self.store, pages - current).map_err(|e| {
                 EngineError::Engine(format!("cannot grow memory `{name}` to {pages} pages: {e}"))
             })?;
         }
-        machine::write_sparse(&mut mem.data_mut(&mut self.store)[..data.len()], data);
-        Ok(())
+        Ok(mem.data_mut(&mut self.store))
     }
 }
 
@@ -205,14 +224,25 @@ impl Wasmi {
         points: Points,
         resume: Option<&MachineState>,
     ) -> Result<machine::Outcome, EngineError> {
-        let mut session = self.session(module, process, control, points)?;
         let start = match resume {
             Some(state) => machine::Start::Resume(state),
             None => machine::Start::Fresh,
         };
-        let driven = session.drive(start)?;
-        let points = session.points();
-        let process = session.into_process();
+        self.session(module, process, control, points)?.run(start)
+    }
+}
+
+impl Session {
+    /// The process the guest runs in.
+    pub fn process_mut(&mut self) -> &mut Process {
+        &mut self.store.data_mut().process
+    }
+
+    /// Runs from `start` until the guest finishes or pauses, and ends the session.
+    pub fn run(mut self, start: machine::Start<'_>) -> Result<machine::Outcome, EngineError> {
+        let driven = self.drive(start)?;
+        let points = self.points();
+        let process = self.into_process();
         Ok(match driven {
             Driven::Exit(exit) => {
                 machine::Outcome::Finished(tabi_libos::Finished { exit, process })
