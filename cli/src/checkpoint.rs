@@ -7,7 +7,9 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::{StdHost, Stdio};
-use tabi_libos::machine::{MachineState, Outcome, PauseControl, Paused, Points};
+use tabi_libos::machine::{
+    AfterPause, MachineState, Outcome, PauseControl, PauseView, Points, Start,
+};
 use tabi_libos::{Kernel, MountKind, Process};
 use tabi_snapshot::{HostMount, Snapshot};
 
@@ -184,6 +186,41 @@ pub fn run(
     })
 }
 
+/// What a run does at each pause: shown the paused instance in place, it continues or stops
+/// the run (see [`tabi_libos::machine::drive_with`]).
+pub type OnPause<'a> =
+    dyn FnMut(&PauseView<'_>) -> Result<AfterPause, tabi_libos::EngineError> + Send + 'a;
+
+/// [`run`], showing each pause to `on_pause` with the memories in place, so that a checkpoint
+/// is written from the live instance and the guest can go on in it.
+pub fn run_with(
+    backend: Backend,
+    wasm: &[u8],
+    process: Process,
+    control: PauseControl,
+    resume: Option<&MachineState>,
+    on_pause: &mut OnPause<'_>,
+) -> Result<Outcome> {
+    on_guest_stack(|| {
+        let start = match resume {
+            Some(state) => Start::Resume(state),
+            None => Start::Fresh,
+        };
+        Ok(match backend {
+            Backend::Wasmtime => {
+                let (e, m) = compiled_wasmtime(wasm)?;
+                e.session(&m, process, control, Points::all())?
+                    .run_with(start, on_pause)?
+            }
+            Backend::Wasmi => {
+                let (e, m) = compiled_wasmi(wasm)?;
+                e.session(&m, process, control, Points::all())?
+                    .run_with(start, on_pause)?
+            }
+        })
+    })
+}
+
 type Cache<M> = Mutex<HashMap<[u8; 32], M>>;
 
 /// `wasm` compiled once per process: from `cache`, or by `compile`.
@@ -266,12 +303,12 @@ pub fn fingerprint(dir: &Path) -> Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
-/// Writes a snapshot of `paused` to `path` (through a temporary file and a rename, so that a
+/// Writes a snapshot of the pause `view` to `path` (through a temporary file and a rename, so that a
 /// failed write never leaves half a snapshot under that name). `dirs` are the host directories
 /// granted to the run, by guest path, to fingerprint.
 pub fn write_snapshot(
     path: &Path,
-    paused: &Paused,
+    paused: &PauseView<'_>,
     original: &[u8],
     instrumented: &[u8],
     dirs: &[(PathBuf, String)],
@@ -287,27 +324,60 @@ pub fn write_snapshot(
     let file = sink
         .0
         .into_inner()
-        .map_err(|e| anyhow!("cannot write `{}`: {}", tmp.display(), e.error()))?
-        .file;
-    file.sync_all()
+        .map_err(|e| anyhow!("cannot write `{}`: {}", tmp.display(), e.error()))?;
+    file.finish()
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
     Ok(summary)
 }
 
-/// A file being written that is synced every [`Durable::EVERY`] bytes, so that the device
-/// writes what came so far while the snapshot's writer compresses the rest, and the final
-/// sync has little left to wait for.
+/// A file being written that a thread of its own syncs every [`Durable::EVERY`] bytes, so
+/// that the device writes what came so far while the snapshot's writer compresses the rest,
+/// and the final sync has little left to wait for.
 struct Durable {
     file: std::fs::File,
     unsynced: usize,
+    /// Wakes the syncing thread; its handle gives back the first error it met.
+    syncer: Option<(
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<std::io::Result<()>>,
+    )>,
 }
 
 impl Durable {
-    const EVERY: usize = 8 << 20;
+    const EVERY: usize = 4 << 20;
 
     fn new(file: std::fs::File) -> Durable {
-        Durable { file, unsynced: 0 }
+        // Without a second handle the file is only synced at the end.
+        let syncer = file.try_clone().ok().map(|clone| {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let handle = std::thread::spawn(move || {
+                while rx.recv().is_ok() {
+                    // Requests that came while syncing are covered by the next sync.
+                    while rx.try_recv().is_ok() {}
+                    clone.sync_data()?;
+                }
+                Ok(())
+            });
+            (tx, handle)
+        });
+        Durable {
+            file,
+            unsynced: 0,
+            syncer,
+        }
+    }
+
+    /// Waits for the syncing thread, then syncs the whole file.
+    fn finish(mut self) -> std::io::Result<std::fs::File> {
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            handle
+                .join()
+                .map_err(|_| std::io::Error::other("the syncing thread panicked"))??;
+        }
+        self.file.sync_all()?;
+        Ok(self.file)
     }
 }
 
@@ -316,8 +386,11 @@ impl std::io::Write for Durable {
         let n = std::io::Write::write(&mut self.file, buf)?;
         self.unsynced += n;
         if self.unsynced >= Self::EVERY {
-            self.file.sync_data()?;
             self.unsynced = 0;
+            if let Some((tx, _)) = &self.syncer {
+                // A syncer that stopped reports its error from `finish`.
+                let _ = tx.send(());
+            }
         }
         Ok(n)
     }
@@ -327,10 +400,11 @@ impl std::io::Write for Durable {
     }
 }
 
-/// Writes a snapshot of `paused` to `sink`.
+/// Writes a snapshot of the pause `paused` to `sink`. A [`Paused`] run gives its view with
+/// `paused.view(&paused.memories())`.
 pub fn write_to<S: tabi_snapshot::Sink>(
     sink: &mut S,
-    paused: &Paused,
+    paused: &PauseView<'_>,
     original: &[u8],
     instrumented: &[u8],
     dirs: &[(PathBuf, String)],
@@ -357,7 +431,7 @@ where
             });
         }
     }
-    let state = &paused.state;
+    let state = paused.state;
     let contents = tabi_snapshot::Contents {
         identity: tabi_snapshot::Identity {
             original_sha256: manifest.original_sha256,
@@ -380,7 +454,7 @@ where
         points: paused.points,
         globals: &state.globals,
         tables: manifest.tables,
-        memories: state.memories.iter().map(Vec::as_slice).collect(),
+        memories: paused.memories.to_vec(),
         stack: &state.stack,
         kernel: &kernel,
         mounts: &mounts,
@@ -445,72 +519,126 @@ pub struct Resumed {
     pub outcome: Outcome,
 }
 
-/// Resumes the full snapshot in `src` on `backend`: instantiates its module as soon as the
+/// Resumes the full snapshot in `src` on `backend` and runs it under `control` (see
+/// [`load`] and [`Loaded::run`]).
+pub fn resume_from<S: tabi_snapshot::Source>(
+    backend: Backend,
+    src: &mut S,
+    module: Option<&Path>,
+    dirs: &[(PathBuf, String)],
+    stdio: (Stdio, Stdio),
+    control: PauseControl,
+) -> Result<Resumed> {
+    let loaded = load(backend, src, module, dirs, stdio, control)?;
+    let (original, instrumented) = (loaded.original.clone(), loaded.instrumented.clone());
+    let (snapshot, outcome) = loaded.run(None)?;
+    Ok(Resumed {
+        snapshot,
+        original,
+        instrumented,
+        outcome,
+    })
+}
+
+/// A snapshot loaded into a fresh instance, ready to run.
+pub struct Loaded {
+    /// The snapshot (its memories were read straight into the instance, so they are empty).
+    pub snapshot: Snapshot,
+    /// The original module.
+    pub original: Vec<u8>,
+    /// The instrumented module that runs.
+    pub instrumented: Vec<u8>,
+    session: AnySession,
+    state: MachineState,
+    memories: usize,
+}
+
+/// Loads the full snapshot in `src` for `backend`: instantiates its module as soon as the
 /// snapshot names it, decodes the memories straight into the instance (no page is copied
-/// twice), grants `dirs` again (see [`resume_process`]), and runs under `control`.
-/// `module` is the original module when the snapshot does not carry it.
-pub fn resume_from<S: tabi_snapshot::Source + Send>(
+/// twice), and grants `dirs` again (see [`resume_process`]). `module` is the original module
+/// when the snapshot does not carry it. The run will pause as `control` says.
+pub fn load<S: tabi_snapshot::Source>(
     backend: Backend,
     src: &mut S,
     module: Option<&Path>,
     dirs: &[(PathBuf, String)],
     (stdout, stderr): (Stdio, Stdio),
     control: PauseControl,
-) -> Result<Resumed> {
-    on_guest_stack(|| {
-        let mut loader = Loader {
-            backend,
-            module,
-            control: Some(control),
-            session: None,
-            modules: None,
-            memories: 0,
-            failure: None,
+) -> Result<Loaded> {
+    let mut loader = Loader {
+        backend,
+        module,
+        control: Some(control),
+        session: None,
+        modules: None,
+        memories: 0,
+        failure: None,
+    };
+    let read = tabi_snapshot::read_into(src, &tabi_snapshot::Limits::default(), &mut loader);
+    if let Some(e) = loader.failure.take() {
+        return Err(e);
+    }
+    let mut snapshot = read.context("not a valid snapshot")?;
+    if loader.session.is_none() {
+        // A guest without memories: nothing called for the instance yet.
+        let head = tabi_snapshot::Head {
+            identity: &snapshot.identity,
+            module: snapshot.module.as_deref(),
         };
-        let read = tabi_snapshot::read_into(src, &tabi_snapshot::Limits::default(), &mut loader);
-        if let Some(e) = loader.failure.take() {
-            return Err(e);
-        }
-        let mut snapshot = read.context("not a valid snapshot")?;
-        if loader.session.is_none() {
-            // A guest without memories: nothing called for the instance yet.
-            let head = tabi_snapshot::Head {
-                identity: &snapshot.identity,
-                module: snapshot.module.as_deref(),
-            };
-            loader.session = Some(loader.instantiate(&head)?);
-        }
-        let (Some(mut session), Some((original, instrumented))) = (loader.session, loader.modules)
-        else {
-            bail!("no instance was made for the snapshot");
-        };
-        let process = resume_process(&snapshot, dirs, stdout, stderr)?;
-        *session.process_mut() = process;
-        let state = snapshot.take_machine_state();
-        let outcome = session.run(tabi_libos::machine::Start::Loaded {
-            state: &state,
-            memories: loader.memories,
-        })?;
-        Ok(Resumed {
-            snapshot,
-            original,
-            instrumented,
-            outcome,
-        })
+        loader.session = Some(loader.instantiate(&head)?);
+    }
+    let (Some(mut session), Some((original, instrumented))) = (loader.session, loader.modules)
+    else {
+        bail!("no instance was made for the snapshot");
+    };
+    *session.process_mut() = resume_process(&snapshot, dirs, stdout, stderr)?;
+    let state = snapshot.take_machine_state();
+    Ok(Loaded {
+        snapshot,
+        original,
+        instrumented,
+        session,
+        state,
+        memories: loader.memories,
     })
+}
+
+impl Loaded {
+    /// Runs the loaded guest on from its pause; with `on_pause`, each later pause is shown to
+    /// it in place (see [`run_with`]). Gives back the snapshot and how the run ended.
+    pub fn run(self, on_pause: Option<&mut OnPause<'_>>) -> Result<(Snapshot, Outcome)> {
+        let Loaded {
+            snapshot,
+            session,
+            state,
+            memories,
+            ..
+        } = self;
+        let outcome = on_guest_stack(|| {
+            let start = Start::Loaded {
+                state: &state,
+                memories,
+            };
+            match on_pause {
+                Some(f) => session.run_with(start, f),
+                None => session.run(start),
+            }
+        })?;
+        Ok((snapshot, outcome))
+    }
 }
 
 /// A live instance of either engine.
 enum AnySession {
     Wasmtime(tabi_wasmtime::Session),
-    Wasmi(tabi_wasmi::Session),
+    Wasmi(Box<tabi_wasmi::Session>),
 }
 
 impl AnySession {
     fn machine(&mut self) -> &mut dyn tabi_libos::machine::Machine {
         match self {
             AnySession::Wasmtime(s) => s,
-            AnySession::Wasmi(s) => s,
+            AnySession::Wasmi(s) => &mut **s,
         }
     }
 
@@ -521,10 +649,17 @@ impl AnySession {
         }
     }
 
-    fn run(self, start: tabi_libos::machine::Start<'_>) -> Result<Outcome> {
+    fn run(self, start: Start<'_>) -> Result<Outcome> {
         Ok(match self {
             AnySession::Wasmtime(s) => s.run(start)?,
             AnySession::Wasmi(s) => s.run(start)?,
+        })
+    }
+
+    fn run_with(self, start: Start<'_>, on_pause: &mut OnPause<'_>) -> Result<Outcome> {
+        Ok(match self {
+            AnySession::Wasmtime(s) => s.run_with(start, on_pause)?,
+            AnySession::Wasmi(s) => s.run_with(start, on_pause)?,
         })
     }
 }
@@ -556,7 +691,7 @@ impl Loader<'_> {
             }
             Backend::Wasmi => {
                 let (e, m) = compiled_wasmi(&wasm)?;
-                AnySession::Wasmi(e.session(&m, process, control, Points::all())?)
+                AnySession::Wasmi(Box::new(e.session(&m, process, control, Points::all())?))
             }
         };
         self.modules = Some((original, wasm));

@@ -263,8 +263,13 @@ pub fn migrate_test(
                 report.checkpoints += 1;
                 report.last_point += p.points;
                 let mut bytes = Vec::new();
-                let summary =
-                    checkpoint::write_to(&mut bytes, &p, original, &instrumented, &run_setup.dirs)?;
+                let summary = checkpoint::write_to(
+                    &mut bytes,
+                    &p.view(&p.memories()),
+                    original,
+                    &instrumented,
+                    &run_setup.dirs,
+                )?;
                 report.snapshot_bytes += summary.bytes;
                 if report.divergences.is_empty()
                     && (!expected.stdout.starts_with(&stdout)

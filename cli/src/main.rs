@@ -17,11 +17,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tabi_cli::checkpoint::{self, CHECKPOINT_EXIT, Setup};
 use tabi_libos::host::Stdio;
-use tabi_libos::machine::{Outcome, PauseControl};
+use tabi_libos::machine::{AfterPause, Outcome, PauseControl};
 use tabi_libos::{Engine, Exit};
 
 #[derive(Parser)]
@@ -302,14 +302,8 @@ fn run(args: RunArgs) -> Result<Ended> {
         &wasm,
         &instrumented,
         &setup.dirs,
-        Start::Fresh(process),
+        process,
     )
-}
-
-/// Where [`drive`] begins: a fresh process, or a run already resumed from a snapshot.
-enum Start {
-    Fresh(tabi_libos::Process),
-    Resumed(Outcome),
 }
 
 /// The flag SIGUSR1 raises, when checkpoints on signal are asked for. Installed once per
@@ -338,55 +332,100 @@ fn drive(
     original: &[u8],
     instrumented: &[u8],
     dirs: &[(PathBuf, String)],
-    start: Start,
+    process: tabi_libos::Process,
 ) -> Result<Ended> {
-    let mut state = None;
-    let (mut process, mut outcome) = match start {
-        Start::Fresh(p) => (Some(p), None),
-        Start::Resumed(o) => (None, Some(o)),
-    };
-    let mut first = true;
-    loop {
-        let o = match (outcome.take(), process.take()) {
-            (Some(o), _) => o,
-            (None, Some(p)) => {
-                let control = control(cp, first)?;
-                checkpoint::run(backend, instrumented, p, control, state.as_ref())?
-            }
-            (None, None) => bail!("nothing to run"),
+    let mut checkpointer = Checkpointer::new(cp, original, instrumented, dirs);
+    let outcome = checkpoint::run_with(
+        backend,
+        instrumented,
+        process,
+        control(cp)?,
+        None,
+        &mut |view| checkpointer.at_pause(view),
+    );
+    ended(outcome, checkpointer.failure)
+}
+
+/// How a run that wrote its checkpoints with a [`Checkpointer`] ended.
+fn ended(outcome: Result<Outcome>, failure: Option<anyhow::Error>) -> Result<Ended> {
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(match outcome? {
+        Outcome::Finished(f) => Ended::Exit(f.exit),
+        Outcome::Paused(_) => Ended::Checkpointed,
+    })
+}
+
+/// Writes a snapshot at each pause, straight from the paused instance, then lets the guest go
+/// on in it or stops the run.
+struct Checkpointer<'a> {
+    path: Option<PathBuf>,
+    stop_after_checkpoint: bool,
+    original: &'a [u8],
+    instrumented: &'a [u8],
+    dirs: &'a [(PathBuf, String)],
+    /// A checkpoint that could not be written (the run stops there).
+    failure: Option<anyhow::Error>,
+}
+
+impl<'a> Checkpointer<'a> {
+    fn new(
+        cp: &CheckpointArgs,
+        original: &'a [u8],
+        instrumented: &'a [u8],
+        dirs: &'a [(PathBuf, String)],
+    ) -> Self {
+        Checkpointer {
+            path: cp.snapshot.clone(),
+            stop_after_checkpoint: cp.stop_after_checkpoint,
+            original,
+            instrumented,
+            dirs,
+            failure: None,
+        }
+    }
+
+    fn at_pause(
+        &mut self,
+        view: &tabi_libos::machine::PauseView<'_>,
+    ) -> Result<AfterPause, tabi_libos::EngineError> {
+        let Some(path) = &self.path else {
+            self.failure = Some(anyhow!(
+                "the guest paused, but no --snapshot file was given"
+            ));
+            return Ok(AfterPause::Stop);
         };
-        first = false;
-        match o {
-            Outcome::Finished(f) => return Ok(Ended::Exit(f.exit)),
-            Outcome::Paused(p) => {
-                let path = cp.snapshot.as_ref().expect("clap requires --snapshot");
-                let summary = checkpoint::write_snapshot(path, &p, original, instrumented, dirs)?;
-                eprintln!(
-                    "tabi: checkpoint at migration point {} ({:?}) written to {} ({} bytes)",
-                    p.points,
-                    p.reason,
-                    path.display(),
-                    summary.bytes
-                );
-                let stop = match p.reason {
-                    tabi_libos::machine::PauseReason::AfterPoints => true,
-                    _ => cp.stop_after_checkpoint,
-                };
-                if stop {
-                    return Ok(Ended::Checkpointed);
-                }
-                state = Some(p.state);
-                process = Some(p.process);
+        match checkpoint::write_snapshot(path, view, self.original, self.instrumented, self.dirs) {
+            Ok(summary) => eprintln!(
+                "tabi: checkpoint at migration point {} ({:?}) written to {} ({} bytes)",
+                view.points,
+                view.reason,
+                path.display(),
+                summary.bytes
+            ),
+            Err(e) => {
+                self.failure = Some(e);
+                return Ok(AfterPause::Stop);
             }
         }
+        let stop = match view.reason {
+            tabi_libos::machine::PauseReason::AfterPoints => true,
+            _ => self.stop_after_checkpoint,
+        };
+        Ok(if stop {
+            AfterPause::Stop
+        } else {
+            AfterPause::Continue
+        })
     }
 }
 
-/// The pause policy of a run: `--checkpoint-after` counts from the first run only.
-fn control(cp: &CheckpointArgs, first: bool) -> Result<PauseControl> {
+/// The pause policy of a run.
+fn control(cp: &CheckpointArgs) -> Result<PauseControl> {
     let flag = signal_flag(cp)?;
     let mut control = PauseControl::never();
-    if first && let Some(n) = cp.checkpoint_after {
+    if let Some(n) = cp.checkpoint_after {
         control = PauseControl::after(n);
     }
     if cp.checkpoint_on_signal {
@@ -406,23 +445,21 @@ fn resume(args: ResumeArgs) -> Result<Ended> {
         .map(|d| split_mapping(d))
         .map(|(h, g)| (h.into(), g))
         .collect();
-    let resumed = checkpoint::resume_from(
+    let loaded = checkpoint::load(
         args.backend.into(),
         &mut src,
         args.module.as_deref(),
         &dirs,
         (Stdio::Inherit, Stdio::Inherit),
-        control(&args.checkpoint, true)?,
+        control(&args.checkpoint)?,
     )
     .with_context(|| format!("cannot resume `{}`", args.file.display()))?;
-    drive(
-        args.backend.into(),
-        &args.checkpoint,
-        &resumed.original,
-        &resumed.instrumented,
-        &dirs,
-        Start::Resumed(resumed.outcome),
-    )
+    let (original, instrumented) = (loaded.original.clone(), loaded.instrumented.clone());
+    let mut checkpointer = Checkpointer::new(&args.checkpoint, &original, &instrumented, &dirs);
+    let outcome = loaded
+        .run(Some(&mut |view| checkpointer.at_pause(view)))
+        .map(|(_, o)| o);
+    ended(outcome, checkpointer.failure)
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {

@@ -335,3 +335,112 @@ fn sigusr1_writes_a_checkpoint_that_resumes() {
     assert_eq!(b.status.code(), Some(0), "{b:?}");
     assert_eq!([first.stdout, b.stdout].concat(), plain.stdout);
 }
+
+/// A guest that clears the data its module placed in memory before it pauses: resumed on a
+/// fresh instance (which holds that data again once instantiated), the page the snapshot
+/// leaves out as zero must read as zero, not as the module's data.
+#[test]
+fn data_the_guest_cleared_stays_cleared_after_resume() {
+    let wasm = wat::parse_str(
+        r#"(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 131072) "module data on a page of its own")
+  (func (export "_start")
+    (memory.fill (i32.const 131072) (i32.const 0) (i32.const 32))
+    (drop (call $yield))
+    (drop (call $yield))
+    ;; Exits with 9 unless the page is still clear (a function that always ends in
+    ;; `proc_exit` cannot be paused, so the exit is conditional).
+    (if (i32.or (i32.load8_u (i32.const 131072)) (i32.load8_u (i32.const 131079)))
+      (then (call $exit (i32.const 9))))))"#,
+    )
+    .unwrap();
+    let s = Setup {
+        args: vec!["cleared".into()],
+        ..Setup::default()
+    };
+    let report = migrate_test(&wasm, &s, 1, &Backend::ALL).unwrap();
+    assert!(report.divergences.is_empty(), "{:?}", report.divergences);
+    assert!(report.checkpoints >= 2, "{report:?}");
+
+    // Through the binary too, resuming on each backend.
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("cleared.wasm");
+    std::fs::write(&module, &wasm).unwrap();
+    let file = dir.path().join("s.snap");
+    let (module, file) = (module.to_str().unwrap(), file.to_str().unwrap());
+    for backend in ["wasmtime", "wasmi"] {
+        let a = run(&[
+            "run",
+            "--backend",
+            backend,
+            "--checkpoint-after",
+            "1",
+            "--snapshot",
+            file,
+            module,
+        ]);
+        assert_eq!(a.status.code(), Some(75), "{a:?}");
+        for resume_on in ["wasmtime", "wasmi"] {
+            let b = run(&["resume", "--backend", resume_on, file]);
+            assert_eq!(b.status.code(), Some(0), "{backend} -> {resume_on}: {b:?}");
+        }
+    }
+}
+
+/// Without `--stop-after-checkpoint`, a signal's checkpoint is written from the paused
+/// instance and the guest goes on in it: its output is the uninterrupted run's, and the
+/// snapshot resumes to the same end.
+#[test]
+fn a_signal_checkpoint_lets_the_guest_go_on_in_place() {
+    let args = ["hash", "8000"];
+    let plain = run(&[&["run", guests::COMPUTE][..], &args].concat());
+    assert_eq!(plain.status.code(), Some(0));
+    let snap = tempfile::tempdir().unwrap();
+    let file = snap.path().join("s.snap");
+    let mut child = tabi()
+        .env(
+            "TABI_CACHE_DIR",
+            std::env::temp_dir().join("tabi-test-cache"),
+        )
+        .args([
+            "run",
+            "--safepoints",
+            "--checkpoint-on-signal",
+            "--snapshot",
+        ])
+        .arg(&file)
+        .arg(guests::COMPUTE)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut signals = 0;
+    let status = loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        let _ = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status();
+        signals += 1;
+    };
+    let first = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{first:?}");
+    assert_eq!(first.stdout, plain.stdout);
+    if signals == 0 || !file.exists() {
+        // The guest ended before any signal took effect: nothing more to check.
+        return;
+    }
+    let written = String::from_utf8_lossy(&first.stderr)
+        .matches("checkpoint at")
+        .count();
+    assert!(written >= 1, "{first:?}");
+    let b = run(&["resume", file.to_str().unwrap()]);
+    assert_eq!(b.status.code(), Some(0), "{b:?}");
+    assert!(plain.stdout.ends_with(&b.stdout), "{b:?}");
+}

@@ -28,7 +28,7 @@ fn seed() -> &'static (Vec<u8>, Vec<u8>) {
             panic!("the seed run did not pause");
         };
         let mut bytes = Vec::new();
-        checkpoint::write_to(&mut bytes, &paused, &original, &wasm, &[]).unwrap();
+        checkpoint::write_to(&mut bytes, &paused.view(&paused.memories()), &original, &wasm, &[]).unwrap();
         (bytes, wasm)
     })
 }

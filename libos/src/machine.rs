@@ -194,6 +194,9 @@ pub trait Machine {
     /// Memory export `name`, grown to `bytes` (a whole number of pages) if it is smaller, to
     /// write in place; an error if it is larger.
     fn memory_mut(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError>;
+    /// The memories of the original module (exports [`memory_export`] 0, 1, …) and the
+    /// process, borrowed together while the instance is paused.
+    fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &crate::engine::Process), EngineError>;
 
     /// Reads an `i32` global export.
     fn get_i32(&mut self, name: &str) -> Result<i32, EngineError> {
@@ -215,6 +218,22 @@ pub trait Machine {
 
     /// Copies globals, memories and the save stack out.
     fn capture(&mut self, entry: &str) -> Result<MachineState, EngineError> {
+        let mut state = self.capture_but_memories(entry)?;
+        state.memories = self.capture_memories();
+        Ok(state)
+    }
+
+    /// Copies every memory of the original module out.
+    fn capture_memories(&mut self) -> Vec<Vec<u8>> {
+        let mut memories = Vec::new();
+        while let Some(m) = self.memory(&memory_export(memories.len() as u32)) {
+            memories.push(m);
+        }
+        memories
+    }
+
+    /// Copies globals and the save stack out; the memories are left empty.
+    fn capture_but_memories(&mut self, entry: &str) -> Result<MachineState, EngineError> {
         if self.get_i32(FLAGS_GLOBAL)? & FLAG_WRITES_TABLES != 0 {
             return Err(EngineError::Engine(
                 "the guest writes its tables, whose contents tabi cannot capture yet".into(),
@@ -223,10 +242,6 @@ pub trait Machine {
         let mut globals = Vec::new();
         while let Some((v, _)) = self.global(&global_export(globals.len() as u32)) {
             globals.push(v);
-        }
-        let mut memories = Vec::new();
-        while let Some(m) = self.memory(&memory_export(memories.len() as u32)) {
-            memories.push(m);
         }
         let sp = self.get_i32(SP_GLOBAL)? as u32 as usize;
         let mut stack = self
@@ -244,7 +259,7 @@ pub trait Machine {
         Ok(MachineState {
             entry: entry.into(),
             globals,
-            memories,
+            memories: Vec::new(),
             stack,
             budget,
         })
@@ -392,6 +407,76 @@ pub enum Start<'a> {
 /// Runs an instrumented instance from `start`. Safepoint yields that no pause is due for are
 /// rewound on the spot.
 pub fn drive(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineError> {
+    Ok(match drive_but_memories(m, start)? {
+        Driven::Paused(mut state, reason) => {
+            state.memories = m.capture_memories();
+            Driven::Paused(state, reason)
+        }
+        exit => exit,
+    })
+}
+
+/// A paused guest still in its instance, borrowed: what a callback of [`drive_with`] sees.
+pub struct PauseView<'a> {
+    /// The execution state but for the memories (`state.memories` is empty).
+    pub state: &'a MachineState,
+    /// The memories of the original module, in place.
+    pub memories: &'a [&'a [u8]],
+    /// Why it paused.
+    pub reason: PauseReason,
+    /// Migration points passed in this run.
+    pub points: u64,
+    /// The process (kernel and host).
+    pub process: &'a crate::engine::Process,
+}
+
+/// What [`drive_with`] does after its callback saw a pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterPause {
+    /// Go on in the same instance, from where it paused.
+    Continue,
+    /// End the run; the pause is returned with its state copied out.
+    Stop,
+}
+
+/// [`drive`], showing each pause to `on_pause` with the instance's memories in place (a
+/// checkpoint is written from them without copying them first), then going on in the same
+/// instance or stopping as it says.
+pub fn drive_with(
+    m: &mut dyn Machine,
+    start: Start<'_>,
+    on_pause: &mut dyn FnMut(&PauseView<'_>) -> Result<AfterPause, EngineError>,
+) -> Result<Driven, EngineError> {
+    let mut driven = drive_but_memories(m, start)?;
+    loop {
+        let Driven::Paused(mut state, reason) = driven else {
+            return Ok(driven);
+        };
+        let points = m.control().points();
+        let after = {
+            let (memories, process) = m.paused_view()?;
+            on_pause(&PauseView {
+                state: &state,
+                memories: &memories,
+                reason,
+                points,
+                process,
+            })?
+        };
+        match after {
+            AfterPause::Stop => {
+                state.memories = m.capture_memories();
+                return Ok(Driven::Paused(state, reason));
+            }
+            AfterPause::Continue => {
+                driven = drive_but_memories(m, Start::InPlace(&state.entry))?;
+            }
+        }
+    }
+}
+
+/// [`drive`], leaving a pause's memories in the instance.
+fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineError> {
     let has_budget = m.has_export(BUDGET_GLOBAL);
     if has_budget && let Some(b) = m.control().budget {
         m.set_i32(BUDGET_GLOBAL, b)?;
@@ -458,7 +543,7 @@ pub fn drive(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineErro
             };
             if let Some(reason) = reason {
                 m.set_i32(STATE_GLOBAL, NORMAL)?;
-                let state = m.capture(entry)?;
+                let state = m.capture_but_memories(entry)?;
                 return Ok(Driven::Paused(state, reason));
             }
             let budget = m.control().budget.unwrap_or(DEFAULT_BUDGET);
@@ -490,6 +575,24 @@ pub struct Paused {
     pub points: u64,
     /// The process (kernel and host).
     pub process: crate::engine::Process,
+}
+
+impl Paused {
+    /// The pause, borrowed as a [`drive_with`] callback sees it.
+    pub fn view<'a>(&'a self, memories: &'a [&'a [u8]]) -> PauseView<'a> {
+        PauseView {
+            state: &self.state,
+            memories,
+            reason: self.reason,
+            points: self.points,
+            process: &self.process,
+        }
+    }
+
+    /// The captured memories, borrowed, for [`Paused::view`].
+    pub fn memories(&self) -> Vec<&[u8]> {
+        self.state.memories.iter().map(Vec::as_slice).collect()
+    }
 }
 
 /// The migration-point imports: which `wasi_snapshot_preview1` functions (by their position in

@@ -315,3 +315,75 @@ fn the_fuzz_corpus_reads_without_panic() {
     }
     assert!(seen >= 2);
 }
+
+/// Memories given by the caller, each full of garbage to start with.
+struct Garbage {
+    memories: Vec<Vec<u8>>,
+    /// Pages to hand out instead of the ones asked for, to test the size check.
+    wrong_size: bool,
+}
+
+impl tabi_snapshot::MemoryTarget for Garbage {
+    fn memory(
+        &mut self,
+        head: &tabi_snapshot::Head<'_>,
+        index: u32,
+        pages: u32,
+    ) -> Result<&mut [u8], Error> {
+        assert_eq!(
+            head.identity.original_sha256, [1; 32],
+            "the head is read first"
+        );
+        assert_eq!(
+            index as usize,
+            self.memories.len(),
+            "memories come in order"
+        );
+        let pages = if self.wrong_size { pages + 1 } else { pages };
+        self.memories.push(vec![0xA5; pages as usize * PAGE]);
+        Ok(self.memories.last_mut().unwrap())
+    }
+}
+
+/// Reading into the caller's memories gives the same bytes as reading into the snapshot's
+/// own: the chunks written, and every page the snapshot leaves out zeroed.
+#[test]
+fn read_into_fills_the_targets_memories_and_zeroes_the_rest() {
+    let bytes = full();
+    let owned = read_all(&bytes).unwrap();
+    let mut target = Garbage {
+        memories: Vec::new(),
+        wrong_size: false,
+    };
+    let s = tabi_snapshot::read_into(&mut &bytes[..], &Limits::default(), &mut target).unwrap();
+    assert!(s.memories.is_empty());
+    assert_eq!(target.memories, owned.memories);
+    assert_eq!(s.hash, owned.hash);
+    assert_eq!(s.stack, owned.stack);
+
+    // A target whose memory does not have the snapshot's size is refused.
+    let mut target = Garbage {
+        memories: Vec::new(),
+        wrong_size: true,
+    };
+    let e = tabi_snapshot::read_into(&mut &bytes[..], &Limits::default(), &mut target);
+    assert!(matches!(e, Err(Error::Malformed { .. })), "{e:?}");
+
+    // An incremental snapshot needs its parent, which a target cannot give.
+    let (a, b) = memories();
+    let parent = read_all(&bytes).unwrap();
+    let base = Base {
+        hash: parent.hash,
+        memories: vec![&a[..], &b[..]],
+        kernel: &parent.kernel_bytes,
+    };
+    let mut c = a.clone();
+    c[5] = 9;
+    let inc = snapshot_bytes(&c, &b, &kernel_bytes(), Some(&base));
+    let mut target = Garbage {
+        memories: Vec::new(),
+        wrong_size: false,
+    };
+    let e = tabi_snapshot::read_into(&mut &inc[..], &Limits::default(), &mut target);
+    assert!(matches!(e, Err(Error::Parent { .. })), "{e:?}");
+}

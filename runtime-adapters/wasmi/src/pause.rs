@@ -164,6 +164,21 @@ impl Machine for Session {
         Ok(())
     }
 
+    fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &Process), EngineError> {
+        let mut handles = Vec::new();
+        while let Some(m) = self.instance.get_memory(
+            &mut self.store,
+            &machine::memory_export(handles.len() as u32),
+        ) {
+            handles.push(m);
+        }
+        let store = &self.store;
+        Ok((
+            handles.iter().map(|m| m.data(store)).collect(),
+            &store.data().process,
+        ))
+    }
+
     fn memory_mut(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError> {
         let data = self.grown(name, bytes)?;
         if data.len() != bytes {
@@ -241,9 +256,26 @@ impl Session {
     /// Runs from `start` until the guest finishes or pauses, and ends the session.
     pub fn run(mut self, start: machine::Start<'_>) -> Result<machine::Outcome, EngineError> {
         let driven = self.drive(start)?;
+        Ok(self.finish(driven))
+    }
+
+    /// [`Session::run`], showing each pause to `on_pause` with the memories in place (see
+    /// [`machine::drive_with`]): it continues in this instance or stops.
+    pub fn run_with(
+        mut self,
+        start: machine::Start<'_>,
+        on_pause: &mut dyn FnMut(
+            &machine::PauseView<'_>,
+        ) -> Result<machine::AfterPause, EngineError>,
+    ) -> Result<machine::Outcome, EngineError> {
+        let driven = machine::drive_with(&mut self, start, on_pause)?;
+        Ok(self.finish(driven))
+    }
+
+    fn finish(self, driven: Driven) -> machine::Outcome {
         let points = self.points();
         let process = self.into_process();
-        Ok(match driven {
+        match driven {
             Driven::Exit(exit) => {
                 machine::Outcome::Finished(tabi_libos::Finished { exit, process })
             }
@@ -253,6 +285,6 @@ impl Session {
                 points,
                 process,
             }),
-        })
+        }
     }
 }
