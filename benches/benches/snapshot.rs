@@ -5,11 +5,13 @@
 //! writes its pages, and pauses at a migration point. Measured, medians of `TABI_BENCH_REPS`
 //! (default 7):
 //!
-//! - checkpoint: from the paused guest (its state captured) to the snapshot file written and
-//!   synced; beside it, the capture's copy of the 256 MiB memory image (the same sparse copy
-//!   the adapters make, timed on the captured image);
-//! - resume: from the file to the guest running again (read, check, instantiate, restore,
-//!   rewind) and on to its end, which is a fraction of a millisecond after the point;
+//! - checkpoint: from the guest paused in its instance to the snapshot file written and
+//!   synced, compressed straight from the instance's memory (`checkpoint::run_with`); beside
+//!   it, the encoder alone into memory, and the copy of the memory out of the instance that a
+//!   run which stops makes afterwards;
+//! - resume: from the file to the guest running again (read and check the head, instantiate,
+//!   decode the memories into the instance, restore, rewind) and on to its end, a fraction of
+//!   a millisecond after the point; beside it, reading the file into buffers of its own;
 //! - incremental: after the guest changed 1 MiB, the snapshot against the first;
 //! - the floor: a plain copy of the touched pages plus an LZ4 pass over them, in the same run.
 //!

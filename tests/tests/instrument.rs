@@ -346,40 +346,49 @@ fn safepoints_let_the_host_pause_a_loop() {
         expected.outcome.stdout
     );
 
-    // A request from another thread while the hash loop runs.
-    let flag = Arc::new(AtomicBool::new(false));
-    let setter = {
-        let flag = flag.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            flag.store(true, Ordering::Release);
-        })
-    };
-    let (process, out1, _) = process_for(&spec);
-    let mut control = PauseControl::never();
-    control.request = Some(flag);
-    control.budget = Some(10_000);
-    let paused = match run_pausable(Backend::Wasmtime, &wasm, process, control, None) {
-        Outcome::Paused(p) => p,
-        Outcome::Finished(_) => panic!("the loop finished before the request"),
-    };
-    setter.join().unwrap();
-    assert_eq!(paused.reason, PauseReason::Requested);
-    let (mut process, out2, _) = process_for(&spec);
-    process.kernel = paused.process.kernel;
-    match run_pausable(
-        Backend::Wasmi,
-        &wasm,
-        process,
-        PauseControl::never(),
-        Some(&paused.state),
-    ) {
-        Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
-        Outcome::Paused(_) => panic!("paused again"),
+    // A request from another thread while the hash loop runs. The request comes after a
+    // fixed delay, so on a fast or a loaded machine the loop may end first: then a longer
+    // input is tried.
+    for (attempt, n) in ["60", "600", "6000"].into_iter().enumerate() {
+        let spec = Spec::new(guests::COMPUTE).args(&["hash", n]);
+        let expected = plain(&spec, &original);
+        let flag = Arc::new(AtomicBool::new(false));
+        let setter = {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                flag.store(true, Ordering::Release);
+            })
+        };
+        let (process, out1, _) = process_for(&spec);
+        let mut control = PauseControl::never();
+        control.request = Some(flag);
+        control.budget = Some(10_000);
+        let outcome = run_pausable(Backend::Wasmtime, &wasm, process, control, None);
+        setter.join().unwrap();
+        let paused = match outcome {
+            Outcome::Paused(p) => p,
+            Outcome::Finished(_) if attempt < 2 => continue,
+            Outcome::Finished(_) => panic!("the loop finished before the request"),
+        };
+        assert_eq!(paused.reason, PauseReason::Requested);
+        let (mut process, out2, _) = process_for(&spec);
+        process.kernel = paused.process.kernel;
+        match run_pausable(
+            Backend::Wasmi,
+            &wasm,
+            process,
+            PauseControl::never(),
+            Some(&paused.state),
+        ) {
+            Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
+            Outcome::Paused(_) => panic!("paused again"),
+        }
+        let got = String::from_utf8_lossy(&out1.lock().unwrap()).into_owned()
+            + &String::from_utf8_lossy(&out2.lock().unwrap());
+        assert_eq!(got, expected.outcome.stdout);
+        return;
     }
-    let got = String::from_utf8_lossy(&out1.lock().unwrap()).into_owned()
-        + &String::from_utf8_lossy(&out2.lock().unwrap());
-    assert_eq!(got, expected.outcome.stdout);
 }
 
 /// Generated modules (wasm-smith, from fixed seeds): instrumented and not, and paused at the
