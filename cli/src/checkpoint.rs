@@ -79,10 +79,8 @@ impl Setup {
         if let Some(seed) = self.deterministic {
             kernel.set_deterministic(seed);
         }
-        let now = {
-            use tabi_libos::Host;
-            host.wall_clock_ns()
-        };
+        // The kernel's clock: a deterministic run stamps its directories with virtual time.
+        let now = kernel.wall_clock_now(&mut host);
         for (h, g) in &self.dirs {
             let index = host
                 .fs

@@ -144,6 +144,15 @@ mod tests {
         assert_eq!(&m[..4], &[1, 2, 3, 4]);
         assert_eq!(&m[8..], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(m.read_u16(1).unwrap(), 0x0302);
+        // Reads decode little-endian bytes whatever the host's byte order.
+        let bytes: Vec<u8> = (1..=16).collect();
+        let r: &[u8] = &bytes;
+        assert_eq!(r.read_u32(0).unwrap(), 0x0403_0201);
+        assert_eq!(r.read_u64(8).unwrap(), 0x100f_0e0d_0c0b_0a09);
+        assert_eq!(
+            r.read_iovecs(0, 2).unwrap(),
+            [(0x0403_0201, 0x0807_0605), (0x0c0b_0a09, 0x100f_0e0d)]
+        );
     }
 
     #[test]

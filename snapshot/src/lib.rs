@@ -26,6 +26,7 @@ extern crate alloc;
 extern crate std;
 
 mod format;
+pub mod lz4;
 mod read;
 mod write;
 

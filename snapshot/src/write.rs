@@ -1,7 +1,6 @@
 //! The writer.
 
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use sha2::{Digest, Sha256};
@@ -175,7 +174,9 @@ pub fn write<S: Sink>(
     if let Some(m) = contents.module {
         let mut p = Vec::with_capacity(m.len() / 2 + 16);
         p.extend_from_slice(&(m.len() as u64).to_le_bytes());
-        p.extend_from_slice(&lz4_flex::block::compress(m));
+        let (mut block, mut table) = (Vec::new(), Vec::new());
+        crate::lz4::compress(m, &mut block, &mut table);
+        p.extend_from_slice(&block);
         out.section(SectionId::Module, &p)?;
     }
 
@@ -287,6 +288,15 @@ const RANGE_PAGES: u32 = CHUNK_PAGES;
 #[cfg(feature = "std")]
 const BUFFERS: usize = 2;
 
+/// An encoder's working space, reused from range to range.
+#[derive(Default)]
+struct Scratch {
+    /// One compressed chunk.
+    out: Vec<u8>,
+    /// The compressor's hash table.
+    table: Vec<u32>,
+}
+
 /// The chunks of one range: headers, and their data in one buffer.
 #[derive(Default)]
 struct Encoded {
@@ -338,7 +348,7 @@ fn encode_memory<S: Sink>(
                     // A few buffers per worker, reused: fresh memory costs a page fault per
                     // 4 KiB, as much as compressing it.
                     let mut made = 0;
-                    let mut scratch = Vec::new();
+                    let mut scratch = Scratch::default();
                     for r in ranges.iter().skip(w).step_by(workers) {
                         let mut e = if made < BUFFERS {
                             made += 1;
@@ -371,7 +381,7 @@ fn encode_memory<S: Sink>(
         });
     }
     let mut e = Encoded::default();
-    let mut scratch = Vec::new();
+    let mut scratch = Scratch::default();
     for r in ranges {
         encode_range(view, *r, &mut e, &mut scratch).map_err(WriteError::Invalid)?;
         e.write_to(out)?;
@@ -385,15 +395,12 @@ fn encode_range(
     view: &View<'_>,
     (start, end): (u32, u32),
     e: &mut Encoded,
-    scratch: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> Result<(), String> {
     e.chunks.clear();
     e.data.clear();
     e.pages = 0;
     e.stored = 0;
-    if scratch.is_empty() {
-        *scratch = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK_PAGES as usize * PAGE)];
-    }
     #[derive(PartialEq, Clone, Copy)]
     enum Class {
         Skip,
@@ -452,10 +459,9 @@ fn encode_range(
         let kind = match k {
             Class::Zero => CHUNK_ZERO,
             _ => {
-                let len = lz4_flex::block::compress_into(raw, scratch)
-                    .map_err(|err| alloc::format!("lz4: {err}"))?;
-                if len < raw.len() {
-                    e.data.extend_from_slice(&scratch[..len]);
+                crate::lz4::compress(raw, &mut scratch.out, &mut scratch.table);
+                if scratch.out.len() < raw.len() {
+                    e.data.extend_from_slice(&scratch.out);
                     CHUNK_LZ4
                 } else {
                     e.data.extend_from_slice(raw);
