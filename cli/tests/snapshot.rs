@@ -291,6 +291,40 @@ fn migrate_test_command_reports_success() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
 }
 
+/// Runs `tabi run --safepoints --checkpoint-on-signal [extra] --snapshot FILE COMPUTE args`
+/// and sends it SIGUSR1 every `every_ms` until it ends. Returns its output and how many
+/// signals were sent. The handler is installed before anything else, so an early signal is
+/// only a request that waits for the guest.
+fn run_signalled(extra: &[&str], file: &Path, args: &[&str], every_ms: u64) -> (Output, usize) {
+    let mut child = tabi()
+        .env(
+            "TABI_CACHE_DIR",
+            std::env::temp_dir().join("tabi-test-cache"),
+        )
+        .args(["run", "--safepoints", "--checkpoint-on-signal"])
+        .args(extra)
+        .arg("--snapshot")
+        .arg(file)
+        .arg(guests::COMPUTE)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut signals = 0;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(every_ms));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let _ = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status();
+        signals += 1;
+    }
+    (child.wait_with_output().unwrap(), signals)
+}
+
 /// SIGUSR1 checkpoints a guest that loops without calling anything (with safepoints), and the
 /// snapshot resumes to the output of an uninterrupted run.
 #[test]
@@ -300,37 +334,8 @@ fn sigusr1_writes_a_checkpoint_that_resumes() {
     assert_eq!(plain.status.code(), Some(0));
     let snap = tempfile::tempdir().unwrap();
     let file = snap.path().join("s.snap");
-    let mut child = tabi()
-        .env(
-            "TABI_CACHE_DIR",
-            std::env::temp_dir().join("tabi-test-cache"),
-        )
-        .args([
-            "run",
-            "--safepoints",
-            "--checkpoint-on-signal",
-            "--stop-after-checkpoint",
-            "--snapshot",
-        ])
-        .arg(&file)
-        .arg(guests::COMPUTE)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Signal until it stops: the handler is installed before anything else, so an early
-    // signal is only a request that waits for the guest.
-    let status = loop {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        let _ = Command::new("kill")
-            .args(["-USR1", &child.id().to_string()])
-            .status();
-    };
-    let first = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(75), "{first:?}");
+    let (first, _) = run_signalled(&["--stop-after-checkpoint"], &file, &args, 100);
+    assert_eq!(first.status.code(), Some(75), "{first:?}");
     let b = run(&["resume", file.to_str().unwrap()]);
     assert_eq!(b.status.code(), Some(0), "{b:?}");
     assert_eq!([first.stdout, b.stdout].concat(), plain.stdout);
@@ -400,37 +405,8 @@ fn a_signal_checkpoint_lets_the_guest_go_on_in_place() {
     assert_eq!(plain.status.code(), Some(0));
     let snap = tempfile::tempdir().unwrap();
     let file = snap.path().join("s.snap");
-    let mut child = tabi()
-        .env(
-            "TABI_CACHE_DIR",
-            std::env::temp_dir().join("tabi-test-cache"),
-        )
-        .args([
-            "run",
-            "--safepoints",
-            "--checkpoint-on-signal",
-            "--snapshot",
-        ])
-        .arg(&file)
-        .arg(guests::COMPUTE)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut signals = 0;
-    let status = loop {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        let _ = Command::new("kill")
-            .args(["-USR1", &child.id().to_string()])
-            .status();
-        signals += 1;
-    };
-    let first = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(0), "{first:?}");
+    let (first, signals) = run_signalled(&[], &file, &args, 50);
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
     assert_eq!(first.stdout, plain.stdout);
     if signals == 0 || !file.exists() {
         // The guest ended before any signal took effect: nothing more to check.
