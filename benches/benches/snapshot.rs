@@ -128,6 +128,8 @@ fn main() {
 
     let mut floor_copy = Vec::new();
     let mut floor_lz4 = Vec::new();
+    let (mut own_lz4, mut own_out, mut own_table, mut own_size) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut lz4_size = 0;
     let mut buf = vec![0u8; touched_bytes];
     let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(16 * PAGE)];
@@ -143,6 +145,14 @@ fn main() {
             lz4_size += lz4_flex::block::compress_into(c, &mut out).unwrap();
         }
         floor_lz4.push(t.elapsed());
+        // tabi's own compressor (byte-order independent) over the same bytes.
+        let t = Instant::now();
+        own_size = 0;
+        for c in buf.chunks(16 * PAGE) {
+            tabi_snapshot::lz4::compress(c, &mut own_out, &mut own_table);
+            own_size += own_out.len();
+        }
+        own_lz4.push(t.elapsed());
     }
     let floor = median(floor_copy.clone()) + median(floor_lz4.clone());
 
@@ -273,9 +283,15 @@ fn main() {
     println!(
         "floor: copy {:.1} ms + lz4 {:.1} ms = {:.1} ms; lz4 output {:.1} MiB",
         ms(median(floor_copy)),
-        ms(median(floor_lz4)),
+        ms(median(floor_lz4.clone())),
         ms(floor),
         lz4_size as f64 / MIB
+    );
+    println!(
+        "tabi's LZ4 compressor on the same bytes: {:.1} ms, output {:.1} MiB (lz4_flex: {:.1} ms)",
+        ms(median(own_lz4)),
+        own_size as f64 / MIB,
+        ms(median(floor_lz4.clone()))
     );
     println!(
         "checkpoint from the paused instance to the file synced: {:.1} ms ({:.2} GB/s of touched memory; {:.2}x the floor; target <= 60 ms, >= 1.5 GB/s)",

@@ -13,7 +13,7 @@
 use alloc::vec::Vec;
 
 /// Bits of the hash table's index.
-const HASH_LOG: u32 = 14;
+const HASH_LOG: u32 = 12;
 /// Shortest match the format allows.
 const MIN_MATCH: usize = 4;
 /// The block must end with at least this many literals.
