@@ -303,14 +303,14 @@ pub trait Machine {
                 "the saved state has fewer globals than the module".into(),
             ));
         }
-        let memories = match loaded {
-            Some(n) => n,
-            None => state.memories.len(),
+        let memories = loaded.unwrap_or(state.memories.len());
+        // Memories already loaded in place are not written again.
+        let images = if loaded.is_some() {
+            &[][..]
+        } else {
+            &state.memories[..]
         };
-        for (i, data) in state.memories.iter().enumerate() {
-            if loaded.is_some() {
-                break;
-            }
+        for (i, data) in images.iter().enumerate() {
             let name = memory_export(i as u32);
             let current = self.memory_size(&name)?;
             if data.len() % PAGE != 0 || data.len() < current {
