@@ -33,6 +33,11 @@ impl Touched {
         }
     }
 
+    /// A map of the given blocks: `blocks[i]` for bytes `i * 4096 ..`.
+    pub fn from_blocks(blocks: Vec<bool>) -> Touched {
+        Touched { blocks }
+    }
+
     /// Whether block `i` (bytes `i * 4096 ..`) may hold non-zero bytes; blocks past the end
     /// count as touched.
     pub fn block(&self, i: usize) -> bool {

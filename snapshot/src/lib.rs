@@ -32,7 +32,7 @@ mod write;
 
 pub use format::{CHUNK_PAGES, MAGIC, PAGE, SectionId, VERSION};
 pub use read::{Head, Limits, MemoryTarget, SectionInfo, Snapshot, read, read_into};
-pub use write::{Base, Contents, Summary, WriteError, write};
+pub use write::{Base, Contents, Prior, Summary, WriteError, write};
 
 use alloc::string::String;
 use alloc::vec::Vec;

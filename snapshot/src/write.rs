@@ -41,10 +41,27 @@ pub struct Contents<'a> {
 pub struct Base<'a> {
     /// Its [`crate::Snapshot::hash`] (or [`Summary::hash`]).
     pub hash: [u8; 32],
-    /// Its memories, as they were when it was taken.
-    pub memories: Vec<&'a [u8]>,
+    /// Its memories, as the writer can know them.
+    pub memories: Vec<Prior<'a>>,
     /// Its kernel state bytes.
     pub kernel: &'a [u8],
+}
+
+/// A memory of the base of an incremental snapshot.
+#[derive(Clone, Copy, Debug)]
+pub enum Prior<'a> {
+    /// Its bytes when the base was taken: each page is compared with them.
+    Bytes(&'a [u8]),
+    /// Its length when the base was taken, and the 4 KiB blocks written since (as a
+    /// [`tabi_libos::written::Tracker`] reports them). Only the pages with a written block
+    /// are read, and each of them is written to the snapshot (as a zero chunk if it is zero
+    /// now): nothing is compared. The map must cover every write, or the snapshot misses it.
+    Written {
+        /// The memory's length in bytes when the base was taken.
+        len: usize,
+        /// The blocks written since.
+        blocks: &'a Touched,
+    },
 }
 
 /// What was written.
@@ -122,7 +139,15 @@ use tabi_libos::resident::{Touched, touched_or_all};
 struct View<'a> {
     mem: &'a [u8],
     touched: &'a Touched,
-    old: Option<(&'a [u8], &'a Touched)>,
+    old: Option<Old<'a>>,
+}
+
+/// The base's memory, as the encoder uses it.
+enum Old<'a> {
+    /// Its bytes, and the blocks the host ever backed.
+    Bytes(&'a [u8], Touched),
+    /// Its length, and the blocks written since.
+    Written(usize, &'a Touched),
 }
 
 /// Writes a snapshot of `contents` to `sink`. With a `base`, the snapshot is incremental: it
@@ -222,14 +247,23 @@ pub fn write<S: Sink>(
         }
         let pages = u32::try_from(mem.len() / PAGE)
             .map_err(|_| WriteError::Invalid("memory over 2^32 pages".into()))?;
-        let old = base.map(|b| b.memories[index]);
         // Pages the host never backed read as zero: they are skipped without being read.
+        let old = base.map(|b| match b.memories[index] {
+            Prior::Bytes(old) => Old::Bytes(old, touched_or_all(old)),
+            Prior::Written { len, blocks } => Old::Written(len, blocks),
+        });
+        if let Some(Old::Written(len, _)) = old
+            && len > mem.len()
+        {
+            return Err(WriteError::Invalid(alloc::format!(
+                "memory {index} is smaller than in the base"
+            )));
+        }
         let touched = touched_or_all(mem);
-        let old_touched = old.map(touched_or_all);
         let view = View {
             mem,
             touched: &touched,
-            old: old.zip(old_touched.as_ref()),
+            old,
         };
         let mut h = Vec::with_capacity(13);
         h.push(SectionId::Memory as u8);
@@ -414,18 +448,35 @@ fn encode_range(
     };
     let class = |p: u32| -> Class {
         let range = p as usize * PAGE..(p as usize + 1) * PAGE;
-        let now_zero = zero(mem, view.touched, range.clone());
-        match view.old {
+        let now_zero = || zero(mem, view.touched, range.clone());
+        match &view.old {
+            // A page the base lacks reads as zero on resume too.
             None => {
-                if now_zero {
+                if now_zero() {
                     Class::Skip
                 } else {
                     Class::Data
                 }
             }
-            Some((old, old_touched)) => {
-                // A page the base lacks reads as zero on resume too.
+            Some(Old::Written(len, _)) if range.end > *len => {
+                if now_zero() {
+                    Class::Skip
+                } else {
+                    Class::Data
+                }
+            }
+            Some(Old::Written(_, written)) => {
+                if !written.any(range.clone()) {
+                    Class::Skip
+                } else if now_zero() {
+                    Class::Zero
+                } else {
+                    Class::Data
+                }
+            }
+            Some(Old::Bytes(old, old_touched)) => {
                 let was_zero = range.end > old.len() || zero(old, old_touched, range.clone());
+                let now_zero = now_zero();
                 match (was_zero, now_zero) {
                     (true, true) => Class::Skip,
                     (false, true) => Class::Zero,

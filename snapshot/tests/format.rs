@@ -5,7 +5,8 @@ use std::path::Path;
 
 use tabi_libos::Kernel;
 use tabi_libos::machine::Value;
-use tabi_snapshot::{Base, Contents, Error, Identity, Limits, PAGE, Snapshot, read, write};
+use tabi_libos::resident::Touched;
+use tabi_snapshot::{Base, Contents, Error, Identity, Limits, PAGE, Prior, Snapshot, read, write};
 
 /// Three pages: data, zeros, a repeating pattern; and a second, one-page memory.
 fn memories() -> (Vec<u8>, Vec<u8>) {
@@ -112,13 +113,43 @@ fn incremental_snapshots_hold_only_changes_and_need_their_parent() {
     a2.extend(vec![3u8; PAGE]); // the memory grew by a page
     let base = Base {
         hash: parent.hash,
-        memories: vec![&a, &b],
+        memories: vec![Prior::Bytes(&a), Prior::Bytes(&b)],
         kernel: &k,
     };
     let child_bytes = snapshot_bytes(&a2, &b, &k, Some(&base));
     assert!(child_bytes.len() < parent_bytes.len());
     let child = read(&mut &child_bytes[..], &Limits::default(), Some(&parent)).unwrap();
+    assert_eq!(child.memories, vec![a2.clone(), b.clone()]);
+
+    // The same change, known from a map of the blocks written instead of the parent's bytes:
+    // the pages not written are not even read (here they hold garbage the parent lacks, and
+    // stay out of the child).
+    let mut written = vec![false; a.len() / 4096];
+    written[0] = true; // the first page, now zero
+    written[PAGE / 4096 + 1] = true; // the second page, one block of it
+    let written = Touched::from_blocks(written);
+    let mut b_unchanged = b.clone();
+    b_unchanged[200] = 0x5a; // not in the map: must be skipped unread
+    let nothing = Touched::from_blocks(vec![false; b.len() / 4096]);
+    let base = Base {
+        hash: parent.hash,
+        memories: vec![
+            Prior::Written {
+                len: a.len(),
+                blocks: &written,
+            },
+            Prior::Written {
+                len: b.len(),
+                blocks: &nothing,
+            },
+        ],
+        kernel: &k,
+    };
+    let tracked = snapshot_bytes(&a2, &b_unchanged, &k, Some(&base));
+    let child = read(&mut &tracked[..], &Limits::default(), Some(&parent)).unwrap();
     assert_eq!(child.memories, vec![a2, b.clone()]);
+    // Both ways find the same pages, so they write the same bytes.
+    assert_eq!(tracked, child_bytes);
     assert_eq!(child.kernel_bytes, k);
     // Without the parent, or with another, it is refused by name.
     assert!(matches!(
@@ -374,7 +405,7 @@ fn read_into_fills_the_targets_memories_and_zeroes_the_rest() {
     let parent = read_all(&bytes).unwrap();
     let base = Base {
         hash: parent.hash,
-        memories: vec![&a[..], &b[..]],
+        memories: vec![Prior::Bytes(&a[..]), Prior::Bytes(&b[..])],
         kernel: &parent.kernel_bytes,
     };
     let mut c = a.clone();
