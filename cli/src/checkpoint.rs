@@ -311,6 +311,18 @@ pub fn write_snapshot(
     instrumented: &[u8],
     dirs: &[(PathBuf, String)],
 ) -> Result<tabi_snapshot::Summary> {
+    write_file(path, |sink| {
+        write_to(sink, paused, original, instrumented, dirs)
+    })
+}
+
+/// Writes a snapshot file through `write`, by way of a temporary file and a rename.
+fn write_file(
+    path: &Path,
+    write: impl FnOnce(
+        &mut tabi_snapshot::IoSink<std::io::BufWriter<Durable>>,
+    ) -> Result<tabi_snapshot::Summary>,
+) -> Result<tabi_snapshot::Summary> {
     let tmp = path.with_file_name(format!(".{}.{}", std::process::id(), file_name(path)));
     let file = std::fs::File::create(&tmp)
         .with_context(|| format!("cannot create `{}`", tmp.display()))?;
@@ -318,7 +330,14 @@ pub fn write_snapshot(
         1 << 20,
         Durable::new(file),
     ));
-    let summary = write_to(&mut sink, paused, original, instrumented, dirs)?;
+    let summary = match write(&mut sink) {
+        Ok(s) => s,
+        Err(e) => {
+            drop(sink);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     let file = sink
         .0
         .into_inner()
@@ -327,6 +346,151 @@ pub fn write_snapshot(
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
     Ok(summary)
+}
+
+/// The successive checkpoints of one run, each after the first written incrementally: it
+/// holds only the pages written since the one before and names that one as its parent.
+///
+/// Which pages were written comes from the host's dirty-page tracking of the instance's
+/// memories (see [`tabi_libos::written`]), started at the first checkpoint; nothing is
+/// compared and no copy of the memories is kept. Where the host cannot track, or the
+/// tracking lost sight of a memory (wasmi moves a memory that grows), or a write failed,
+/// the next checkpoint is a full one and a new chain starts there.
+#[derive(Debug, Default)]
+pub struct Chain {
+    last: Option<Link>,
+}
+
+/// The last checkpoint of a chain.
+#[derive(Debug)]
+struct Link {
+    hash: [u8; 32],
+    kernel: Vec<u8>,
+    /// Per memory: its tracker, and its length at the checkpoint.
+    memories: Vec<(tabi_libos::written::Tracker, usize)>,
+}
+
+/// A checkpoint a [`Chain`] wrote.
+#[derive(Clone, Debug)]
+pub struct ChainWritten {
+    /// What was written.
+    pub summary: tabi_snapshot::Summary,
+    /// For an incremental checkpoint, the content hash of its parent (the checkpoint before).
+    pub parent: Option<[u8; 32]>,
+    /// Whether the next checkpoint can be incremental against this one.
+    pub tracked: bool,
+}
+
+impl Chain {
+    /// A chain with no checkpoint yet: the first is full.
+    pub fn new() -> Chain {
+        Chain::default()
+    }
+
+    /// Writes the checkpoint of `paused` to `sink`: incremental against the chain's last
+    /// checkpoint when it can be, else full. The paused instance must be the one the chain's
+    /// earlier checkpoints were taken from, continued in place.
+    pub fn write_to<S: tabi_snapshot::Sink>(
+        &mut self,
+        sink: &mut S,
+        paused: &PauseView<'_>,
+        original: &[u8],
+        instrumented: &[u8],
+        dirs: &[(PathBuf, String)],
+    ) -> Result<ChainWritten>
+    where
+        S::Error: std::fmt::Display,
+    {
+        let kernel = tabi_libos::encode_state(&paused.process.kernel)
+            .map_err(|e| anyhow!("cannot encode the kernel state: {e}"))?;
+        // Taken out: if anything below fails, the next checkpoint is a full one.
+        let last = self.last.take();
+        let mut trackers = Vec::new();
+        let mut written = Vec::new();
+        let mut parent = None;
+        if let Some(mut link) = last
+            && link.memories.len() == paused.memories.len()
+        {
+            for ((tracker, len), mem) in link.memories.iter_mut().zip(paused.memories) {
+                match tracker.take(mem) {
+                    Some(blocks) => written.push((*len, blocks)),
+                    None => break,
+                }
+            }
+            if written.len() == paused.memories.len() {
+                parent = Some((link.hash, link.kernel));
+                trackers = link.memories.into_iter().map(|(t, _)| t).collect();
+            } else {
+                written.clear();
+            }
+        }
+        if parent.is_none() {
+            // A full checkpoint; tracking starts (again) from it. Any old tracker was dropped
+            // above, which unregistered its memory.
+            trackers = paused
+                .memories
+                .iter()
+                .map_while(|m| tabi_libos::written::Tracker::start(m))
+                .collect();
+        }
+        let base = parent.as_ref().map(|(hash, kernel)| tabi_snapshot::Base {
+            hash: *hash,
+            memories: written
+                .iter()
+                .map(|(len, blocks)| tabi_snapshot::Prior::Written { len: *len, blocks })
+                .collect(),
+            kernel,
+        });
+        let summary = write_with_base(
+            sink,
+            paused,
+            &kernel,
+            original,
+            instrumented,
+            dirs,
+            base.as_ref(),
+        )?;
+        let tracked = trackers.len() == paused.memories.len();
+        if tracked {
+            self.last = Some(Link {
+                hash: summary.hash,
+                kernel,
+                memories: trackers
+                    .into_iter()
+                    .zip(paused.memories.iter().map(|m| m.len()))
+                    .collect(),
+            });
+        }
+        Ok(ChainWritten {
+            summary,
+            parent: parent.map(|(h, _)| h),
+            tracked,
+        })
+    }
+
+    /// [`Chain::write_to`] a file, through a temporary file and a rename.
+    pub fn write(
+        &mut self,
+        path: &Path,
+        paused: &PauseView<'_>,
+        original: &[u8],
+        instrumented: &[u8],
+        dirs: &[(PathBuf, String)],
+    ) -> Result<ChainWritten> {
+        let mut out = None;
+        let written = write_file(path, |sink| {
+            let w = self.write_to(sink, paused, original, instrumented, dirs)?;
+            let summary = w.summary.clone();
+            out = Some(w);
+            Ok(summary)
+        });
+        if written.is_err() {
+            // The file is not there to be a parent.
+            self.last = None;
+        }
+        written?;
+        out.ok_or_else(|| anyhow!("no checkpoint was written"))
+    }
 }
 
 /// A file being written that a thread of its own syncs every [`Durable::EVERY`] bytes, so
@@ -410,12 +574,29 @@ pub fn write_to<S: tabi_snapshot::Sink>(
 where
     S::Error: std::fmt::Display,
 {
+    let kernel = tabi_libos::encode_state(&paused.process.kernel)
+        .map_err(|e| anyhow!("cannot encode the kernel state: {e}"))?;
+    write_with_base(sink, paused, &kernel, original, instrumented, dirs, None)
+}
+
+/// Writes a snapshot of `paused`, whose kernel state encodes to `kernel`, incremental when
+/// there is a `base`.
+fn write_with_base<S: tabi_snapshot::Sink>(
+    sink: &mut S,
+    paused: &PauseView<'_>,
+    kernel: &[u8],
+    original: &[u8],
+    instrumented: &[u8],
+    dirs: &[(PathBuf, String)],
+    base: Option<&tabi_snapshot::Base<'_>>,
+) -> Result<tabi_snapshot::Summary>
+where
+    S::Error: std::fmt::Display,
+{
     let manifest = tabi_instrument::Manifest::from_module(instrumented)
         .ok()
         .flatten()
         .ok_or_else(|| anyhow!("the module that ran is not instrumented"))?;
-    let kernel = tabi_libos::encode_state(&paused.process.kernel)
-        .map_err(|e| anyhow!("cannot encode the kernel state: {e}"))?;
     let mut mounts = Vec::new();
     for m in paused.process.kernel.mounts() {
         if let MountKind::Host { .. } = m.kind {
@@ -454,10 +635,28 @@ where
         tables: manifest.tables,
         memories: paused.memories.to_vec(),
         stack: &state.stack,
-        kernel: &kernel,
+        kernel,
         mounts: &mounts,
     };
-    tabi_snapshot::write(sink, &contents, None).map_err(|e| anyhow!("{e}"))
+    tabi_snapshot::write(sink, &contents, base).map_err(|e| anyhow!("{e}"))
+}
+
+/// Reads a chain of snapshot files: a full snapshot, then incremental ones, each against the
+/// one before (as a [`Chain`] wrote them). Gives the state of the last, whole.
+pub fn read_chain(paths: &[PathBuf]) -> Result<Snapshot> {
+    let (first, rest) = paths
+        .split_first()
+        .ok_or_else(|| anyhow!("no snapshot file given"))?;
+    let mut snapshot = read_snapshot(first)?;
+    for path in rest {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open `{}`", path.display()))?;
+        let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
+        snapshot =
+            tabi_snapshot::read(&mut src, &tabi_snapshot::Limits::default(), Some(&snapshot))
+                .with_context(|| format!("`{}` is not a valid snapshot", path.display()))?;
+    }
+    Ok(snapshot)
 }
 
 /// Reads and checks a snapshot file.

@@ -64,12 +64,19 @@ struct ResumeArgs {
     checkpoint: CheckpointArgs,
     /// The snapshot.
     file: PathBuf,
+    /// Incremental snapshots to apply to it first, in order (as `--incremental` wrote them:
+    /// FILE.1, FILE.2, ...); the run resumes from the last.
+    #[arg(value_name = "INCREMENTAL")]
+    links: Vec<PathBuf>,
 }
 
 #[derive(Parser)]
 struct InspectArgs {
     /// The snapshot.
     file: PathBuf,
+    /// Incremental snapshots applied to it, in order; the last is described.
+    #[arg(value_name = "INCREMENTAL")]
+    links: Vec<PathBuf>,
 }
 
 #[derive(Parser)]
@@ -105,6 +112,11 @@ struct CheckpointArgs {
     /// Where to write the snapshot.
     #[arg(long, value_name = "FILE")]
     snapshot: Option<PathBuf>,
+    /// Write each checkpoint after the first as FILE.1, FILE.2, ...: an incremental snapshot
+    /// holding only what changed since the one before. Resume with `tabi resume FILE FILE.1
+    /// ...`. Where the host cannot track writes to the guest's memory, a checkpoint is full.
+    #[arg(long, requires = "snapshot")]
+    incremental: bool,
     /// Add safepoints, so that a signal can checkpoint a guest that loops without calling.
     #[arg(long)]
     safepoints: bool,
@@ -362,6 +374,8 @@ fn ended(outcome: Result<Outcome>, failure: Option<anyhow::Error>) -> Result<End
 struct Checkpointer<'a> {
     path: Option<PathBuf>,
     stop_after_checkpoint: bool,
+    /// With `--incremental`: the chain, and how many checkpoints it wrote.
+    chain: Option<(checkpoint::Chain, u64)>,
     original: &'a [u8],
     instrumented: &'a [u8],
     dirs: &'a [(PathBuf, String)],
@@ -379,6 +393,7 @@ impl<'a> Checkpointer<'a> {
         Checkpointer {
             path: cp.snapshot.clone(),
             stop_after_checkpoint: cp.stop_after_checkpoint,
+            chain: cp.incremental.then(|| (checkpoint::Chain::new(), 0)),
             original,
             instrumented,
             dirs,
@@ -391,18 +406,56 @@ impl<'a> Checkpointer<'a> {
         view: &tabi_libos::machine::PauseView<'_>,
     ) -> Result<AfterPause, tabi_libos::EngineError> {
         let Some(path) = &self.path else {
+            if view.reason == tabi_libos::machine::PauseReason::Guest {
+                // A checkpoint the guest asks for when none is to be written: as in a run
+                // that is not instrumented, the request does nothing.
+                return Ok(AfterPause::Continue);
+            }
             self.failure = Some(anyhow!(
                 "the guest paused, but no --snapshot file was given"
             ));
             return Ok(AfterPause::Stop);
         };
-        match checkpoint::write_snapshot(path, view, self.original, self.instrumented, self.dirs) {
-            Ok(summary) => eprintln!(
-                "tabi: checkpoint at migration point {} ({:?}) written to {} ({} bytes)",
+        let written = match &mut self.chain {
+            None => {
+                checkpoint::write_snapshot(path, view, self.original, self.instrumented, self.dirs)
+                    .map(|summary| (path.clone(), summary, None))
+            }
+            Some((chain, n)) => {
+                // The first checkpoint goes to FILE; each later one to FILE.N, incremental
+                // when the chain can make it so (else full, and the chain starts again).
+                let target = match *n {
+                    0 => path.clone(),
+                    n => {
+                        let mut name = path.as_os_str().to_owned();
+                        name.push(format!(".{n}"));
+                        PathBuf::from(name)
+                    }
+                };
+                chain
+                    .write(&target, view, self.original, self.instrumented, self.dirs)
+                    .map(|w| {
+                        *n += 1;
+                        (target, w.summary, w.parent)
+                    })
+            }
+        };
+        match written {
+            Ok((target, summary, parent)) => eprintln!(
+                "tabi: {} at migration point {} ({:?}) written to {} ({} bytes{})",
+                if parent.is_some() {
+                    "incremental checkpoint"
+                } else {
+                    "checkpoint"
+                },
                 view.points,
                 view.reason,
-                path.display(),
-                summary.bytes
+                target.display(),
+                summary.bytes,
+                match parent {
+                    Some(p) => format!(", parent {}", &tabi_snapshot::hex(&p)[..16]),
+                    None => String::new(),
+                }
             ),
             Err(e) => {
                 self.failure = Some(e);
@@ -436,15 +489,18 @@ fn control(cp: &CheckpointArgs) -> Result<PauseControl> {
 
 fn resume(args: ResumeArgs) -> Result<Ended> {
     signal_flag(&args.checkpoint)?;
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("cannot open `{}`", args.file.display()))?;
-    let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
     let dirs: Vec<(PathBuf, String)> = args
         .dirs
         .iter()
         .map(|d| split_mapping(d))
         .map(|(h, g)| (h.into(), g))
         .collect();
+    if !args.links.is_empty() {
+        return resume_chain(&args, &dirs);
+    }
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot open `{}`", args.file.display()))?;
+    let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
     let loaded = checkpoint::load(
         args.backend.into(),
         &mut src,
@@ -462,14 +518,41 @@ fn resume(args: ResumeArgs) -> Result<Ended> {
     ended(outcome, checkpointer.failure)
 }
 
-fn inspect(args: InspectArgs) -> Result<()> {
-    let s = checkpoint::read_snapshot(&args.file)?;
-    let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "snapshot {} (format version {})",
-        args.file.display(),
-        s.version
+/// Resumes from a full snapshot and the incremental ones after it.
+fn resume_chain(args: &ResumeArgs, dirs: &[(PathBuf, String)]) -> Result<Ended> {
+    let chain = chain_paths(&args.file, &args.links);
+    let last = chain.last().unwrap_or(&args.file);
+    let mut snapshot = checkpoint::read_chain(&chain)?;
+    let (original, instrumented) = checkpoint::modules_for(&snapshot, args.module.as_deref())
+        .with_context(|| format!("cannot resume `{}`", last.display()))?;
+    let process = checkpoint::resume_process(&snapshot, dirs, Stdio::Inherit, Stdio::Inherit)
+        .with_context(|| format!("cannot resume `{}`", last.display()))?;
+    let state = snapshot.take_machine_state();
+    let mut checkpointer = Checkpointer::new(&args.checkpoint, &original, &instrumented, dirs);
+    let outcome = checkpoint::run_with(
+        args.backend.into(),
+        &instrumented,
+        process,
+        control(&args.checkpoint)?,
+        Some(&state),
+        &mut |view| checkpointer.at_pause(view),
     );
+    ended(outcome, checkpointer.failure)
+}
+
+/// A full snapshot's path followed by its incremental ones'.
+fn chain_paths(file: &std::path::Path, incremental: &[PathBuf]) -> Vec<PathBuf> {
+    std::iter::once(file.to_path_buf())
+        .chain(incremental.iter().cloned())
+        .collect()
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let chain = chain_paths(&args.file, &args.links);
+    let file = chain.last().unwrap_or(&args.file);
+    let s = checkpoint::read_chain(&chain)?;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    println!("snapshot {} (format version {})", file.display(), s.version);
     println!("  content hash   {}", tabi_snapshot::hex(&s.hash));
     println!(
         "  original       sha256 {}",
