@@ -305,7 +305,13 @@ fn main() {
                 }
                 let t = Instant::now();
                 let w = chain
-                    .write(&dir.path().join("tracked.snap"), view, &original, &wasm, &[])
+                    .write(
+                        &dir.path().join("tracked.snap"),
+                        view,
+                        &original,
+                        &wasm,
+                        &[],
+                    )
                     .expect("incremental checkpoint");
                 tracked_times.push(t.elapsed());
                 tracked_size = w.summary.bytes;

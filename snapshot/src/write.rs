@@ -259,7 +259,12 @@ pub fn write<S: Sink>(
                 "memory {index} is smaller than in the base"
             )));
         }
-        let touched = touched_or_all(mem);
+        // With a map of the pages written, only those are read, and reading them is all the
+        // zero check costs: the probe would cost more than it saves.
+        let touched = match old {
+            Some(Old::Written(..)) => Touched::all(mem.len()),
+            _ => touched_or_all(mem),
+        };
         let view = View {
             mem,
             touched: &touched,
