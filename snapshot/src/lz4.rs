@@ -14,6 +14,8 @@ use alloc::vec::Vec;
 
 /// Bits of the hash table's index.
 const HASH_LOG: u32 = 12;
+/// Slots of the hash table.
+const TABLE: usize = 1 << HASH_LOG;
 /// Shortest match the format allows.
 const MIN_MATCH: usize = 4;
 /// The block must end with at least this many literals.
@@ -32,7 +34,9 @@ pub fn max_compressed_size(len: usize) -> usize {
 
 #[inline(always)]
 fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[i..i + 4]);
+    u32::from_le_bytes(w)
 }
 
 #[inline(always)]
@@ -88,7 +92,10 @@ pub fn compress(input: &[u8], out: &mut Vec<u8>, table: &mut Vec<u32>) {
         return;
     }
     table.clear();
-    table.resize(1 << HASH_LOG, EMPTY);
+    table.resize(TABLE, EMPTY);
+    // Of known length, indexed by hashes below it by construction: no bounds checks in the
+    // loop.
+    let table = &mut table[..TABLE];
     // Matches start before `last_start` and end by `len - LAST_LITERALS`.
     let last_start = len - MF_LIMIT;
     let match_end = len - LAST_LITERALS;
