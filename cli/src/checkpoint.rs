@@ -647,7 +647,7 @@ pub fn read_chain(paths: &[PathBuf]) -> Result<Snapshot> {
     let (first, rest) = paths
         .split_first()
         .ok_or_else(|| anyhow!("no snapshot file given"))?;
-    let mut snapshot = read_snapshot(first)?;
+    let mut snapshot = read_snapshot(first).map_err(chain_hint)?;
     for path in rest {
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open `{}`", path.display()))?;
@@ -657,6 +657,24 @@ pub fn read_chain(paths: &[PathBuf]) -> Result<Snapshot> {
                 .with_context(|| format!("`{}` is not a valid snapshot", path.display()))?;
     }
     Ok(snapshot)
+}
+
+/// Adds to an error about an incremental snapshot read alone how to give its chain.
+fn chain_hint(e: anyhow::Error) -> anyhow::Error {
+    let incremental = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<tabi_snapshot::Error>(),
+            Some(tabi_snapshot::Error::Parent { .. })
+        )
+    });
+    if incremental {
+        e.context(
+            "give the chain in order, starting with the full snapshot it grew from \
+             (FILE FILE.1 FILE.2 ...)",
+        )
+    } else {
+        e
+    }
 }
 
 /// Reads and checks a snapshot file.
@@ -775,7 +793,7 @@ pub fn load<S: tabi_snapshot::Source>(
     if let Some(e) = loader.failure.take() {
         return Err(e);
     }
-    let mut snapshot = read.context("not a valid snapshot")?;
+    let mut snapshot = read.context("not a valid snapshot").map_err(chain_hint)?;
     if loader.session.is_none() {
         // A guest without memories: nothing called for the instance yet.
         let head = tabi_snapshot::Head {

@@ -249,6 +249,12 @@ fn the_binary_writes_and_resumes_a_chain() {
                 String::from_utf8_lossy(&alone.stderr).contains("parent"),
                 "{alone:?}"
             );
+            let alone = tabi(&["resume", &link(1)]);
+            assert_eq!(alone.status.code(), Some(1));
+            assert!(
+                String::from_utf8_lossy(&alone.stderr).contains("give the chain"),
+                "{alone:?}"
+            );
             // Out of order, too.
             let wrong = tabi(&["resume", f, &link(2)]);
             assert_ne!(wrong.status.code(), Some(0), "{wrong:?}");
