@@ -277,9 +277,12 @@ pub fn write<S: Sink>(
         let c = crc(&h[1..]);
         h.extend_from_slice(&c.to_le_bytes());
         out.frame(&h)?;
+        // Ranges that cannot hold a chunk are left out before any thread sees them: an
+        // incremental snapshot of a large memory is mostly such ranges.
         let ranges: Vec<(u32, u32)> = (0..pages)
             .step_by(RANGE_PAGES as usize)
             .map(|p| (p, (p + RANGE_PAGES).min(pages)))
+            .filter(|&r| !nothing_in(&view, r))
             .collect();
         encode_memory(&view, &ranges, &mut out)?;
         out.frame(&CHUNK_END.to_le_bytes())?;
@@ -426,6 +429,22 @@ fn encode_memory<S: Sink>(
         e.write_to(out)?;
     }
     Ok(())
+}
+
+/// Whether pages `start..end` surely give no chunk: nothing there was ever backed (and, in an
+/// incremental snapshot, nothing the base had there either), or nothing there was written
+/// since the base. Reads no memory.
+fn nothing_in(view: &View<'_>, (start, end): (u32, u32)) -> bool {
+    let bytes = start as usize * PAGE..end as usize * PAGE;
+    match &view.old {
+        None => !view.touched.any(bytes),
+        Some(Old::Written(len, written)) => bytes.end <= *len && !written.any(bytes),
+        Some(Old::Bytes(old, old_touched)) => {
+            !view.touched.any(bytes.clone())
+                && (bytes.start >= old.len()
+                    || !old_touched.any(bytes.start..bytes.end.min(old.len())))
+        }
+    }
 }
 
 /// Encodes pages `range` of `mem`: the pages to write (non-zero ones; in an incremental
