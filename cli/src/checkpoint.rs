@@ -377,8 +377,6 @@ pub struct ChainWritten {
     pub summary: tabi_snapshot::Summary,
     /// For an incremental checkpoint, the content hash of its parent (the checkpoint before).
     pub parent: Option<[u8; 32]>,
-    /// Whether the next checkpoint can be incremental against this one.
-    pub tracked: bool,
 }
 
 impl Chain {
@@ -404,43 +402,45 @@ impl Chain {
         let kernel = tabi_libos::encode_state(&paused.process.kernel)
             .map_err(|e| anyhow!("cannot encode the kernel state: {e}"))?;
         // Taken out: if anything below fails, the next checkpoint is a full one.
-        let last = self.last.take();
-        let mut trackers = Vec::new();
-        let mut written = Vec::new();
-        let mut parent = None;
-        if let Some(mut link) = last
-            && link.memories.len() == paused.memories.len()
-        {
-            for ((tracker, len), mem) in link.memories.iter_mut().zip(paused.memories) {
-                match tracker.take(mem) {
-                    Some(blocks) => written.push((*len, blocks)),
-                    None => break,
-                }
-            }
-            if written.len() == paused.memories.len() {
-                parent = Some((link.hash, link.kernel));
-                trackers = link.memories.into_iter().map(|(t, _)| t).collect();
-            } else {
-                written.clear();
-            }
-        }
-        if parent.is_none() {
-            // A full checkpoint; tracking starts (again) from it. Any old tracker was dropped
-            // above, which unregistered its memory.
-            trackers = paused
-                .memories
-                .iter()
-                .map_while(|m| tabi_libos::written::Tracker::start(m))
-                .collect();
-        }
-        let base = parent.as_ref().map(|(hash, kernel)| tabi_snapshot::Base {
-            hash: *hash,
-            memories: written
-                .iter()
-                .map(|(len, blocks)| tabi_snapshot::Prior::Written { len: *len, blocks })
-                .collect(),
-            kernel,
+        let mut last = self
+            .last
+            .take()
+            .filter(|l| l.memories.len() == paused.memories.len());
+        // Incremental when every memory's tracker answers.
+        let written: Option<Vec<tabi_libos::resident::Touched>> = last.as_mut().and_then(|l| {
+            l.memories
+                .iter_mut()
+                .zip(paused.memories)
+                .map(|((tracker, _), mem)| tracker.take(mem))
+                .collect()
         });
+        let (parent, trackers) = match (last, written) {
+            (Some(link), Some(written)) => {
+                let (trackers, lens): (Vec<_>, Vec<_>) = link.memories.into_iter().unzip();
+                (Some((link.hash, link.kernel, lens, written)), trackers)
+            }
+            // A full checkpoint; tracking starts (again) from it. Any old tracker was
+            // dropped, which unregistered its memory.
+            _ => (
+                None,
+                paused
+                    .memories
+                    .iter()
+                    .map_while(|m| tabi_libos::written::Tracker::start(m))
+                    .collect(),
+            ),
+        };
+        let base = parent
+            .as_ref()
+            .map(|(hash, kernel, lens, written)| tabi_snapshot::Base {
+                hash: *hash,
+                memories: lens
+                    .iter()
+                    .zip(written)
+                    .map(|(&len, blocks)| tabi_snapshot::Prior::Written { len, blocks })
+                    .collect(),
+                kernel,
+            });
         let summary = write_with_base(
             sink,
             paused,
@@ -450,8 +450,7 @@ impl Chain {
             dirs,
             base.as_ref(),
         )?;
-        let tracked = trackers.len() == paused.memories.len();
-        if tracked {
+        if trackers.len() == paused.memories.len() {
             self.last = Some(Link {
                 hash: summary.hash,
                 kernel,
@@ -463,8 +462,7 @@ impl Chain {
         }
         Ok(ChainWritten {
             summary,
-            parent: parent.map(|(h, _)| h),
-            tracked,
+            parent: parent.map(|(hash, ..)| hash),
         })
     }
 
@@ -649,12 +647,7 @@ pub fn read_chain(paths: &[PathBuf]) -> Result<Snapshot> {
         .ok_or_else(|| anyhow!("no snapshot file given"))?;
     let mut snapshot = read_snapshot(first).map_err(chain_hint)?;
     for path in rest {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open `{}`", path.display()))?;
-        let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
-        snapshot =
-            tabi_snapshot::read(&mut src, &tabi_snapshot::Limits::default(), Some(&snapshot))
-                .with_context(|| format!("`{}` is not a valid snapshot", path.display()))?;
+        snapshot = read_file(path, Some(&snapshot))?;
     }
     Ok(snapshot)
 }
@@ -679,10 +672,15 @@ fn chain_hint(e: anyhow::Error) -> anyhow::Error {
 
 /// Reads and checks a snapshot file.
 pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
+    read_file(path, None)
+}
+
+/// Reads and checks a snapshot file, against `base` when it is incremental.
+fn read_file(path: &Path, base: Option<&Snapshot>) -> Result<Snapshot> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
     let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
-    tabi_snapshot::read(&mut src, &tabi_snapshot::Limits::default(), None)
+    tabi_snapshot::read(&mut src, &tabi_snapshot::Limits::default(), base)
         .with_context(|| format!("`{}` is not a valid snapshot", path.display()))
 }
 

@@ -79,7 +79,7 @@ pub fn touched_or_all(mem: &[u8]) -> Touched {
 }
 
 #[cfg(all(feature = "std", target_os = "linux"))]
-mod linux {
+pub(crate) mod linux {
     use super::{BLOCK, Touched};
     use alloc::vec;
     use std::os::unix::fs::FileExt;
@@ -92,7 +92,7 @@ mod linux {
     const SWAPPED: u64 = 1 << 62;
 
     /// The host's page size, from the auxiliary vector (`AT_PAGESZ`).
-    fn page_size() -> Option<usize> {
+    pub(crate) fn page_size() -> Option<usize> {
         const AT_PAGESZ: u64 = 6;
         let auxv = std::fs::read("/proc/self/auxv").ok()?;
         let word = size_of::<usize>();
@@ -117,16 +117,7 @@ mod linux {
     fn faithful() -> bool {
         static FAITHFUL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *FAITHFUL.get_or_init(|| {
-            // An escape hatch, and a way to measure what the probe saves.
-            if std::env::var_os("TABI_NO_PAGEMAP").is_some() {
-                return false;
-            }
-            // Under qemu-user the pagemap is the emulator's, not the guest's, and its answers
-            // only sometimes line up with the guest's addresses (seen here on s390x): the
-            // self-test below can pass and a later probe still miss a written page. The
-            // host-side name of such a process is the emulator's.
-            let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-            if comm.starts_with("qemu-") {
+            if !allowed() {
                 return false;
             }
             // Large enough to be a fresh mapping of its own whatever the allocator's
@@ -144,6 +135,24 @@ mod linux {
             let faithful = written.iter().all(|&b| t.block(b)) && t.count() < v.len() / BLOCK;
             core::hint::black_box(&v);
             faithful
+        })
+    }
+
+    /// Whether the page tables may be asked about this process's memory at all (here, and by
+    /// [`crate::written`]): not when `TABI_NO_PAGEMAP` is set, and not under qemu-user.
+    pub(crate) fn allowed() -> bool {
+        static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ALLOWED.get_or_init(|| {
+            // An escape hatch, and a way to measure what the probe saves.
+            if std::env::var_os("TABI_NO_PAGEMAP").is_some() {
+                return false;
+            }
+            // Under qemu-user the pagemap is the emulator's, not the guest's, and its answers
+            // only sometimes line up with the guest's addresses (seen here on s390x): the
+            // self-test below can pass and a later probe still miss a written page. The
+            // host-side name of such a process is the emulator's.
+            let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+            !comm.starts_with("qemu-")
         })
     }
 

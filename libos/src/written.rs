@@ -86,7 +86,7 @@ mod imp {
     reason = "userfaultfd and PAGEMAP_SCAN are only reached through raw system calls"
 )]
 mod imp {
-    use crate::resident::{BLOCK, Touched};
+    use crate::resident::{self, BLOCK, Touched};
     use alloc::vec;
     use alloc::vec::Vec;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -210,14 +210,10 @@ mod imp {
 
     impl Tracker {
         pub(super) fn start(mem: &[u8]) -> Option<Tracker> {
-            if !host_allows() {
+            if !resident::linux::allowed() {
                 return None;
             }
-            // SAFETY: sysconf has no preconditions.
-            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-            if !page.is_power_of_two() {
-                return None;
-            }
+            let page = resident::linux::page_size()?;
             let addr = mem.as_ptr() as usize;
             let start = addr & !(page - 1);
             let end = addr
@@ -341,16 +337,6 @@ mod imp {
             }
             Some(Touched::from_blocks(blocks))
         }
-    }
-
-    /// Off under qemu-user (whose memory operations are the emulator's) and when
-    /// `TABI_NO_PAGEMAP` is set, as for [`crate::resident`].
-    fn host_allows() -> bool {
-        if std::env::var_os("TABI_NO_PAGEMAP").is_some() {
-            return false;
-        }
-        let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-        !comm.starts_with("qemu-")
     }
 }
 

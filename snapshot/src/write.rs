@@ -474,26 +474,19 @@ fn encode_range(
         let range = p as usize * PAGE..(p as usize + 1) * PAGE;
         let now_zero = || zero(mem, view.touched, range.clone());
         match &view.old {
-            // A page the base lacks reads as zero on resume too.
-            None => {
-                if now_zero() {
-                    Class::Skip
-                } else {
-                    Class::Data
-                }
-            }
-            Some(Old::Written(len, _)) if range.end > *len => {
-                if now_zero() {
-                    Class::Skip
-                } else {
-                    Class::Data
-                }
-            }
-            Some(Old::Written(_, written)) => {
+            Some(Old::Written(len, written)) if range.end <= *len => {
                 if !written.any(range.clone()) {
                     Class::Skip
                 } else if now_zero() {
                     Class::Zero
+                } else {
+                    Class::Data
+                }
+            }
+            // No base, or a page the base lacks (it reads as zero on resume too).
+            None | Some(Old::Written(..)) => {
+                if now_zero() {
+                    Class::Skip
                 } else {
                     Class::Data
                 }
