@@ -1,11 +1,13 @@
 //! Incremental checkpoints: a chain written from a guest that goes on in place after each
 //! checkpoint, read back link by link, resumed from, and written by the binary.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::{run, setup};
 use tabi_cli::Setup;
 use tabi_cli::checkpoint::{self, Backend, Chain};
 use tabi_libos::host::Stdio;
@@ -18,17 +20,6 @@ use tabi_tests::guests;
 fn host_tracks() -> bool {
     let v = vec![0u8; 1 << 20];
     tabi_libos::written::Tracker::start(&v).is_some()
-}
-
-fn setup(wasm: &str, args: &[&str]) -> Setup {
-    let mut argv = vec![wasm.to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    Setup {
-        args: argv,
-        memory_dirs: vec!["/sandbox".into()],
-        deterministic: Some(3),
-        ..Setup::default()
-    }
 }
 
 /// The guest's standard output when it runs without pausing.
@@ -137,17 +128,6 @@ fn a_chain_of_incremental_checkpoints_holds_every_state() {
     }
 }
 
-fn tabi(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tabi"))
-        .env(
-            "TABI_CACHE_DIR",
-            std::env::temp_dir().join("tabi-test-cache"),
-        )
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// Through the binary: a guest that asks for three checkpoints, changing a page of a large
 /// memory between them, run with `--incremental`, writes FILE, FILE.1 and FILE.2; the later
 /// two are small, `inspect` reads the chain, and `resume FILE FILE.1 FILE.2` finishes the run
@@ -195,14 +175,14 @@ fn the_binary_writes_and_resumes_a_chain() {
     let module = dir.path().join("chain.wasm");
     std::fs::write(&module, &wasm).unwrap();
     let module = module.to_str().unwrap();
-    let plain = tabi(&["run", module]);
+    let plain = run(&["run", module]);
     assert_eq!(plain.status.code(), Some(0), "{plain:?}");
     assert_eq!(plain.stdout, b"baa\nbca\nacd\naed\n");
 
     for backend in ["wasmtime", "wasmi"] {
         let file = dir.path().join(format!("{backend}.snap"));
         let f = file.to_str().unwrap();
-        let a = tabi(&[
+        let a = run(&[
             "run",
             "--backend",
             backend,
@@ -235,38 +215,38 @@ fn the_binary_writes_and_resumes_a_chain() {
             assert!(size(&link(2)) * 10 < size(f));
         }
 
-        let i = tabi(&["inspect", f, &link(1), &link(2)]);
+        let i = run(&["inspect", f, &link(1), &link(2)]);
         assert_eq!(i.status.code(), Some(0), "{i:?}");
         let text = String::from_utf8_lossy(&i.stdout);
         if host_tracks() {
             assert!(text.contains("parent"), "{text}");
         }
         // Alone, a later link is refused: it needs its parent.
-        let alone = tabi(&["inspect", &link(2)]);
+        let alone = run(&["inspect", &link(2)]);
         assert_eq!(alone.status.code(), Some(1));
         if host_tracks() {
             assert!(
                 String::from_utf8_lossy(&alone.stderr).contains("parent"),
                 "{alone:?}"
             );
-            let alone = tabi(&["resume", &link(1)]);
+            let alone = run(&["resume", &link(1)]);
             assert_eq!(alone.status.code(), Some(1));
             assert!(
                 String::from_utf8_lossy(&alone.stderr).contains("give the chain"),
                 "{alone:?}"
             );
             // Out of order, too.
-            let wrong = tabi(&["resume", f, &link(2)]);
+            let wrong = run(&["resume", f, &link(2)]);
             assert_ne!(wrong.status.code(), Some(0), "{wrong:?}");
         }
 
         for resume_on in ["wasmtime", "wasmi"] {
             // From the last link: only the last line is left to print.
-            let b = tabi(&["resume", "--backend", resume_on, f, &link(1), &link(2)]);
+            let b = run(&["resume", "--backend", resume_on, f, &link(1), &link(2)]);
             assert_eq!(b.status.code(), Some(0), "{backend} -> {resume_on}: {b:?}");
             assert_eq!(b.stdout, b"aed\n", "{backend} -> {resume_on}");
             // From the middle one.
-            let b = tabi(&["resume", "--backend", resume_on, f, &link(1)]);
+            let b = run(&["resume", "--backend", resume_on, f, &link(1)]);
             assert_eq!(b.stdout, b"acd\naed\n", "{backend} -> {resume_on}");
         }
     }

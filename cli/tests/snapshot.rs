@@ -1,36 +1,13 @@
 //! Checkpoint, resume, inspect and the migration harness, through the library and the binary.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::{run, setup, tabi};
 use tabi_cli::{Backend, Setup, migrate_test};
 use tabi_tests::guests;
-
-fn tabi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tabi"))
-}
-
-fn run(args: &[&str]) -> Output {
-    tabi()
-        .env(
-            "TABI_CACHE_DIR",
-            std::env::temp_dir().join("tabi-test-cache"),
-        )
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn setup(wasm: &str, args: &[&str]) -> Setup {
-    let mut argv = vec![wasm.to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    Setup {
-        args: argv,
-        memory_dirs: vec!["/sandbox".into()],
-        deterministic: Some(7),
-        ..Setup::default()
-    }
-}
 
 /// Every guest of the kernel and instrument issues survives a checkpoint at every migration
 /// point, alternating between the backends.
