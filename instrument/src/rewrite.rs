@@ -680,12 +680,14 @@ impl Set {
     }
 }
 
-/// Backward liveness of the original locals over the tree; collects the locals live after any
-/// site, which are the only ones a frame must keep.
+/// Backward liveness of the original locals over the tree; collects the locals live after each
+/// site. Their union is what a frame must have room for; each site saves only its own.
 struct Liveness {
     n: usize,
     labels: Vec<Set>,
     at_sites: Set,
+    /// Live after each site, by site number (the last pass over a loop is the fixed point).
+    per_site: BTreeMap<u32, Set>,
 }
 
 impl Liveness {
@@ -737,8 +739,9 @@ impl Liveness {
                 | Operator::ReturnCallRef { .. } => Set::empty(self.n),
                 _ => after,
             },
-            Item::Site(_) => {
+            Item::Site(s) => {
                 self.at_sites.union(&after);
+                self.per_site.insert(s.id, after.clone());
                 after
             }
             Item::Block(b) => match b.kind {
@@ -799,6 +802,11 @@ struct Emitter<'c, 'm, 'a> {
     /// Byte offset of each saved local in the frame.
     saved: Vec<(u32, ValType, u32)>,
     locals_size: u32,
+    /// The saved locals each site needs (by site number); the others are zeroed when
+    /// unwinding there, so that no value stays live just to be written to a frame.
+    needs: BTreeMap<u32, Set>,
+    /// Number of the input's own locals (parameters included).
+    originals: u32,
 }
 
 fn emit(
@@ -840,9 +848,10 @@ fn emit(
             n,
             labels: vec![Set::empty(n)],
             at_sites: Set::empty(n),
+            per_site: BTreeMap::new(),
         };
         l.seq(&root.body, Set::empty(n));
-        l.at_sites
+        l
     });
     let mut saved = Vec::new();
     let mut offset = 0u32;
@@ -850,7 +859,12 @@ fn emit(
         .original
         .iter()
         .enumerate()
-        .map(|(i, &t)| (t, keep.as_ref().is_none_or(|k| k.contains(i as u32))))
+        .map(|(i, &t)| {
+            (
+                t,
+                keep.as_ref().is_none_or(|k| k.at_sites.contains(i as u32)),
+            )
+        })
         .chain(locals.extra.iter().copied());
     for (i, (t, keep)) in all.enumerate() {
         if keep {
@@ -874,7 +888,19 @@ fn emit(
         site_values,
         saved,
         locals_size: offset,
+        needs: BTreeMap::new(),
+        originals: locals.original.len() as u32,
     };
+    let total = locals.original.len() + locals.extra.len();
+    let mut needs = BTreeMap::new();
+    e.collect_needs(
+        &root.body,
+        &mut Vec::new(),
+        keep.as_ref().map(|l| &l.per_site),
+        total,
+        &mut needs,
+    );
+    e.needs = needs;
 
     // Local declarations: the original ones, then the added ones, run-length encoded.
     let mut runs: Vec<(u32, ValType)> = Vec::new();
@@ -1012,6 +1038,26 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    /// A zero of numeric type `t`, in as few bytes as the encoding allows.
+    fn short_zero(&mut self, t: ValType) -> Result<(), Error> {
+        match t {
+            ValType::F32 => {
+                self.ins(Instruction::I32Const(0));
+                self.ins(Instruction::F32ReinterpretI32);
+            }
+            ValType::F64 => {
+                self.ins(Instruction::I64Const(0));
+                self.ins(Instruction::F64ReinterpretI64);
+            }
+            ValType::V128 => {
+                self.ins(Instruction::I32Const(0));
+                self.ins(Instruction::I32x4Splat);
+            }
+            t => self.zero(t)?,
+        }
+        Ok(())
+    }
+
     /// Bytes of this function's frame: the saved locals, then the site number.
     fn frame_size(&self) -> u32 {
         self.locals_size + 4
@@ -1075,11 +1121,81 @@ impl Emitter<'_, '_, '_> {
             .collect()
     }
 
+    /// For each site under `items`: the saved locals it needs to resume. Those are the
+    /// original locals live after it (all of them when `live` is `None`), its own values and
+    /// `call_indirect` index, and the parameters and moved values of the blocks around it
+    /// (`enclosing`).
+    fn collect_needs(
+        &self,
+        items: &[Item<'_>],
+        enclosing: &mut Vec<u32>,
+        live: Option<&BTreeMap<u32, Set>>,
+        total: usize,
+        out: &mut BTreeMap<u32, Set>,
+    ) {
+        for item in items {
+            match item {
+                Item::Op(_) => {}
+                Item::Site(s) => {
+                    let mut need = Set::empty(total);
+                    for (l, _, _) in &self.saved {
+                        let original = *l < self.originals;
+                        if original
+                            && live.is_none_or(|m| m.get(&s.id).is_some_and(|k| k.contains(*l)))
+                        {
+                            need.insert(*l);
+                        }
+                    }
+                    for l in self.value_locals(&s.saved()) {
+                        need.insert(l);
+                    }
+                    if let SiteKind::Indirect { index_local } = s.kind {
+                        need.insert(index_local);
+                    }
+                    for &l in enclosing.iter() {
+                        need.insert(l);
+                    }
+                    out.insert(s.id, need);
+                }
+                Item::Block(b) => {
+                    let depth = enclosing.len();
+                    enclosing.extend(&b.param_locals);
+                    enclosing.extend(&b.below_locals);
+                    self.collect_needs(&b.body, enclosing, live, total, out);
+                    if let Some(e) = &b.else_body {
+                        self.collect_needs(e, enclosing, live, total, out);
+                    }
+                    enclosing.truncate(depth);
+                }
+            }
+        }
+    }
+
     /// Moves `values` (on the operand stack, last on top) into their locals, records the site
-    /// and branches to the unwind label, where the frame is written.
+    /// and branches to the unwind label, where the frame is written. Saved locals the site
+    /// does not need are zeroed first.
     fn save_and_unwind(&mut self, site: u32, values: &[ValType]) -> Result<(), Error> {
         for l in self.value_locals(values).into_iter().rev() {
             self.ins(Instruction::LocalSet(l));
+        }
+        if let Some(need) = self.needs.get(&site) {
+            // One zero per type, passed down a chain of `local.tee`s.
+            let mut dead: BTreeMap<ValType, Vec<u32>> = BTreeMap::new();
+            for &(l, t, _) in &self.saved {
+                if !need.contains(l) {
+                    dead.entry(t).or_default().push(l);
+                }
+            }
+            for (t, ls) in dead {
+                self.short_zero(t)?;
+                for (i, &l) in ls.iter().enumerate() {
+                    self.ins(if i + 1 == ls.len() {
+                        Instruction::LocalSet(l)
+                    } else {
+                        Instruction::LocalTee(l)
+                    });
+                }
+            }
         }
         self.ins(Instruction::I32Const(site as i32));
         self.ins(Instruction::LocalSet(self.site_local));
