@@ -250,7 +250,7 @@ fn main() {
             budget: second.state.budget,
             points: second.points,
             globals: &second.state.globals,
-            tables: 0,
+            tables: &[],
             memories: second.state.memories.iter().map(Vec::as_slice).collect(),
             stack: &second.state.stack,
             kernel: &kernel,

@@ -630,7 +630,7 @@ where
         budget: state.budget,
         points: paused.points,
         globals: &state.globals,
-        tables: manifest.tables,
+        tables: &state.tables,
         memories: paused.memories.to_vec(),
         stack: &state.stack,
         kernel,

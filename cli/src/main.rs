@@ -590,6 +590,21 @@ fn inspect(args: InspectArgs) -> Result<()> {
         "total: {size} bytes on disk; {raw} bytes of contents ({:.2}x); memories {mem} bytes in all",
         raw as f64 / stored.max(1) as f64
     );
+    if !s.tables.is_empty() {
+        println!("tables:");
+        for (i, t) in s.tables.iter().enumerate() {
+            match t {
+                tabi_libos::machine::TableImage::AsInstantiated => {
+                    println!("  {i:>3} as instantiated")
+                }
+                tabi_libos::machine::TableImage::Funcs(e) => println!(
+                    "  {i:>3} {} entries as written, {} of them null",
+                    e.len(),
+                    e.iter().filter(|f| f.is_none()).count()
+                ),
+            }
+        }
+    }
     println!("descriptors:");
     for (fd, d) in s.kernel.descriptors() {
         println!("  {fd:>3} {}", describe_object(&d.object));

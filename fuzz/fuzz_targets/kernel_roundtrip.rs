@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         budget: None,
         points: 1,
         globals: &[],
-        tables: 0,
+        tables: &[],
         memories: vec![],
         stack: &[],
         kernel: &bytes,

@@ -29,7 +29,7 @@ fn parent() -> &'static Snapshot {
             budget: None,
             points: 3,
             globals: &globals,
-            tables: 0,
+            tables: &[tabi_libos::machine::TableImage::Funcs(vec![Some(1), None])],
             memories: vec![&mem],
             stack: &[1, 2, 3, 4],
             kernel: &kernel,

@@ -62,7 +62,7 @@ mod rewrite;
 /// Name of the custom section holding the [`Manifest`].
 pub const MANIFEST_SECTION: &str = "tabi-instrument";
 /// Version of the rewrite and of its state layout; part of the [`Manifest`].
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Export name of the `i32` global holding [`NORMAL`], [`UNWINDING`] or [`REWINDING`].
 pub const STATE_GLOBAL: &str = "__tabi_state";
 /// Export name of the `i32` global holding the top of the save stack, in bytes.
@@ -81,6 +81,10 @@ pub const FLAG_WRITES_TABLES: i32 = 1;
 /// Export name of the `i32` global counted down by safepoints (only with
 /// [`Options::safepoints`]).
 pub const BUDGET_GLOBAL: &str = "__tabi_budget";
+/// Export name of a table the rewrite adds to a module that writes its tables: function `i`
+/// (counting imported functions) at index `i`. A host maps the functions it finds in the
+/// guest's tables to their indices with it, and back.
+pub const FUNCS_TABLE: &str = "__tabi_funcs";
 /// Export name of the module's start function, which the rewrite turns into an export so that a
 /// resumed instance does not run it twice. The host calls it before the entry point on a fresh
 /// run.

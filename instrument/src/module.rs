@@ -13,10 +13,12 @@ use crate::{Error, Manifest, Options, Output, unsupported};
 
 const TYPE: u8 = 1;
 const FUNCTION: u8 = 3;
+const TABLE: u8 = 4;
 const MEMORY: u8 = 5;
 const GLOBAL: u8 = 6;
 const EXPORT: u8 = 7;
 const START: u8 = 8;
+const ELEMENT: u8 = 9;
 const CODE: u8 = 10;
 
 /// Position of a section id in the order the binary format requires.
@@ -157,6 +159,12 @@ pub(crate) fn assemble(
     for t in 0..m.tables {
         exports.push((crate::table_export(t), ExportKind::Table, t));
     }
+    // A guest that writes its tables gets one more, holding every function at its index, so
+    // that the host can name the functions its tables hold.
+    let funcs_table = (m.writes_tables && nfuncs > 0).then_some(m.tables);
+    if let Some(t) = funcs_table {
+        exports.push((crate::FUNCS_TABLE.into(), ExportKind::Table, t));
+    }
     if let Some((name, ..)) = exports.iter().find(|(n, ..)| m.export_names.contains(n)) {
         return Err(unsupported(
             None,
@@ -202,6 +210,28 @@ pub(crate) fn assemble(
     .encode(&mut memory_bytes);
     let mut function_bytes = Vec::new();
     reserve_type.encode(&mut function_bytes);
+    let (mut table_bytes, mut element_bytes) = (Vec::new(), Vec::new());
+    if let Some(t) = funcs_table {
+        wasm_encoder::TableType {
+            element_type: wasm_encoder::RefType::FUNCREF,
+            minimum: u64::from(nfuncs),
+            maximum: Some(u64::from(nfuncs)),
+            table64: false,
+            shared: false,
+        }
+        .encode(&mut table_bytes);
+        // An active segment with an explicit table: flags 2, the table, offset 0, kind
+        // funcref, then every function index in order.
+        2u32.encode(&mut element_bytes);
+        t.encode(&mut element_bytes);
+        ConstExpr::i32_const(0).encode(&mut element_bytes);
+        element_bytes.push(0x00);
+        nfuncs.encode(&mut element_bytes);
+        for f in 0..nfuncs {
+            f.encode(&mut element_bytes);
+        }
+    }
+    let added_tables = u32::from(funcs_table.is_some());
 
     let manifest = Manifest {
         version: crate::FORMAT_VERSION,
@@ -240,6 +270,8 @@ pub(crate) fn assemble(
         match id {
             TYPE => grown(original, added_types, &type_bytes),
             FUNCTION => grown(original, 1, &function_bytes),
+            TABLE => grown(original, added_tables, &table_bytes),
+            ELEMENT => grown(original, added_tables, &element_bytes),
             MEMORY => grown(original, 1, &memory_bytes),
             GLOBAL => grown(original, new_globals.len() as u32, &global_bytes),
             EXPORT => grown(original, exports.len() as u32, &export_bytes),
@@ -249,7 +281,11 @@ pub(crate) fn assemble(
             _ => unreachable!("only growing sections"),
         }
     };
-    const GROWING: [u8; 6] = [TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE];
+    let growing: &[u8] = if funcs_table.is_some() {
+        &[TYPE, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, ELEMENT, CODE]
+    } else {
+        &[TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE]
+    };
 
     let mut out = Vec::with_capacity(wasm.len() + wasm.len() / 4 + 1024);
     out.extend_from_slice(&wasm[..8]);
@@ -260,20 +296,20 @@ pub(crate) fn assemble(
             section(&mut out, 0, data);
             continue;
         }
-        for id in GROWING {
+        for &id in growing {
             if rank(id) < rank(s.id) && !done.contains(&id) {
                 section(&mut out, id, &build(id, &[])?);
                 done.push(id);
             }
         }
-        if GROWING.contains(&s.id) {
+        if growing.contains(&s.id) {
             section(&mut out, s.id, &build(s.id, data)?);
         } else if s.id != START {
             section(&mut out, s.id, data);
         }
         done.push(s.id);
     }
-    for id in GROWING {
+    for &id in growing {
         if !done.contains(&id) {
             section(&mut out, id, &build(id, &[])?);
         }

@@ -29,9 +29,12 @@ pub const STACK_MEMORY: &str = "__tabi_stack";
 pub const NOPAUSE_GLOBAL: &str = "__tabi_nopause";
 /// Export name of the module's flags (an immutable `i32`).
 pub const FLAGS_GLOBAL: &str = "__tabi_flags";
-/// Flag: the guest writes its tables. Their contents are not captured yet, so such a guest
-/// cannot be paused.
+/// Flag: the guest writes its tables, so their contents are part of its state: they are
+/// captured (as function indices, through [`FUNCS_TABLE`]) and restored.
 pub const FLAG_WRITES_TABLES: i32 = 1;
+/// Export name of the table holding function `i` at index `i` (only in modules that write
+/// their tables).
+pub const FUNCS_TABLE: &str = "__tabi_funcs";
 /// Export name of the safepoint budget global.
 pub const BUDGET_GLOBAL: &str = "__tabi_budget";
 /// Export name of the module's former start function.
@@ -53,6 +56,21 @@ pub fn global_export(i: u32) -> String {
 /// Export name of memory `i` of an instrumented module.
 pub fn memory_export(i: u32) -> String {
     alloc::format!("__tabi_memory_{i}")
+}
+
+/// Export name of table `i` of an instrumented module.
+pub fn table_export(i: u32) -> String {
+    alloc::format!("__tabi_table_{i}")
+}
+
+/// A table of a paused instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TableImage {
+    /// As the module's instantiation leaves it: the guest never writes its tables.
+    AsInstantiated,
+    /// Each entry as the index of one of the module's functions (counting imported ones), or
+    /// `None` for a null reference.
+    Funcs(Vec<Option<u32>>),
 }
 
 /// A global's value, as plain data (floats as their bits).
@@ -82,6 +100,8 @@ pub struct MachineState {
     pub entry: String,
     /// Every global of the original module, by index, imported ones included.
     pub globals: Vec<Value>,
+    /// Every table of the original module, by index, imported ones included.
+    pub tables: Vec<TableImage>,
     /// Every memory of the original module, by index: its whole contents.
     pub memories: Vec<Vec<u8>>,
     /// The save stack: the frames the guest wrote while unwinding, outermost last.
@@ -194,6 +214,13 @@ pub trait Machine {
     /// Memory export `name`, grown to `bytes` (a whole number of pages) if it is smaller, to
     /// write in place; an error if it is larger.
     fn memory_mut(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError>;
+    /// The entries of table export `name` as indices into [`FUNCS_TABLE`] (`None` for a null
+    /// reference); `Ok(None)` if there is no such export. An entry that is none of the
+    /// module's functions (an `externref`, or a function of another instance) is an error.
+    fn table_funcs(&mut self, name: &str) -> Result<Option<Vec<Option<u32>>>, EngineError>;
+    /// Makes table export `name` hold `entries` (indices into [`FUNCS_TABLE`]), growing it
+    /// when it is shorter; an error if it is longer or an index is out of range.
+    fn set_table_funcs(&mut self, name: &str, entries: &[Option<u32>]) -> Result<(), EngineError>;
     /// The memories of the original module (exports [`memory_export`] 0, 1, …) and the
     /// process, borrowed together while the instance is paused.
     fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &crate::engine::Process), EngineError>;
@@ -234,10 +261,20 @@ pub trait Machine {
 
     /// Copies globals and the save stack out; the memories are left empty.
     fn capture_but_memories(&mut self, entry: &str) -> Result<MachineState, EngineError> {
-        if self.get_i32(FLAGS_GLOBAL)? & FLAG_WRITES_TABLES != 0 {
-            return Err(EngineError::Engine(
-                "the guest writes its tables, whose contents tabi cannot capture yet".into(),
-            ));
+        let writes_tables = self.get_i32(FLAGS_GLOBAL)? & FLAG_WRITES_TABLES != 0;
+        let mut tables = Vec::new();
+        loop {
+            let name = table_export(tables.len() as u32);
+            if writes_tables {
+                match self.table_funcs(&name)? {
+                    Some(entries) => tables.push(TableImage::Funcs(entries)),
+                    None => break,
+                }
+            } else if self.has_export(&name) {
+                tables.push(TableImage::AsInstantiated);
+            } else {
+                break;
+            }
         }
         let mut globals = Vec::new();
         while let Some((v, _)) = self.global(&global_export(globals.len() as u32)) {
@@ -259,6 +296,7 @@ pub trait Machine {
         Ok(MachineState {
             entry: entry.into(),
             globals,
+            tables,
             memories: Vec::new(),
             stack,
             budget,
@@ -324,6 +362,24 @@ pub trait Machine {
         if self.memory_size(&memory_export(memories as u32)).is_ok() {
             return Err(EngineError::Engine(
                 "the saved state has fewer memories than the module".into(),
+            ));
+        }
+        for (i, t) in state.tables.iter().enumerate() {
+            let name = table_export(i as u32);
+            match t {
+                TableImage::AsInstantiated => {
+                    if !self.has_export(&name) {
+                        return Err(EngineError::Engine(alloc::format!(
+                            "the module has no table {i}"
+                        )));
+                    }
+                }
+                TableImage::Funcs(entries) => self.set_table_funcs(&name, entries)?,
+            }
+        }
+        if self.has_export(&table_export(state.tables.len() as u32)) {
+            return Err(EngineError::Engine(
+                "the saved state has fewer tables than the module".into(),
             ));
         }
         self.write_memory(STACK_MEMORY, &state.stack)?;

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use sha2::{Digest, Sha256};
 use tabi_libos::Kernel;
-use tabi_libos::machine::{MachineState, Value};
+use tabi_libos::machine::{MachineState, TableImage, Value};
 
 use crate::format::*;
 use crate::{Error, Identity, Source};
@@ -71,8 +71,8 @@ pub struct Snapshot {
     pub points: u64,
     /// Every global of the original module.
     pub globals: Vec<Value>,
-    /// Number of tables (each as instantiated).
-    pub tables: u32,
+    /// Every table of the original module.
+    pub tables: Vec<TableImage>,
     /// Every memory, whole (an incremental snapshot's applied to its base's).
     pub memories: Vec<Vec<u8>>,
     /// The save stack.
@@ -96,6 +96,7 @@ impl Snapshot {
         MachineState {
             entry: self.entry.clone(),
             globals: core::mem::take(&mut self.globals),
+            tables: core::mem::take(&mut self.tables),
             memories: core::mem::take(&mut self.memories),
             stack: core::mem::take(&mut self.stack),
             budget: self.budget,
@@ -491,12 +492,36 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
             limit: limits.tables.into(),
         });
     }
-    for _ in 0..tables {
-        let k = c.u8()?;
-        if k != 0 {
-            return Err(Error::Malformed {
-                what: format!("table kind {k} (only 0, as instantiated, is known)"),
-            });
+    let mut table_images = Vec::new();
+    for t in 0..tables {
+        match c.u8()? {
+            TABLE_AS_INSTANTIATED => table_images.push(TableImage::AsInstantiated),
+            TABLE_FUNCS if version >= 2 => {
+                let n = c.u32()?;
+                // Four bytes an entry, all of them in the section already read: no more is
+                // allocated than the input holds.
+                let bytes =
+                    c.take(
+                        (n as usize)
+                            .checked_mul(4)
+                            .ok_or_else(|| Error::Malformed {
+                                what: format!("table {t}: {n} entries"),
+                            })?,
+                    )?;
+                let entries = bytes
+                    .chunks_exact(4)
+                    .map(|b| {
+                        let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        v.checked_sub(1)
+                    })
+                    .collect();
+                table_images.push(TableImage::Funcs(entries));
+            }
+            k => {
+                return Err(Error::Malformed {
+                    what: format!("table {t}: kind {k} is not known in format version {version}"),
+                });
+            }
         }
     }
     c.end()?;
@@ -807,7 +832,7 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         budget,
         points,
         globals,
-        tables,
+        tables: table_images,
         memories,
         stack,
         kernel,

@@ -4,7 +4,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use sha2::{Digest, Sha256};
-use tabi_libos::machine::Value;
+use tabi_libos::machine::{TableImage, Value};
 
 use crate::format::*;
 use crate::{Identity, Sink};
@@ -24,9 +24,8 @@ pub struct Contents<'a> {
     pub points: u64,
     /// Every global of the original module.
     pub globals: &'a [Value],
-    /// Number of tables; their contents are those the module's instantiation gives (tabi
-    /// refuses to capture a guest that writes its tables).
-    pub tables: u32,
+    /// Every table of the original module.
+    pub tables: &'a [TableImage],
     /// Every memory of the original module; each a whole number of 64 KiB pages.
     pub memories: Vec<&'a [u8]>,
     /// The save stack.
@@ -230,10 +229,23 @@ pub fn write<S: Sink>(
     }
     out.section(SectionId::Globals, &p)?;
 
-    // Tables: only their number; each is as instantiated (kind 0).
+    // Tables: each as instantiated (kind 0), or its entries as function indices plus one,
+    // zero for null (kind 1).
     let mut p = Vec::new();
-    p.extend_from_slice(&contents.tables.to_le_bytes());
-    p.extend(core::iter::repeat_n(0u8, contents.tables as usize));
+    p.extend_from_slice(&(contents.tables.len() as u32).to_le_bytes());
+    for t in contents.tables {
+        match t {
+            TableImage::AsInstantiated => p.push(TABLE_AS_INSTANTIATED),
+            TableImage::Funcs(entries) => {
+                p.push(TABLE_FUNCS);
+                p.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for e in entries {
+                    let v = e.map_or(0, |f| f + 1);
+                    p.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
     out.section(SectionId::Tables, &p)?;
 
     // Memories, streamed: each range of RANGE_PAGES pages is encoded on its own (with the

@@ -523,8 +523,6 @@ pub mod smith {
             return Ok(None); // the engines themselves disagree (resource limits)
         }
         let inst = match tabi_instrument::instrument(wasm, &tabi_instrument::Options::default()) {
-            // Such a guest cannot be paused yet (its tables are not captured).
-            Ok(o) if o.manifest.writes_tables => return Ok(None),
             Ok(o) => o.wasm,
             Err(tabi_instrument::Error::Unsupported { .. }) => return Ok(None),
             Err(e) => return Err(format!("rewrite failed: {e}")),

@@ -451,6 +451,7 @@ fn protocol_constants_agree() {
     assert_eq!(m::START_EXPORT, tabi_instrument::START_EXPORT);
     assert_eq!(m::FLAGS_GLOBAL, tabi_instrument::FLAGS_GLOBAL);
     assert_eq!(m::FLAG_WRITES_TABLES, tabi_instrument::FLAG_WRITES_TABLES);
+    assert_eq!(m::FUNCS_TABLE, tabi_instrument::FUNCS_TABLE);
     assert_eq!(
         (m::NORMAL, m::UNWINDING, m::REWINDING),
         (
@@ -463,6 +464,7 @@ fn protocol_constants_agree() {
     for i in [0, 7, 123] {
         assert_eq!(m::global_export(i), tabi_instrument::global_export(i));
         assert_eq!(m::memory_export(i), tabi_instrument::memory_export(i));
+        assert_eq!(m::table_export(i), tabi_instrument::table_export(i));
     }
 }
 
@@ -508,30 +510,31 @@ fn a_state_that_does_not_fit_is_refused() {
     }
 }
 
-/// A guest that writes its tables cannot be captured yet: pausing it is an error, not a
-/// snapshot that would resume with the wrong table.
+/// A guest that writes its tables (`table.set`, `table.grow`, a null) is captured with them: a
+/// pause after each write resumes on the other engine with the entries it wrote, and a
+/// `call_indirect` through a written entry unwinds and rewinds through it.
 #[test]
-fn a_guest_writing_its_tables_is_not_captured() {
-    use tabi_libos::machine::{PauseControl, Points};
-    let wasm = module(
-        r#"(func (export "_start")
+fn a_guest_writing_its_tables_resumes_with_them() {
+    let body = r#"(func (export "_start")
             (table.set 0 (i32.const 3) (ref.func $ind_a))
+            (drop (table.grow 0 (ref.func $ind_b) (i32.const 2)))
+            (table.set 0 (i32.const 1) (ref.null func))
+            (call $out (call $point (i32.const 1)))
             (call $out (call_indirect (type $ii) (i32.const 5) (i32.const 3)))
+            (call $out (call_indirect (type $ii) (i32.const 7) (i32.const 5)))
+            (call $out (table.size 0))
+            (table.set 0 (i32.const 0) (ref.func $pure))
+            (call $out (call $point (i32.const 2)))
+            (call $out (call_indirect (type $ii) (i32.const 9) (i32.const 0)))
             (call $flush))
-          (elem declare func $ind_a)"#,
-    );
-    let out = instrument(&wasm, &Options::default()).unwrap();
+          (elem declare func $ind_a $ind_b $pure)"#;
+    let out = instrument(&module(body), &Options::default()).unwrap();
     assert!(out.manifest.writes_tables);
-    let e = tabi_wasmtime::Wasmtime::new();
-    let m = e.compile(&out.wasm).unwrap();
-    let (p, ..) = tabi_tests::process_for(&spec());
-    let err = e
-        .run_pausable(&m, p, PauseControl::after(1), Points::all(), None)
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("tables"), "{err}");
-    // Without a pause it runs as the original does.
-    assert_eq!(plain(&spec(), &out.wasm), plain(&spec(), &wasm));
+    assert_eq!(
+        plain(&spec(), &module(body)).outcome.stdout,
+        "2\n16\n-92\n6\n3\n81\n"
+    );
+    check(body, 5);
 }
 
 /// `$rec` recurses, so with safepoints it polls on entry. `_start`'s loop calls it on every

@@ -4,7 +4,9 @@ use tabi_libos::machine::{
     self, CallEnd, Driven, Machine, MachineState, PauseControl, Points, STATE_GLOBAL, Value,
 };
 use tabi_libos::{EngineError, Process};
-use wasmi::{AsContextMut, Global, Instance, Memory, Module, Mutability, Store, Val};
+use wasmi::{
+    AsContextMut, Global, Instance, Memory, Module, Mutability, Nullable, Ref, Store, Table, Val,
+};
 use wasmi::{F32, F64, V128};
 
 use crate::{GuestData, Wasmi, exit_of};
@@ -189,9 +191,86 @@ impl Machine for Session {
         }
         Ok(data)
     }
+
+    fn table_funcs(&mut self, name: &str) -> Result<Option<Vec<Option<u32>>>, EngineError> {
+        let Some(table) = self.instance.get_table(&self.store, name) else {
+            return Ok(None);
+        };
+        let funcs = self.table_handle(machine::FUNCS_TABLE)?;
+        let mut index = std::collections::HashMap::new();
+        for i in 0..funcs.size(&self.store) {
+            if let Some(Ref::Func(Nullable::Val(f))) = funcs.get(&self.store, i) {
+                index.entry(func_key(&f)).or_insert(i as u32);
+            }
+        }
+        let mut entries = Vec::new();
+        for i in 0..table.size(&self.store) {
+            entries.push(match table.get(&self.store, i) {
+                Some(r) if r.is_null() => None,
+                Some(Ref::Func(Nullable::Val(f))) => {
+                    Some(*index.get(&func_key(&f)).ok_or_else(|| {
+                        EngineError::Engine(format!(
+                            "entry {i} of table `{name}` is a function of another instance"
+                        ))
+                    })?)
+                }
+                _ => {
+                    return Err(EngineError::Engine(format!(
+                        "entry {i} of table `{name}` is a reference other than a function, \
+                         which cannot be captured"
+                    )));
+                }
+            });
+        }
+        Ok(Some(entries))
+    }
+
+    fn set_table_funcs(&mut self, name: &str, entries: &[Option<u32>]) -> Result<(), EngineError> {
+        let table = self.table_handle(name)?;
+        let funcs = self.table_handle(machine::FUNCS_TABLE)?;
+        let null = Ref::null(table.ty(&self.store).element());
+        let (size, want) = (table.size(&self.store), entries.len() as u64);
+        if want < size {
+            return Err(EngineError::Engine(format!(
+                "table `{name}` has {size} entries, more than the {want} saved"
+            )));
+        }
+        if want > size {
+            table
+                .grow(&mut self.store, want - size, null)
+                .map_err(|e| {
+                    EngineError::Engine(format!("cannot grow table `{name}` to {want}: {e}"))
+                })?;
+        }
+        for (i, e) in entries.iter().enumerate() {
+            let r = match e {
+                None => null,
+                Some(f) => funcs.get(&self.store, u64::from(*f)).ok_or_else(|| {
+                    EngineError::Engine(format!("the module has no function {f}"))
+                })?,
+            };
+            table
+                .set(&mut self.store, i as u64, r)
+                .map_err(|e| EngineError::Engine(format!("table `{name}`, entry {i}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// What identifies a function within its store. wasmi keeps function identity private (its
+/// handles implement neither `Eq` nor `Hash`), but a handle's `Debug` form spells out the
+/// store and the function's slot in it, the same for every copy of the handle.
+fn func_key(f: &wasmi::Func) -> String {
+    format!("{f:?}")
 }
 
 impl Session {
+    fn table_handle(&mut self, name: &str) -> Result<Table, EngineError> {
+        self.instance
+            .get_table(&self.store, name)
+            .ok_or_else(|| EngineError::Link(format!("no table export `{name}`")))
+    }
+
     /// Memory export `name`, grown to hold at least `bytes`.
     fn grown(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError> {
         let mem = self.memory_handle(name)?;
