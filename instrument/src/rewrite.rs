@@ -795,9 +795,6 @@ struct Emitter<'c, 'm, 'a> {
     unwind_label: u32,
     base: u32,
     site_local: u32,
-    /// Set while rewinding between the function's top-level dispatch and the site it stops
-    /// at, so that nested levels test a local instead of the state global.
-    rewinding_local: u32,
     budget_local: Option<u32>,
     /// Whether `budget_local` holds the budget between safepoints (else it is scratch).
     budget_in_local: bool,
@@ -823,7 +820,6 @@ fn emit(
 ) -> Result<Rewritten, Error> {
     let base = locals.add(ValType::I32, false);
     let site_local = locals.add(ValType::I32, false);
-    let rewinding_local = locals.add(ValType::I32, false);
     // With loop safepoints the budget lives in a local (a register), written back to the
     // global around calls that may spend it and when the function returns. A function whose
     // only safepoint is at its entry counts down the global itself, and the local is scratch.
@@ -887,7 +883,6 @@ fn emit(
         unwind_label: 0,
         base,
         site_local,
-        rewinding_local,
         budget_local,
         budget_in_local,
         site_values,
@@ -1438,11 +1433,7 @@ impl Emitter<'_, '_, '_> {
             }
         }
         let dispatch = self.open_added(BlockType::Empty);
-        if top {
-            self.ins(Instruction::GlobalGet(self.ctx.state));
-        } else {
-            self.ins(Instruction::LocalGet(self.rewinding_local));
-        }
+        self.ins(Instruction::GlobalGet(self.ctx.state));
         self.ins(Instruction::I32Eqz);
         self.ins(Instruction::BrIf(self.depth_of(dispatch)?));
         if top {
@@ -1472,17 +1463,6 @@ impl Emitter<'_, '_, '_> {
                 self.labels.last(),
                 Some(&Some(gl.get(g + 1).copied().unwrap_or(dispatch)))
             );
-            // The rewinding flag is raised on the way into a nested level and lowered at the
-            // site (only nested levels ever see it raised).
-            let into_level =
-                matches!(&items[js[group.item]], Item::Block(b) if b.lone_safepoint().is_none());
-            if into_level && top {
-                self.ins(Instruction::I32Const(1));
-                self.ins(Instruction::LocalSet(self.rewinding_local));
-            } else if !into_level && !top {
-                self.ins(Instruction::I32Const(0));
-                self.ins(Instruction::LocalSet(self.rewinding_local));
-            }
             match &items[js[group.item]] {
                 Item::Site(s) => match s.kind {
                     SiteKind::Callee | SiteKind::Indirect { .. } => {
