@@ -63,6 +63,17 @@ pub fn table_export(i: u32) -> String {
     alloc::format!("__tabi_table_{i}")
 }
 
+/// What an adapter sees in one table entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// A null reference.
+    Null,
+    /// A function, by a key the engine gives: equal for the same function of one instance.
+    Func(String),
+    /// Any other reference (an `externref`).
+    Other,
+}
+
 /// A table of a paused instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TableImage {
@@ -214,16 +225,80 @@ pub trait Machine {
     /// Memory export `name`, grown to `bytes` (a whole number of pages) if it is smaller, to
     /// write in place; an error if it is larger.
     fn memory_mut(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError>;
-    /// The entries of table export `name` as indices into [`FUNCS_TABLE`] (`None` for a null
-    /// reference); `Ok(None)` if there is no such export. An entry that is none of the
-    /// module's functions (an `externref`, or a function of another instance) is an error.
-    fn table_funcs(&mut self, name: &str) -> Result<Option<Vec<Option<u32>>>, EngineError>;
-    /// Makes table export `name` hold `entries` (indices into [`FUNCS_TABLE`]), growing it
-    /// when it is shorter; an error if it is longer or an index is out of range.
-    fn set_table_funcs(&mut self, name: &str, entries: &[Option<u32>]) -> Result<(), EngineError>;
+    /// What each entry of table export `name` holds; `None` if there is no such export.
+    fn table_slots(&mut self, name: &str) -> Option<Vec<Slot>>;
+    /// Grows table export `name` by `delta` null entries.
+    fn grow_table(&mut self, name: &str, delta: u64) -> Result<(), EngineError>;
+    /// Sets entry `index` of table export `name` to entry `from` of table export `source`, or
+    /// to null.
+    fn set_table_entry(
+        &mut self,
+        name: &str,
+        index: u64,
+        source: &str,
+        from: Option<u64>,
+    ) -> Result<(), EngineError>;
     /// The memories of the original module (exports [`memory_export`] 0, 1, …) and the
     /// process, borrowed together while the instance is paused.
     fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &crate::engine::Process), EngineError>;
+
+    /// The entries of table export `name` as indices into [`FUNCS_TABLE`] (`None` for a null
+    /// reference); `Ok(None)` if there is no such export. An entry that is none of the
+    /// module's functions (an `externref`, or a function of another instance) is an error.
+    fn table_funcs(&mut self, name: &str) -> Result<Option<Vec<Option<u32>>>, EngineError> {
+        let Some(slots) = self.table_slots(name) else {
+            return Ok(None);
+        };
+        let funcs = self
+            .table_slots(FUNCS_TABLE)
+            .ok_or_else(|| EngineError::Link(alloc::format!("no table export `{FUNCS_TABLE}`")))?;
+        let mut index = alloc::collections::BTreeMap::new();
+        for (i, s) in funcs.into_iter().enumerate() {
+            if let Slot::Func(key) = s {
+                index.entry(key).or_insert(i as u32);
+            }
+        }
+        let mut entries = Vec::with_capacity(slots.len());
+        for (i, s) in slots.into_iter().enumerate() {
+            entries.push(match s {
+                Slot::Null => None,
+                Slot::Func(key) => Some(*index.get(&key).ok_or_else(|| {
+                    EngineError::Engine(alloc::format!(
+                        "entry {i} of table `{name}` is a function of another instance"
+                    ))
+                })?),
+                Slot::Other => {
+                    return Err(EngineError::Engine(alloc::format!(
+                        "entry {i} of table `{name}` is a reference other than a function, \
+                         which cannot be captured"
+                    )));
+                }
+            });
+        }
+        Ok(Some(entries))
+    }
+
+    /// Makes table export `name` hold `entries` (indices into [`FUNCS_TABLE`]), growing it
+    /// when it is shorter; an error if it is longer or an index is out of range.
+    fn set_table_funcs(&mut self, name: &str, entries: &[Option<u32>]) -> Result<(), EngineError> {
+        let size = self
+            .table_slots(name)
+            .ok_or_else(|| EngineError::Link(alloc::format!("no table export `{name}`")))?
+            .len() as u64;
+        let want = entries.len() as u64;
+        if want < size {
+            return Err(EngineError::Engine(alloc::format!(
+                "table `{name}` has {size} entries, more than the {want} saved"
+            )));
+        }
+        if want > size {
+            self.grow_table(name, want - size)?;
+        }
+        for (i, e) in entries.iter().enumerate() {
+            self.set_table_entry(name, i as u64, FUNCS_TABLE, e.map(u64::from))?;
+        }
+        Ok(())
+    }
 
     /// Reads an `i32` global export.
     fn get_i32(&mut self, name: &str) -> Result<i32, EngineError> {

@@ -192,68 +192,46 @@ impl Machine for Session {
         Ok(data)
     }
 
-    fn table_funcs(&mut self, name: &str) -> Result<Option<Vec<Option<u32>>>, EngineError> {
-        let Some(table) = self.instance.get_table(&self.store, name) else {
-            return Ok(None);
-        };
-        let funcs = self.table_handle(machine::FUNCS_TABLE)?;
-        let mut index = std::collections::HashMap::new();
-        for i in 0..funcs.size(&self.store) {
-            if let Some(Ref::Func(Nullable::Val(f))) = funcs.get(&self.store, i) {
-                index.entry(func_key(&f)).or_insert(i as u32);
-            }
-        }
-        let mut entries = Vec::new();
+    fn table_slots(&mut self, name: &str) -> Option<Vec<machine::Slot>> {
+        let table = self.instance.get_table(&self.store, name)?;
+        let mut slots = Vec::new();
         for i in 0..table.size(&self.store) {
-            entries.push(match table.get(&self.store, i) {
-                Some(r) if r.is_null() => None,
-                Some(Ref::Func(Nullable::Val(f))) => {
-                    Some(*index.get(&func_key(&f)).ok_or_else(|| {
-                        EngineError::Engine(format!(
-                            "entry {i} of table `{name}` is a function of another instance"
-                        ))
-                    })?)
-                }
-                _ => {
-                    return Err(EngineError::Engine(format!(
-                        "entry {i} of table `{name}` is a reference other than a function, \
-                         which cannot be captured"
-                    )));
-                }
+            slots.push(match table.get(&self.store, i) {
+                Some(r) if r.is_null() => machine::Slot::Null,
+                Some(Ref::Func(Nullable::Val(f))) => machine::Slot::Func(func_key(&f)),
+                _ => machine::Slot::Other,
             });
         }
-        Ok(Some(entries))
+        Some(slots)
     }
 
-    fn set_table_funcs(&mut self, name: &str, entries: &[Option<u32>]) -> Result<(), EngineError> {
+    fn grow_table(&mut self, name: &str, delta: u64) -> Result<(), EngineError> {
         let table = self.table_handle(name)?;
-        let funcs = self.table_handle(machine::FUNCS_TABLE)?;
         let null = Ref::null(table.ty(&self.store).element());
-        let (size, want) = (table.size(&self.store), entries.len() as u64);
-        if want < size {
-            return Err(EngineError::Engine(format!(
-                "table `{name}` has {size} entries, more than the {want} saved"
-            )));
-        }
-        if want > size {
-            table
-                .grow(&mut self.store, want - size, null)
-                .map_err(|e| {
-                    EngineError::Engine(format!("cannot grow table `{name}` to {want}: {e}"))
-                })?;
-        }
-        for (i, e) in entries.iter().enumerate() {
-            let r = match e {
-                None => null,
-                Some(f) => funcs.get(&self.store, u64::from(*f)).ok_or_else(|| {
-                    EngineError::Engine(format!("the module has no function {f}"))
-                })?,
-            };
-            table
-                .set(&mut self.store, i as u64, r)
-                .map_err(|e| EngineError::Engine(format!("table `{name}`, entry {i}: {e}")))?;
-        }
-        Ok(())
+        table
+            .grow(&mut self.store, delta, null)
+            .map(drop)
+            .map_err(|e| EngineError::Engine(format!("cannot grow table `{name}`: {e}")))
+    }
+
+    fn set_table_entry(
+        &mut self,
+        name: &str,
+        index: u64,
+        source: &str,
+        from: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let table = self.table_handle(name)?;
+        let value = match from {
+            None => Ref::null(table.ty(&self.store).element()),
+            Some(j) => self
+                .table_handle(source)?
+                .get(&self.store, j)
+                .ok_or_else(|| EngineError::Engine(format!("table `{source}` has no entry {j}")))?,
+        };
+        table
+            .set(&mut self.store, index, value)
+            .map_err(|e| EngineError::Engine(format!("table `{name}`, entry {index}: {e}")))
     }
 }
 
