@@ -40,10 +40,10 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
 }
 
 #[inline(always)]
-fn u64_at(b: &[u8], i: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(w)
+fn u128_at(b: &[u8], i: usize) -> u128 {
+    let mut w = [0u8; 16];
+    w.copy_from_slice(&b[i..i + 16]);
+    u128::from_le_bytes(w)
 }
 
 #[inline(always)]
@@ -124,22 +124,22 @@ pub fn compress(input: &[u8], out: &mut Vec<u8>, table: &mut Vec<u32>) {
             start -= 1;
             cand -= 1;
         }
-        // Forwards, eight bytes at a time, then the bytes that still agree.
+        // Forwards, sixteen bytes at a time, then the bytes that still agree.
         let offset = start - cand;
         let mut end = i + MIN_MATCH;
         loop {
-            if end + 8 > match_end {
+            if end + 16 > match_end {
                 while end < match_end && input[end] == input[end - offset] {
                     end += 1;
                 }
                 break;
             }
-            let diff = u64_at(input, end) ^ u64_at(input, end - offset);
+            let diff = u128_at(input, end) ^ u128_at(input, end - offset);
             if diff != 0 {
                 end += (diff.trailing_zeros() / 8) as usize;
                 break;
             }
-            end += 8;
+            end += 16;
         }
         put_sequence(out, &input[anchor..start], Some((offset, end - start)));
         // Remember a position inside the match too: repeats often resume there.
