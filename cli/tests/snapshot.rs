@@ -34,6 +34,50 @@ fn every_guest_survives_migration_at_every_point() {
     }
 }
 
+/// A guest that writes its table (sets, grows, nulls entries and calls through them) survives
+/// a checkpoint at every migration point through the snapshot file format, on both backends
+/// in turn: the entries travel as function indices and come back as the same functions.
+#[test]
+fn a_guest_writing_its_table_survives_migration_at_every_point() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (table 2 funcref)
+      (elem (i32.const 0) $digit)
+      (elem declare func $twice)
+      (type $t (func (param i32) (result i32)))
+      (func $digit (param i32) (result i32) (i32.add (local.get 0) (i32.const 48)))
+      (func $twice (param i32) (result i32) (i32.add (i32.mul (local.get 0) (i32.const 2)) (i32.const 48)))
+      (func $print (param $v i32)
+        (i32.store8 (i32.const 100) (local.get $v))
+        (i32.store8 (i32.const 101) (i32.const 10))
+        (i32.store (i32.const 0) (i32.const 100))
+        (i32.store (i32.const 4) (i32.const 2))
+        (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+      (func (export "_start")
+        (call $print (call_indirect (type $t) (i32.const 1) (i32.const 0)))
+        (table.set (i32.const 1) (ref.func $twice))
+        (drop (table.grow (ref.func $digit) (i32.const 3)))
+        (call $print (call_indirect (type $t) (i32.const 2) (i32.const 1)))
+        (table.set (i32.const 0) (ref.null func))
+        (call $print (call_indirect (type $t) (i32.const 3) (i32.const 4)))
+        (call $print (i32.add (table.size) (i32.const 48)))
+        (call $print (call_indirect (type $t) (i32.const 4) (i32.const 1)))))"#;
+    let wasm = wat::parse_str(wat).unwrap();
+    let s = Setup {
+        args: vec!["tables".into()],
+        ..Setup::default()
+    };
+    for backends in [
+        [Backend::Wasmtime, Backend::Wasmi],
+        [Backend::Wasmi, Backend::Wasmtime],
+    ] {
+        let report = migrate_test(&wasm, &s, 1, &backends).unwrap();
+        assert!(report.divergences.is_empty(), "{:?}", report.divergences);
+        assert!(report.checkpoints >= 4, "{report:?}");
+    }
+}
+
 /// The file-heavy guest on a granted host directory (each run on its own copy): open files,
 /// offsets and the directory's contents cross every checkpoint.
 #[test]
