@@ -685,7 +685,6 @@ impl Set {
 struct Liveness {
     n: usize,
     labels: Vec<Set>,
-    at_sites: Set,
     /// Live after each site, by site number (the last pass over a loop is the fixed point).
     per_site: BTreeMap<u32, Set>,
 }
@@ -740,7 +739,6 @@ impl Liveness {
                 _ => after,
             },
             Item::Site(s) => {
-                self.at_sites.union(&after);
                 self.per_site.insert(s.id, after.clone());
                 after
             }
@@ -847,11 +845,14 @@ fn emit(
         let mut l = Liveness {
             n,
             labels: vec![Set::empty(n)],
-            at_sites: Set::empty(n),
             per_site: BTreeMap::new(),
         };
         l.seq(&root.body, Set::empty(n));
-        l
+        let mut at_sites = Set::empty(n);
+        for live in l.per_site.values() {
+            at_sites.union(live);
+        }
+        (at_sites, l.per_site)
     });
     let mut saved = Vec::new();
     let mut offset = 0u32;
@@ -862,7 +863,8 @@ fn emit(
         .map(|(i, &t)| {
             (
                 t,
-                keep.as_ref().is_none_or(|k| k.at_sites.contains(i as u32)),
+                keep.as_ref()
+                    .is_none_or(|(at_sites, _)| at_sites.contains(i as u32)),
             )
         })
         .chain(locals.extra.iter().copied());
@@ -896,7 +898,7 @@ fn emit(
     e.collect_needs(
         &root.body,
         &mut Vec::new(),
-        keep.as_ref().map(|l| &l.per_site),
+        keep.as_ref().map(|(_, per_site)| per_site),
         total,
         &mut needs,
     );
