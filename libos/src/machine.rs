@@ -227,6 +227,8 @@ pub trait Machine {
     fn memory_mut(&mut self, name: &str, bytes: usize) -> Result<&mut [u8], EngineError>;
     /// What each entry of table export `name` holds; `None` if there is no such export.
     fn table_slots(&mut self, name: &str) -> Option<Vec<Slot>>;
+    /// The number of entries of table export `name`; `None` if there is no such export.
+    fn table_size(&mut self, name: &str) -> Option<u64>;
     /// Grows table export `name` by `delta` null entries.
     fn grow_table(&mut self, name: &str, delta: u64) -> Result<(), EngineError>;
     /// Sets entry `index` of table export `name` to entry `from` of table export `source`, or
@@ -242,13 +244,8 @@ pub trait Machine {
     /// process, borrowed together while the instance is paused.
     fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &crate::engine::Process), EngineError>;
 
-    /// The entries of table export `name` as indices into [`FUNCS_TABLE`] (`None` for a null
-    /// reference); `Ok(None)` if there is no such export. An entry that is none of the
-    /// module's functions (an `externref`, or a function of another instance) is an error.
-    fn table_funcs(&mut self, name: &str) -> Result<Option<Vec<Option<u32>>>, EngineError> {
-        let Some(slots) = self.table_slots(name) else {
-            return Ok(None);
-        };
+    /// Each function of [`FUNCS_TABLE`] by its key, to the first index it holds.
+    fn funcs_index(&mut self) -> Result<alloc::collections::BTreeMap<String, u32>, EngineError> {
         let funcs = self
             .table_slots(FUNCS_TABLE)
             .ok_or_else(|| EngineError::Link(alloc::format!("no table export `{FUNCS_TABLE}`")))?;
@@ -258,6 +255,21 @@ pub trait Machine {
                 index.entry(key).or_insert(i as u32);
             }
         }
+        Ok(index)
+    }
+
+    /// The entries of table export `name` as indices into [`FUNCS_TABLE`] (`None` for a null
+    /// reference), looked up in `index` ([`Machine::funcs_index`]); `Ok(None)` if there is no
+    /// such export. An entry that is none of the module's functions (an `externref`, or a
+    /// function of another instance) is an error.
+    fn table_funcs(
+        &mut self,
+        name: &str,
+        index: &alloc::collections::BTreeMap<String, u32>,
+    ) -> Result<Option<Vec<Option<u32>>>, EngineError> {
+        let Some(slots) = self.table_slots(name) else {
+            return Ok(None);
+        };
         let mut entries = Vec::with_capacity(slots.len());
         for (i, s) in slots.into_iter().enumerate() {
             entries.push(match s {
@@ -282,9 +294,8 @@ pub trait Machine {
     /// when it is shorter; an error if it is longer or an index is out of range.
     fn set_table_funcs(&mut self, name: &str, entries: &[Option<u32>]) -> Result<(), EngineError> {
         let size = self
-            .table_slots(name)
-            .ok_or_else(|| EngineError::Link(alloc::format!("no table export `{name}`")))?
-            .len() as u64;
+            .table_size(name)
+            .ok_or_else(|| EngineError::Link(alloc::format!("no table export `{name}`")))?;
         let want = entries.len() as u64;
         if want < size {
             return Err(EngineError::Engine(alloc::format!(
@@ -336,12 +347,16 @@ pub trait Machine {
 
     /// Copies globals and the save stack out; the memories are left empty.
     fn capture_but_memories(&mut self, entry: &str) -> Result<MachineState, EngineError> {
-        let writes_tables = self.get_i32(FLAGS_GLOBAL)? & FLAG_WRITES_TABLES != 0;
+        let funcs = if self.get_i32(FLAGS_GLOBAL)? & FLAG_WRITES_TABLES != 0 {
+            Some(self.funcs_index()?)
+        } else {
+            None
+        };
         let mut tables = Vec::new();
         loop {
             let name = table_export(tables.len() as u32);
-            if writes_tables {
-                match self.table_funcs(&name)? {
+            if let Some(index) = &funcs {
+                match self.table_funcs(&name, index)? {
                     Some(entries) => tables.push(TableImage::Funcs(entries)),
                     None => break,
                 }

@@ -208,6 +208,11 @@ impl Machine for Session {
         Some(slots)
     }
 
+    fn table_size(&mut self, name: &str) -> Option<u64> {
+        let table = self.instance.get_table(&mut self.store, name)?;
+        Some(table.size(&self.store))
+    }
+
     fn grow_table(&mut self, name: &str, delta: u64) -> Result<(), EngineError> {
         let table = self.table_handle(name)?;
         let null = Ref::null(table.ty(&self.store).element().heap_type());
