@@ -24,8 +24,6 @@ const LAST_LITERALS: usize = 5;
 const MF_LIMIT: usize = 12;
 /// Largest match offset.
 const MAX_OFFSET: usize = 65535;
-/// Marks an empty table slot.
-const EMPTY: u32 = u32::MAX;
 
 /// The most bytes [`compress`] writes for `len` bytes of input.
 pub fn max_compressed_size(len: usize) -> usize {
@@ -92,7 +90,7 @@ pub fn compress(input: &[u8], out: &mut Vec<u8>, table: &mut Vec<u32>) {
         return;
     }
     table.clear();
-    table.resize(TABLE, EMPTY);
+    table.resize(TABLE, 0);
     // Of known length, indexed by hashes below it by construction: no bounds checks in the
     // loop.
     let table = &mut table[..TABLE];
@@ -100,20 +98,21 @@ pub fn compress(input: &[u8], out: &mut Vec<u8>, table: &mut Vec<u32>) {
     let last_start = len - MF_LIMIT;
     let match_end = len - LAST_LITERALS;
     let mut anchor = 0;
-    let mut i = 0;
+    // Every slot starts at position 0, a real candidate (checked like any other), so no
+    // slot is ever empty; the search starts after it.
+    let mut i = 1;
     let mut misses = 0usize;
     while i < last_start {
         let word = u32_at(input, i);
         let h = hash(word);
         let candidate = table[h];
         table[h] = i as u32;
-        let found = candidate != EMPTY
-            && i - candidate as usize <= MAX_OFFSET
-            && u32_at(input, candidate as usize) == word;
+        let found =
+            i - candidate as usize <= MAX_OFFSET && u32_at(input, candidate as usize) == word;
         if !found {
-            // Step further the longer nothing matched (1 byte for the first 64 misses).
+            // Step further the longer nothing matched (1 byte for the first 32 misses).
             misses += 1;
-            i += 1 + (misses >> 6);
+            i += 1 + (misses >> 5);
             continue;
         }
         misses = 0;
