@@ -9,8 +9,9 @@
 //!   synced and renamed into place, its directory synced, compressed straight from the
 //!   instance's memory (`checkpoint::run_with`). Each run replaces the previous run's file, as
 //!   periodic checkpoints to one path do; the replaced file is released on a thread of its own,
-//!   so freeing its blocks is not counted (`tabi` does the same); beside it, the same to a
-//!   path where no file was. Beside
+//!   so freeing its blocks is not counted (`tabi` does the same), and the runs are spaced as
+//!   periodic checkpoints would be, each starting once the file system has settled what the
+//!   one before left it; beside it, the same to a path where no file was. Beside
 //!   it, the encoder alone into memory, and the copy of the memory out of the instance that a
 //!   run which stops makes afterwards;
 //! - resume: from the file to the guest running again (read and check the head, instantiate,
@@ -89,6 +90,15 @@ fn guest() -> Vec<u8> {
     (drop (call $yield))))"#,
     )
     .expect("valid guest")
+}
+
+/// Lets the file system finish what earlier runs left it, as the seconds between periodic
+/// checkpoints would: the release of a replaced file (on tabi's background thread), and the
+/// journal commit of the blocks freed, which on a disk mounted with `discard` also waits for
+/// the device to drop them. Without this, each run's sync pays for the run before.
+fn settle(dir: &std::path::Path) {
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
 }
 
 fn setup() -> checkpoint::Setup {
@@ -178,6 +188,7 @@ fn main() {
         None,
         &mut |view| {
             for _ in 0..n {
+                settle(dir.path());
                 let t = Instant::now();
                 let s = checkpoint::write_snapshot(&file, view, &original, &wasm, &[]).unwrap();
                 write_times.push(t.elapsed());
@@ -186,6 +197,7 @@ fn main() {
             // To a path where no file was.
             for i in 0..n {
                 let fresh = dir.path().join(format!("fresh-{i}.snap"));
+                settle(dir.path());
                 let t = Instant::now();
                 checkpoint::write_snapshot(&fresh, view, &original, &wasm, &[]).unwrap();
                 fresh_times.push(t.elapsed());

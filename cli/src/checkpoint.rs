@@ -316,8 +316,8 @@ pub fn write_snapshot(
     })
 }
 
-/// Where a snapshot file is written: buffered, and synced as it goes.
-type FileSink = tabi_snapshot::IoSink<std::io::BufWriter<Durable>>;
+/// Where a snapshot file is written.
+type FileSink = tabi_snapshot::IoSink<crate::outfile::Output>;
 
 /// Writes a snapshot file through `write`, by way of a temporary file and a rename.
 fn write_file(
@@ -325,39 +325,41 @@ fn write_file(
     write: impl FnOnce(&mut FileSink) -> Result<tabi_snapshot::Summary>,
 ) -> Result<tabi_snapshot::Summary> {
     let tmp = path.with_file_name(format!(".{}.{}", std::process::id(), file_name(path)));
-    let file = std::fs::File::create(&tmp)
+    let out = crate::outfile::Output::create(&tmp)
         .with_context(|| format!("cannot create `{}`", tmp.display()))?;
-    let mut sink = tabi_snapshot::IoSink(std::io::BufWriter::with_capacity(
-        1 << 20,
-        Durable::new(file),
-    ));
-    let summary = match write(&mut sink) {
+    let mut sink = tabi_snapshot::IoSink(out);
+    let written = write(&mut sink).and_then(|summary| {
+        sink.0
+            .finish()
+            .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+        Ok(summary)
+    });
+    let summary = match written {
         Ok(s) => s,
         Err(e) => {
-            drop(sink);
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
     };
-    let file = sink
-        .0
-        .into_inner()
-        .map_err(|e| anyhow!("cannot write `{}`: {}", tmp.display(), e.error()))?;
-    file.finish()
-        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
     // A file the snapshot replaces is held open across the rename, so that freeing its blocks
     // (milliseconds for tens of MiB, more on a disk mounted with `discard`) happens when the
     // handle is dropped, on a thread of its own, and not inside the rename.
     let replaced = std::fs::File::open(path).ok();
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write `{}`", path.display()));
+    }
+    // The directory is synced before the replaced file is released, so that its sync does
+    // not wait for the freeing too.
+    let synced = sync_parent(path)
+        .with_context(|| format!("cannot sync the directory of `{}`", path.display()));
     if let Some(old) = replaced {
         // Without a thread, the handle is simply dropped here.
         let _ = std::thread::Builder::new()
             .name("tabi-release".into())
             .spawn(move || drop(old));
     }
-    sync_parent(path)
-        .with_context(|| format!("cannot sync the directory of `{}`", path.display()))?;
+    synced?;
     Ok(summary)
 }
 
@@ -519,75 +521,6 @@ impl Chain {
         }
         written?;
         out.ok_or_else(|| anyhow!("no checkpoint was written"))
-    }
-}
-
-/// A file being written that a thread of its own syncs every [`Durable::EVERY`] bytes, so
-/// that the device writes what came so far while the snapshot's writer compresses the rest,
-/// and the final sync has little left to wait for.
-struct Durable {
-    file: std::fs::File,
-    unsynced: usize,
-    /// Wakes the syncing thread; its handle gives back the first error it met.
-    syncer: Option<(
-        std::sync::mpsc::Sender<()>,
-        std::thread::JoinHandle<std::io::Result<()>>,
-    )>,
-}
-
-impl Durable {
-    const EVERY: usize = 4 << 20;
-
-    fn new(file: std::fs::File) -> Durable {
-        // Without a second handle the file is only synced at the end.
-        let syncer = file.try_clone().ok().map(|clone| {
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let handle = std::thread::spawn(move || {
-                while rx.recv().is_ok() {
-                    // Requests that came while syncing are covered by the next sync.
-                    while rx.try_recv().is_ok() {}
-                    clone.sync_data()?;
-                }
-                Ok(())
-            });
-            (tx, handle)
-        });
-        Durable {
-            file,
-            unsynced: 0,
-            syncer,
-        }
-    }
-
-    /// Waits for the syncing thread, then syncs the whole file.
-    fn finish(mut self) -> std::io::Result<std::fs::File> {
-        if let Some((tx, handle)) = self.syncer.take() {
-            drop(tx);
-            handle
-                .join()
-                .map_err(|_| std::io::Error::other("the syncing thread panicked"))??;
-        }
-        self.file.sync_all()?;
-        Ok(self.file)
-    }
-}
-
-impl std::io::Write for Durable {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = std::io::Write::write(&mut self.file, buf)?;
-        self.unsynced += n;
-        if self.unsynced >= Self::EVERY {
-            self.unsynced = 0;
-            if let Some((tx, _)) = &self.syncer {
-                // A syncer that stopped reports its error from `finish`.
-                let _ = tx.send(());
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::Write::flush(&mut self.file)
     }
 }
 
@@ -1037,7 +970,9 @@ mod tests {
     fn summary_of(bytes: &[u8]) -> impl FnOnce(&mut FileSink) -> Result<tabi_snapshot::Summary> {
         let bytes = bytes.to_vec();
         move |sink: &mut FileSink| {
-            std::io::Write::write_all(&mut sink.0, &bytes)?;
+            for piece in bytes.chunks(100_003) {
+                std::io::Write::write_all(&mut sink.0, piece)?;
+            }
             Ok(tabi_snapshot::Summary::default())
         }
     }
@@ -1051,7 +986,9 @@ mod tests {
         let path = dir.path().join("s.snap");
         write_file(&path, summary_of(b"first")).unwrap();
         let mut held = std::fs::File::open(&path).unwrap();
-        let big = vec![7u8; 3 << 20];
+        // Past the page cache after its first 4 MiB (on Linux), with a last block to pad and
+        // cut back, written in pieces of another size.
+        let big: Vec<u8> = (0..(9 << 20) + 12345u32).map(|i| (i % 251) as u8).collect();
         write_file(&path, summary_of(&big)).unwrap();
         let mut old = Vec::new();
         std::io::Read::read_to_end(&mut held, &mut old).unwrap();

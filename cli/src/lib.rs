@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod harness;
+mod outfile;
 
 pub use checkpoint::{Backend, Setup};
 pub use harness::{Divergence, Report, migrate_test};

@@ -1,0 +1,247 @@
+//! The file a snapshot is written to.
+//!
+//! A checkpoint is worth only as much as its durability, so the file is synced before it is
+//! renamed into place, with one `fsync` at the end. A small file goes through the page cache.
+//! Past its first few MiB, on Linux where the file system takes `O_DIRECT`, a snapshot's
+//! blocks go from tabi's aligned buffers to the device on an I/O thread while the encoder
+//! threads compress the rest: nothing is copied into the page cache, nothing is left dirty
+//! for the kernel to write back, and the final sync has only the device's cache, the last
+//! block and the file's length left to flush.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+#[cfg(target_os = "linux")]
+use rustix::fs::OFlags;
+
+/// Alignment of buffers, offsets and lengths: a multiple of any device's logical block.
+const ALIGN: usize = 4096;
+/// Bytes per write.
+const BLOCK: usize = 1 << 20;
+/// Buffers in rotation: one filling, the others queued or being written.
+const BUFFERS: usize = 3;
+
+/// A buffer whose usable part starts at an aligned address.
+struct Aligned {
+    raw: Vec<u8>,
+    /// Where the aligned part starts in `raw`.
+    start: usize,
+    /// Bytes filled.
+    len: usize,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
+        let raw = vec![0u8; BLOCK + ALIGN];
+        // Found, not assumed: the allocator owes no alignment beyond the byte's.
+        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Aligned { raw, start, len: 0 }
+    }
+
+    fn block(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + BLOCK]
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+/// A file written through the page cache for its first [`SMALL`] bytes, and then in
+/// aligned blocks past it, by a thread of its own.
+pub(crate) struct Output {
+    current: Aligned,
+    /// Bytes given so far, the file's length at the end.
+    total: u64,
+    /// The file while it is written from this thread; `None` once the I/O thread has it.
+    file: Option<File>,
+    /// Whether the file system refused `O_DIRECT`: then all of it is written here.
+    refused: bool,
+    made: usize,
+    to_io: Option<SyncSender<Aligned>>,
+    back: Option<Receiver<Aligned>>,
+    io: Option<JoinHandle<io::Result<File>>>,
+}
+
+/// Below this many bytes a file stays in the page cache: one sync at the end costs less
+/// than waiting for the device block by block.
+const SMALL: u64 = 4 << 20;
+
+impl Output {
+    /// Creates (or truncates) the file.
+    pub(crate) fn create(path: &Path) -> io::Result<Output> {
+        let file = File::create(path)?;
+        Ok(Output {
+            current: Aligned::new(),
+            total: 0,
+            file: Some(file),
+            refused: false,
+            made: 1,
+            to_io: None,
+            back: None,
+            io: None,
+        })
+    }
+
+    /// Writes the current buffer: here while the file is small (or cannot go direct),
+    /// else by the I/O thread; then starts on an empty buffer.
+    fn hand_over(&mut self) -> io::Result<()> {
+        if let Some(file) = &mut self.file {
+            if self.total <= SMALL || self.refused {
+                file.write_all(self.current.filled())?;
+                self.current.len = 0;
+                return Ok(());
+            }
+            // From here the blocks go past the page cache (the offset is a multiple of
+            // the block, so aligned).
+            if !direct(file) {
+                self.refused = true;
+                return self.hand_over();
+            }
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| io::Error::other("no file"))?;
+            let (to_io, queued) = sync_channel::<Aligned>(BUFFERS - 1);
+            let (give_back, back) = sync_channel::<Aligned>(BUFFERS);
+            self.io = Some(
+                std::thread::Builder::new()
+                    .name("tabi-write".into())
+                    .spawn(move || writer(file, queued, give_back))?,
+            );
+            self.to_io = Some(to_io);
+            self.back = Some(back);
+        }
+        let next = if self.made < BUFFERS {
+            self.made += 1;
+            Aligned::new()
+        } else {
+            match self.back.as_ref().map(Receiver::recv) {
+                Some(Ok(b)) => b,
+                _ => return Err(self.stopped()),
+            }
+        };
+        let full = std::mem::replace(&mut self.current, next);
+        self.current.len = 0;
+        let sent = self.to_io.as_ref().map(|t| t.send(full));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.stopped()),
+        }
+    }
+
+    /// The error the I/O thread stopped with.
+    fn stopped(&mut self) -> io::Error {
+        self.to_io = None;
+        match self.io.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => io::Error::other("the writing thread panicked"),
+            _ => io::Error::other("the writing thread stopped"),
+        }
+    }
+
+    /// Writes the last bytes and syncs. Past the page cache, the last block is padded to
+    /// the alignment, and the file then cut back to its length.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        let file = match self.file.take() {
+            Some(mut file) => {
+                file.write_all(self.current.filled())?;
+                file
+            }
+            None => {
+                let len = self.current.len;
+                if len > 0 {
+                    let padded = len.next_multiple_of(ALIGN);
+                    self.current.block()[len..padded].fill(0);
+                    self.current.len = padded;
+                    self.hand_over()?;
+                }
+                self.to_io = None;
+                let file = match self.io.take().map(JoinHandle::join) {
+                    Some(Ok(r)) => r?,
+                    _ => return Err(io::Error::other("the writing thread panicked")),
+                };
+                file.set_len(self.total)?;
+                file
+            }
+        };
+        file.sync_all()
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let at = self.current.len;
+        let n = buf.len().min(BLOCK - at);
+        self.current.block()[at..at + n].copy_from_slice(&buf[..n]);
+        self.current.len += n;
+        self.total += n as u64;
+        if self.current.len == BLOCK {
+            self.hand_over()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The I/O thread: writes each buffer in turn and gives it back. A file system that
+/// opened the file with `O_DIRECT` but refuses such a write gets the rest through the page
+/// cache instead (the final sync covers either).
+fn writer(
+    mut file: File,
+    queued: Receiver<Aligned>,
+    give_back: SyncSender<Aligned>,
+) -> io::Result<File> {
+    let mut direct = true;
+    for b in queued {
+        let data = b.filled();
+        let mut at = 0;
+        while at < data.len() {
+            match file.write(&data[at..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if direct && e.kind() == io::ErrorKind::InvalidInput => {
+                    direct = false;
+                    buffered(&file)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The writer may be gone; then the buffer is dropped.
+        let _ = give_back.send(b);
+    }
+    Ok(file)
+}
+
+/// Sets the file to bypass the page cache; whether the file system took it.
+#[cfg(target_os = "linux")]
+fn direct(file: &File) -> bool {
+    rustix::fs::fcntl_getfl(file)
+        .and_then(|flags| rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT))
+        .is_ok()
+}
+
+/// Elsewhere the file stays in the page cache.
+#[cfg(not(target_os = "linux"))]
+fn direct(_: &File) -> bool {
+    false
+}
+
+/// Sets the file back to the page cache.
+#[cfg(target_os = "linux")]
+fn buffered(file: &File) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    Ok(rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn buffered(_: &File) -> io::Result<()> {
+    Ok(())
+}
