@@ -160,16 +160,20 @@ impl<S: Source> In<'_, S> {
         self.bytes_into(&mut v, len, what)?;
         Ok(v)
     }
-    /// [`Self::bytes`] into a buffer that is reused.
+    /// [`Self::bytes`] into a buffer that is reused: what it already holds is read over, not
+    /// cleared first.
     fn bytes_into(&mut self, v: &mut Vec<u8>, len: usize, what: &str) -> Result<(), Error> {
         const STEP: usize = 1 << 20;
-        v.clear();
-        while v.len() < len {
-            let n = (len - v.len()).min(STEP);
-            let start = v.len();
-            v.resize(start + n, 0);
-            self.data(&mut v[start..], what)?;
+        let mut have = 0;
+        while have < len {
+            let n = (len - have).min(STEP);
+            if v.len() < have + n {
+                v.resize(have + n, 0);
+            }
+            self.data(&mut v[have..have + n], what)?;
+            have += n;
         }
+        v.truncate(len);
         Ok(())
     }
     /// A buffered section's payload, checked against its CRC and `limit`.
@@ -615,108 +619,13 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         } else {
             None
         };
-        let zero_gap = |mem: &mut [u8], from: u32, to: u32| {
-            if let Some(t) = &touched {
-                let range = from as usize * PAGE..to as usize * PAGE;
-                for (i, block) in mem[range.clone()]
-                    .chunks_mut(tabi_libos::resident::BLOCK)
-                    .enumerate()
-                {
-                    if t.block(range.start / tabi_libos::resident::BLOCK + i)
-                        && !tabi_libos::machine::is_zero(block)
-                    {
-                        block.fill(0);
-                    }
-                }
-            }
+        let chunks = Chunks {
+            index,
+            pages,
+            incremental,
+            touched: touched.as_ref(),
         };
-        let mut chunk = Vec::new();
-        let mut stored = 13u64;
-        let mut raw = 0u64;
-        let mut next = 0u32;
-        loop {
-            let first = u32::from_le_bytes(input.frame_array::<4>("a memory chunk")?);
-            stored += 4;
-            if first == CHUNK_END {
-                zero_gap(mem, next, pages);
-                break;
-            }
-            let ch = input.frame_array::<13>("a memory chunk")?;
-            let n = u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
-            let kind = ch[4];
-            let len = u32::from_le_bytes([ch[5], ch[6], ch[7], ch[8]]);
-            let sum = u32::from_le_bytes([ch[9], ch[10], ch[11], ch[12]]);
-            if first < next
-                || n == 0
-                || n > CHUNK_PAGES
-                || u64::from(first) + u64::from(n) > u64::from(pages)
-            {
-                return Err(Error::Malformed {
-                    what: format!(
-                        "chunk of pages {first}+{n} in memory {index} of {pages} pages (out of order or out of range)"
-                    ),
-                });
-            }
-            let raw_len = n as usize * PAGE;
-            let max = match kind {
-                CHUNK_LZ4 => raw_len,
-                CHUNK_RAW => raw_len,
-                CHUNK_ZERO if incremental => 0,
-                _ => {
-                    return Err(Error::Malformed {
-                        what: format!("chunk kind {kind} in memory {index}"),
-                    });
-                }
-            };
-            if len as usize > max {
-                return Err(Error::TooLarge {
-                    what: format!("a chunk of memory {index}"),
-                    size: len.into(),
-                    limit: max as u64,
-                });
-            }
-            input.bytes_into(&mut chunk, len as usize, "a memory chunk")?;
-            let data = &chunk;
-            if crc(data) != sum {
-                return Err(Error::BadChecksum {
-                    what: format!("pages {first}..{} of memory {index}", first + n),
-                });
-            }
-            zero_gap(mem, next, first);
-            let dst = &mut mem[first as usize * PAGE..first as usize * PAGE + raw_len];
-            match kind {
-                CHUNK_LZ4 => {
-                    let got = lz4_flex::block::decompress_into(data, dst).map_err(|e| {
-                        Error::Malformed {
-                            what: format!(
-                                "pages {first}..{} of memory {index} do not decompress: {e}",
-                                first + n
-                            ),
-                        }
-                    })?;
-                    if got != raw_len {
-                        return Err(Error::Malformed {
-                            what: format!(
-                                "pages {first}..{} of memory {index} decompress short",
-                                first + n
-                            ),
-                        });
-                    }
-                }
-                CHUNK_RAW => {
-                    if data.len() != raw_len {
-                        return Err(Error::Malformed {
-                            what: format!("raw chunk of memory {index} has the wrong length"),
-                        });
-                    }
-                    dst.copy_from_slice(data);
-                }
-                _ => dst.fill(0),
-            }
-            stored += 17 + u64::from(len);
-            raw += raw_len as u64;
-            next = first + n;
-        }
+        let (stored, raw) = chunks.decode(&mut input, mem)?;
         sections.push(SectionInfo {
             id: SectionId::Memory,
             stored,
@@ -841,4 +750,267 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         hash,
         sections,
     })
+}
+
+/// The chunks of one memory, as the reader decodes them.
+struct Chunks<'t> {
+    index: u32,
+    pages: u32,
+    incremental: bool,
+    /// For a target's memory: the blocks the host backed, which gaps between chunks clear.
+    touched: Option<&'t tabi_libos::resident::Touched>,
+}
+
+/// One chunk read and framed, still to be checked against its CRC and decoded into `dst`.
+struct Job<'m> {
+    first: u32,
+    n: u32,
+    kind: u8,
+    sum: u32,
+    data: Vec<u8>,
+    dst: &'m mut [u8],
+}
+
+impl Job<'_> {
+    fn run(&mut self, index: u32) -> Result<(), Error> {
+        let (first, n) = (self.first, self.n);
+        if crc(&self.data) != self.sum {
+            return Err(Error::BadChecksum {
+                what: format!("pages {first}..{} of memory {index}", first + n),
+            });
+        }
+        if self.kind != CHUNK_ZERO {
+            tabi_libos::resident::prefault(self.dst);
+        }
+        match self.kind {
+            CHUNK_LZ4 => {
+                let got = lz4_flex::block::decompress_into(&self.data, self.dst).map_err(|e| {
+                    Error::Malformed {
+                        what: format!(
+                            "pages {first}..{} of memory {index} do not decompress: {e}",
+                            first + n
+                        ),
+                    }
+                })?;
+                if got != self.dst.len() {
+                    return Err(Error::Malformed {
+                        what: format!(
+                            "pages {first}..{} of memory {index} decompress short",
+                            first + n
+                        ),
+                    });
+                }
+            }
+            CHUNK_RAW => {
+                if self.data.len() != self.dst.len() {
+                    return Err(Error::Malformed {
+                        what: format!("raw chunk of memory {index} has the wrong length"),
+                    });
+                }
+                self.dst.copy_from_slice(&self.data);
+            }
+            _ => self.dst.fill(0),
+        }
+        Ok(())
+    }
+}
+
+/// The part of a memory not yet handed out, cut off front first as chunks arrive in order.
+struct Carver<'m> {
+    rest: &'m mut [u8],
+    /// Byte offset of `rest` in the memory.
+    at: usize,
+}
+
+impl<'m> Carver<'m> {
+    /// Cuts off the bytes up to `start` (a gap no chunk covers) and the `len` bytes from it.
+    /// The caller has checked `self.at <= start` and `start + len <= ` the memory's length.
+    fn take(&mut self, start: usize, len: usize) -> (&'m mut [u8], &'m mut [u8]) {
+        let rest = core::mem::take(&mut self.rest);
+        let (gap, rest) = rest.split_at_mut(start - self.at);
+        let (dst, rest) = rest.split_at_mut(len);
+        self.rest = rest;
+        self.at = start + len;
+        (gap, dst)
+    }
+}
+
+/// Below this many bytes a memory is decoded on the reading thread alone.
+#[cfg(feature = "std")]
+const PARALLEL_MIN: usize = 8 << 20;
+
+impl Chunks<'_> {
+    /// Reads the chunks into `mem` up to the end mark; gives the bytes they took in the file
+    /// (with the memory's header) and the bytes they stand for. With the `std` feature and a
+    /// large memory, decoder threads check and decompress the chunks while this thread reads
+    /// the next ones; an error is still the first in file order.
+    fn decode<S: Source>(
+        &self,
+        input: &mut In<'_, S>,
+        mem: &mut [u8],
+    ) -> Result<(u64, u64), Error> {
+        #[cfg(feature = "std")]
+        if mem.len() >= PARALLEL_MIN {
+            return self.decode_parallel(input, mem);
+        }
+        let index = self.index;
+        self.read_chunks(input, mem, &mut |mut job| job.run(index), &mut Vec::new)
+    }
+
+    #[cfg(feature = "std")]
+    fn decode_parallel<S: Source>(
+        &self,
+        input: &mut In<'_, S>,
+        mem: &mut [u8],
+    ) -> Result<(u64, u64), Error> {
+        use std::sync::mpsc;
+        let index = self.index;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+        std::thread::scope(|scope| {
+            // Buffers come back from the decoders to be read into again.
+            let (give_back, recycled) = mpsc::channel::<Vec<u8>>();
+            let mut senders = Vec::with_capacity(workers);
+            let mut decoders = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let (tx, rx) = mpsc::sync_channel::<(u64, Job<'_>)>(2);
+                let give_back = give_back.clone();
+                decoders.push(scope.spawn(move || {
+                    for (seq, mut job) in rx {
+                        if let Err(e) = job.run(index) {
+                            return Some((seq, e));
+                        }
+                        let _ = give_back.send(job.data);
+                    }
+                    None
+                }));
+                senders.push(tx);
+            }
+            let mut seq = 0u64;
+            let read = self.read_chunks(
+                input,
+                mem,
+                &mut |job| {
+                    let sent = senders[seq as usize % workers].send((seq, job));
+                    seq += 1;
+                    // A decoder that stopped has an error, reported below.
+                    sent.map_err(|_| Error::Malformed {
+                        what: format!("memory {index} did not decode"),
+                    })
+                },
+                &mut || recycled.try_recv().unwrap_or_default(),
+            );
+            drop(senders);
+            // The decoders' chunks all come before the one being read: their first error
+            // comes first.
+            let mut first: Option<(u64, Error)> = None;
+            for d in decoders {
+                let failed = d.join().unwrap_or_else(|_| {
+                    Some((
+                        0,
+                        Error::Malformed {
+                            what: format!("a decoder of memory {index} stopped"),
+                        },
+                    ))
+                });
+                if let Some((s, e)) = failed
+                    && first.as_ref().is_none_or(|(f, _)| s < *f)
+                {
+                    first = Some((s, e));
+                }
+            }
+            match first {
+                Some((_, e)) => Err(e),
+                None => read,
+            }
+        })
+    }
+
+    /// Reads and frames each chunk, clears the gaps before it, and hands it to `decode`.
+    fn read_chunks<'m, S: Source>(
+        &self,
+        input: &mut In<'_, S>,
+        mem: &'m mut [u8],
+        decode: &mut dyn FnMut(Job<'m>) -> Result<(), Error>,
+        buffer: &mut dyn FnMut() -> Vec<u8>,
+    ) -> Result<(u64, u64), Error> {
+        let (index, pages) = (self.index, self.pages);
+        let mut carver = Carver { rest: mem, at: 0 };
+        let mut stored = 13u64;
+        let mut raw = 0u64;
+        let mut next = 0u32;
+        loop {
+            let first = u32::from_le_bytes(input.frame_array::<4>("a memory chunk")?);
+            stored += 4;
+            if first == CHUNK_END {
+                let at = carver.at;
+                let (gap, _) = carver.take(pages as usize * PAGE, 0);
+                self.zero_gap(gap, at);
+                return Ok((stored, raw));
+            }
+            let ch = input.frame_array::<13>("a memory chunk")?;
+            let n = u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
+            let kind = ch[4];
+            let len = u32::from_le_bytes([ch[5], ch[6], ch[7], ch[8]]);
+            let sum = u32::from_le_bytes([ch[9], ch[10], ch[11], ch[12]]);
+            if first < next
+                || n == 0
+                || n > CHUNK_PAGES
+                || u64::from(first) + u64::from(n) > u64::from(pages)
+            {
+                return Err(Error::Malformed {
+                    what: format!(
+                        "chunk of pages {first}+{n} in memory {index} of {pages} pages (out of order or out of range)"
+                    ),
+                });
+            }
+            let raw_len = n as usize * PAGE;
+            let max = match kind {
+                CHUNK_LZ4 => raw_len,
+                CHUNK_RAW => raw_len,
+                CHUNK_ZERO if self.incremental => 0,
+                _ => {
+                    return Err(Error::Malformed {
+                        what: format!("chunk kind {kind} in memory {index}"),
+                    });
+                }
+            };
+            if len as usize > max {
+                return Err(Error::TooLarge {
+                    what: format!("a chunk of memory {index}"),
+                    size: len.into(),
+                    limit: max as u64,
+                });
+            }
+            let mut data = buffer();
+            input.bytes_into(&mut data, len as usize, "a memory chunk")?;
+            let at = carver.at;
+            let (gap, dst) = carver.take(first as usize * PAGE, raw_len);
+            self.zero_gap(gap, at);
+            decode(Job {
+                first,
+                n,
+                kind,
+                sum,
+                data,
+                dst,
+            })?;
+            stored += 17 + u64::from(len);
+            raw += raw_len as u64;
+            next = first + n;
+        }
+    }
+
+    /// Clears the blocks of `gap` (at byte `at` of the memory) that the host backed and that
+    /// are not zero.
+    fn zero_gap(&self, gap: &mut [u8], at: usize) {
+        let Some(t) = self.touched else {
+            return;
+        };
+        use tabi_libos::resident::BLOCK;
+        for (i, block) in gap.chunks_mut(BLOCK).enumerate() {
+            if t.block(at / BLOCK + i) && !tabi_libos::machine::is_zero(block) {
+                block.fill(0);
+            }
+        }
+    }
 }

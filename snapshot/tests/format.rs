@@ -462,3 +462,97 @@ fn the_bytes_are_the_same_on_every_host() {
     assert_eq!(s.memories.len(), 1);
     assert_eq!(s.kernel.args().len(), 3);
 }
+
+/// A memory large enough to be decoded on several threads: 24 MiB with a chunk of random,
+/// text-like or zero pages in turn, so that both chunk kinds and gaps alternate.
+fn large_memory() -> Vec<u8> {
+    let mut m = vec![0u8; 24 << 20];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for (p, page) in m.chunks_mut(PAGE).enumerate() {
+        match p / 16 % 3 {
+            0 => {
+                for w in page.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    w.copy_from_slice(&x.to_le_bytes());
+                }
+            }
+            1 => {
+                for (i, b) in page.iter_mut().enumerate() {
+                    *b = b"a large memory, decoded in parallel "[(i + p) % 36];
+                }
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+/// Where the memory chunk holding page `page` (of memory 0) starts in `bytes`: the offset of
+/// its first data byte. Walks the chunk headers from the first memory header.
+fn chunk_data_at(bytes: &[u8], page: u32) -> usize {
+    let snap = read_all(bytes).unwrap();
+    let before: u64 = snap
+        .sections
+        .iter()
+        .take_while(|s| s.id != tabi_snapshot::SectionId::Memory)
+        .map(|s| s.stored)
+        .sum();
+    // The header (16 bytes), the sections before, the memory's id and 12-byte header.
+    let mut at = 16 + before as usize + 1 + 12;
+    loop {
+        let first = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let n = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(bytes[at + 9..at + 13].try_into().unwrap()) as usize;
+        if (first..first + n).contains(&page) {
+            return at + 17;
+        }
+        at += 17 + len;
+    }
+}
+
+/// A large memory decodes the same on the reader's threads, into its own buffers and into a
+/// target's memory full of garbage; a corrupted chunk is named by its pages, and of two bad
+/// places the first in the file is the one reported.
+#[test]
+fn a_large_memory_decodes_in_parallel_and_reports_the_first_error() {
+    let big = large_memory();
+    let small = vec![0u8; PAGE];
+    let bytes = snapshot_bytes(&big, &small, &kernel_bytes(), None);
+    let s = read_all(&bytes).unwrap();
+    assert!(s.memories[0] == big, "the memory read back differs");
+    let mut target = Garbage {
+        memories: Vec::new(),
+        wrong_size: false,
+    };
+    tabi_snapshot::read_into(&mut &bytes[..], &Limits::default(), &mut target).unwrap();
+    assert!(target.memories[0] == big, "the target's memory differs");
+
+    // One byte changed in the chunk of pages 160..: its checksum fails, by name.
+    let mut bad = bytes.clone();
+    bad[chunk_data_at(&bytes, 170) + 100] ^= 1;
+    let e = read_all(&bad).unwrap_err();
+    assert!(
+        matches!(&e, Error::BadChecksum { what } if what.contains("pages 160..176 of memory 0")),
+        "{e:?}"
+    );
+    // Two bad chunks, next to each other (so on two decoders): the first is reported.
+    let mut two = bad.clone();
+    two[chunk_data_at(&bytes, 200) + 5] ^= 1;
+    let e = read_all(&two).unwrap_err();
+    assert!(
+        matches!(&e, Error::BadChecksum { what } if what.contains("pages 160..176")),
+        "{e:?}"
+    );
+    // And the file cut short after a later chunk: the earlier bad chunk is still reported.
+    let cut = chunk_data_at(&bytes, 340) + 10;
+    let e = read_all(&bad[..cut]).unwrap_err();
+    assert!(
+        matches!(&e, Error::BadChecksum { what } if what.contains("pages 160..176")),
+        "{e:?}"
+    );
+    // Cut short with no bad chunk before: truncation.
+    let e = read_all(&bytes[..cut]).unwrap_err();
+    assert!(matches!(e, Error::Truncated { .. }), "{e:?}");
+}
