@@ -280,7 +280,7 @@ mod tests {
     /// pages.
     #[test]
     fn prefault_keeps_the_bytes() {
-        let mut v: alloc::vec::Vec<u8> = (0..(3 << 20) + 123).map(|i| (i % 249) as u8).collect();
+        let mut v: Vec<u8> = (0..(3 << 20) + 123).map(|i| (i % 249) as u8).collect();
         let copy = v.clone();
         prefault(&mut v[77..]);
         assert!(v == copy);
