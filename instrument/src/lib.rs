@@ -62,7 +62,7 @@ mod rewrite;
 /// Name of the custom section holding the [`Manifest`].
 pub const MANIFEST_SECTION: &str = "tabi-instrument";
 /// Version of the rewrite and of its state layout; part of the [`Manifest`].
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Export name of the `i32` global holding [`NORMAL`], [`UNWINDING`] or [`REWINDING`].
 pub const STATE_GLOBAL: &str = "__tabi_state";
 /// Export name of the `i32` global holding the top of the save stack, in bytes.

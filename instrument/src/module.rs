@@ -4,6 +4,8 @@
 //! input's own, so untouched sections and function bodies are copied byte for byte, and vector
 //! sections that grow keep their entries' bytes and get new entries appended.
 
+use std::collections::BTreeMap;
+
 use wasm_encoder::{ConstExpr, Encode, ExportKind, GlobalType, Instruction, MemoryType, ValType};
 use wasmparser::BinaryReader;
 
@@ -87,6 +89,15 @@ pub(crate) fn assemble(
     };
     let reserve_type = ctx.types.index(&[wasmparser::ValType::I32], &[]);
 
+    // Branch hints the input carries, by function: still right for a body copied as it is.
+    let mut input_hints: BTreeMap<u32, Vec<(u32, bool)>> = BTreeMap::new();
+    for s in m.sections.iter().filter(|s| s.id == 0) {
+        if let Some(hints) = branch_hints(wasm, s.range.clone()) {
+            input_hints = hints;
+        }
+    }
+    let mut hints: Vec<(u32, Vec<(u32, bool)>)> = Vec::new();
+
     // Function bodies: rewritten, or validated and copied.
     let mut code = Vec::new();
     let mut instrumented = 0u32;
@@ -105,6 +116,9 @@ pub(crate) fn assemble(
             max_frame = max_frame.max(r.frame);
             r.body.len().encode(&mut code);
             code.extend_from_slice(&r.body);
+            if !r.hints.is_empty() {
+                hints.push((func, r.hints));
+            }
         } else {
             to_validate
                 .into_validator(Default::default())
@@ -126,9 +140,17 @@ pub(crate) fn assemble(
                 code.extend_from_slice(&bytes[..split]);
                 code.extend_from_slice(&prefix);
                 code.extend_from_slice(&bytes[split..]);
+                // Every instruction moved up by the prefix.
+                if let Some(h) = input_hints.remove(&func) {
+                    let shift = prefix.len() as u32;
+                    hints.push((func, h.into_iter().map(|(o, t)| (o + shift, t)).collect()));
+                }
             } else {
                 bytes.len().encode(&mut code);
                 code.extend_from_slice(bytes);
+                if let Some(h) = input_hints.remove(&func) {
+                    hints.push((func, h));
+                }
             }
         }
     }
@@ -287,31 +309,42 @@ pub(crate) fn assemble(
         &[TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE]
     };
 
+    // The hints go just before the code section, as the proposal asks.
+    let hint_section = hint_section(&hints);
+    let put = |out: &mut Vec<u8>, id: u8, data: &[u8]| {
+        if id == CODE && !hints.is_empty() {
+            section(out, 0, &hint_section);
+        }
+        section(out, id, data);
+    };
     let mut out = Vec::with_capacity(wasm.len() + wasm.len() / 4 + 1024);
     out.extend_from_slice(&wasm[..8]);
     let mut done: Vec<u8> = Vec::new();
     for s in &m.sections {
         let data = &wasm[s.range.clone()];
         if s.id == 0 {
-            section(&mut out, 0, data);
+            // The input's hints are in the new section.
+            if branch_hints(wasm, s.range.clone()).is_none() {
+                put(&mut out, 0, data);
+            }
             continue;
         }
         for &id in growing {
             if rank(id) < rank(s.id) && !done.contains(&id) {
-                section(&mut out, id, &build(id, &[])?);
+                put(&mut out, id, &build(id, &[])?);
                 done.push(id);
             }
         }
         if growing.contains(&s.id) {
-            section(&mut out, s.id, &build(s.id, data)?);
+            put(&mut out, s.id, &build(s.id, data)?);
         } else if s.id != START {
-            section(&mut out, s.id, data);
+            put(&mut out, s.id, data);
         }
         done.push(s.id);
     }
     for &id in growing {
         if !done.contains(&id) {
-            section(&mut out, id, &build(id, &[])?);
+            put(&mut out, id, &build(id, &[])?);
         }
     }
     let mut custom = Vec::new();
@@ -324,6 +357,56 @@ pub(crate) fn assemble(
         wasm: out,
         manifest,
     })
+}
+
+/// Name of the branch-hinting proposal's custom section.
+const BRANCH_HINTS: &str = "metadata.code.branch_hint";
+
+/// The hints of a custom section at `range` of `wasm`, by function, when it is a well-formed
+/// branch-hint section; `None` for any other custom section (a malformed hint section is
+/// dropped: its hints are only advice).
+fn branch_hints(
+    wasm: &[u8],
+    range: std::ops::Range<usize>,
+) -> Option<BTreeMap<u32, Vec<(u32, bool)>>> {
+    let reader = BinaryReader::new(&wasm[range.clone()], range.start);
+    let custom = wasmparser::CustomSectionReader::new(reader).ok()?;
+    if custom.name() != BRANCH_HINTS {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    let parsed = (|| -> wasmparser::Result<()> {
+        let reader = BinaryReader::new(custom.data(), custom.data_offset());
+        for f in wasmparser::BranchHintSectionReader::new(reader)? {
+            let f = f?;
+            let mut v = Vec::new();
+            for h in f.hints {
+                let h = h?;
+                v.push((h.func_offset, h.taken));
+            }
+            out.entry(f.func).or_insert(v);
+        }
+        Ok(())
+    })();
+    Some(if parsed.is_ok() { out } else { BTreeMap::new() })
+}
+
+/// The branch-hint custom section's contents (name included) for `hints`, which come in
+/// function order with each function's hints in offset order.
+fn hint_section(hints: &[(u32, Vec<(u32, bool)>)]) -> Vec<u8> {
+    let mut s = Vec::new();
+    BRANCH_HINTS.encode(&mut s);
+    hints.len().encode(&mut s);
+    for (func, list) in hints {
+        func.encode(&mut s);
+        list.len().encode(&mut s);
+        for &(offset, taken) in list {
+            offset.encode(&mut s);
+            s.push(1);
+            s.push(u8::from(taken));
+        }
+    }
+    s
 }
 
 fn encode_ty(t: wasmparser::ValType, sink: &mut Vec<u8>) -> Result<(), Error> {

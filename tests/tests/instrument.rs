@@ -602,3 +602,144 @@ fn frames_larger_than_a_page_fit_and_grow_the_save_stack() {
     );
     check(&body, 2);
 }
+
+/// Each function body's `if` and `br_if` operators, by offset from the body's start.
+fn branches(w: &[u8]) -> Vec<Vec<u32>> {
+    let mut v = Vec::new();
+    for p in wasmparser::Parser::new(0).parse_all(w) {
+        if let wasmparser::Payload::CodeSectionEntry(b) = p.unwrap() {
+            let start = b.range().start;
+            let mut ops = b.get_operators_reader().unwrap();
+            let mut at = Vec::new();
+            while !ops.eof() {
+                let pos = ops.original_position();
+                if matches!(
+                    ops.read().unwrap(),
+                    wasmparser::Operator::If { .. } | wasmparser::Operator::BrIf { .. }
+                ) {
+                    at.push((pos - start) as u32);
+                }
+            }
+            v.push(at);
+        }
+    }
+    v
+}
+
+/// A function's branch hints: offset, and whether the branch is likely taken.
+type Hints = Vec<(u32, bool)>;
+
+/// The branch hints of a module, by function index, and whether their section comes before
+/// the code section.
+fn hints(w: &[u8]) -> (Vec<(u32, Hints)>, bool) {
+    let (mut out, mut before_code, mut seen_code) = (Vec::new(), false, false);
+    for p in wasmparser::Parser::new(0).parse_all(w) {
+        match p.unwrap() {
+            wasmparser::Payload::CodeSectionStart { .. } => seen_code = true,
+            wasmparser::Payload::CustomSection(c) if c.name() == "metadata.code.branch_hint" => {
+                before_code = !seen_code;
+                let r = wasmparser::BinaryReader::new(c.data(), c.data_offset());
+                for f in wasmparser::BranchHintSectionReader::new(r).unwrap() {
+                    let f = f.unwrap();
+                    let h = f.hints.into_iter().map(|h| h.unwrap());
+                    out.push((f.func, h.map(|h| (h.func_offset, h.taken)).collect()));
+                }
+            }
+            _ => {}
+        }
+    }
+    (out, before_code)
+}
+
+/// The rewrite hints its added checks to the engine (the normal path's way is the likely one),
+/// in a well-formed section before the code; hints the input gave for a body kept as it is stay
+/// on the same instruction, and move with the prefix a no-return function gets. The hinted
+/// module runs the same on wasmtime, which reads the hints.
+#[test]
+fn branch_hints_mark_the_added_checks_and_keep_the_inputs() {
+    let mut wasm = module(
+        r#"(func $die (param i32)
+    (if (local.get 0) (then (call $flush)))
+    unreachable)
+  (func (export "_start")
+    (call $out (call $point (call $pure (i32.const 3))))
+    (call $flush))"#,
+    );
+    // Input hints for $out (function 4: its first branch) and $die (function 9: its `if`).
+    let before = branches(&wasm);
+    let (out_at, die_at) = (before[1][0], before[6][0]);
+    let mut section = Vec::new();
+    let name = b"metadata.code.branch_hint";
+    section.push(name.len() as u8);
+    section.extend_from_slice(name);
+    section.extend_from_slice(&[2, 4, 1]);
+    section.extend_from_slice(&leb(out_at));
+    section.extend_from_slice(&[1, 0, 9, 1]);
+    section.extend_from_slice(&leb(die_at));
+    section.extend_from_slice(&[1, 1]);
+    wasm.push(0);
+    wasm.extend_from_slice(&leb(section.len() as u32));
+    wasm.extend_from_slice(&section);
+    wasmparser::Validator::new().validate_all(&wasm).unwrap();
+
+    let out = instrument(&wasm, &Options::default()).unwrap().wasm;
+    let (h, before_code) = hints(&out);
+    assert!(before_code, "the hints come after the code");
+    assert!(
+        h.windows(2).all(|w| w[0].0 < w[1].0),
+        "functions out of order"
+    );
+    let after = branches(&out);
+    let imports = 3;
+    for (func, list) in &h {
+        let ops = &after[(*func - imports) as usize];
+        assert!(
+            list.windows(2).all(|w| w[0].0 < w[1].0),
+            "offsets out of order"
+        );
+        for (offset, _) in list {
+            assert!(
+                ops.contains(offset),
+                "function {func}: no branch at {offset}"
+            );
+        }
+    }
+    let of = |f: u32| h.iter().find(|(g, _)| *g == f).map(|(_, l)| l.clone());
+    // $out is copied as it was, with its hint; $die got a prefix, and its hint moved with it.
+    assert_eq!(of(4), Some(vec![(out_at, false)]));
+    let die = of(9).expect("the no-return function keeps its hint");
+    assert_eq!(die.len(), 1);
+    assert!(die[0].0 > die_at && die[0].1);
+    // $point (function 3) and _start (function 10) are rewritten: their checks are hinted,
+    // the likely way being the normal path for both kinds.
+    for f in [3, 10] {
+        let list = of(f).expect("a rewritten function has hints");
+        assert!(
+            list.iter().any(|&(_, taken)| taken),
+            "no dispatch hint in {f}"
+        );
+        assert!(
+            list.iter().any(|&(_, taken)| !taken),
+            "no unwind hint in {f}"
+        );
+    }
+    check(
+        r#"(func (export "_start")
+    (call $out (call $point (call $pure (i32.const 3))))
+    (call $flush))"#,
+        1,
+    );
+}
+
+fn leb(mut v: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
