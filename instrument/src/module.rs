@@ -89,7 +89,8 @@ pub(crate) fn assemble(
     };
     let reserve_type = ctx.types.index(&[wasmparser::ValType::I32], &[]);
 
-    // Branch hints the input carries, by function: still right for a body copied as it is.
+    // Branch hints the input carries (`metadata.code.branch_hint`), by function: still right
+    // for a body copied as it is, and for one that only gets a prefix once moved past it.
     let mut input_hints: BTreeMap<u32, Vec<(u32, bool)>> = BTreeMap::new();
     for s in m.sections.iter().filter(|s| s.id == 0) {
         if let Some(hints) = branch_hints(wasm, s.range.clone()) {
@@ -116,9 +117,7 @@ pub(crate) fn assemble(
             max_frame = max_frame.max(r.frame);
             r.body.len().encode(&mut code);
             code.extend_from_slice(&r.body);
-            if !r.hints.is_empty() {
-                hints.push((func, r.hints));
-            }
+            // The input's hints for this body point into code that is no longer there.
         } else {
             to_validate
                 .into_validator(Default::default())
@@ -309,7 +308,7 @@ pub(crate) fn assemble(
         &[TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE]
     };
 
-    // The hints go just before the code section, as the proposal asks.
+    // The kept hints go just before the code section, as the proposal asks.
     let hint_section = hint_section(&hints);
     let put = |out: &mut Vec<u8>, id: u8, data: &[u8]| {
         if id == CODE && !hints.is_empty() {

@@ -197,10 +197,6 @@ pub(crate) struct Rewritten {
     pub sites: u32,
     /// Bytes of the function's frame on the save stack.
     pub frame: u32,
-    /// Branch hints for the engine's code layout: each `if` or `br_if` the rewrite added on
-    /// the normal path, by byte offset from the body's start (its local declarations), and
-    /// whether it is taken when not pausing or resuming.
-    pub hints: Vec<(u32, bool)>,
 }
 
 struct Locals {
@@ -809,8 +805,6 @@ struct Emitter<'c, 'm, 'a> {
     needs: BTreeMap<u32, Set>,
     /// Number of the input's own locals (parameters included).
     originals: u32,
-    /// See [`Rewritten::hints`].
-    hints: Vec<(u32, bool)>,
 }
 
 fn emit(
@@ -898,7 +892,6 @@ fn emit(
         locals_size: offset,
         needs: BTreeMap::new(),
         originals: locals.original.len() as u32,
-        hints: Vec::new(),
     };
     let total = locals.original.len() + locals.extra.len();
     let mut needs = BTreeMap::new();
@@ -945,20 +938,12 @@ fn emit(
         body: e.out,
         sites,
         frame,
-        hints: e.hints,
     })
 }
 
 impl Emitter<'_, '_, '_> {
     fn ins(&mut self, i: Instruction<'_>) {
         i.encode(&mut self.out);
-    }
-
-    /// Emits `i`, an `if` or `br_if`, with a hint that its condition is true (`taken`) or
-    /// false on the normal path: the engine may then lay the other way out of line.
-    fn hinted(&mut self, i: Instruction<'_>, taken: bool) {
-        self.hints.push((self.out.len() as u32, taken));
-        self.ins(i);
     }
 
     fn open_added(&mut self, bt: BlockType) -> u32 {
@@ -1235,7 +1220,7 @@ impl Emitter<'_, '_, '_> {
         let on_stack = [site.below.as_slice(), &site.results].concat();
         let bt = self.ctx.types.block(&on_stack, &on_stack)?;
         self.ins(Instruction::GlobalGet(self.ctx.state));
-        self.hinted(Instruction::If(bt), false);
+        self.ins(Instruction::If(bt));
         self.labels.push(Some(u32::MAX));
         if !matches!(site.kind, SiteKind::Point) {
             for _ in &site.results {
@@ -1272,7 +1257,7 @@ impl Emitter<'_, '_, '_> {
             [] => BlockType::Empty,
             b => BlockType::FunctionType(self.ctx.types.index(b, b)),
         };
-        self.hinted(Instruction::If(bt), false);
+        self.ins(Instruction::If(bt));
         self.labels.push(Some(u32::MAX));
         // Not inside a function that cannot return: there the stack cannot be saved.
         self.ins(Instruction::GlobalGet(self.ctx.nopause));
@@ -1466,7 +1451,7 @@ impl Emitter<'_, '_, '_> {
         let dispatch = self.open_added(BlockType::Empty);
         self.ins(Instruction::GlobalGet(self.ctx.state));
         self.ins(Instruction::I32Eqz);
-        self.hinted(Instruction::BrIf(self.depth_of(dispatch)?), true);
+        self.ins(Instruction::BrIf(self.depth_of(dispatch)?));
         if top {
             self.restore_frame()?;
         }

@@ -144,15 +144,10 @@ impl Default for Wasmtime {
 impl Wasmtime {
     /// An engine with wasmtime's default configuration, except a 4 MiB limit on the guest's
     /// native stack (wasmtime's default is 512 KiB) so that deep recursion such as a 10,000-frame
-    /// unwind fits (the calling thread needs that much stack to spare), and branch hints read:
-    /// the rewrite marks its pause and resume paths unlikely, and Cranelift then lays them out
-    /// of the way of the normal path. Hints never change what a module does.
+    /// unwind fits. The calling thread needs that much stack to spare.
     pub fn new() -> Self {
         let mut config = wasmtime::Config::new();
-        config
-            .max_wasm_stack(4 << 20)
-            .async_stack_size(5 << 20)
-            .wasm_branch_hinting(true);
+        config.max_wasm_stack(4 << 20).async_stack_size(5 << 20);
         let engine = wasmtime::Engine::new(&config).expect("a valid configuration");
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker).expect("each import is registered once");
