@@ -854,7 +854,10 @@ impl Chunks<'_> {
             return self.decode_parallel(input, mem);
         }
         let index = self.index;
-        self.read_chunks(input, mem, &mut |mut job| job.run(index), &mut Vec::new)
+        // One buffer, read into again for each chunk.
+        self.read_chunks(input, mem, &mut |mut job| {
+            job.run(index).map(|()| Some(job.data))
+        })
     }
 
     #[cfg(feature = "std")]
@@ -886,19 +889,15 @@ impl Chunks<'_> {
                 senders.push(tx);
             }
             let mut seq = 0u64;
-            let read = self.read_chunks(
-                input,
-                mem,
-                &mut |job| {
-                    let sent = senders[seq as usize % workers].send((seq, job));
-                    seq += 1;
-                    // A decoder that stopped has an error, reported below.
-                    sent.map_err(|_| Error::Malformed {
-                        what: format!("memory {index} did not decode"),
-                    })
-                },
-                &mut || recycled.try_recv().unwrap_or_default(),
-            );
+            let read = self.read_chunks(input, mem, &mut |job| {
+                let sent = senders[seq as usize % workers].send((seq, job));
+                seq += 1;
+                // A decoder that stopped has an error, reported below.
+                sent.map_err(|_| Error::Malformed {
+                    what: format!("memory {index} did not decode"),
+                })?;
+                Ok(recycled.try_recv().ok())
+            });
             drop(senders);
             // The decoders' chunks all come before the one being read: their first error
             // comes first.
@@ -925,15 +924,16 @@ impl Chunks<'_> {
         })
     }
 
-    /// Reads and frames each chunk, clears the gaps before it, and hands it to `decode`.
+    /// Reads and frames each chunk, clears the gaps before it, and hands it to `decode`,
+    /// which may give back a buffer to read the next chunk into.
     fn read_chunks<'m, S: Source>(
         &self,
         input: &mut In<'_, S>,
         mem: &'m mut [u8],
-        decode: &mut dyn FnMut(Job<'m>) -> Result<(), Error>,
-        buffer: &mut dyn FnMut() -> Vec<u8>,
+        decode: &mut dyn FnMut(Job<'m>) -> Result<Option<Vec<u8>>, Error>,
     ) -> Result<(u64, u64), Error> {
         let (index, pages) = (self.index, self.pages);
+        let mut spare: Option<Vec<u8>> = None;
         let mut carver = Carver { rest: mem, at: 0 };
         let mut stored = 13u64;
         let mut raw = 0u64;
@@ -981,12 +981,12 @@ impl Chunks<'_> {
                     limit: max as u64,
                 });
             }
-            let mut data = buffer();
+            let mut data = spare.take().unwrap_or_default();
             input.bytes_into(&mut data, len as usize, "a memory chunk")?;
             let at = carver.at;
             let (gap, dst) = carver.take(first as usize * PAGE, raw_len);
             self.zero_gap(gap, at);
-            decode(Job {
+            spare = decode(Job {
                 first,
                 n,
                 kind,
