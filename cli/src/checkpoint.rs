@@ -967,7 +967,8 @@ pub fn resume_process(
 mod tests {
     use super::*;
 
-    fn summary_of(bytes: &[u8]) -> impl FnOnce(&mut FileSink) -> Result<tabi_snapshot::Summary> {
+    /// A writer for [`write_file`] that writes `bytes`, in pieces of an odd size.
+    fn writing(bytes: &[u8]) -> impl FnOnce(&mut FileSink) -> Result<tabi_snapshot::Summary> {
         let bytes = bytes.to_vec();
         move |sink: &mut FileSink| {
             for piece in bytes.chunks(100_003) {
@@ -984,18 +985,18 @@ mod tests {
     fn a_replaced_file_is_swapped_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.snap");
-        write_file(&path, summary_of(b"first")).unwrap();
+        write_file(&path, writing(b"first")).unwrap();
         let mut held = std::fs::File::open(&path).unwrap();
         // Past the page cache after its first 4 MiB (on Linux), with a last block to pad and
         // cut back, written in pieces of another size.
         let big: Vec<u8> = (0..(9 << 20) + 12345u32).map(|i| (i % 251) as u8).collect();
-        write_file(&path, summary_of(&big)).unwrap();
+        write_file(&path, writing(&big)).unwrap();
         let mut old = Vec::new();
         std::io::Read::read_to_end(&mut held, &mut old).unwrap();
         assert_eq!(old, b"first");
         assert_eq!(std::fs::read(&path).unwrap(), big);
         // Replaced again while nothing holds it: the released file goes on a thread.
-        write_file(&path, summary_of(b"third")).unwrap();
+        write_file(&path, writing(b"third")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"third");
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -1013,7 +1014,7 @@ mod tests {
         };
         let path = dir.path().join("s.snap");
         let big: Vec<u8> = (0..(6 << 20) + 7u32).map(|i| (i % 253) as u8).collect();
-        write_file(&path, summary_of(&big)).unwrap();
+        write_file(&path, writing(&big)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), big);
     }
 
@@ -1022,7 +1023,7 @@ mod tests {
     fn a_failed_write_leaves_the_old_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.snap");
-        write_file(&path, summary_of(b"kept")).unwrap();
+        write_file(&path, writing(b"kept")).unwrap();
         let e = write_file(&path, |sink| {
             std::io::Write::write_all(&mut sink.0, b"half")?;
             Err(anyhow!("the encoder stopped"))
@@ -1032,6 +1033,6 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // A directory that is not there is an error, not a panic.
         let missing = dir.path().join("no/such/dir/s.snap");
-        assert!(write_file(&missing, summary_of(b"x")).is_err());
+        assert!(write_file(&missing, writing(b"x")).is_err());
     }
 }

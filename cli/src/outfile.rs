@@ -60,10 +60,28 @@ pub(crate) struct Output {
     file: Option<File>,
     /// Whether the file system refused `O_DIRECT`: then all of it is written here.
     refused: bool,
+    /// Buffers made so far (at most [`BUFFERS`]).
     made: usize,
-    to_io: Option<SyncSender<Aligned>>,
-    back: Option<Receiver<Aligned>>,
-    io: Option<JoinHandle<io::Result<File>>>,
+    /// The I/O thread, once started.
+    io: Option<Io>,
+}
+
+/// The I/O thread: full buffers go to it, written ones come back, and it ends with the file
+/// or the first error.
+struct Io {
+    to_io: SyncSender<Aligned>,
+    back: Receiver<Aligned>,
+    thread: JoinHandle<io::Result<File>>,
+}
+
+impl Io {
+    /// Lets the thread finish what it was given, and takes the file back.
+    fn join(self) -> io::Result<File> {
+        drop(self.to_io);
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("the writing thread panicked"))?
+    }
 }
 
 /// Below this many bytes a file stays in the page cache: one sync at the end costs less
@@ -80,8 +98,6 @@ impl Output {
             file: Some(file),
             refused: false,
             made: 1,
-            to_io: None,
-            back: None,
             io: None,
         })
     }
@@ -107,39 +123,36 @@ impl Output {
                 .ok_or_else(|| io::Error::other("no file"))?;
             let (to_io, queued) = sync_channel::<Aligned>(BUFFERS - 1);
             let (give_back, back) = sync_channel::<Aligned>(BUFFERS);
-            self.io = Some(
-                std::thread::Builder::new()
-                    .name("tabi-write".into())
-                    .spawn(move || writer(file, queued, give_back))?,
-            );
-            self.to_io = Some(to_io);
-            self.back = Some(back);
+            let thread = std::thread::Builder::new()
+                .name("tabi-write".into())
+                .spawn(move || writer(file, queued, give_back))?;
+            self.io = Some(Io {
+                to_io,
+                back,
+                thread,
+            });
         }
+        let Some(io) = &self.io else {
+            return Err(io::Error::other("the writing thread stopped"));
+        };
         let next = if self.made < BUFFERS {
             self.made += 1;
-            Aligned::new()
+            Some(Aligned::new())
         } else {
-            match self.back.as_ref().map(Receiver::recv) {
-                Some(Ok(b)) => b,
-                _ => return Err(self.stopped()),
-            }
+            io.back.recv().ok()
         };
-        let full = std::mem::replace(&mut self.current, next);
-        self.current.len = 0;
-        let sent = self.to_io.as_ref().map(|t| t.send(full));
+        let sent = next.map(|next| {
+            let full = std::mem::replace(&mut self.current, next);
+            self.current.len = 0;
+            io.to_io.send(full)
+        });
         match sent {
             Some(Ok(())) => Ok(()),
-            _ => Err(self.stopped()),
-        }
-    }
-
-    /// The error the I/O thread stopped with.
-    fn stopped(&mut self) -> io::Error {
-        self.to_io = None;
-        match self.io.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => e,
-            Some(Err(_)) => io::Error::other("the writing thread panicked"),
-            _ => io::Error::other("the writing thread stopped"),
+            // The thread stopped: its error says why.
+            _ => Err(match self.io.take().map(Io::join) {
+                Some(Err(e)) => e,
+                _ => io::Error::other("the writing thread stopped"),
+            }),
         }
     }
 
@@ -159,11 +172,11 @@ impl Output {
                     self.current.len = padded;
                     self.hand_over()?;
                 }
-                self.to_io = None;
-                let file = match self.io.take().map(JoinHandle::join) {
-                    Some(Ok(r)) => r?,
-                    _ => return Err(io::Error::other("the writing thread panicked")),
-                };
+                let file = self
+                    .io
+                    .take()
+                    .ok_or_else(|| io::Error::other("the writing thread stopped"))?
+                    .join()?;
                 file.set_len(self.total)?;
                 file
             }
