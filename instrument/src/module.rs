@@ -91,13 +91,31 @@ pub(crate) fn assemble(
 
     // Branch hints the input carries (`metadata.code.branch_hint`), by function: still right
     // for a body copied as it is, and for one that only gets a prefix once moved past it.
+    // Their sections are left out of the output, which gets one of its own.
     let mut input_hints: BTreeMap<u32, Vec<(u32, bool)>> = BTreeMap::new();
-    for s in m.sections.iter().filter(|s| s.id == 0) {
+    let mut hint_sections = Vec::new();
+    for (i, s) in m.sections.iter().enumerate().filter(|(_, s)| s.id == 0) {
         if let Some(hints) = branch_hints(wasm, s.range.clone()) {
-            input_hints = hints;
+            if hint_sections.is_empty() {
+                input_hints = hints;
+            }
+            hint_sections.push(i);
         }
     }
-    let mut hints: Vec<(u32, Vec<(u32, bool)>)> = Vec::new();
+    let mut hints = wasm_encoder::BranchHints::new();
+    let mut keep_hints = |func: u32, list: Vec<(u32, bool)>, shift: u32| {
+        // An offset past any body's size is no hint at all; it is dropped, not wrapped.
+        let moved: Vec<_> = list
+            .into_iter()
+            .filter_map(|(o, taken)| {
+                Some(wasm_encoder::BranchHint {
+                    branch_func_offset: o.checked_add(shift)?,
+                    branch_hint_value: u32::from(taken),
+                })
+            })
+            .collect();
+        hints.function_hints(func, moved);
+    };
 
     // Function bodies: rewritten, or validated and copied.
     let mut code = Vec::new();
@@ -141,14 +159,13 @@ pub(crate) fn assemble(
                 code.extend_from_slice(&bytes[split..]);
                 // Every instruction moved up by the prefix.
                 if let Some(h) = input_hints.remove(&func) {
-                    let shift = prefix.len() as u32;
-                    hints.push((func, h.into_iter().map(|(o, t)| (o + shift, t)).collect()));
+                    keep_hints(func, h, prefix.len() as u32);
                 }
             } else {
                 bytes.len().encode(&mut code);
                 code.extend_from_slice(bytes);
                 if let Some(h) = input_hints.remove(&func) {
-                    hints.push((func, h));
+                    keep_hints(func, h, 0);
                 }
             }
         }
@@ -309,21 +326,19 @@ pub(crate) fn assemble(
     };
 
     // The kept hints go just before the code section, as the proposal asks.
-    let hint_section = hint_section(&hints);
     let put = |out: &mut Vec<u8>, id: u8, data: &[u8]| {
         if id == CODE && !hints.is_empty() {
-            section(out, 0, &hint_section);
+            wasm_encoder::Section::append_to(&hints, out);
         }
         section(out, id, data);
     };
     let mut out = Vec::with_capacity(wasm.len() + wasm.len() / 4 + 1024);
     out.extend_from_slice(&wasm[..8]);
     let mut done: Vec<u8> = Vec::new();
-    for s in &m.sections {
+    for (i, s) in m.sections.iter().enumerate() {
         let data = &wasm[s.range.clone()];
         if s.id == 0 {
-            // The input's hints are in the new section.
-            if branch_hints(wasm, s.range.clone()).is_none() {
+            if !hint_sections.contains(&i) {
                 put(&mut out, 0, data);
             }
             continue;
@@ -388,24 +403,6 @@ fn branch_hints(
         Ok(())
     })();
     Some(if parsed.is_ok() { out } else { BTreeMap::new() })
-}
-
-/// The branch-hint custom section's contents (name included) for `hints`, which come in
-/// function order with each function's hints in offset order.
-fn hint_section(hints: &[(u32, Vec<(u32, bool)>)]) -> Vec<u8> {
-    let mut s = Vec::new();
-    BRANCH_HINTS.encode(&mut s);
-    hints.len().encode(&mut s);
-    for (func, list) in hints {
-        func.encode(&mut s);
-        list.len().encode(&mut s);
-        for &(offset, taken) in list {
-            offset.encode(&mut s);
-            s.push(1);
-            s.push(u8::from(taken));
-        }
-    }
-    s
 }
 
 fn encode_ty(t: wasmparser::ValType, sink: &mut Vec<u8>) -> Result<(), Error> {
