@@ -103,8 +103,7 @@ mod populate {
         if mem.len() < 4 * super::BLOCK || !WORKS.load(Ordering::Relaxed) {
             return;
         }
-        static PAGE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        let Some(ps) = *PAGE.get_or_init(super::linux::page_size) else {
+        let Some(ps) = super::linux::page_size() else {
             return;
         };
         let start = mem.as_mut_ptr() as usize;
@@ -138,16 +137,20 @@ pub(crate) mod linux {
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
 
-    /// The host's page size, from the auxiliary vector (`AT_PAGESZ`).
+    /// The host's page size, from the auxiliary vector (`AT_PAGESZ`), read once per process.
     pub(crate) fn page_size() -> Option<usize> {
-        const AT_PAGESZ: u64 = 6;
-        let auxv = std::fs::read("/proc/self/auxv").ok()?;
-        let word = size_of::<usize>();
-        let mut pairs = auxv.chunks_exact(2 * word);
-        pairs.find_map(|p| {
-            let key = usize::from_ne_bytes(p[..word].try_into().ok()?);
-            let value = usize::from_ne_bytes(p[word..].try_into().ok()?);
-            (key as u64 == AT_PAGESZ && value.is_power_of_two() && value >= 512).then_some(value)
+        static PAGE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        *PAGE.get_or_init(|| {
+            const AT_PAGESZ: u64 = 6;
+            let auxv = std::fs::read("/proc/self/auxv").ok()?;
+            let word = size_of::<usize>();
+            let mut pairs = auxv.chunks_exact(2 * word);
+            pairs.find_map(|p| {
+                let key = usize::from_ne_bytes(p[..word].try_into().ok()?);
+                let value = usize::from_ne_bytes(p[word..].try_into().ok()?);
+                (key as u64 == AT_PAGESZ && value.is_power_of_two() && value >= 512)
+                    .then_some(value)
+            })
         })
     }
 

@@ -240,7 +240,12 @@ pub fn write<S: Sink>(
                 p.push(TABLE_FUNCS);
                 p.extend_from_slice(&(entries.len() as u32).to_le_bytes());
                 for e in entries {
-                    let v = e.map_or(0, |f| f + 1);
+                    let v = match e {
+                        None => 0,
+                        Some(f) => f.checked_add(1).ok_or_else(|| {
+                            WriteError::Invalid("a table entry names function 2^32 - 1".into())
+                        })?,
+                    };
                     p.extend_from_slice(&v.to_le_bytes());
                 }
             }

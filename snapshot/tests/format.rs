@@ -556,3 +556,33 @@ fn a_large_memory_decodes_in_parallel_and_reports_the_first_error() {
     let e = read_all(&bytes[..cut]).unwrap_err();
     assert!(matches!(e, Error::Truncated { .. }), "{e:?}");
 }
+
+/// A table entry naming function 2^32 - 1 has no encoding (entries are stored plus one): the
+/// writer refuses it instead of wrapping it into a null.
+#[test]
+fn a_table_entry_past_the_encoding_is_refused() {
+    let tables = [TableImage::Funcs(vec![Some(u32::MAX)])];
+    let contents = Contents {
+        identity: Identity {
+            original_sha256: [1; 32],
+            module_sha256: [2; 32],
+            options: Vec::new(),
+            parent: None,
+        },
+        module: None,
+        entry: "_start",
+        budget: None,
+        points: 0,
+        globals: &[],
+        tables: &tables,
+        memories: Vec::new(),
+        stack: &[],
+        kernel: &kernel_bytes(),
+        mounts: &[],
+    };
+    let e = write(&mut Vec::new(), &contents, None).unwrap_err();
+    assert!(
+        matches!(e, tabi_snapshot::WriteError::Invalid(ref w) if w.contains("table entry")),
+        "{e}"
+    );
+}
