@@ -147,3 +147,101 @@ fn host_mount_cannot_reach_outside() {
         assert!(r.is_err(), "{path} opened outside the sandbox");
     }
 }
+
+/// Runs `wat` with `_start` on both engines, on a thread with a 2 MiB stack; returns each
+/// engine's standard output and exit.
+fn run_small_stack(wat: &str, backends: &[Backend]) -> Vec<(String, tabi_libos::Exit)> {
+    let wasm = wat::parse_str(wat).unwrap();
+    backends
+        .iter()
+        .copied()
+        .map(|backend| {
+            let wasm = wasm.clone();
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    let spec = Spec::new("grow").sandbox(Sandbox::None);
+                    let (process, out, _) = tabi_tests::process_for(&spec);
+                    let f = backend.engine().run(&wasm, process).unwrap();
+                    let out = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+                    (out, f.exit)
+                })
+                .unwrap()
+                .join()
+                .expect("the engine's thread survived")
+        })
+        .collect()
+}
+
+/// wasmi's handlers for `memory.grow` and `table.grow` each leave a host stack frame until the
+/// guest returns; the wasmi adapter turns them into host calls. A guest growing hundreds of
+/// thousands of times (by zero, past the maximum, and for real) runs on a 2 MiB thread on both
+/// engines, and every result is what the instruction gives. Function indices move by the
+/// helpers the rewrite imports, so calls through tables, `ref.func`, the start function and
+/// exports are checked too.
+#[test]
+fn growing_in_a_loop_keeps_its_results_and_the_host_stack() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1 8)
+      (table $t 1 10 funcref)
+      (elem (i32.const 0) $seven)
+      (elem declare funcref (ref.func $nine))
+      (type $r (func (result i32)))
+      (global $started (mut i32) (i32.const 0))
+      (func $seven (result i32) (i32.const 7))
+      (func $nine (result i32) (i32.const 9))
+      (func $start (global.set $started (i32.const 1)))
+      (start $start)
+      (func $check (param i32 i32) (if (i32.ne (local.get 0) (local.get 1)) (then unreachable)))
+      (func (export "_start") (local $i i32)
+        (call $check (global.get $started) (i32.const 1))
+        (loop $zero
+          (call $check (memory.grow (i32.and (local.get $i) (i32.const 0))) (i32.const 1))
+          (call $check (table.grow $t (ref.null func) (i32.and (local.get $i) (i32.const 0))) (i32.const 1))
+          (call $check (memory.grow (i32.const 100)) (i32.const -1))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $zero (i32.lt_u (local.get $i) (i32.const 200000))))
+        (call $check (memory.grow (i32.const 3)) (i32.const 1))
+        (call $check (memory.size) (i32.const 4))
+        (call $check (memory.grow (i32.const -1)) (i32.const -1))
+        (i32.store (i32.const 200000) (i32.const 42))
+        (call $check (i32.load (i32.const 200000)) (i32.const 42))
+        (call $check (table.grow $t (ref.func $nine) (i32.const 2)) (i32.const 1))
+        (call $check (table.size $t) (i32.const 3))
+        (call $check (table.grow $t (ref.null func) (i32.const 20)) (i32.const -1))
+        (call $check (call_indirect $t (type $r) (i32.const 0)) (i32.const 7))
+        (call $check (call_indirect $t (type $r) (i32.const 2)) (i32.const 9))
+        (i32.store (i32.const 0) (i32.const 16))
+        (i32.store (i32.const 4) (i32.const 3))
+        (i32.store (i32.const 16) (i32.const 0x0a6b6f))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+    for (out, exit) in run_small_stack(wat, &Backend::ALL) {
+        assert_eq!((out.as_str(), exit), ("ok\n", tabi_libos::Exit::Code(0)));
+    }
+    // This build of wasmtime has no GC support, which `externref` needs: wasmi alone.
+    let externs = r#"(module
+      (table $x 0 externref)
+      (func (export "_start") (local $i i32)
+        (loop $l
+          (drop (table.grow $x (ref.null extern) (i32.and (local.get $i) (i32.const 0))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 200000))))
+        (if (i32.ne (table.grow $x (ref.null extern) (i32.const 5)) (i32.const 0)) (then unreachable))
+        (if (i32.ne (table.size $x) (i32.const 5)) (then unreachable))))"#;
+    for (out, exit) in run_small_stack(externs, &[Backend::Wasmi]) {
+        assert_eq!((out.as_str(), exit), ("", tabi_libos::Exit::Code(0)));
+    }
+    // A module with no imports and no exports section of its own but `_start`.
+    let bare = r#"(module
+      (memory 1)
+      (func (export "_start") (local $i i32)
+        (loop $l
+          (drop (memory.grow (i32.and (local.get $i) (i32.const 0))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 200000))))
+        (if (i32.ne (memory.grow (i32.const 1)) (i32.const 1)) (then unreachable))))"#;
+    for (out, exit) in run_small_stack(bare, &Backend::ALL) {
+        assert_eq!((out.as_str(), exit), ("", tabi_libos::Exit::Code(0)));
+    }
+}

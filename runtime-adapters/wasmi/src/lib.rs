@@ -22,6 +22,7 @@ use tabi_libos::machine::{PauseControl, Points};
 use tabi_libos::{Engine, EngineError, Exit, Finished, Process, Trap, p1};
 use wasmi::{Caller, Global, Linker, Memory, Module, Store};
 
+mod grow;
 mod pause;
 
 pub use pause::Session;
@@ -125,6 +126,71 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error>
             pause::after_point(&mut caller)
         },
     )?;
+    add_grow_helpers(linker)
+}
+
+/// The imports [`Wasmi::compile`] turns `memory.grow` and `table.grow` into (see `grow.rs`):
+/// each grows through wasmi's API and gives what the instruction would, -1 on failure.
+fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> {
+    fn table_grow(
+        caller: &mut Caller<'_, GuestData>,
+        init: wasmi::Ref,
+        delta: i32,
+        table: i32,
+    ) -> Result<i32, wasmi::Error> {
+        let Some(t) = caller
+            .get_export(&grow::table_export(table as u32))
+            .and_then(|e| e.into_table())
+        else {
+            return Err(wasmi::Error::new(
+                "table.grow: the rewritten table is missing",
+            ));
+        };
+        Ok(match t.grow(caller, u64::from(delta as u32), init) {
+            Ok(old) => old as i32,
+            Err(_) => -1,
+        })
+    }
+    linker.func_wrap(
+        grow::MODULE,
+        grow::MEMORY_GROW,
+        |mut caller: Caller<'_, GuestData>, delta: i32, memory: i32| -> Result<i32, wasmi::Error> {
+            let Some(m) = caller
+                .get_export(&grow::memory_export(memory as u32))
+                .and_then(|e| e.into_memory())
+            else {
+                return Err(wasmi::Error::new(
+                    "memory.grow: the rewritten memory is missing",
+                ));
+            };
+            Ok(match m.grow(&mut caller, u64::from(delta as u32)) {
+                Ok(old) => old as i32,
+                Err(_) => -1,
+            })
+        },
+    )?;
+    linker.func_wrap(
+        grow::MODULE,
+        grow::TABLE_GROW_FUNCREF,
+        |mut caller: Caller<'_, GuestData>,
+         init: wasmi::Nullable<wasmi::Func>,
+         delta: i32,
+         table: i32|
+         -> Result<i32, wasmi::Error> {
+            table_grow(&mut caller, init.into(), delta, table)
+        },
+    )?;
+    linker.func_wrap(
+        grow::MODULE,
+        grow::TABLE_GROW_EXTERNREF,
+        |mut caller: Caller<'_, GuestData>,
+         init: wasmi::Nullable<wasmi::ExternRef>,
+         delta: i32,
+         table: i32|
+         -> Result<i32, wasmi::Error> {
+            table_grow(&mut caller, init.into(), delta, table)
+        },
+    )?;
     Ok(())
 }
 
@@ -176,8 +242,18 @@ impl Wasmi {
     }
 
     /// Validates and translates a module.
+    ///
+    /// A module that uses `memory.grow` or `table.grow` is first rewritten to grow through
+    /// host calls: wasmi's handlers for those instructions each leave a frame on the host
+    /// stack until the guest returns, so a guest growing in a loop would overflow it.
     pub fn compile(&self, wasm: &[u8]) -> Result<Module, EngineError> {
-        Module::new(&self.engine, wasm).map_err(|e| EngineError::InvalidModule(e.to_string()))
+        let invalid = |e: wasmi::Error| EngineError::InvalidModule(e.to_string());
+        match grow::rewrite(wasm) {
+            // An error names offsets in the bytes the caller gave.
+            Some(rewritten) => Module::new(&self.engine, &rewritten[..])
+                .or_else(|_| Module::new(&self.engine, wasm).map_err(invalid)),
+            None => Module::new(&self.engine, wasm).map_err(invalid),
+        }
     }
 
     /// Runs a module's `_start` to the end.

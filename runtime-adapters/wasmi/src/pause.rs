@@ -269,6 +269,7 @@ impl Session {
 }
 
 /// Called after a migration point returned: starts the unwind when a pause is due.
+#[inline]
 pub(crate) fn after_point(
     mut caller: impl AsContextMut<Data = GuestData>,
 ) -> Result<(), wasmi::Error> {

@@ -1,0 +1,376 @@
+//! `memory.grow` and `table.grow` as host calls.
+//!
+//! wasmi 2.0 runs a guest by chaining its instruction handlers through tail calls, and the
+//! handlers of `memory.grow` and `table.grow` are the ones whose call to the next handler
+//! stays an ordinary call on stable Rust. Each such instruction then leaves a host stack frame
+//! until the guest returns to the host, so a guest that grows in a loop (even by zero pages)
+//! overflows the host thread's stack within some ten thousand iterations and aborts the whole
+//! process. A module that uses either instruction is therefore rewritten before wasmi compiles
+//! it: each becomes `i32.const INDEX ; call $helper`, where the helper is an import of
+//! [`MODULE`] that grows the memory or table through wasmi's API and returns to the handler
+//! chain without a frame left behind. The grown memories and tables are exported under
+//! [`memory_export`] and [`table_export`] names for the helper to find them.
+//!
+//! Everything else keeps its meaning: functions keep their order (the helpers are imported
+//! after the module's own imports, so only defined functions' indices move, and every
+//! reference to them moves with them), and the guest's state is the same as on wasmtime.
+//! 64-bit memories and tables are left as they are: this build of wasmi refuses them anyway.
+
+use std::borrow::Cow;
+
+use wasm_encoder::reencode::{self, Reencode};
+use wasm_encoder::{
+    EntityType, ExportKind, ExportSection, ImportSection, Instruction, SectionId, TypeSection,
+    ValType,
+};
+use wasmparser::{Operator, Parser, Payload, RefType, TypeRef};
+
+/// Import module of the helpers.
+pub(crate) const MODULE: &str = "__tabi_wasmi";
+/// `(delta: i32, memory: i32) -> i32`
+pub(crate) const MEMORY_GROW: &str = "memory_grow";
+/// `(init: funcref, delta: i32, table: i32) -> i32`
+pub(crate) const TABLE_GROW_FUNCREF: &str = "table_grow_funcref";
+/// `(init: externref, delta: i32, table: i32) -> i32`
+pub(crate) const TABLE_GROW_EXTERNREF: &str = "table_grow_externref";
+
+/// The export under which the helper finds memory `index`.
+pub(crate) fn memory_export(index: u32) -> String {
+    format!("__tabi_wasmi_memory_{index}")
+}
+
+/// The export under which the helper finds table `index`.
+pub(crate) fn table_export(index: u32) -> String {
+    format!("__tabi_wasmi_table_{index}")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Helper {
+    Memory,
+    TableFunc,
+    TableExtern,
+}
+
+impl Helper {
+    fn name(self) -> &'static str {
+        match self {
+            Helper::Memory => MEMORY_GROW,
+            Helper::TableFunc => TABLE_GROW_FUNCREF,
+            Helper::TableExtern => TABLE_GROW_EXTERNREF,
+        }
+    }
+
+    fn signature(self) -> (Vec<ValType>, Vec<ValType>) {
+        let init = match self {
+            Helper::Memory => None,
+            Helper::TableFunc => Some(ValType::FUNCREF),
+            Helper::TableExtern => Some(ValType::EXTERNREF),
+        };
+        let params = init
+            .into_iter()
+            .chain([ValType::I32, ValType::I32])
+            .collect();
+        (params, vec![ValType::I32])
+    }
+}
+
+/// What the first pass learned about the module.
+#[derive(Default)]
+struct Plan {
+    types: u32,
+    func_imports: u32,
+    /// Per memory (imported first): whether it is 64-bit.
+    memory64: Vec<bool>,
+    /// Per table (imported first): which helper grows it, if any.
+    tables: Vec<Option<Helper>>,
+    /// Memories and tables whose growth is rewritten.
+    grown_memories: Vec<u32>,
+    grown_tables: Vec<u32>,
+    /// Helpers used, in import order.
+    helpers: Vec<Helper>,
+}
+
+impl Plan {
+    fn helper_index(&self, h: Helper) -> u32 {
+        let pos = self.helpers.iter().position(|&x| x == h).expect("planned");
+        self.func_imports + pos as u32
+    }
+
+    fn table_helper(ty: &wasmparser::TableType) -> Option<Helper> {
+        if ty.table64 {
+            return None;
+        }
+        match ty.element_type {
+            RefType::FUNCREF => Some(Helper::TableFunc),
+            RefType::EXTERNREF => Some(Helper::TableExtern),
+            _ => None,
+        }
+    }
+}
+
+/// Rewrites `wasm` as the module documentation says; `None` when it grows nothing (or is
+/// malformed, which wasmi then reports itself).
+pub(crate) fn rewrite(wasm: &[u8]) -> Option<Vec<u8>> {
+    let plan = plan(wasm).ok()??;
+    let mut module = wasm_encoder::Module::new();
+    let mut r = Rewriter {
+        plan: &plan,
+        types_done: false,
+        imports_done: false,
+        exports_done: false,
+    };
+    r.parse_core_module(&mut module, Parser::new(0), wasm)
+        .ok()?;
+    Some(module.finish())
+}
+
+fn plan(wasm: &[u8]) -> Result<Option<Plan>, wasmparser::BinaryReaderError> {
+    let mut p = Plan::default();
+    let (mut memories, mut tables) = (Vec::new(), Vec::new());
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload? {
+            Payload::TypeSection(s) => {
+                for g in s {
+                    p.types += g?.types().len() as u32;
+                }
+            }
+            Payload::ImportSection(s) => {
+                for i in s.into_imports() {
+                    match i?.ty {
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => p.func_imports += 1,
+                        TypeRef::Memory(m) => p.memory64.push(m.memory64),
+                        TypeRef::Table(t) => p.tables.push(Plan::table_helper(&t)),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::MemorySection(s) => {
+                for m in s {
+                    p.memory64.push(m?.memory64);
+                }
+            }
+            Payload::TableSection(s) => {
+                for t in s {
+                    p.tables.push(Plan::table_helper(&t?.ty));
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut ops = body.get_operators_reader()?;
+                while !ops.eof() {
+                    match ops.read()? {
+                        Operator::MemoryGrow { mem } => memories.push(mem),
+                        Operator::TableGrow { table } => tables.push(table),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::ComponentSection { .. } | Payload::ModuleSection { .. } => return Ok(None),
+            _ => {}
+        }
+    }
+    for m in memories {
+        if p.memory64.get(m as usize) == Some(&false) {
+            p.grown_memories.push(m);
+            p.helpers.push(Helper::Memory);
+        }
+    }
+    for t in tables {
+        if let Some(&Some(h)) = p.tables.get(t as usize) {
+            p.grown_tables.push(t);
+            p.helpers.push(h);
+        }
+    }
+    if p.helpers.is_empty() {
+        return Ok(None);
+    }
+    for v in [&mut p.grown_memories, &mut p.grown_tables] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    p.helpers.sort_unstable();
+    p.helpers.dedup();
+    Ok(Some(p))
+}
+
+struct Rewriter<'p> {
+    plan: &'p Plan,
+    types_done: bool,
+    imports_done: bool,
+    exports_done: bool,
+}
+
+type RResult<T> = Result<T, reencode::Error>;
+
+impl Rewriter<'_> {
+    fn add_types(&self, types: &mut TypeSection) {
+        for h in &self.plan.helpers {
+            let (params, results) = h.signature();
+            types.ty().function(params, results);
+        }
+    }
+
+    fn add_imports(&self, imports: &mut ImportSection) {
+        for (i, h) in self.plan.helpers.iter().enumerate() {
+            let ty = self.plan.types + i as u32;
+            imports.import(MODULE, h.name(), EntityType::Function(ty));
+        }
+    }
+
+    fn add_exports(&self, exports: &mut ExportSection) {
+        for &m in &self.plan.grown_memories {
+            exports.export(&memory_export(m), ExportKind::Memory, m);
+        }
+        for &t in &self.plan.grown_tables {
+            exports.export(&table_export(t), ExportKind::Table, t);
+        }
+    }
+}
+
+/// A section's place in a module (ids are not in that order: `DataCount` and `Tag`).
+fn position(id: SectionId) -> u8 {
+    match id {
+        SectionId::Custom => 0,
+        SectionId::Type => 1,
+        SectionId::Import => 2,
+        SectionId::Function => 3,
+        SectionId::Table => 4,
+        SectionId::Memory => 5,
+        SectionId::Tag => 6,
+        SectionId::Global => 7,
+        SectionId::Export => 8,
+        SectionId::Start => 9,
+        SectionId::Element => 10,
+        SectionId::DataCount => 11,
+        SectionId::Code => 12,
+        SectionId::Data => 13,
+    }
+}
+
+impl Reencode for Rewriter<'_> {
+    type Error = std::convert::Infallible;
+
+    fn function_index(&mut self, func: u32) -> RResult<u32> {
+        Ok(if func < self.plan.func_imports {
+            func
+        } else {
+            func + self.plan.helpers.len() as u32
+        })
+    }
+
+    fn parse_type_section(
+        &mut self,
+        types: &mut TypeSection,
+        section: wasmparser::TypeSectionReader<'_>,
+    ) -> RResult<()> {
+        reencode::utils::parse_type_section(self, types, section)?;
+        self.add_types(types);
+        self.types_done = true;
+        Ok(())
+    }
+
+    fn parse_import_section(
+        &mut self,
+        imports: &mut ImportSection,
+        section: wasmparser::ImportSectionReader<'_>,
+    ) -> RResult<()> {
+        reencode::utils::parse_import_section(self, imports, section)?;
+        self.add_imports(imports);
+        self.imports_done = true;
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> RResult<()> {
+        reencode::utils::parse_export_section(self, exports, section)?;
+        self.add_exports(exports);
+        self.exports_done = true;
+        Ok(())
+    }
+
+    /// Adds the type, import or export section a module without one needs, in its place.
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        _after: Option<SectionId>,
+        before: Option<SectionId>,
+    ) -> RResult<()> {
+        let due = |id: SectionId| before.is_none_or(|b| position(b) > position(id));
+        if !self.types_done && due(SectionId::Type) {
+            let mut s = TypeSection::new();
+            self.add_types(&mut s);
+            module.section(&s);
+            self.types_done = true;
+        }
+        if !self.imports_done && due(SectionId::Import) {
+            let mut s = ImportSection::new();
+            self.add_imports(&mut s);
+            module.section(&s);
+            self.imports_done = true;
+        }
+        if !self.exports_done && due(SectionId::Export) {
+            let mut s = ExportSection::new();
+            self.add_exports(&mut s);
+            module.section(&s);
+            self.exports_done = true;
+        }
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut wasm_encoder::CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> RResult<()> {
+        let mut f = self.new_function_with_parsed_locals(&func)?;
+        let mut ops = func.get_operators_reader()?;
+        while !ops.eof() {
+            let op = ops.read()?;
+            let helper = match op {
+                Operator::MemoryGrow { mem } if self.plan.grown_memories.contains(&mem) => {
+                    Some((Helper::Memory, mem))
+                }
+                Operator::TableGrow { table } if self.plan.grown_tables.contains(&table) => {
+                    self.plan.tables[table as usize].map(|h| (h, table))
+                }
+                _ => None,
+            };
+            match helper {
+                Some((h, index)) => {
+                    f.instruction(&Instruction::I32Const(index as i32));
+                    f.instruction(&Instruction::Call(self.plan.helper_index(h)));
+                }
+                None => {
+                    f.instruction(&self.instruction(op)?);
+                }
+            }
+        }
+        code.function(&f);
+        Ok(())
+    }
+
+    /// Function names move with their functions; other custom sections are copied.
+    fn parse_custom_section(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        section: wasmparser::CustomSectionReader<'_>,
+    ) -> RResult<()> {
+        match section.as_known() {
+            wasmparser::KnownCustom::Name(_) => {
+                reencode::utils::parse_custom_section(self, module, section)
+            }
+            // Other sections that name functions by index (branch hints) would point at the
+            // wrong ones; wasmi reads none of them.
+            _ if section.name().starts_with("metadata.code.") => Ok(()),
+            _ => {
+                module.section(&wasm_encoder::CustomSection {
+                    name: Cow::Borrowed(section.name()),
+                    data: Cow::Borrowed(section.data()),
+                });
+                Ok(())
+            }
+        }
+    }
+}
