@@ -167,10 +167,14 @@ impl PauseControl {
 
     /// Called by an adapter after a migration point import returned: whether the guest must
     /// unwind now.
+    #[inline]
     pub fn at_point(&mut self) -> bool {
         self.points += 1;
         if self.pending.is_some() {
             return true;
+        }
+        if self.after_points.is_none() && self.request.is_none() {
+            return false;
         }
         let reason = if self.after_points == Some(self.points) {
             Some(PauseReason::AfterPoints)
@@ -762,6 +766,7 @@ impl Points {
     }
 
     /// Whether preview-1 function number `i` is one.
+    #[inline]
     pub fn p1(&self, i: usize) -> bool {
         self.p1.get(i).copied().unwrap_or(false)
     }

@@ -265,6 +265,7 @@ impl Session {
 }
 
 /// Called after a migration point returned: starts the unwind when a pause is due.
+#[inline]
 pub(crate) fn after_point(mut caller: impl AsContextMut<Data = GuestData>) -> wasmtime::Result<()> {
     let mut ctx = caller.as_context_mut();
     let Some(p) = ctx.data_mut().pause.as_mut() else {
