@@ -434,7 +434,7 @@ pub mod smith {
         (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
         (import "wasi_snapshot_preview1" "random_get" (func (param i32 i32) (result i32)))
         (import "wasi_snapshot_preview1" "proc_exit" (func (param i32))))"#;
-    const EXPORTS: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+    const EXPORTS: &str = r#"(module (memory (export "memory") 1 16) (func (export "_start")))"#;
 
     /// The generator's configuration: the features tabi's rewrite and both engines support.
     pub fn config() -> wasm_smith::Config {
@@ -444,13 +444,15 @@ pub mod smith {
             canonicalize_nans: true,
             exceptions_enabled: false,
             gc_enabled: false,
-            simd_enabled: false,
+            simd_enabled: true,
             relaxed_simd_enabled: false,
             threads_enabled: false,
             memory64_enabled: false,
             tail_call_enabled: false,
             reference_types_enabled: false,
             max_memory32_bytes: 1 << 20,
+            // Without a maximum a memory can grow to 4 GiB, which a pause would copy out whole.
+            memory_max_size_required: true,
             max_table_elements: 1000,
             max_memories: 2,
             ..wasm_smith::Config::default()

@@ -111,6 +111,37 @@ fn values_below_a_call_survive() {
     );
 }
 
+/// v128, f32 and f64 values held in locals and below a call, across migration points; wasmi
+/// runs SIMD too, so each pause resumes on the other engine.
+#[test]
+fn vector_and_float_values_survive() {
+    check(
+        r#"(func $lanes (param $v v128)
+            (call $out (i32x4.extract_lane 0 (local.get $v)))
+            (call $out (i32x4.extract_lane 1 (local.get $v)))
+            (call $out (i32x4.extract_lane 2 (local.get $v)))
+            (call $out (i32x4.extract_lane 3 (local.get $v))))
+          (func (export "_start") (local $v v128) (local $f f32) (local $d f64)
+            (local.set $v (v128.const i32x4 11 -22 33 -44))
+            (local.set $f (f32.const 1.5))
+            (local.set $d (f64.const -2.25))
+            ;; locals live across a point
+            (drop (call $point (i32.const 0)))
+            (local.set $v (i32x4.add (local.get $v) (i32x4.splat (call $point (i32.const 1)))))
+            (call $lanes (local.get $v))
+            ;; a vector below a call, as the call's operand stack
+            (call $lanes
+              (i32x4.mul (local.get $v) (i32x4.splat (call $point (i32.const 2)))))
+            ;; floats below a call and in locals
+            (call $out (i32.trunc_f32_s (f32.mul (local.get $f)
+              (f32.convert_i32_s (call $point (i32.const 9))))))
+            (call $out (i32.trunc_f64_s (f64.mul (local.get $d)
+              (f64.convert_i32_s (call $point (i32.const 99))))))
+            (call $flush))"#,
+        6,
+    );
+}
+
 #[test]
 fn nested_blocks_loops_and_branches() {
     check(
