@@ -173,9 +173,6 @@ impl PauseControl {
         if self.pending.is_some() {
             return true;
         }
-        if self.after_points.is_none() && self.request.is_none() {
-            return false;
-        }
         let reason = if self.after_points == Some(self.points) {
             Some(PauseReason::AfterPoints)
         } else if self.requested() {
