@@ -132,9 +132,10 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error>
 /// The imports [`Wasmi::compile`] turns `memory.grow` and `table.grow` into (see `grow.rs`):
 /// each grows through wasmi's API and gives what the instruction would, -1 on failure.
 fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> {
-    fn table_grow(
-        caller: &mut Caller<'_, GuestData>,
-        init: wasmi::Ref,
+    /// `table.grow` of table `table`, whose elements are `R`.
+    fn table_grow<R: Into<wasmi::Ref>>(
+        mut caller: Caller<'_, GuestData>,
+        init: R,
         delta: i32,
         table: i32,
     ) -> Result<i32, wasmi::Error> {
@@ -146,10 +147,12 @@ fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> 
                 "table.grow: the rewritten table is missing",
             ));
         };
-        Ok(match t.grow(caller, u64::from(delta as u32), init) {
-            Ok(old) => old as i32,
-            Err(_) => -1,
-        })
+        Ok(
+            match t.grow(&mut caller, u64::from(delta as u32), init.into()) {
+                Ok(old) => old as i32,
+                Err(_) => -1,
+            },
+        )
     }
     linker.func_wrap(
         grow::MODULE,
@@ -172,24 +175,12 @@ fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> 
     linker.func_wrap(
         grow::MODULE,
         grow::TABLE_GROW_FUNCREF,
-        |mut caller: Caller<'_, GuestData>,
-         init: wasmi::Nullable<wasmi::Func>,
-         delta: i32,
-         table: i32|
-         -> Result<i32, wasmi::Error> {
-            table_grow(&mut caller, init.into(), delta, table)
-        },
+        table_grow::<wasmi::Nullable<wasmi::Func>>,
     )?;
     linker.func_wrap(
         grow::MODULE,
         grow::TABLE_GROW_EXTERNREF,
-        |mut caller: Caller<'_, GuestData>,
-         init: wasmi::Nullable<wasmi::ExternRef>,
-         delta: i32,
-         table: i32|
-         -> Result<i32, wasmi::Error> {
-            table_grow(&mut caller, init.into(), delta, table)
-        },
+        table_grow::<wasmi::Nullable<wasmi::ExternRef>>,
     )?;
     Ok(())
 }
