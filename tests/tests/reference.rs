@@ -60,7 +60,23 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
     (
         "p1_calls",
         "failed checks",
-        "counts the three rights checks above on wasmtime-wasi",
+        "counts the rights and trailing-slash checks above on wasmtime-wasi",
+    ),
+    (
+        "p1_calls",
+        "rmdir trailing slash",
+        "wasmtime-wasi answers `rmdir(\"d/\")` with EINVAL (cap-std takes the last component \
+         for `.`); POSIX removes `d`, and so does tabi on both file systems",
+    ),
+    (
+        "p1_calls",
+        "rmdir trailing slash gone",
+        "follows from rmdir trailing slash above",
+    ),
+    (
+        "p1_calls",
+        "rmdir trailing slashes",
+        "follows from rmdir trailing slash above",
     ),
     (
         "posix",

@@ -199,6 +199,14 @@ impl CapStdFs {
     }
 }
 
+/// `path` without its trailing slashes, unless that would leave nothing.
+fn without_trailing_slashes(path: &str) -> &str {
+    match path.trim_end_matches('/') {
+        "" => path,
+        p => p,
+    }
+}
+
 fn check_rel(path: &str) -> FsResult<()> {
     if path.starts_with('/') {
         return Err(FsError::Escape);
@@ -394,7 +402,11 @@ impl HostFs for CapStdFs {
 
     fn remove_dir_at(&mut self, dir: HostObj<'_>, path: &str) -> FsResult<()> {
         check_rel(path)?;
-        self.dir(dir)?.remove_dir(path).map_err(map_err)
+        // `rmdir("d/")` removes `d` as POSIX says; cap-std would take the last component
+        // for `.` and refuse.
+        self.dir(dir)?
+            .remove_dir(without_trailing_slashes(path))
+            .map_err(map_err)
     }
 
     fn unlink_at(&mut self, dir: HostObj<'_>, path: &str) -> FsResult<()> {
@@ -441,9 +453,18 @@ impl HostFs for CapStdFs {
         check_rel(old_path)?;
         check_rel(new_path)?;
         let new = self.dir(new_dir)?.try_clone().map_err(map_err)?;
-        self.dir(old_dir)?
-            .rename(old_path, &new, new_path)
-            .map_err(map_err)
+        let old = self.dir(old_dir)?;
+        if new_path.ends_with('/') {
+            // A trailing slash names a directory: POSIX refuses to move a file there, where
+            // the host's `renameat` would drop the slash and move it.
+            let m = old
+                .symlink_metadata(without_trailing_slashes(old_path))
+                .map_err(map_err)?;
+            if !m.is_dir() {
+                return Err(FsError::NotDir);
+            }
+        }
+        old.rename(old_path, &new, new_path).map_err(map_err)
     }
 }
 

@@ -329,6 +329,27 @@ fn main() {
     unsafe { fd_seek(fd, 0, 0, &mut pos) };
     check("read after unlink", read(fd, 4).map(|v| v.len()), Ok(4));
 
+    // ---- trailing slashes: they name a directory ----
+    let q = |s: &str| (s.as_ptr(), s.len() as u32);
+    let (ts, tsl) = q("ts/");
+    check("mkdir trailing slash", unsafe { path_create_directory(DIR, ts, tsl) }, 0);
+    check("stat dir trailing slash", path_stat("ts/", 0).map(filetype), Ok(3));
+    check("open dir trailing slash", open("ts//", 0, DIRECTORY, RO, 0).map(|f| unsafe { fd_close(f) }), Ok(0));
+    open("ts/f", 0, CREAT, RW, 0).map(|f| unsafe { fd_close(f) }).unwrap();
+    check("stat file trailing slash", path_stat("ts/f/", 0).map(filetype), Err(ENOTDIR));
+    check("open file trailing slash", open("ts/f/", 0, 0, RO, 0), Err(ENOTDIR));
+    check("unlink file trailing slash", unsafe { path_unlink_file(DIR, q("ts/f/").0, 5) }, ENOTDIR);
+    check("rmdir file trailing slash", unsafe { path_remove_directory(DIR, q("ts/f/").0, 5) }, ENOTDIR);
+    check("rename file trailing slash", unsafe { path_rename(DIR, q("ts/f/").0, 5, DIR, q("ts/g").0, 4) }, ENOTDIR);
+    check("rename file to trailing slash", unsafe { path_rename(DIR, q("ts/f").0, 4, DIR, q("ts/g/").0, 5) }, ENOTDIR);
+    check("file kept", path_stat("ts/f", 0).map(filetype), Ok(4));
+    unsafe { path_create_directory(DIR, q("ts/sub").0, 6) };
+    check("rename dir trailing slashes", unsafe { path_rename(DIR, q("ts/sub/").0, 7, DIR, q("ts/sub2/").0, 8) }, 0);
+    check("rmdir trailing slash", unsafe { path_remove_directory(DIR, q("ts/sub2/").0, 8) }, 0);
+    check("rmdir trailing slash gone", path_stat("ts/sub2", 0).map(filetype), Err(ENOENT));
+    unsafe { path_unlink_file(DIR, q("ts/f").0, 4) };
+    check("rmdir trailing slashes", unsafe { path_remove_directory(DIR, ts, tsl) }, 0);
+
     // ---- rights ----
     let wfd = open("d/renamed", 0, 0, RW, 0).unwrap();
     check("fd_fdstat_set_rights drop", unsafe { fd_fdstat_set_rights(wfd, RW & !FD_WRITE, 0) }, 0);
