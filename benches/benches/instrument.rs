@@ -83,7 +83,6 @@ enum Kind {
 }
 
 struct Variant {
-    name: &'static str,
     wasm: Vec<u8>,
     kind: Kind,
 }
@@ -207,17 +206,14 @@ fn main() {
         let tabi_sp = instrument(&orig, &sp).unwrap().wasm;
         let mut variants = vec![
             Variant {
-                name: "orig",
                 wasm: orig.clone(),
                 kind: Kind::Plain,
             },
             Variant {
-                name: "tabi",
                 wasm: tabi,
                 kind: Kind::Tabi,
             },
             Variant {
-                name: "tabi+sp",
                 wasm: tabi_sp,
                 kind: Kind::Tabi,
             },
@@ -235,21 +231,11 @@ fn main() {
             )
             .unwrap();
             variants.push(Variant {
-                name: "orig -O",
                 wasm: o,
                 kind: Kind::Plain,
             });
             variants.push(Variant {
-                name: "asyncify",
                 wasm: a,
-                kind: Kind::Plain,
-            });
-        }
-        if std::env::var_os("TABI_BENCH_PLAIN_RUNNER").is_some() {
-            let w = variants[1].wasm.clone();
-            variants.push(Variant {
-                name: "tabi, plain runner",
-                wasm: w,
                 kind: Kind::Plain,
             });
         }
@@ -295,19 +281,10 @@ fn main() {
         for (w, v) in worst.iter_mut().zip([wt_t, wt_sp, wi_t, wt_a, wi_a]) {
             *w = w.max(v);
         }
-        let _ = &variants[0].name;
         println!(
             "{name:<16} {:>9} {st:>7.3} {ssp:>7.3} {sa:>9.3} | {wt_t:>7.3} {wt_sp:>7.3} {wt_a:>9.3} | {wi_t:>7.3} {wi_a:>9.3}",
             orig.len(),
         );
-        for i in 5..variants.len() {
-            println!(
-                "  {}: wasmtime {:.3}, wasmi {:.3}",
-                variants[i].name,
-                wtt[i] / wtt[0],
-                wit(i) / wit(0)
-            );
-        }
     }
     println!(
         "size, geometric mean: tabi {:.3} (target <= 1.25), asyncify {:.3}",

@@ -422,6 +422,35 @@ fn safepoints_let_the_host_pause_a_loop() {
     }
 }
 
+/// A plain run of an instrumented module (`Engine::run`, `tabi run` on a module instrumented
+/// beforehand) drives it: a safepoint whose budget runs out yields, and the run goes on. Before,
+/// the yield's unwind returned from `_start` and the guest ended early with status 0, having
+/// printed nothing.
+#[test]
+fn a_plain_run_of_an_instrumented_module_goes_on_past_its_yields() {
+    use tabi_tests::{Backend, guests, process_for};
+    // fib 30 makes ~1.6 million calls and polls on each: past the default budget (2^20).
+    let spec = Spec::new(guests::COMPUTE).args(&["fib", "30"]);
+    let original = std::fs::read(&spec.wasm).unwrap();
+    let options = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let wasm = instrument(&original, &options).unwrap().wasm;
+    let expected = plain(&spec, &original);
+    assert!(expected.outcome.stdout.contains("fib 832040"));
+    for backend in Backend::ALL {
+        let (process, out, _) = process_for(&spec);
+        let f = backend.engine().run(&wasm, process).unwrap();
+        assert_eq!(f.exit, tabi_libos::Exit::Code(0), "{backend:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.lock().unwrap()),
+            expected.outcome.stdout,
+            "{backend:?}"
+        );
+    }
+}
+
 /// Generated modules (wasm-smith, from fixed seeds): instrumented and not, and paused at the
 /// first, a middle and the last migration point and resumed on the other engine, they print
 /// the same and end the same way.

@@ -176,7 +176,26 @@ impl Wasmtime {
     }
 
     /// Runs a compiled module's `_start` to the end.
+    ///
+    /// An instrumented module (see `tabi-instrument`) is driven as its protocol asks: it
+    /// never pauses on its own, a safepoint's yield and a checkpoint the guest asks for go on
+    /// at once, and its former start function runs first.
     pub fn run_module(&self, module: &Module, process: Process) -> Result<Finished, EngineError> {
+        if module
+            .exports()
+            .any(|e| e.name() == tabi_libos::machine::STATE_GLOBAL)
+        {
+            let session = self.session(module, process, PauseControl::never(), Points::all())?;
+            let outcome = session.run_with(tabi_libos::machine::Start::Fresh, &mut |_| {
+                Ok(tabi_libos::machine::AfterPause::Continue)
+            })?;
+            return match outcome {
+                tabi_libos::machine::Outcome::Finished(f) => Ok(f),
+                tabi_libos::machine::Outcome::Paused(_) => Err(EngineError::Link(
+                    "an instrumented guest stopped at a pause nothing asked for".into(),
+                )),
+            };
+        }
         let mut store = self.store(process);
         let instance = self
             .linker
