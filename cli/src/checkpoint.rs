@@ -65,6 +65,8 @@ pub struct Setup {
     pub memory_dirs: Vec<String>,
     /// Virtual clocks and seeded randomness, with this seed.
     pub deterministic: Option<u64>,
+    /// Standard input (the process's own by default).
+    pub stdin: Stdio,
 }
 
 impl Setup {
@@ -72,6 +74,7 @@ impl Setup {
     pub fn process(&self, stdout: Stdio, stderr: Stdio) -> Result<Process> {
         let mut kernel = Kernel::new();
         let mut host = StdHost::new();
+        host.stdin = self.stdin.clone();
         host.stdout = stdout;
         host.stderr = stderr;
         kernel.set_args(self.args.clone());
@@ -703,7 +706,7 @@ pub fn resume_from<S: tabi_snapshot::Source>(
     src: &mut S,
     module: Option<&Path>,
     dirs: &[(PathBuf, String)],
-    stdio: (Stdio, Stdio),
+    stdio: (Stdio, Stdio, Stdio),
     control: PauseControl,
 ) -> Result<Resumed> {
     let loaded = load(backend, src, module, dirs, stdio, control)?;
@@ -739,7 +742,7 @@ pub fn load<S: tabi_snapshot::Source>(
     src: &mut S,
     module: Option<&Path>,
     dirs: &[(PathBuf, String)],
-    (stdout, stderr): (Stdio, Stdio),
+    stdio: (Stdio, Stdio, Stdio),
     control: PauseControl,
 ) -> Result<Loaded> {
     let mut loader = Loader {
@@ -768,7 +771,7 @@ pub fn load<S: tabi_snapshot::Source>(
     else {
         bail!("no instance was made for the snapshot");
     };
-    *session.process_mut() = resume_process(&snapshot, dirs, stdout, stderr)?;
+    *session.process_mut() = resume_process(&snapshot, dirs, stdio)?;
     let state = snapshot.take_machine_state();
     Ok(Loaded {
         snapshot,
@@ -909,16 +912,17 @@ impl tabi_snapshot::MemoryTarget for Loader<'_> {
 }
 
 /// The process a snapshot resumes in: its kernel state, a new host with the given standard
-/// streams, and `dirs` granted again. Every host mount the guest had must be granted under
-/// the same guest path, and its directory must be unchanged since the checkpoint.
+/// streams (input, output, error), and `dirs` granted again. Every host mount the guest had
+/// must be granted under the same guest path, and its directory must be unchanged since the
+/// checkpoint.
 pub fn resume_process(
     snapshot: &Snapshot,
     dirs: &[(PathBuf, String)],
-    stdout: Stdio,
-    stderr: Stdio,
+    (stdin, stdout, stderr): (Stdio, Stdio, Stdio),
 ) -> Result<Process> {
     let kernel = snapshot.kernel.clone();
     let mut host = StdHost::new();
+    host.stdin = stdin;
     host.stdout = stdout;
     host.stderr = stderr;
     let mut wanted: Vec<(u32, String)> = kernel

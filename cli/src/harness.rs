@@ -190,10 +190,26 @@ pub fn migrate_test(
     anyhow::ensure!(every > 0, "--every must be at least 1");
     anyhow::ensure!(!backends.is_empty(), "no backends to test on");
     let instrumented = checkpoint::instrumented(original, false)?;
+    // Each run reads the same input, from a buffer of its own that the migrated run's parts
+    // share; the harness never reads its own standard input.
+    let input = match &setup.stdin {
+        Stdio::Buffer(b) => b
+            .lock()
+            .map_err(|_| anyhow!("input buffer poisoned"))?
+            .clone(),
+        Stdio::Inherit | Stdio::Null => Vec::new(),
+    };
+    let input_for = |setup: &mut Setup| {
+        let (stdin, buf) = Stdio::buffer();
+        buf.lock().expect("a new buffer").extend_from_slice(&input);
+        setup.stdin = stdin.clone();
+        stdin
+    };
 
     // The plain run: the original module on wasmtime.
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
-    let plain_setup = isolated(setup, &scratch.path().join("plain"))?;
+    let mut plain_setup = isolated(setup, &scratch.path().join("plain"))?;
+    input_for(&mut plain_setup);
     let (out, out_buf) = Stdio::buffer();
     let (err, err_buf) = Stdio::buffer();
     let process = plain_setup.process(out, err)?;
@@ -210,7 +226,8 @@ pub fn migrate_test(
 
     // The migrated run: each part runs until `every` more points, is checkpointed through the
     // snapshot format, and the next part resumes it on the next backend.
-    let run_setup = isolated(setup, &scratch.path().join("migrated"))?;
+    let mut run_setup = isolated(setup, &scratch.path().join("migrated"))?;
+    let run_stdin = input_for(&mut run_setup);
     let mut report = Report::default();
     let (out, mut out_buf) = Stdio::buffer();
     let (err, mut err_buf) = Stdio::buffer();
@@ -236,7 +253,7 @@ pub fn migrate_test(
                     &mut &bytes[..],
                     None,
                     &run_setup.dirs,
-                    (out, err),
+                    (run_stdin.clone(), out, err),
                     control,
                 )
                 .context("a snapshot the harness wrote does not resume")?;

@@ -79,6 +79,9 @@ struct InspectArgs {
     links: Vec<PathBuf>,
 }
 
+/// The guest's standard input, when it is piped or redirected, is read in full first: the
+/// uninterrupted run and the migrated run each read all of it. From a terminal, both read
+/// nothing.
 #[derive(Parser)]
 struct MigrateTestArgs {
     /// Checkpoint at every N-th migration point.
@@ -274,6 +277,7 @@ impl GuestArgs {
                 .collect(),
             memory_dirs: self.mem_dirs.clone(),
             deterministic: self.deterministic.then_some(self.seed),
+            stdin: Stdio::Inherit,
         })
     }
 }
@@ -506,7 +510,7 @@ fn resume(args: ResumeArgs) -> Result<Ended> {
         &mut src,
         args.module.as_deref(),
         &dirs,
-        (Stdio::Inherit, Stdio::Inherit),
+        (Stdio::Inherit, Stdio::Inherit, Stdio::Inherit),
         control(&args.checkpoint)?,
     )
     .with_context(|| format!("cannot resume `{}`", args.file.display()))?;
@@ -525,8 +529,12 @@ fn resume_chain(args: &ResumeArgs, dirs: &[(PathBuf, String)]) -> Result<Ended> 
     let mut snapshot = checkpoint::read_chain(&chain)?;
     let (original, instrumented) = checkpoint::modules_for(&snapshot, args.module.as_deref())
         .with_context(|| format!("cannot resume `{}`", last.display()))?;
-    let process = checkpoint::resume_process(&snapshot, dirs, Stdio::Inherit, Stdio::Inherit)
-        .with_context(|| format!("cannot resume `{}`", last.display()))?;
+    let process = checkpoint::resume_process(
+        &snapshot,
+        dirs,
+        (Stdio::Inherit, Stdio::Inherit, Stdio::Inherit),
+    )
+    .with_context(|| format!("cannot resume `{}`", last.display()))?;
     let state = snapshot.take_machine_state();
     let mut checkpointer = Checkpointer::new(&args.checkpoint, &original, &instrumented, dirs);
     let outcome = checkpoint::run_with(
@@ -643,7 +651,14 @@ fn describe_object(o: &tabi_libos::Object) -> String {
 fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
     let wasm = std::fs::read(&args.module)
         .with_context(|| format!("cannot read module `{}`", args.module.display()))?;
-    let setup = args.guest.setup(&args.module, &args.args)?;
+    let mut setup = args.guest.setup(&args.module, &args.args)?;
+    let stdin = std::io::stdin();
+    if !std::io::IsTerminal::is_terminal(&stdin) {
+        let (input, buf) = Stdio::buffer();
+        std::io::Read::read_to_end(&mut stdin.lock(), &mut buf.lock().expect("a new buffer"))
+            .context("cannot read standard input")?;
+        setup.stdin = input;
+    }
     let backends: Vec<checkpoint::Backend> = args.backends.iter().map(|&b| b.into()).collect();
     let report = tabi_cli::migrate_test(&wasm, &setup, args.every, &backends)?;
     let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();

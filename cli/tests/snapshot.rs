@@ -34,6 +34,61 @@ fn every_guest_survives_migration_at_every_point() {
     }
 }
 
+/// A guest that echoes its standard input three bytes at a time. `tabi migrate-test` gives the
+/// uninterrupted run and the migrated run the same piped input, and the migrated run's parts
+/// read on where the part before stopped (before, the first run took all of it and the
+/// migrated run read nothing).
+#[test]
+fn migrate_test_gives_both_runs_the_same_standard_input() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 100))
+        (i32.store (i32.const 4) (i32.const 3))
+        (loop $more
+          (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 200)))
+          (if (i32.load (i32.const 200)) (then
+            (i32.store (i32.const 8) (i32.const 100))
+            (i32.store (i32.const 12) (i32.load (i32.const 200)))
+            (drop (call $write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 300)))
+            (br $more))))))"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.wasm");
+    std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+    let input = "migrating input, three bytes at a time\n";
+    let with_input = |args: &[&str]| {
+        let mut child = tabi()
+            .args(args)
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let plain = with_input(&["run"]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), input);
+    let out = with_input(&["migrate-test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok:"), "{text}");
+    // One read and one write per three bytes, and the read that sees the end.
+    let checkpoints: usize = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(checkpoints >= 2 * input.len() / 3, "{text}");
+}
+
 /// A guest that writes its table (sets, grows, nulls entries and calls through them) survives
 /// a checkpoint at every migration point through the snapshot file format, on both backends
 /// in turn: the entries travel as function indices and come back as the same functions.

@@ -57,7 +57,9 @@ mod std_host {
         Inherit,
         /// Nothing: reads see end of input, writes are dropped.
         Null,
-        /// Output is appended to a shared buffer; input is read from one.
+        /// Output is appended to a shared buffer. Input is taken from the front of one: what a
+        /// read returns is gone, so hosts that share the buffer (the parts of a migrated run)
+        /// each read on where the last one stopped.
         Buffer(Arc<Mutex<Vec<u8>>>),
     }
 
@@ -94,7 +96,6 @@ mod std_host {
         start: Instant,
         /// Standard input.
         pub stdin: Stdio,
-        stdin_pos: usize,
         /// Standard output.
         pub stdout: Stdio,
         /// Standard error.
@@ -115,7 +116,6 @@ mod std_host {
             StdHost {
                 start: Instant::now(),
                 stdin: Stdio::Inherit,
-                stdin_pos: 0,
                 stdout: Stdio::Inherit,
                 stderr: Stdio::Inherit,
                 fs: CapStdFs::new(),
@@ -144,11 +144,10 @@ mod std_host {
                 Stdio::Inherit => std::io::stdin().lock().read(buf).map_err(|_| Errno::Io),
                 Stdio::Null => Ok(0),
                 Stdio::Buffer(b) => {
-                    let data = b.lock().map_err(|_| Errno::Io)?;
-                    let rest = data.get(self.stdin_pos..).unwrap_or(&[]);
-                    let n = rest.len().min(buf.len());
-                    buf[..n].copy_from_slice(&rest[..n]);
-                    self.stdin_pos += n;
+                    let mut data = b.lock().map_err(|_| Errno::Io)?;
+                    let n = data.len().min(buf.len());
+                    buf[..n].copy_from_slice(&data[..n]);
+                    data.drain(..n);
                     Ok(n)
                 }
             }
