@@ -150,7 +150,7 @@ pub struct Mount {
 /// How the kernel tells time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Clocks {
-    /// Ask the host.
+    /// Ask the host; the guest has not read the monotonic clock yet.
     Host,
     /// A virtual clock: every reading advances it by `step_ns`, sleeping advances it instantly.
     Virtual {
@@ -160,6 +160,17 @@ pub enum Clocks {
         monotonic_ns: u64,
         /// How far each reading moves time on.
         step_ns: u64,
+    },
+    /// Ask the host, keeping the guest's monotonic clock from going back when the guest moves
+    /// to another host (whose monotonic clock has another origin, often a later start): a
+    /// reading is the host's plus `offset_ns` (wrapping), and a reading below `last_ns` moves
+    /// the offset so that the clock carries on from `last_ns`. The time a guest spends
+    /// checkpointed is thus not counted, as with CRIU's time namespaces.
+    HostCarried {
+        /// Added to the host's reading, wrapping.
+        offset_ns: u64,
+        /// The last reading the guest was given.
+        last_ns: u64,
     },
 }
 
@@ -532,7 +543,7 @@ impl Kernel {
     /// Wall-clock time, ns since the epoch.
     pub fn wall_clock_now(&mut self, host: &mut dyn Host) -> u64 {
         match &mut self.clocks {
-            Clocks::Host => host.wall_clock_ns(),
+            Clocks::Host | Clocks::HostCarried { .. } => host.wall_clock_ns(),
             Clocks::Virtual {
                 wall_ns, step_ns, ..
             } => {
@@ -545,7 +556,25 @@ impl Kernel {
     /// Monotonic time, ns.
     pub fn monotonic_now(&mut self, host: &mut dyn Host) -> u64 {
         match &mut self.clocks {
-            Clocks::Host => host.monotonic_ns(),
+            Clocks::Host => {
+                let now = host.monotonic_ns();
+                self.clocks = Clocks::HostCarried {
+                    offset_ns: 0,
+                    last_ns: now,
+                };
+                now
+            }
+            Clocks::HostCarried { offset_ns, last_ns } => {
+                let now = host.monotonic_ns().wrapping_add(*offset_ns);
+                if now < *last_ns {
+                    // Another host, or one whose clock went back: carry on from the last
+                    // reading.
+                    *offset_ns = offset_ns.wrapping_add(*last_ns - now);
+                    return *last_ns;
+                }
+                *last_ns = now;
+                now
+            }
             Clocks::Virtual {
                 monotonic_ns,
                 step_ns,
@@ -560,7 +589,7 @@ impl Kernel {
     /// Resolution of the clocks, ns.
     pub fn clock_resolution(&self, host: &mut dyn Host) -> u64 {
         match &self.clocks {
-            Clocks::Host => host.clock_resolution_ns(),
+            Clocks::Host | Clocks::HostCarried { .. } => host.clock_resolution_ns(),
             Clocks::Virtual { step_ns, .. } => *step_ns,
         }
     }
@@ -568,7 +597,7 @@ impl Kernel {
     /// Waits `ns` nanoseconds (instantly, moving virtual time on, in deterministic mode).
     pub fn sleep(&mut self, ns: u64, host: &mut dyn Host) {
         match &mut self.clocks {
-            Clocks::Host => host.sleep_ns(ns),
+            Clocks::Host | Clocks::HostCarried { .. } => host.sleep_ns(ns),
             Clocks::Virtual {
                 wall_ns,
                 monotonic_ns,

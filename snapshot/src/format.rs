@@ -7,10 +7,10 @@ use tabi_libos::machine::Value;
 /// The first 8 bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TABISNAP";
 /// The format version this crate writes (and the newest it reads).
-pub const VERSION: u16 = 2;
-/// A table kind: as the module's instantiation leaves it (versions 1 and 2).
+pub const VERSION: u16 = 3;
+/// A table kind: as the module's instantiation leaves it (every version).
 pub(crate) const TABLE_AS_INSTANTIATED: u8 = 0;
-/// A table kind: its entries as function indices (version 2).
+/// A table kind: its entries as function indices (version 2 on).
 pub(crate) const TABLE_FUNCS: u8 = 1;
 /// Bytes in a Wasm page.
 pub const PAGE: usize = 65536;

@@ -225,3 +225,60 @@ fn a_files_bytes_are_stored_once() {
         "state of {encoded} bytes holds the file more than once"
     );
 }
+
+/// A host whose monotonic clock reads what the test says.
+struct Clock(u64);
+
+impl tabi_libos::host::Host for Clock {
+    fn wall_clock_ns(&mut self) -> u64 {
+        0
+    }
+    fn monotonic_ns(&mut self) -> u64 {
+        self.0
+    }
+    fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), tabi_libos::Errno> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn stdin_read(&mut self, _: &mut [u8]) -> Result<usize, tabi_libos::Errno> {
+        Ok(0)
+    }
+    fn stdout_write(&mut self, _: &[u8]) -> Result<(), tabi_libos::Errno> {
+        Ok(())
+    }
+    fn stderr_write(&mut self, _: &[u8]) -> Result<(), tabi_libos::Errno> {
+        Ok(())
+    }
+    fn sleep_ns(&mut self, ns: u64) {
+        self.0 += ns;
+    }
+}
+
+/// The guest's monotonic clock never goes back, though each host's clock has its own origin:
+/// moved to a host whose clock reads less, it carries on from its last reading (the time it
+/// spent checkpointed is not counted); on the first host it reads as the host's.
+#[test]
+fn the_monotonic_clock_carries_on_across_hosts() {
+    let mut k = Kernel::new();
+    let mut first = Clock(5_000);
+    assert_eq!(k.monotonic_now(&mut first), 5_000);
+    first.0 = 9_000;
+    assert_eq!(k.monotonic_now(&mut first), 9_000);
+
+    // A new process: its clock starts near zero.
+    let mut k = roundtrip(&k);
+    let mut second = Clock(100);
+    assert_eq!(k.monotonic_now(&mut second), 9_000);
+    second.0 = 400;
+    assert_eq!(k.monotonic_now(&mut second), 9_300);
+    k.sleep(1_000, &mut second);
+    assert_eq!(k.monotonic_now(&mut second), 10_300);
+
+    // A third host, whose clock is far ahead: time goes on (never back).
+    let mut k = roundtrip(&k);
+    let mut third = Clock(1_000_000);
+    let t = k.monotonic_now(&mut third);
+    assert!(t >= 10_300, "{t}");
+    third.0 += 50;
+    assert_eq!(k.monotonic_now(&mut third), t + 50);
+}
