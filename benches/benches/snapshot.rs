@@ -245,7 +245,7 @@ fn main() {
             &mut src,
             None,
             &[],
-            (Stdio::Null, Stdio::Null),
+            checkpoint::HostIo::output(Stdio::Null, Stdio::Null),
             PauseControl::never(),
         )
         .unwrap();

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::{StdHost, Stdio};
@@ -67,6 +68,35 @@ pub struct Setup {
     pub deterministic: Option<u64>,
     /// Standard input (the process's own by default).
     pub stdin: Stdio,
+    /// The flag that cuts a guest's sleep short when a checkpoint is asked for (see
+    /// `StdHost::wake`).
+    pub wake: Option<Arc<AtomicBool>>,
+}
+
+/// What a resumed process gets from its new host: standard streams, and the flag that cuts a
+/// guest's sleep short when a checkpoint is asked for.
+#[derive(Clone, Debug, Default)]
+pub struct HostIo {
+    /// Standard input.
+    pub stdin: Stdio,
+    /// Standard output.
+    pub stdout: Stdio,
+    /// Standard error.
+    pub stderr: Stdio,
+    /// See `StdHost::wake`.
+    pub wake: Option<Arc<AtomicBool>>,
+}
+
+impl HostIo {
+    /// Output and error to `stdout` and `stderr`, nothing to read, no wake flag.
+    pub fn output(stdout: Stdio, stderr: Stdio) -> Self {
+        HostIo {
+            stdin: Stdio::Null,
+            stdout,
+            stderr,
+            wake: None,
+        }
+    }
 }
 
 impl Setup {
@@ -75,6 +105,7 @@ impl Setup {
         let mut kernel = Kernel::new();
         let mut host = StdHost::new();
         host.stdin = self.stdin.clone();
+        host.wake = self.wake.clone();
         host.stdout = stdout;
         host.stderr = stderr;
         kernel.set_args(self.args.clone());
@@ -706,10 +737,10 @@ pub fn resume_from<S: tabi_snapshot::Source>(
     src: &mut S,
     module: Option<&Path>,
     dirs: &[(PathBuf, String)],
-    stdio: (Stdio, Stdio, Stdio),
+    io: HostIo,
     control: PauseControl,
 ) -> Result<Resumed> {
-    let loaded = load(backend, src, module, dirs, stdio, control)?;
+    let loaded = load(backend, src, module, dirs, io, control)?;
     let (original, instrumented) = (loaded.original.clone(), loaded.instrumented.clone());
     let (snapshot, outcome) = loaded.run(None)?;
     Ok(Resumed {
@@ -742,7 +773,7 @@ pub fn load<S: tabi_snapshot::Source>(
     src: &mut S,
     module: Option<&Path>,
     dirs: &[(PathBuf, String)],
-    stdio: (Stdio, Stdio, Stdio),
+    io: HostIo,
     control: PauseControl,
 ) -> Result<Loaded> {
     let mut loader = Loader {
@@ -771,7 +802,7 @@ pub fn load<S: tabi_snapshot::Source>(
     else {
         bail!("no instance was made for the snapshot");
     };
-    *session.process_mut() = resume_process(&snapshot, dirs, stdio)?;
+    *session.process_mut() = resume_process(&snapshot, dirs, io)?;
     let state = snapshot.take_machine_state();
     Ok(Loaded {
         snapshot,
@@ -918,13 +949,14 @@ impl tabi_snapshot::MemoryTarget for Loader<'_> {
 pub fn resume_process(
     snapshot: &Snapshot,
     dirs: &[(PathBuf, String)],
-    (stdin, stdout, stderr): (Stdio, Stdio, Stdio),
+    io: HostIo,
 ) -> Result<Process> {
     let kernel = snapshot.kernel.clone();
     let mut host = StdHost::new();
-    host.stdin = stdin;
-    host.stdout = stdout;
-    host.stderr = stderr;
+    host.stdin = io.stdin;
+    host.wake = io.wake;
+    host.stdout = io.stdout;
+    host.stderr = io.stderr;
     let mut wanted: Vec<(u32, String)> = kernel
         .mounts()
         .iter()

@@ -253,7 +253,12 @@ pub fn migrate_test(
                     &mut &bytes[..],
                     None,
                     &run_setup.dirs,
-                    (run_stdin.clone(), out, err),
+                    checkpoint::HostIo {
+                        stdin: run_stdin.clone(),
+                        stdout: out,
+                        stderr: err,
+                        wake: None,
+                    },
                     control,
                 )
                 .context("a snapshot the harness wrote does not resume")?;

@@ -278,6 +278,7 @@ impl GuestArgs {
             memory_dirs: self.mem_dirs.clone(),
             deterministic: self.deterministic.then_some(self.seed),
             stdin: Stdio::Inherit,
+            wake: None,
         })
     }
 }
@@ -299,7 +300,8 @@ fn run(args: RunArgs) -> Result<Ended> {
     signal_flag(&args.checkpoint)?;
     let wasm = std::fs::read(&args.module)
         .with_context(|| format!("cannot read module `{}`", args.module.display()))?;
-    let setup = args.guest.setup(&args.module, &args.args)?;
+    let mut setup = args.guest.setup(&args.module, &args.args)?;
+    setup.wake = host_io(&args.checkpoint)?.wake;
     let process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
     if !args.checkpoint.wanted() {
         let engine: Box<dyn Engine> = match args.backend {
@@ -478,6 +480,18 @@ impl<'a> Checkpointer<'a> {
     }
 }
 
+/// The process's own streams, and the signal flag as the wake flag when checkpoints on signal
+/// are asked for (a sleeping guest then reaches its migration point at once).
+fn host_io(cp: &CheckpointArgs) -> Result<checkpoint::HostIo> {
+    let flag = signal_flag(cp)?;
+    Ok(checkpoint::HostIo {
+        stdin: Stdio::Inherit,
+        stdout: Stdio::Inherit,
+        stderr: Stdio::Inherit,
+        wake: cp.checkpoint_on_signal.then_some(flag),
+    })
+}
+
 /// The pause policy of a run.
 fn control(cp: &CheckpointArgs) -> Result<PauseControl> {
     let flag = signal_flag(cp)?;
@@ -510,7 +524,7 @@ fn resume(args: ResumeArgs) -> Result<Ended> {
         &mut src,
         args.module.as_deref(),
         &dirs,
-        (Stdio::Inherit, Stdio::Inherit, Stdio::Inherit),
+        host_io(&args.checkpoint)?,
         control(&args.checkpoint)?,
     )
     .with_context(|| format!("cannot resume `{}`", args.file.display()))?;
@@ -529,12 +543,8 @@ fn resume_chain(args: &ResumeArgs, dirs: &[(PathBuf, String)]) -> Result<Ended> 
     let mut snapshot = checkpoint::read_chain(&chain)?;
     let (original, instrumented) = checkpoint::modules_for(&snapshot, args.module.as_deref())
         .with_context(|| format!("cannot resume `{}`", last.display()))?;
-    let process = checkpoint::resume_process(
-        &snapshot,
-        dirs,
-        (Stdio::Inherit, Stdio::Inherit, Stdio::Inherit),
-    )
-    .with_context(|| format!("cannot resume `{}`", last.display()))?;
+    let process = checkpoint::resume_process(&snapshot, dirs, host_io(&args.checkpoint)?)
+        .with_context(|| format!("cannot resume `{}`", last.display()))?;
     let state = snapshot.take_machine_state();
     let mut checkpointer = Checkpointer::new(&args.checkpoint, &original, &instrumented, dirs);
     let outcome = checkpoint::run_with(

@@ -112,9 +112,12 @@ fn a_chain_of_incremental_checkpoints_holds_every_state() {
                 let (state, printed) = &states[k];
                 let mut state = state.clone();
                 let (out, rest) = Stdio::buffer();
-                let process =
-                    checkpoint::resume_process(&state, &[], (Stdio::Null, out, Stdio::Null))
-                        .unwrap();
+                let process = checkpoint::resume_process(
+                    &state,
+                    &[],
+                    checkpoint::HostIo::output(out, Stdio::Null),
+                )
+                .unwrap();
                 let machine = state.take_machine_state();
                 let o =
                     checkpoint::run(other, &wasm, process, PauseControl::never(), Some(&machine))

@@ -417,6 +417,75 @@ fn sigusr1_writes_a_checkpoint_that_resumes() {
     assert_eq!([first.stdout, b.stdout].concat(), plain.stdout);
 }
 
+/// SIGUSR1 checkpoints a guest asleep in `poll_oneoff` at once, not when its sleep ends; the
+/// resumed guest sleeps the rest, and by its monotonic clock the whole sleep took as long as
+/// it asked.
+#[test]
+fn a_sleeping_guest_is_checkpointed_at_once_and_sleeps_the_rest_after_resume() {
+    // Sleeps 2 s on the monotonic clock, then exits with 0 if its clock moved on at least
+    // that much, else 1.
+    let wasm = wat::parse_str(
+        r#"(module
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $now (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (local $start i64)
+    (drop (call $now (i32.const 1) (i64.const 1) (i32.const 0)))
+    (local.set $start (i64.load (i32.const 0)))
+    ;; One subscription at 64: a relative monotonic clock of 2 s.
+    (i64.store (i32.const 64) (i64.const 7))
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const 2000000000))
+    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 8)))
+    (drop (call $now (i32.const 1) (i64.const 1) (i32.const 0)))
+    (if (i64.lt_u (i64.sub (i64.load (i32.const 0)) (local.get $start)) (i64.const 2000000000))
+      (then (call $exit (i32.const 1))))))"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("sleeper.wasm");
+    std::fs::write(&module, &wasm).unwrap();
+    let file = dir.path().join("s.snap");
+    let started = std::time::Instant::now();
+    let child = tabi()
+        .env(
+            "TABI_CACHE_DIR",
+            std::env::temp_dir().join("tabi-test-cache"),
+        )
+        .args(["run", "--checkpoint-on-signal", "--stop-after-checkpoint"])
+        .arg("--snapshot")
+        .arg(&file)
+        .arg(&module)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let first = child.wait_with_output().unwrap();
+    let checkpointed_after = started.elapsed();
+    assert_eq!(first.status.code(), Some(75), "{first:?}");
+    assert!(
+        checkpointed_after < std::time::Duration::from_millis(1500),
+        "the checkpoint waited for the sleep: {checkpointed_after:?}"
+    );
+    let resumed = std::time::Instant::now();
+    let b = run(&["resume", "--backend", "wasmi", file.to_str().unwrap()]);
+    assert_eq!(b.status.code(), Some(0), "{b:?}");
+    // The rest of the sleep: about 1.7 s.
+    assert!(
+        resumed.elapsed() >= std::time::Duration::from_millis(1000),
+        "{:?}",
+        resumed.elapsed()
+    );
+}
+
 /// A guest that clears the data its module placed in memory before it pauses: resumed on a
 /// fresh instance (which holds that data again once instantiated), the page the snapshot
 /// leaves out as zero must read as zero, not as the module's data.

@@ -41,7 +41,9 @@ fn seed() -> &'static Seed {
         let mut links: Vec<Vec<u8>> = Vec::new();
         checkpoint::run_with(Backend::Wasmi, &wasm, p, control, None, &mut |view| {
             let mut bytes = Vec::new();
-            chain.write_to(&mut bytes, view, &original, &wasm, &[]).unwrap();
+            chain
+                .write_to(&mut bytes, view, &original, &wasm, &[])
+                .unwrap();
             links.push(bytes);
             if links.len() == 1 {
                 request.store(true, Ordering::Release);
@@ -87,7 +89,11 @@ fuzz_target!(|data: &[u8]| {
     if snapshot.check_module(None, &seed.wasm).is_err() {
         return;
     }
-    let Ok(process) = checkpoint::resume_process(&snapshot, &[], Stdio::Null, Stdio::Null) else {
+    let Ok(process) = checkpoint::resume_process(
+        &snapshot,
+        &[],
+        checkpoint::HostIo::output(Stdio::Null, Stdio::Null),
+    ) else {
         return;
     };
     let state = snapshot.take_machine_state();

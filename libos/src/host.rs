@@ -28,6 +28,13 @@ pub trait Host {
     fn stderr_write(&mut self, buf: &[u8]) -> Result<(), Errno>;
     /// Blocks for `ns` nanoseconds.
     fn sleep_ns(&mut self, ns: u64);
+    /// Blocks for `ns` nanoseconds, or less when the host wants the guest to reach its next
+    /// migration point soon (a checkpoint was asked for); `false` when it woke early. The
+    /// kernel sleeps the rest before the guest's next call.
+    fn sleep_unless_woken_ns(&mut self, ns: u64) -> bool {
+        self.sleep_ns(ns);
+        true
+    }
     /// Lets other threads run.
     fn yield_now(&mut self) {}
     /// The granted host directories, if any.
@@ -44,8 +51,9 @@ mod std_host {
     use super::Host;
     use crate::errno::Errno;
     use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
     use std::vec::Vec;
     use tabi_vfs::{CapStdFs, HostFs};
 
@@ -102,6 +110,10 @@ mod std_host {
         pub stderr: Stdio,
         /// Granted host directories.
         pub fs: CapStdFs,
+        /// When set, a sleep ends early once this is true (it is only read): the flag a
+        /// checkpoint request raises, so that a guest asleep reaches its next migration point
+        /// at once (see [`Host::sleep_unless_woken_ns`]).
+        pub wake: Option<Arc<AtomicBool>>,
     }
 
     impl Default for StdHost {
@@ -119,6 +131,7 @@ mod std_host {
                 stdout: Stdio::Inherit,
                 stderr: Stdio::Inherit,
                 fs: CapStdFs::new(),
+                wake: None,
             }
         }
     }
@@ -162,7 +175,27 @@ mod std_host {
         }
 
         fn sleep_ns(&mut self, ns: u64) {
-            std::thread::sleep(std::time::Duration::from_nanos(ns));
+            std::thread::sleep(Duration::from_nanos(ns));
+        }
+
+        fn sleep_unless_woken_ns(&mut self, ns: u64) -> bool {
+            let Some(wake) = &self.wake else {
+                self.sleep_ns(ns);
+                return true;
+            };
+            // Slices short enough that a request is seen within a few milliseconds.
+            const SLICE: Duration = Duration::from_millis(5);
+            let end = Instant::now() + Duration::from_nanos(ns);
+            loop {
+                if wake.load(Ordering::Acquire) {
+                    return false;
+                }
+                let now = Instant::now();
+                if now >= end {
+                    return true;
+                }
+                std::thread::sleep((end - now).min(SLICE));
+            }
         }
 
         fn yield_now(&mut self) {

@@ -171,6 +171,10 @@ pub enum Clocks {
         offset_ns: u64,
         /// The last reading the guest was given.
         last_ns: u64,
+        /// A sleep the host cut short for a checkpoint ends at this monotonic time: the guest
+        /// was told its time had passed, so the rest is slept before its next call
+        /// ([`Kernel::settle`]), on this host or the one it resumes on.
+        owed_until: Option<u64>,
     },
 }
 
@@ -561,10 +565,13 @@ impl Kernel {
                 self.clocks = Clocks::HostCarried {
                     offset_ns: 0,
                     last_ns: now,
+                    owed_until: None,
                 };
                 now
             }
-            Clocks::HostCarried { offset_ns, last_ns } => {
+            Clocks::HostCarried {
+                offset_ns, last_ns, ..
+            } => {
                 let now = host.monotonic_ns().wrapping_add(*offset_ns);
                 if now < *last_ns {
                     // Another host, or one whose clock went back: carry on from the last
@@ -595,9 +602,23 @@ impl Kernel {
     }
 
     /// Waits `ns` nanoseconds (instantly, moving virtual time on, in deterministic mode).
+    ///
+    /// When the host cuts the sleep short because a checkpoint is wanted
+    /// ([`Host::sleep_unless_woken_ns`]), the call returns as if the time had passed, and the
+    /// rest is owed: [`Kernel::settle`] sleeps it before the guest's next call, so nothing the
+    /// guest can observe comes early.
     pub fn sleep(&mut self, ns: u64, host: &mut dyn Host) {
         match &mut self.clocks {
-            Clocks::Host | Clocks::HostCarried { .. } => host.sleep_ns(ns),
+            Clocks::Host | Clocks::HostCarried { .. } => {
+                let start = self.monotonic_now(host);
+                if !host.sleep_unless_woken_ns(ns) {
+                    // Read the clock so that the part slept counts where the guest resumes.
+                    self.monotonic_now(host);
+                    if let Clocks::HostCarried { owed_until, .. } = &mut self.clocks {
+                        *owed_until = Some(start.saturating_add(ns));
+                    }
+                }
+            }
             Clocks::Virtual {
                 wall_ns,
                 monotonic_ns,
@@ -606,6 +627,32 @@ impl Kernel {
                 *wall_ns = wall_ns.saturating_add(ns);
                 *monotonic_ns = monotonic_ns.saturating_add(ns);
             }
+        }
+    }
+
+    /// Sleeps what an interrupted [`Kernel::sleep`] still owes (nothing, almost always). Every
+    /// preview-1 call starts with this.
+    #[inline]
+    pub fn settle(&mut self, host: &mut dyn Host) {
+        let Clocks::HostCarried {
+            owed_until: Some(until),
+            ..
+        } = self.clocks
+        else {
+            return;
+        };
+        let mut now = self.monotonic_now(host);
+        while now < until {
+            host.sleep_ns(until - now);
+            let later = self.monotonic_now(host);
+            if later <= now {
+                // A host whose clock does not move while it sleeps: it slept what it could.
+                break;
+            }
+            now = later;
+        }
+        if let Clocks::HostCarried { owed_until, .. } = &mut self.clocks {
+            *owed_until = None;
         }
     }
 

@@ -94,6 +94,7 @@ macro_rules! define_entry_points {
                 mem: &mut [u8],
                 $($arg: $ty),*
             ) -> Result<i32, Trap> {
+                k.settle(h);
                 finish(imp::$name(k, h, mem, $($arg),*))
             }
         )*

@@ -226,8 +226,39 @@ fn a_files_bytes_are_stored_once() {
     );
 }
 
-/// A host whose monotonic clock reads what the test says.
+/// A host whose monotonic clock reads what the test says; sleeping moves it on.
 struct Clock(u64);
+
+/// A [`Clock`] whose sleeps are cut short after `.1` ns, as a checkpoint request does.
+struct Woken(Clock, u64);
+
+impl tabi_libos::host::Host for Woken {
+    fn wall_clock_ns(&mut self) -> u64 {
+        0
+    }
+    fn monotonic_ns(&mut self) -> u64 {
+        self.0.0
+    }
+    fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), tabi_libos::Errno> {
+        self.0.random_bytes(buf)
+    }
+    fn stdin_read(&mut self, _: &mut [u8]) -> Result<usize, tabi_libos::Errno> {
+        Ok(0)
+    }
+    fn stdout_write(&mut self, _: &[u8]) -> Result<(), tabi_libos::Errno> {
+        Ok(())
+    }
+    fn stderr_write(&mut self, _: &[u8]) -> Result<(), tabi_libos::Errno> {
+        Ok(())
+    }
+    fn sleep_ns(&mut self, ns: u64) {
+        self.0.0 += ns;
+    }
+    fn sleep_unless_woken_ns(&mut self, ns: u64) -> bool {
+        self.0.0 += ns.min(self.1);
+        ns <= self.1
+    }
+}
 
 impl tabi_libos::host::Host for Clock {
     fn wall_clock_ns(&mut self) -> u64 {
@@ -281,4 +312,46 @@ fn the_monotonic_clock_carries_on_across_hosts() {
     assert!(t >= 10_300, "{t}");
     third.0 += 50;
     assert_eq!(k.monotonic_now(&mut third), t + 50);
+}
+
+/// A sleep the host cuts short (a checkpoint was asked for) returns at once, and the rest of
+/// it is slept before the guest's next call, on whichever host it resumes: by the guest's
+/// clock the sleep lasted what it asked, and no host slept more than its share.
+#[test]
+fn a_sleep_cut_short_is_finished_before_the_next_call() {
+    use tabi_libos::host::Host;
+    let mut k = Kernel::new();
+    let mut first = Woken(Clock(1_000), 300);
+    let start = k.monotonic_now(&mut first);
+    k.sleep(1_000, &mut first);
+    assert_eq!(
+        first.0.0, 1_300,
+        "the first host slept only until it was woken"
+    );
+
+    // Resumed elsewhere: the next call first sleeps the 700 ns still owed.
+    let mut k = roundtrip(&k);
+    let mut second = Clock(50);
+    let mut memory = vec![0u8; 16];
+    let errno = tabi_libos::p1::clock_time_get(&mut k, &mut second, &mut memory, 1, 0, 0).unwrap();
+    assert_eq!(errno, 0);
+    let now = u64::from_le_bytes(memory[0..8].try_into().unwrap());
+    assert_eq!(now, start + 1_000);
+    assert_eq!(
+        second.monotonic_ns(),
+        750,
+        "the second host slept the rest, no more"
+    );
+
+    // Nothing is owed any more.
+    let errno = tabi_libos::p1::sched_yield(&mut k, &mut second, &mut memory).unwrap();
+    assert_eq!(errno, 0);
+    assert_eq!(second.monotonic_ns(), 750);
+
+    // A sleep that is not cut short owes nothing.
+    let mut third = Woken(Clock(0), u64::MAX);
+    k.sleep(500, &mut third);
+    assert_eq!(third.0.0, 500);
+    tabi_libos::p1::sched_yield(&mut k, &mut third, &mut memory).unwrap();
+    assert_eq!(third.0.0, 500);
 }
