@@ -245,3 +245,41 @@ fn growing_in_a_loop_keeps_its_results_and_the_host_stack() {
         assert_eq!((out.as_str(), exit), ("", tabi_libos::Exit::Code(0)));
     }
 }
+
+/// A module's start function runs while the instance is made, before the adapters cache its
+/// memory: its WASI calls must find the memory all the same (they got `EFAULT`, and the
+/// start function's output was lost). Checked plainly on both engines, and instrumented with
+/// a pause at every migration point, where the start function becomes an export the host
+/// calls.
+#[test]
+fn a_start_function_can_call_wasi() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "start\0a")
+      (data (i32.const 200) "main\0a")
+      (global $calls (mut i32) (i32.const 0))
+      (func $print (param i32 i32)
+        (i32.store (i32.const 0) (local.get 0))
+        (i32.store (i32.const 4) (local.get 1))
+        ;; Traps if the write failed: the errno would otherwise be lost.
+        (if (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))
+          (then unreachable)))
+      (func $init
+        (call $print (i32.const 100) (i32.const 6))
+        (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+        (call $print (i32.const 100) (i32.const 6)))
+      (start $init)
+      (func (export "_start")
+        (call $print (i32.const 200) (i32.const 5))
+        (call $print (i32.const 200) (global.get $calls))))"#;
+    for (out, exit) in run_small_stack(wat, &Backend::ALL) {
+        assert_eq!(exit, tabi_libos::Exit::Code(0));
+        // The last write is as long as the start function's count of calls: one byte.
+        assert_eq!(out, "start\nstart\nmain\nm");
+    }
+    let wasm = wat::parse_str(wat).unwrap();
+    let spec = Spec::new("start").sandbox(Sandbox::None);
+    let points = tabi_tests::migrate::check_every(&spec, &wasm, 1).unwrap();
+    assert!(points >= 4, "{points}");
+}

@@ -66,7 +66,13 @@ impl wasmi::errors::HostError for KernelTrap {}
 
 /// The guest's memory (empty when it exports none, so every pointer is `EFAULT`) and process.
 fn split<'a>(caller: &'a mut Caller<'_, GuestData>) -> (&'a mut [u8], &'a mut Process) {
-    match caller.data().memory {
+    // The memory is cached once the instance is made; the module's start function runs
+    // before that, so it finds the export itself.
+    let memory = match caller.data().memory {
+        Some(m) => Some(m),
+        None => caller.get_export("memory").and_then(|e| e.into_memory()),
+    };
+    match memory {
         Some(m) => {
             let (mem, data) = m.data_and_store_mut(caller);
             (mem, &mut data.process)
