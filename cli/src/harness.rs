@@ -111,6 +111,20 @@ fn isolated(setup: &Setup, scratch: &Path) -> Result<Setup> {
     Ok(s)
 }
 
+/// How a run ended, as the runs are compared: a trap by its reason only. The message around it
+/// names offsets in the module that ran (the migrated run runs the instrumented one) and the
+/// engine's own wording of the backtrace.
+fn exit_key(exit: &Exit) -> String {
+    match exit {
+        Exit::Trap(message) => {
+            let last = message.lines().last().unwrap_or_default();
+            let reason = last.rsplit("wasm trap: ").next().unwrap_or(last);
+            format!("trap: {}", reason.trim())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 fn observe(
     setup: &Setup,
     stdout: Vec<u8>,
@@ -131,7 +145,7 @@ fn observe(
     Ok(Observed {
         stdout,
         stderr,
-        exit: format!("{exit:?}"),
+        exit: exit_key(exit),
         memory_files: if has_memory_files {
             kernel
                 .fs()

@@ -283,3 +283,41 @@ fn a_start_function_can_call_wasi() {
     let points = tabi_tests::migrate::check_every(&spec, &wasm, 1).unwrap();
     assert!(points >= 4, "{points}");
 }
+
+/// A guest that exits, or traps, in its start function ends its run as it would in `_start`
+/// (it was reported as a module that cannot be linked).
+#[test]
+fn exiting_or_trapping_in_the_start_function_ends_the_run() {
+    let exits = r#"(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func $init (call $exit (i32.const 3)))
+      (start $init)
+      (func (export "_start") unreachable))"#;
+    for (_, exit) in run_small_stack(exits, &Backend::ALL) {
+        assert_eq!(exit, tabi_libos::Exit::Code(3));
+    }
+    let traps = r#"(module
+      (memory (export "memory") 1)
+      (func $init unreachable)
+      (start $init)
+      (func (export "_start")))"#;
+    for (_, exit) in run_small_stack(traps, &Backend::ALL) {
+        assert!(
+            matches!(&exit, tabi_libos::Exit::Trap(m) if m.contains("unreachable")),
+            "{exit:?}"
+        );
+    }
+    // An import nothing defines is still a link error, not a run that ended.
+    let wasm = wat::parse_str(
+        r#"(module (import "env" "missing" (func)) (func (export "_start") (call 0)))"#,
+    )
+    .unwrap();
+    for backend in Backend::ALL {
+        let (process, _, _) = tabi_tests::process_for(&Spec::new("x").sandbox(Sandbox::None));
+        assert!(matches!(
+            backend.engine().run(&wasm, process),
+            Err(tabi_libos::EngineError::Link(_))
+        ));
+    }
+}

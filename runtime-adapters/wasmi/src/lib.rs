@@ -275,10 +275,18 @@ impl Wasmi {
             };
         }
         let mut store = self.store(process);
-        let instance = self
-            .linker()?
-            .instantiate_and_start(&mut store, module)
-            .map_err(|e| EngineError::Link(e.to_string()))?;
+        let instance = match self.linker()?.instantiate_and_start(&mut store, module) {
+            Ok(instance) => instance,
+            // The start function trapped, or the guest exited from it: the run ended, as it
+            // would have in `_start`.
+            Err(e) if e.downcast_ref::<KernelTrap>().is_some() || e.as_trap_code().is_some() => {
+                return Ok(Finished {
+                    exit: exit_of(e),
+                    process: store.into_data().process,
+                });
+            }
+            Err(e) => return Err(EngineError::Link(e.to_string())),
+        };
         store.data_mut().memory = instance.get_memory(&store, "memory");
         let start = instance
             .get_typed_func::<(), ()>(&store, "_start")

@@ -203,10 +203,18 @@ impl Wasmtime {
             };
         }
         let mut store = self.store(process);
-        let instance = self
-            .linker
-            .instantiate(&mut store, module)
-            .map_err(|e| EngineError::Link(format!("{e:#}")))?;
+        let instance = match self.linker.instantiate(&mut store, module) {
+            Ok(instance) => instance,
+            // The start function (or a segment that does not fit) trapped, or the guest
+            // exited from it: the run ended, as it would have in `_start`.
+            Err(e) if e.is::<KernelTrap>() || e.is::<wasmtime::Trap>() => {
+                return Ok(Finished {
+                    exit: exit_of(e),
+                    process: store.into_data().process,
+                });
+            }
+            Err(e) => return Err(EngineError::Link(format!("{e:#}"))),
+        };
         store.data_mut().memory = instance.get_memory(&mut store, "memory");
         let start = instance
             .get_typed_func::<(), ()>(&mut store, "_start")
