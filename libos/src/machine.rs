@@ -701,6 +701,23 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
     Ok(Driven::Exit(Exit::Code(0)))
 }
 
+/// Runs an instrumented guest the way a plain run would: from the start, never pausing on its
+/// own, and going on at once past a safepoint's yield or a checkpoint the guest asks for.
+/// `run_with` is an adapter session's `run_with`.
+pub fn run_through(
+    run_with: impl FnOnce(
+        Start<'_>,
+        &mut dyn FnMut(&PauseView<'_>) -> Result<AfterPause, EngineError>,
+    ) -> Result<Outcome, EngineError>,
+) -> Result<crate::engine::Finished, EngineError> {
+    match run_with(Start::Fresh, &mut |_| Ok(AfterPause::Continue))? {
+        Outcome::Finished(f) => Ok(f),
+        Outcome::Paused(_) => Err(EngineError::Engine(
+            "an instrumented guest stopped at a pause nothing asked for".into(),
+        )),
+    }
+}
+
 /// The budget a module with safepoints starts with (that of `tabi-instrument`).
 pub const DEFAULT_BUDGET: i32 = 1 << 20;
 

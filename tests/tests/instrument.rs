@@ -347,6 +347,17 @@ fn deep_recursion_unwinds_and_rewinds() {
 
 /// With safepoints, a guest looping without any call can be paused by the host from another
 /// thread, and the paused state resumes on the other engine with the same result.
+/// The guest of `spec`, and its rewrite with safepoints.
+fn with_safepoints(spec: &Spec) -> (Vec<u8>, Vec<u8>) {
+    let original = std::fs::read(&spec.wasm).unwrap();
+    let options = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let wasm = instrument(&original, &options).unwrap().wasm;
+    (original, wasm)
+}
+
 #[test]
 fn safepoints_let_the_host_pause_a_loop() {
     use std::sync::Arc;
@@ -356,12 +367,7 @@ fn safepoints_let_the_host_pause_a_loop() {
     use tabi_tests::{Backend, guests, process_for};
 
     let spec = Spec::new(guests::COMPUTE).args(&["hash", "60"]);
-    let original = std::fs::read(&spec.wasm).unwrap();
-    let options = Options {
-        safepoints: true,
-        ..Options::default()
-    };
-    let wasm = instrument(&original, &options).unwrap().wasm;
+    let (original, wasm) = with_safepoints(&spec);
     let expected = plain(&spec, &original);
 
     // A small budget: the guest yields often, and each yield is rewound in place.
@@ -431,12 +437,7 @@ fn a_plain_run_of_an_instrumented_module_goes_on_past_its_yields() {
     use tabi_tests::{Backend, guests, process_for};
     // fib 30 makes ~1.6 million calls and polls on each: past the default budget (2^20).
     let spec = Spec::new(guests::COMPUTE).args(&["fib", "30"]);
-    let original = std::fs::read(&spec.wasm).unwrap();
-    let options = Options {
-        safepoints: true,
-        ..Options::default()
-    };
-    let wasm = instrument(&original, &options).unwrap().wasm;
+    let (original, wasm) = with_safepoints(&spec);
     let expected = plain(&spec, &original);
     assert!(expected.outcome.stdout.contains("fib 832040"));
     for backend in Backend::ALL {

@@ -226,37 +226,19 @@ fn a_files_bytes_are_stored_once() {
     );
 }
 
-/// A host whose monotonic clock reads what the test says; sleeping moves it on.
-struct Clock(u64);
+/// A host whose monotonic clock reads what the test says; sleeping moves it on. A sleep is cut
+/// short after `wakes_after` ns, as a checkpoint request does.
+struct Clock {
+    ns: u64,
+    wakes_after: u64,
+}
 
-/// A [`Clock`] whose sleeps are cut short after `.1` ns, as a checkpoint request does.
-struct Woken(Clock, u64);
-
-impl tabi_libos::host::Host for Woken {
-    fn wall_clock_ns(&mut self) -> u64 {
-        0
-    }
-    fn monotonic_ns(&mut self) -> u64 {
-        self.0.0
-    }
-    fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), tabi_libos::Errno> {
-        self.0.random_bytes(buf)
-    }
-    fn stdin_read(&mut self, _: &mut [u8]) -> Result<usize, tabi_libos::Errno> {
-        Ok(0)
-    }
-    fn stdout_write(&mut self, _: &[u8]) -> Result<(), tabi_libos::Errno> {
-        Ok(())
-    }
-    fn stderr_write(&mut self, _: &[u8]) -> Result<(), tabi_libos::Errno> {
-        Ok(())
-    }
-    fn sleep_ns(&mut self, ns: u64) {
-        self.0.0 += ns;
-    }
-    fn sleep_unless_woken_ns(&mut self, ns: u64) -> bool {
-        self.0.0 += ns.min(self.1);
-        ns <= self.1
+impl Clock {
+    fn at(ns: u64) -> Clock {
+        Clock {
+            ns,
+            wakes_after: u64::MAX,
+        }
     }
 }
 
@@ -265,7 +247,7 @@ impl tabi_libos::host::Host for Clock {
         0
     }
     fn monotonic_ns(&mut self) -> u64 {
-        self.0
+        self.ns
     }
     fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), tabi_libos::Errno> {
         buf.fill(0);
@@ -281,7 +263,11 @@ impl tabi_libos::host::Host for Clock {
         Ok(())
     }
     fn sleep_ns(&mut self, ns: u64) {
-        self.0 += ns;
+        self.ns += ns;
+    }
+    fn sleep_unless_woken_ns(&mut self, ns: u64) -> bool {
+        self.ns += ns.min(self.wakes_after);
+        ns <= self.wakes_after
     }
 }
 
@@ -291,26 +277,26 @@ impl tabi_libos::host::Host for Clock {
 #[test]
 fn the_monotonic_clock_carries_on_across_hosts() {
     let mut k = Kernel::new();
-    let mut first = Clock(5_000);
+    let mut first = Clock::at(5_000);
     assert_eq!(k.monotonic_now(&mut first), 5_000);
-    first.0 = 9_000;
+    first.ns = 9_000;
     assert_eq!(k.monotonic_now(&mut first), 9_000);
 
     // A new process: its clock starts near zero.
     let mut k = roundtrip(&k);
-    let mut second = Clock(100);
+    let mut second = Clock::at(100);
     assert_eq!(k.monotonic_now(&mut second), 9_000);
-    second.0 = 400;
+    second.ns = 400;
     assert_eq!(k.monotonic_now(&mut second), 9_300);
     k.sleep(1_000, &mut second);
     assert_eq!(k.monotonic_now(&mut second), 10_300);
 
     // A third host, whose clock is far ahead: time goes on (never back).
     let mut k = roundtrip(&k);
-    let mut third = Clock(1_000_000);
+    let mut third = Clock::at(1_000_000);
     let t = k.monotonic_now(&mut third);
     assert!(t >= 10_300, "{t}");
-    third.0 += 50;
+    third.ns += 50;
     assert_eq!(k.monotonic_now(&mut third), t + 50);
 }
 
@@ -321,17 +307,20 @@ fn the_monotonic_clock_carries_on_across_hosts() {
 fn a_sleep_cut_short_is_finished_before_the_next_call() {
     use tabi_libos::host::Host;
     let mut k = Kernel::new();
-    let mut first = Woken(Clock(1_000), 300);
+    let mut first = Clock {
+        ns: 1_000,
+        wakes_after: 300,
+    };
     let start = k.monotonic_now(&mut first);
     k.sleep(1_000, &mut first);
     assert_eq!(
-        first.0.0, 1_300,
+        first.ns, 1_300,
         "the first host slept only until it was woken"
     );
 
     // Resumed elsewhere: the next call first sleeps the 700 ns still owed.
     let mut k = roundtrip(&k);
-    let mut second = Clock(50);
+    let mut second = Clock::at(50);
     let mut memory = vec![0u8; 16];
     let errno = tabi_libos::p1::clock_time_get(&mut k, &mut second, &mut memory, 1, 0, 0).unwrap();
     assert_eq!(errno, 0);
@@ -349,9 +338,9 @@ fn a_sleep_cut_short_is_finished_before_the_next_call() {
     assert_eq!(second.monotonic_ns(), 750);
 
     // A sleep that is not cut short owes nothing.
-    let mut third = Woken(Clock(0), u64::MAX);
+    let mut third = Clock::at(0);
     k.sleep(500, &mut third);
-    assert_eq!(third.0.0, 500);
+    assert_eq!(third.ns, 500);
     tabi_libos::p1::sched_yield(&mut k, &mut third, &mut memory).unwrap();
-    assert_eq!(third.0.0, 500);
+    assert_eq!(third.ns, 500);
 }

@@ -253,6 +253,23 @@ impl Wasmi {
         }
     }
 
+    /// Instantiates `module` and runs its start function; `Ok(Err(exit))` when the guest's run
+    /// ended there: the start function exited or trapped, or a segment did not fit (a trap
+    /// too), as the run would have ended in `_start`.
+    fn instantiate(
+        &self,
+        store: &mut Store<GuestData>,
+        module: &Module,
+    ) -> Result<Result<wasmi::Instance, Exit>, EngineError> {
+        match self.linker()?.instantiate_and_start(&mut *store, module) {
+            Ok(instance) => Ok(Ok(instance)),
+            Err(e) if e.downcast_ref::<KernelTrap>().is_some() || e.as_trap_code().is_some() => {
+                Ok(Err(exit_of(e)))
+            }
+            Err(e) => Err(EngineError::Link(e.to_string())),
+        }
+    }
+
     /// Runs a module's `_start` to the end.
     ///
     /// An instrumented module (see `tabi-instrument`) is driven as its protocol asks: it
@@ -263,29 +280,22 @@ impl Wasmi {
             .exports()
             .any(|e| e.name() == tabi_libos::machine::STATE_GLOBAL)
         {
-            let session = self.session(module, process, PauseControl::never(), Points::all())?;
-            let outcome = session.run_with(tabi_libos::machine::Start::Fresh, &mut |_| {
-                Ok(tabi_libos::machine::AfterPause::Continue)
-            })?;
-            return match outcome {
-                tabi_libos::machine::Outcome::Finished(f) => Ok(f),
-                tabi_libos::machine::Outcome::Paused(_) => Err(EngineError::Link(
-                    "an instrumented guest stopped at a pause nothing asked for".into(),
-                )),
+            return match self.begin(module, process, PauseControl::never(), Points::all())? {
+                Ok(session) => tabi_libos::machine::run_through(|start, on_pause| {
+                    session.run_with(start, on_pause)
+                }),
+                Err(finished) => Ok(finished),
             };
         }
         let mut store = self.store(process);
-        let instance = match self.linker()?.instantiate_and_start(&mut store, module) {
+        let instance = match self.instantiate(&mut store, module)? {
             Ok(instance) => instance,
-            // The start function trapped, or the guest exited from it: the run ended, as it
-            // would have in `_start`.
-            Err(e) if e.downcast_ref::<KernelTrap>().is_some() || e.as_trap_code().is_some() => {
+            Err(exit) => {
                 return Ok(Finished {
-                    exit: exit_of(e),
+                    exit,
                     process: store.into_data().process,
                 });
             }
-            Err(e) => return Err(EngineError::Link(e.to_string())),
         };
         store.data_mut().memory = instance.get_memory(&store, "memory");
         let start = instance

@@ -27,11 +27,33 @@ impl Wasmi {
         control: PauseControl,
         points: Points,
     ) -> Result<Session, EngineError> {
+        self.begin(module, process, control, points)?.map_err(|f| {
+            EngineError::Engine(format!(
+                "the guest's run ended as its instance was made: {:?}",
+                f.exit
+            ))
+        })
+    }
+
+    /// [`Wasmi::session`]; `Ok(Err(finished))` when the run ended while the instance was made
+    /// (see `instantiate`).
+    pub(crate) fn begin(
+        &self,
+        module: &Module,
+        process: Process,
+        control: PauseControl,
+        points: Points,
+    ) -> Result<Result<Session, tabi_libos::Finished>, EngineError> {
         let mut store = self.store(process);
-        let instance = self
-            .linker()?
-            .instantiate_and_start(&mut store, module)
-            .map_err(|e| EngineError::Link(e.to_string()))?;
+        let instance = match self.instantiate(&mut store, module)? {
+            Ok(instance) => instance,
+            Err(exit) => {
+                return Ok(Err(tabi_libos::Finished {
+                    exit,
+                    process: store.into_data().process,
+                }));
+            }
+        };
         let state = instance
             .get_global(&mut store, STATE_GLOBAL)
             .ok_or_else(|| EngineError::Link("the module is not instrumented by tabi".into()))?;
@@ -45,7 +67,7 @@ impl Wasmi {
             control,
             points,
         });
-        Ok(Session { store, instance })
+        Ok(Ok(Session { store, instance }))
     }
 }
 
@@ -306,7 +328,10 @@ impl Wasmi {
             Some(state) => machine::Start::Resume(state),
             None => machine::Start::Fresh,
         };
-        self.session(module, process, control, points)?.run(start)
+        match self.begin(module, process, control, points)? {
+            Ok(session) => session.run(start),
+            Err(finished) => Ok(machine::Outcome::Finished(finished)),
+        }
     }
 }
 

@@ -181,6 +181,21 @@ impl Wasmtime {
         )
     }
 
+    /// Instantiates `module`; `Ok(Err(exit))` when the guest's run ended while the instance was
+    /// made: its start function exited or trapped, or a segment did not fit (a trap too), as
+    /// the run would have ended in `_start`.
+    fn instantiate(
+        &self,
+        store: &mut Store<GuestData>,
+        module: &Module,
+    ) -> Result<Result<wasmtime::Instance, Exit>, EngineError> {
+        match self.linker.instantiate(&mut *store, module) {
+            Ok(instance) => Ok(Ok(instance)),
+            Err(e) if e.is::<KernelTrap>() || e.is::<wasmtime::Trap>() => Ok(Err(exit_of(e))),
+            Err(e) => Err(EngineError::Link(format!("{e:#}"))),
+        }
+    }
+
     /// Runs a compiled module's `_start` to the end.
     ///
     /// An instrumented module (see `tabi-instrument`) is driven as its protocol asks: it
@@ -191,29 +206,22 @@ impl Wasmtime {
             .exports()
             .any(|e| e.name() == tabi_libos::machine::STATE_GLOBAL)
         {
-            let session = self.session(module, process, PauseControl::never(), Points::all())?;
-            let outcome = session.run_with(tabi_libos::machine::Start::Fresh, &mut |_| {
-                Ok(tabi_libos::machine::AfterPause::Continue)
-            })?;
-            return match outcome {
-                tabi_libos::machine::Outcome::Finished(f) => Ok(f),
-                tabi_libos::machine::Outcome::Paused(_) => Err(EngineError::Link(
-                    "an instrumented guest stopped at a pause nothing asked for".into(),
-                )),
+            return match self.begin(module, process, PauseControl::never(), Points::all())? {
+                Ok(session) => tabi_libos::machine::run_through(|start, on_pause| {
+                    session.run_with(start, on_pause)
+                }),
+                Err(finished) => Ok(finished),
             };
         }
         let mut store = self.store(process);
-        let instance = match self.linker.instantiate(&mut store, module) {
+        let instance = match self.instantiate(&mut store, module)? {
             Ok(instance) => instance,
-            // The start function (or a segment that does not fit) trapped, or the guest
-            // exited from it: the run ended, as it would have in `_start`.
-            Err(e) if e.is::<KernelTrap>() || e.is::<wasmtime::Trap>() => {
+            Err(exit) => {
                 return Ok(Finished {
-                    exit: exit_of(e),
+                    exit,
                     process: store.into_data().process,
                 });
             }
-            Err(e) => return Err(EngineError::Link(format!("{e:#}"))),
         };
         store.data_mut().memory = instance.get_memory(&mut store, "memory");
         let start = instance

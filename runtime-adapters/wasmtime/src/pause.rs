@@ -26,11 +26,33 @@ impl Wasmtime {
         control: PauseControl,
         points: Points,
     ) -> Result<Session, EngineError> {
+        self.begin(module, process, control, points)?.map_err(|f| {
+            EngineError::Engine(format!(
+                "the guest's run ended as its instance was made: {:?}",
+                f.exit
+            ))
+        })
+    }
+
+    /// [`Wasmtime::session`]; `Ok(Err(finished))` when the run ended while the instance was
+    /// made (see `instantiate`).
+    pub(crate) fn begin(
+        &self,
+        module: &Module,
+        process: Process,
+        control: PauseControl,
+        points: Points,
+    ) -> Result<Result<Session, tabi_libos::Finished>, EngineError> {
         let mut store = self.store(process);
-        let instance = self
-            .linker
-            .instantiate(&mut store, module)
-            .map_err(|e| EngineError::Link(format!("{e:#}")))?;
+        let instance = match self.instantiate(&mut store, module)? {
+            Ok(instance) => instance,
+            Err(exit) => {
+                return Ok(Err(tabi_libos::Finished {
+                    exit,
+                    process: store.into_data().process,
+                }));
+            }
+        };
         let state = instance
             .get_global(&mut store, STATE_GLOBAL)
             .ok_or_else(|| EngineError::Link("the module is not instrumented by tabi".into()))?;
@@ -44,7 +66,7 @@ impl Wasmtime {
             control,
             points,
         });
-        Ok(Session { store, instance })
+        Ok(Ok(Session { store, instance }))
     }
 }
 
@@ -298,7 +320,10 @@ impl Wasmtime {
             Some(state) => machine::Start::Resume(state),
             None => machine::Start::Fresh,
         };
-        self.session(module, process, control, points)?.run(start)
+        match self.begin(module, process, control, points)? {
+            Ok(session) => session.run(start),
+            Err(finished) => Ok(machine::Outcome::Finished(finished)),
+        }
     }
 }
 
