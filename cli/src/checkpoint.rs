@@ -239,15 +239,21 @@ pub fn run_with(
             None => Start::Fresh,
         };
         Ok(match backend {
+            // A run that ends while its instance is made (a segment that does not fit) ends
+            // as it would in `_start`.
             Backend::Wasmtime => {
                 let (e, m) = compiled_wasmtime(wasm)?;
-                e.session(&m, process, control, Points::all())?
-                    .run_with(start, on_pause)?
+                match e.begin(&m, process, control, Points::all())? {
+                    Ok(session) => session.run_with(start, on_pause)?,
+                    Err(finished) => Outcome::Finished(finished),
+                }
             }
             Backend::Wasmi => {
                 let (e, m) = compiled_wasmi(wasm)?;
-                e.session(&m, process, control, Points::all())?
-                    .run_with(start, on_pause)?
+                match e.begin(&m, process, control, Points::all())? {
+                    Ok(session) => session.run_with(start, on_pause)?,
+                    Err(finished) => Outcome::Finished(finished),
+                }
             }
         })
     })

@@ -37,7 +37,7 @@ impl Wasmi {
 
     /// [`Wasmi::session`]; `Ok(Err(finished))` when the run ended while the instance was made
     /// (see `instantiate`).
-    pub(crate) fn begin(
+    pub fn begin(
         &self,
         module: &Module,
         process: Process,

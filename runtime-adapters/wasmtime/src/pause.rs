@@ -36,7 +36,7 @@ impl Wasmtime {
 
     /// [`Wasmtime::session`]; `Ok(Err(finished))` when the run ended while the instance was
     /// made (see `instantiate`).
-    pub(crate) fn begin(
+    pub fn begin(
         &self,
         module: &Module,
         process: Process,
