@@ -17,6 +17,10 @@ pub const PAGE: usize = 65536;
 /// Pages per compressed chunk (1 MiB of memory).
 pub const CHUNK_PAGES: u32 = 16;
 
+/// Kernel section tags: the state as it is, or (version 3 on) its length and one LZ4 block.
+pub(crate) const KERNEL_RAW: u8 = 1;
+pub(crate) const KERNEL_LZ4: u8 = 2;
+
 /// Header flag: the snapshot is incremental.
 pub(crate) const FLAG_INCREMENTAL: u16 = 1;
 /// A chunk's first page that ends a memory section.

@@ -659,7 +659,32 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
     }
     let (p, stored) = input.section(SectionId::Kernel, limits.section)?;
     let kernel_bytes = match p.split_first() {
-        Some((1, rest)) => rest.to_vec(),
+        Some((&KERNEL_RAW, rest)) => rest.to_vec(),
+        Some((&KERNEL_LZ4, rest)) if version >= 3 => {
+            let mut c = Cursor {
+                bytes: rest,
+                what: "kernel state",
+            };
+            let len = c.u64()?;
+            if len > u64::from(limits.section) {
+                return Err(Error::TooLarge {
+                    what: "the kernel state".into(),
+                    size: len,
+                    limit: limits.section.into(),
+                });
+            }
+            let k = lz4_flex::block::decompress(c.bytes, len as usize).map_err(|e| {
+                Error::Malformed {
+                    what: format!("the kernel state does not decompress: {e}"),
+                }
+            })?;
+            if k.len() as u64 != len {
+                return Err(Error::Malformed {
+                    what: "the kernel state decompresses to another size".into(),
+                });
+            }
+            k
+        }
         // `base` is the checked parent whenever the snapshot is incremental.
         Some((0, [])) if let Some(b) = base => b.kernel_bytes.clone(),
         _ => {

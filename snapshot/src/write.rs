@@ -308,14 +308,24 @@ pub fn write<S: Sink>(
     // Save stack.
     out.section(SectionId::Stack, contents.stack)?;
 
-    // Kernel: 1 + bytes, or 0 when an incremental snapshot's kernel state is unchanged.
+    // Kernel: 2, its length and one LZ4 block of it (the in-memory files are in it); 1 and
+    // the bytes when that is no smaller; or 0 when an incremental snapshot's kernel state is
+    // unchanged.
     let same = base.is_some_and(|b| b.kernel == contents.kernel);
-    let mut p = Vec::with_capacity(contents.kernel.len() + 1);
+    let mut p = Vec::with_capacity(contents.kernel.len() / 2 + 16);
     if same {
         p.push(0);
     } else {
-        p.push(1);
-        p.extend_from_slice(contents.kernel);
+        let (mut block, mut table) = (Vec::new(), Vec::new());
+        crate::lz4::compress(contents.kernel, &mut block, &mut table);
+        if block.len() + 8 < contents.kernel.len() {
+            p.push(KERNEL_LZ4);
+            p.extend_from_slice(&(contents.kernel.len() as u64).to_le_bytes());
+            p.extend_from_slice(&block);
+        } else {
+            p.push(KERNEL_RAW);
+            p.extend_from_slice(contents.kernel);
+        }
     }
     out.section(SectionId::Kernel, &p)?;
 
