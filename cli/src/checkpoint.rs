@@ -11,7 +11,7 @@ use tabi_libos::host::{StdHost, Stdio};
 use tabi_libos::machine::{
     AfterPause, MachineState, Outcome, PauseControl, PauseView, Points, Start,
 };
-use tabi_libos::{Kernel, MountKind, Process};
+use tabi_libos::{Kernel, MountKind, Object, Process};
 use tabi_snapshot::{HostMount, Snapshot};
 
 /// The exit status of `tabi run` after it wrote a checkpoint and stopped the guest
@@ -601,11 +601,12 @@ where
         .ok_or_else(|| anyhow!("the module that ran is not instrumented"))?;
     let mut mounts = Vec::new();
     for m in paused.process.kernel.mounts() {
-        if let MountKind::Host { .. } = m.kind {
+        if let MountKind::Host { index } = m.kind {
             let (host, _) = dirs
                 .iter()
                 .find(|(_, g)| *g == m.guest_path)
                 .ok_or_else(|| anyhow!("no host directory known for mount {}", m.guest_path))?;
+            open_host_paths_exist(&paused.process.kernel, index, host, &m.guest_path)?;
             mounts.push(HostMount {
                 guest_path: m.guest_path.clone(),
                 fingerprint: fingerprint(host)?,
@@ -641,6 +642,26 @@ where
         mounts: &mounts,
     };
     tabi_snapshot::write(sink, &contents, base).map_err(|e| anyhow!("{e}"))
+}
+
+/// Refuses a checkpoint that a resume could not reopen: every host file or directory the guest
+/// has open on host mount `index` (the directory `host`) must still be found at the path the
+/// kernel knows it by. The kernel follows the guest's own renames and keeps the files it
+/// unlinks; this catches what was moved or removed from outside the guest while it was open.
+fn open_host_paths_exist(kernel: &Kernel, index: u32, host: &Path, guest_path: &str) -> Result<()> {
+    for (fd, d) in kernel.descriptors() {
+        let (Object::HostFile { mount, path, .. } | Object::HostDir { mount, path, .. }) =
+            &d.object
+        else {
+            continue;
+        };
+        if *mount == index && std::fs::metadata(host.join(path)).is_err() {
+            bail!(
+                "descriptor {fd} of the guest is `{guest_path}/{path}`, which was moved or removed outside the guest while open; a resume could not reopen it"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads a chain of snapshot files: a full snapshot, then incremental ones, each against the
@@ -1018,6 +1039,33 @@ mod tests {
             }
             Ok(tabi_snapshot::Summary::default())
         }
+    }
+
+    /// A checkpoint is refused, naming the file, when a host file the guest has open was
+    /// removed from outside it; one the guest unlinked itself is kept by the kernel and passes.
+    #[test]
+    fn open_host_files_removed_from_outside_refuse_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = StdHost::new();
+        host.fs.grant(dir.path()).unwrap();
+        let mut k = Kernel::new();
+        let root = k.mount_host("/data", 0).unwrap();
+        let opts = tabi_libos::OpenOptions {
+            create: true,
+            rights: tabi_libos::abi::rights::FILE,
+            ..Default::default()
+        };
+        let mine = k.open_at(root, "mine.txt", opts, &mut host).unwrap();
+        k.write(mine, b"mine", None, &mut host).unwrap();
+        k.unlink_file_at(root, "mine.txt", &mut host).unwrap();
+        let theirs = k.open_at(root, "theirs.txt", opts, &mut host).unwrap();
+        open_host_paths_exist(&k, 0, dir.path(), "/data").unwrap();
+        std::fs::remove_file(dir.path().join("theirs.txt")).unwrap();
+        let e = open_host_paths_exist(&k, 0, dir.path(), "/data").unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains(&format!("descriptor {theirs}")), "{e}");
+        assert!(e.contains("/data/theirs.txt"), "{e}");
+        assert!(e.contains("outside the guest"), "{e}");
     }
 
     /// A snapshot that replaces a file takes its name whole: a reader holding the old file

@@ -6,6 +6,7 @@
 //! own memory. Its methods follow the shape of the WASI 0.2 interfaces (descriptors, streams,
 //! clocks, random) so that each ABI decoder on top is thin; [`crate::p1`] is the first one.
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -235,6 +236,15 @@ impl DirAt {
                 key: *key,
                 path,
             }),
+        }
+    }
+
+    /// For a host directory, its mount and the path below the mount root that `rel` names
+    /// from it (lexically).
+    fn host_target(&self, rel: &str) -> Option<(u32, String)> {
+        match self {
+            DirAt::Mem(_) => None,
+            DirAt::Host { mount, path, .. } => Some((*mount, Kernel::join(path, rel))),
         }
     }
 }
@@ -1058,6 +1068,130 @@ impl Kernel {
         Ok(at)
     }
 
+    /// The open host files of `mount` at `path`, about to lose that name: their handle is
+    /// made sure of first (after a restore it is reopened only when used, and once the name is
+    /// gone no path reaches the file).
+    fn hold_host_files(&self, mount: u32, path: &str, host: &mut dyn Host) -> Vec<u32> {
+        let fds: Vec<u32> = self
+            .fds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match d.as_ref().map(|d| &d.object) {
+                Some(Object::HostFile {
+                    mount: m, path: p, ..
+                }) if *m == mount && p == path => Some(i as u32),
+                _ => None,
+            })
+            .collect();
+        if let (Some(&first), Some(fs)) = (fds.first(), host.host_fs())
+            && let Ok(d) = self.get(first)
+            && let Some(obj) = d.object.host_obj()
+        {
+            let _ = fs.stat(obj);
+        }
+        fds
+    }
+
+    /// Open host files (`fds`, from [`Kernel::hold_host_files`]) whose path has just lost its name (by an
+    /// unlink or a rename over it): if the file has no name left at all, they become one
+    /// in-memory file holding its contents, since no path could reopen it after a restore.
+    /// A file that keeps another hard link stays on the host; one too large for the in-memory
+    /// file system's limit stays on the host too, and a restore cannot reopen it.
+    fn keep_unlinked(&mut self, fds: Vec<u32>, host: &mut dyn Host) {
+        let Some(&first) = fds.first() else {
+            return;
+        };
+        let Some(fs) = host.host_fs() else {
+            return;
+        };
+        let Some(Object::HostFile {
+            mount, key, path, ..
+        }) = self.get(first).ok().map(|d| &d.object)
+        else {
+            return;
+        };
+        let path = path.clone();
+        let obj = HostObj {
+            mount: *mount,
+            key: *key,
+            path: &path,
+        };
+        let Ok(stat) = fs.stat(obj) else {
+            return;
+        };
+        if stat.nlink != 0 || stat.filetype != FileType::RegularFile {
+            return;
+        }
+        if stat.size > self.fs.limit_bytes().saturating_sub(self.fs.used_bytes()) {
+            return;
+        }
+        let ino = self.fs.new_unlinked_file(stat.ctim);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pos = 0u64;
+        let copied = loop {
+            match fs.read_at(obj, pos, &mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    if self.fs.write_at(ino, pos, &buf[..n], stat.mtim).is_err() {
+                        break false;
+                    }
+                    pos += n as u64;
+                }
+                Err(_) => break false,
+            }
+        };
+        if !copied {
+            let _ = self.fs.release(ino);
+            return;
+        }
+        let _ = self.fs.set_times(
+            ino,
+            SetTime::At(stat.atim),
+            SetTime::At(stat.mtim),
+            stat.ctim,
+        );
+        for fd in fds {
+            let Some(d) = self.fds.get_mut(fd as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let Object::HostFile { key, offset, .. } = d.object else {
+                continue;
+            };
+            if self.fs.retain(ino).is_err() {
+                continue;
+            }
+            d.object = Object::MemFile { ino, offset };
+            fs.close(key);
+        }
+        // The descriptors hold it now; the reference it was made with goes.
+        let _ = self.fs.release(ino);
+    }
+
+    /// After a rename on `mount`: open host objects at `from` or below it are now at `to`.
+    fn move_host_paths(&mut self, mount: u32, from: &str, to: &str) {
+        if from == to {
+            return;
+        }
+        for d in self.fds.iter_mut().flatten() {
+            let (Object::HostFile { mount: m, path, .. } | Object::HostDir { mount: m, path, .. }) =
+                &mut d.object
+            else {
+                continue;
+            };
+            if *m != mount {
+                continue;
+            }
+            if path == from {
+                *path = to.to_string();
+            } else if let Some(rest) = path.strip_prefix(from)
+                && rest.starts_with('/')
+                && from != "."
+            {
+                *path = format!("{to}{rest}");
+            }
+        }
+    }
+
     /// The path below the mount root of `rel` taken from the directory `base`, lexically.
     /// Only used to reopen host objects after a restore; lookups go through the host's handle.
     fn join(base: &str, rel: &str) -> String {
@@ -1356,8 +1490,14 @@ impl Kernel {
                 Ok(self.fs.unlink(r.dir, &name, now)?)
             }
             at @ DirAt::Host { .. } => {
+                let held = at
+                    .host_target(path)
+                    .map(|(mount, full)| self.hold_host_files(mount, &full, host))
+                    .unwrap_or_default();
                 let obj = at.host_obj().ok_or(Errno::Badf)?;
-                Ok(host.host_fs().ok_or(Errno::Badf)?.unlink_at(obj, path)?)
+                host.host_fs().ok_or(Errno::Badf)?.unlink_at(obj, path)?;
+                self.keep_unlinked(held, host);
+                Ok(())
             }
         }
     }
@@ -1505,10 +1645,21 @@ impl Kernel {
                 let (Some(oo), Some(no)) = (o.host_obj(), n.host_obj()) else {
                     return Err(Errno::Badf);
                 };
-                Ok(host
-                    .host_fs()
+                let targets = o.host_target(old_path).zip(n.host_target(new_path));
+                let held = targets
+                    .as_ref()
+                    .map(|((mount, _), (_, to))| self.hold_host_files(*mount, to, host))
+                    .unwrap_or_default();
+                host.host_fs()
                     .ok_or(Errno::Badf)?
-                    .rename_at(oo, old_path, no, new_path)?)
+                    .rename_at(oo, old_path, no, new_path)?;
+                // What the new name held is gone: first keep the open files it leaves without
+                // a name, then move the paths of what was renamed.
+                self.keep_unlinked(held, host);
+                if let Some(((mount, from), (_, to))) = targets {
+                    self.move_host_paths(mount, &from, &to);
+                }
+                Ok(())
             }
             _ => Err(Errno::Xdev),
         }

@@ -344,3 +344,95 @@ fn a_sleep_cut_short_is_finished_before_the_next_call() {
     tabi_libos::p1::sched_yield(&mut k, &mut third, &mut memory).unwrap();
     assert_eq!(third.ns, 500);
 }
+
+/// A host file the guest renamed (or whose directory it renamed) while it was open reopens
+/// under its new name after a restore, and one it unlinked (or renamed another file over) while
+/// open keeps its contents, in memory, since no name on the host reaches it any more.
+#[test]
+fn host_files_renamed_or_unlinked_while_open_survive_a_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("d")).unwrap();
+    std::fs::create_dir(tmp.path().join("e")).unwrap();
+    std::fs::write(tmp.path().join("d/keep.txt"), b"kept").unwrap();
+    std::fs::write(tmp.path().join("w.txt"), b"old contents").unwrap();
+    std::fs::write(tmp.path().join("new.txt"), b"new contents").unwrap();
+    let host_for = || {
+        let mut host = StdHost::new();
+        host.stdout = Stdio::Null;
+        assert_eq!(host.fs.grant(tmp.path()).unwrap(), 0);
+        host
+    };
+    let mut host = host_for();
+    let mut k = Kernel::new();
+    let dir = k.mount_host("/h", 0).unwrap();
+    let open = |k: &mut Kernel, host: &mut StdHost, path: &str| {
+        let opts = OpenOptions {
+            create: true,
+            rights: rights::FILE,
+            inheriting: 0,
+            ..Default::default()
+        };
+        k.open_at(dir, path, opts, host).unwrap()
+    };
+    let scratch = open(&mut k, &mut host, "d/tmp.bin");
+    let scratch2 = open(&mut k, &mut host, "d/./tmp.bin");
+    k.write(scratch, b"scratch data", None, &mut host).unwrap();
+    let moved = open(&mut k, &mut host, "d/other.txt");
+    k.write(moved, b"moved", None, &mut host).unwrap();
+    let kept = open(&mut k, &mut host, "d/keep.txt");
+    let victim = open(&mut k, &mut host, "w.txt");
+    let late = open(&mut k, &mut host, "late.txt");
+    k.write(late, b"late", None, &mut host).unwrap();
+
+    k.unlink_file_at(dir, "d/tmp.bin", &mut host).unwrap();
+    k.rename_at(dir, "d/other.txt", dir, "e/moved.txt", &mut host)
+        .unwrap();
+    k.rename_at(dir, "d", dir, "d2", &mut host).unwrap();
+    k.rename_at(dir, "new.txt", dir, "w.txt", &mut host)
+        .unwrap();
+    // The same file is read and written the same way before the restore.
+    k.write(scratch, b"!", None, &mut host).unwrap();
+
+    drop(host);
+    let mut k = roundtrip(&k);
+    let mut host = host_for();
+    let whole = |k: &mut Kernel, fd: u32, host: &mut StdHost| {
+        k.seek(fd, 0, tabi_libos::abi::whence::SET, host).unwrap();
+        let mut buf = vec![0u8; 64];
+        let n = k.read(fd, &mut buf, None, host).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    // Unlinked after the restore, before anything used it (so before its host handle was
+    // reopened).
+    k.unlink_file_at(dir, "late.txt", &mut host).unwrap();
+    assert_eq!(whole(&mut k, late, &mut host), "late");
+    assert_eq!(whole(&mut k, scratch, &mut host), "scratch data!");
+    assert_eq!(whole(&mut k, scratch2, &mut host), "scratch data!");
+    assert_eq!(whole(&mut k, moved, &mut host), "moved");
+    assert_eq!(whole(&mut k, kept, &mut host), "kept");
+    assert_eq!(whole(&mut k, victim, &mut host), "old contents");
+
+    // Writes after the restore land where they belong: in the renamed host file, and nowhere
+    // on the host for the unlinked one.
+    k.write(moved, b" again", None, &mut host).unwrap();
+    k.write(scratch, b"?", None, &mut host).unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("e/moved.txt")).unwrap(),
+        b"moved again"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("w.txt")).unwrap(),
+        b"new contents"
+    );
+    assert!(!tmp.path().join("d2/tmp.bin").exists());
+    assert!(!tmp.path().join("d/tmp.bin").exists());
+    assert_eq!(whole(&mut k, scratch2, &mut host), "scratch data!?");
+    for fd in [scratch, scratch2, moved, kept, victim, late] {
+        k.close(fd, &mut host).unwrap();
+    }
+    assert_eq!(
+        k.fs().inode_count(),
+        0,
+        "the unlinked file is freed on close"
+    );
+}

@@ -234,6 +234,15 @@ impl MemFs {
         ino
     }
 
+    /// Makes a new, empty regular file that no directory names, held by one open reference (see
+    /// [`MemFs::release`]): the in-memory home of a file that lost its last name while open.
+    pub fn new_unlinked_file(&mut self, now: u64) -> Ino {
+        let mut inode = Inode::new(Node::File(Vec::new()), now);
+        inode.nlink = 0;
+        inode.open = 1;
+        self.alloc(inode)
+    }
+
     /// The inode at `ino`.
     pub fn inode(&self, ino: Ino) -> FsResult<&Inode> {
         self.nodes

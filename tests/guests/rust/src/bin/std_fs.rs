@@ -85,6 +85,30 @@ fn main() {
     fs::remove_dir(base.join("empty")).unwrap();
     assert!(fs::remove_dir(base.join("a")).is_err());
     assert_eq!(fs::metadata(base.join("hard.txt")).unwrap().len(), 14);
+    // Open files go on working when they are unlinked, renamed (or their directory is), or
+    // replaced by another file: across a migration too.
+    let mut scratch = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(base.join("scratch.tmp")).unwrap();
+    scratch.write_all(b"scratch").unwrap();
+    fs::remove_file(base.join("scratch.tmp")).unwrap();
+    let mut walker = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(base.join("a/b/walk.txt")).unwrap();
+    walker.write_all(b"walk").unwrap();
+    fs::rename(base.join("a/b"), base.join("a/bb")).unwrap();
+    fs::write(base.join("fresh.txt"), b"fresh").unwrap();
+    let mut replaced = fs::File::open(base.join("a/file02.txt")).unwrap();
+    fs::rename(base.join("fresh.txt"), base.join("a/file02.txt")).unwrap();
+    scratch.write_all(b"!").unwrap();
+    walker.write_all(b"ed").unwrap();
+    let mut text = String::new();
+    scratch.seek(SeekFrom::Start(0)).unwrap();
+    scratch.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "scratch!");
+    text.clear();
+    replaced.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "line 2\n".repeat(3));
+    assert_eq!(fs::read(base.join("a/bb/walk.txt")).unwrap(), b"walked");
+    assert!(!base.join("scratch.tmp").exists());
+    drop((scratch, walker, replaced));
+    fs::rename(base.join("a/bb"), base.join("a/b")).unwrap();
     // Errors surface as io::ErrorKind.
     assert_eq!(fs::read(base.join("nope")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
     assert_eq!(fs::create_dir(base.join("a")).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
