@@ -1092,9 +1092,10 @@ impl Kernel {
         fds
     }
 
-    /// Open host files (`fds`, from [`Kernel::hold_host_files`]) whose path has just lost its name (by an
-    /// unlink or a rename over it): if the file has no name left at all, they become one
-    /// in-memory file holding its contents, since no path could reopen it after a restore.
+    /// Open host files (`fds`, from [`Kernel::hold_host_files`]) whose path has just lost its
+    /// name (by an unlink or a rename over it): if the file has no name left at all, they
+    /// become one in-memory file holding its contents, since no path could reopen it after a
+    /// restore.
     /// A file that keeps another hard link stays on the host; one too large for the in-memory
     /// file system's limit stays on the host too, and a restore cannot reopen it.
     fn keep_unlinked(&mut self, fds: Vec<u32>, host: &mut dyn Host) {
