@@ -701,6 +701,17 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
     Ok(Driven::Exit(Exit::Code(0)))
 }
 
+/// A session asked for, when the guest's run already ended as its instance was made (in its
+/// start function): the error both adapters' `session` give.
+pub fn session_or_error<S>(begun: Result<S, crate::engine::Finished>) -> Result<S, EngineError> {
+    begun.map_err(|f| {
+        EngineError::Engine(alloc::format!(
+            "the guest's run ended as its instance was made: {:?}",
+            f.exit
+        ))
+    })
+}
+
 /// Runs an instrumented guest the way a plain run would: from the start, never pausing on its
 /// own, and going on at once past a safepoint's yield or a checkpoint the guest asks for.
 /// `run_with` is an adapter session's `run_with`.

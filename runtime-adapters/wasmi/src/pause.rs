@@ -27,12 +27,7 @@ impl Wasmi {
         control: PauseControl,
         points: Points,
     ) -> Result<Session, EngineError> {
-        self.begin(module, process, control, points)?.map_err(|f| {
-            EngineError::Engine(format!(
-                "the guest's run ended as its instance was made: {:?}",
-                f.exit
-            ))
-        })
+        machine::session_or_error(self.begin(module, process, control, points)?)
     }
 
     /// [`Wasmi::session`]; `Ok(Err(finished))` when the run ended while the instance was made
