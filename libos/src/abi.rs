@@ -82,6 +82,8 @@ pub mod rights {
     pub const ANY_READ: u64 = FD_READ | FD_READDIR;
     /// Rights that let an open file be written.
     pub const ANY_WRITE: u64 = FD_WRITE | FD_DATASYNC | FD_ALLOCATE | FD_FILESTAT_SET_SIZE;
+    /// Rights of a file that only a descriptor open for writing has.
+    pub const WRITE_ONLY: u64 = FD_WRITE | FD_ALLOCATE | FD_FILESTAT_SET_SIZE;
 }
 
 /// Descriptor flags (`fdflags`).

@@ -16,7 +16,8 @@ use crate::abi::{fdflags, rights};
 use crate::errno::Errno;
 use crate::host::Host;
 use tabi_vfs::{
-    DirEntry, FileType, FsError, HostObj, HostOpen, Ino, MemFs, NAME_MAX, SetTime, Stat,
+    DirEntry, FileType, FsError, HostFs, HostObj, HostOpen, Ino, MAX_SYMLINKS, MemFs, NAME_MAX,
+    SetTime, Stat,
 };
 
 /// The object a descriptor refers to.
@@ -262,9 +263,12 @@ pub struct OpenOptions {
     pub truncate: bool,
     /// Fail unless it is a directory.
     pub directory: bool,
-    /// Rights asked for the new descriptor.
+    /// Rights asked for the new descriptor. Only its access mode follows from them (read
+    /// with `FD_READ` or `FD_READDIR`, write with a right that changes the file); the
+    /// descriptor then holds every right its kind and access allow that the directory passes on.
     pub rights: u64,
-    /// Inheriting rights asked for the new descriptor.
+    /// Inheriting rights asked for. A directory opened through another inherits that one's
+    /// inheriting rights whatever is asked, and a file has none.
     pub inheriting: u64,
     /// Descriptor flags of the new descriptor.
     pub flags: u16,
@@ -772,10 +776,15 @@ impl Kernel {
             }
             Object::MemDir { .. } | Object::HostDir { .. } => Err(Errno::IsDir),
             &Object::MemFile { ino, offset } => {
+                if data.is_empty() {
+                    // Writing nothing neither moves nor grows anything, even past the end.
+                    return Ok(0);
+                }
                 let now = self.fs_now(host);
+                // With `APPEND` every write goes to the end, a positioned one too (as on Linux).
                 let pos = match at {
+                    _ if append => self.fs.contents(ino)?.len() as u64,
                     Some(p) => p,
-                    None if append => self.fs.contents(ino)?.len() as u64,
                     None => offset,
                 };
                 let n = self.fs.write_at(ino, pos, data, now)?;
@@ -790,9 +799,12 @@ impl Kernel {
                 let offset = *offset;
                 let obj = d.object.host_obj().ok_or(Errno::Badf)?;
                 let fs = host.host_fs().ok_or(Errno::Badf)?;
+                if data.is_empty() {
+                    return Ok(0);
+                }
                 let pos = match at {
+                    _ if append => fs.stat(obj)?.size,
                     Some(p) => p,
-                    None if append => fs.stat(obj)?.size,
                     None => offset,
                 };
                 let n = fs.write_at(obj, pos, data)?;
@@ -1226,6 +1238,31 @@ impl Kernel {
         Ok(())
     }
 
+    /// With `SYMLINK_FOLLOW`, the path `path_link` links on a host mount: the host links a
+    /// symlink itself, so the final symlinks are followed here, each target read relative to
+    /// the link's directory (the host still keeps every step inside the mount).
+    fn host_link_source(
+        fs: &mut dyn HostFs,
+        dir: HostObj<'_>,
+        path: &str,
+    ) -> Result<String, Errno> {
+        let mut source = path.to_string();
+        for _ in 0..MAX_SYMLINKS {
+            if fs.stat_at(dir, &source, false)?.filetype != FileType::SymbolicLink {
+                return Ok(source);
+            }
+            let target = fs.readlink_at(dir, &source)?;
+            if target.starts_with('/') {
+                return Err(Errno::Perm);
+            }
+            source = match source.trim_end_matches('/').rsplit_once('/') {
+                Some((parent, _)) => format!("{parent}/{target}"),
+                None => target,
+            };
+        }
+        Err(Errno::Loop)
+    }
+
     /// Opens `path` relative to the directory `fd`; returns the new descriptor.
     pub fn open_at(
         &mut self,
@@ -1242,13 +1279,19 @@ impl Kernel {
         if opts.create {
             needed |= rights::PATH_CREATE_FILE;
         }
-        if opts.truncate {
-            needed |= rights::PATH_FILESTAT_SET_SIZE;
-        }
         let at = self.dir_at(fd, needed)?;
-        let parent_inheriting = self.get(fd)?.inheriting;
-        let wants_read = opts.rights & rights::ANY_READ != 0;
-        let wants_write = opts.rights & rights::ANY_WRITE != 0;
+        let parent = self.get(fd)?;
+        // Truncating through a path is what `PATH_FILESTAT_SET_SIZE` grants; without it the
+        // open is not permitted, as `open(O_TRUNC)` on a file one may not shorten.
+        if opts.truncate && parent.rights & rights::PATH_FILESTAT_SET_SIZE == 0 {
+            return Err(Errno::Perm);
+        }
+        let parent_inheriting = parent.inheriting;
+        // The rights asked for decide only the access mode, as in wasmtime's WASI and
+        // wasi-libc's reading of them: the new descriptor gets every right its kind and
+        // access allow, within what the directory passes on.
+        let wants_read = opts.rights & parent_inheriting & rights::ANY_READ != 0;
+        let wants_write = opts.rights & parent_inheriting & rights::ANY_WRITE != 0;
         if opts.directory && (opts.create || opts.truncate) {
             return Err(Errno::Inval);
         }
@@ -1339,15 +1382,22 @@ impl Kernel {
             }
         };
         let is_dir = matches!(object, Object::MemDir { .. } | Object::HostDir { .. });
-        let valid = if is_dir {
-            rights::DIRECTORY
+        let (base, inheriting) = if is_dir {
+            (rights::DIRECTORY, parent_inheriting)
         } else {
-            rights::FILE
+            let mut base = rights::FILE;
+            if !wants_read {
+                base &= !rights::FD_READ;
+            }
+            if !wants_write {
+                base &= !rights::WRITE_ONLY;
+            }
+            (base, 0)
         };
         let desc = Descriptor {
             object,
-            rights: opts.rights & parent_inheriting & valid,
-            inheriting: opts.inheriting & parent_inheriting,
+            rights: base & parent_inheriting,
+            inheriting,
             flags: opts.flags,
             read: wants_read || is_dir,
             write: wants_write && !is_dir,
@@ -1513,11 +1563,21 @@ impl Kernel {
     ) -> Result<(), Errno> {
         Self::check_path(path)?;
         Self::check_path(target)?;
+        if target.starts_with('/') {
+            // No lookup inside the sandbox could follow it; hosts refuse it too.
+            return Err(Errno::Perm);
+        }
         match self.dir_at(fd, rights::PATH_SYMLINK)? {
             DirAt::Mem(dir) => {
                 let r = self.fs.resolve(dir, path, false)?;
-                if r.must_be_dir && r.ino.is_none() {
-                    return Err(Errno::NoEnt);
+                if r.must_be_dir {
+                    return Err(match r.ino {
+                        None => Errno::NoEnt,
+                        Some(ino) if self.fs.inode(ino)?.filetype() == FileType::Directory => {
+                            Errno::Exist
+                        }
+                        Some(_) => Errno::NotDir,
+                    });
                 }
                 let name = r.new_name()?.to_string();
                 let now = self.fs_now(host);
@@ -1594,10 +1654,13 @@ impl Kernel {
                 let (Some(oo), Some(no)) = (o.host_obj(), n.host_obj()) else {
                     return Err(Errno::Badf);
                 };
-                Ok(host
-                    .host_fs()
-                    .ok_or(Errno::Badf)?
-                    .link_at(oo, old_path, no, new_path)?)
+                let fs = host.host_fs().ok_or(Errno::Badf)?;
+                let source = if follow {
+                    Self::host_link_source(fs, oo, old_path)?
+                } else {
+                    old_path.to_string()
+                };
+                Ok(fs.link_at(oo, &source, no, new_path)?)
             }
             _ => Err(Errno::Xdev),
         }

@@ -937,20 +937,17 @@ mod poll {
                 }
                 eventtype::FD_READ | eventtype::FD_WRITE => {
                     let fd = s.read_u32(16)?;
-                    let (error, nbytes) = match k.get(fd) {
+                    // A descriptor that is not open fails the whole call, as in wasmtime.
+                    let d = k.get(fd)?;
+                    let (error, nbytes) = match d.require(rights::POLL_FD_READWRITE) {
                         Err(e) => (e, 0),
-                        Ok(d) => match d.require(rights::POLL_FD_READWRITE) {
-                            Err(e) => (e, 0),
-                            Ok(()) => match (&d.object, tag) {
-                                (Object::MemFile { ino, offset }, eventtype::FD_READ) => {
-                                    let size = k.fs().stat(*ino).map(|st| st.size).unwrap_or(0);
-                                    (Errno::Success, size.saturating_sub(*offset))
-                                }
-                                (Object::MemDir { .. } | Object::HostDir { .. }, _) => {
-                                    (Errno::Badf, 0)
-                                }
-                                _ => (Errno::Success, 0),
-                            },
+                        Ok(()) => match (&d.object, tag) {
+                            (Object::MemFile { ino, offset }, eventtype::FD_READ) => {
+                                let size = k.fs().stat(*ino).map(|st| st.size).unwrap_or(0);
+                                (Errno::Success, size.saturating_sub(*offset))
+                            }
+                            (Object::MemDir { .. } | Object::HostDir { .. }, _) => (Errno::Badf, 0),
+                            _ => (Errno::Success, 0),
                         },
                     };
                     ready.push(Event {

@@ -225,9 +225,11 @@ impl HostFs for CapStdFs {
         check_rel(path)?;
         let d = self.dir(dir)?;
         let mut o = OpenOptions::new();
+        // Truncating needs a writable handle on the host even when the guest only truncates
+        // through the path; the descriptor's own access still decides what the guest may do.
         o.read(true)
-            .write(how.write)
-            .truncate(how.truncate && how.write)
+            .write(how.write || how.truncate)
+            .truncate(how.truncate)
             .follow(if how.follow {
                 FollowSymlinks::Yes
             } else {
@@ -250,9 +252,6 @@ impl HostFs for CapStdFs {
         let meta = file.metadata().map_err(map_err)?;
         if how.directory && !meta.is_dir() {
             return Err(FsError::NotDir);
-        }
-        if how.truncate && !how.write && meta.is_file() {
-            file.set_len(0).map_err(map_err)?;
         }
         let kind = filetype_of(meta.file_type());
         let handle = if meta.is_dir() {
