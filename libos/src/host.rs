@@ -35,6 +35,13 @@ pub trait Host {
         self.sleep_ns(ns);
         true
     }
+    /// Whether the host's standard stream `fd` (0, 1 or 2) is a terminal. The guest sees a
+    /// terminal as a character device (so `isatty` is true) and anything else as a stream of
+    /// unknown kind, as on wasmtime.
+    fn stdio_is_terminal(&mut self, fd: u32) -> bool {
+        let _ = fd;
+        false
+    }
     /// Lets other threads run.
     fn yield_now(&mut self) {}
     /// The granted host directories, if any.
@@ -196,6 +203,22 @@ mod std_host {
                 }
                 std::thread::sleep((end - now).min(SLICE));
             }
+        }
+
+        fn stdio_is_terminal(&mut self, fd: u32) -> bool {
+            use std::io::IsTerminal;
+            let stream = match fd {
+                0 => &self.stdin,
+                1 => &self.stdout,
+                2 => &self.stderr,
+                _ => return false,
+            };
+            matches!(stream, Stdio::Inherit)
+                && match fd {
+                    0 => std::io::stdin().is_terminal(),
+                    1 => std::io::stdout().is_terminal(),
+                    _ => std::io::stderr().is_terminal(),
+                }
         }
 
         fn yield_now(&mut self) {

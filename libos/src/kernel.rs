@@ -865,6 +865,22 @@ impl Kernel {
         Ok(new)
     }
 
+    /// What a standard stream is to the guest: a character device when the host's stream is a
+    /// terminal, else a stream of unknown kind. A deterministic run never sees a terminal, so
+    /// that it prints the same bytes wherever it runs.
+    fn stdio_filetype(&self, object: &Object, host: &mut dyn Host) -> FileType {
+        let stream = match object {
+            Object::Stdin => 0,
+            Object::Stdout => 1,
+            _ => 2,
+        };
+        if !matches!(self.clocks, Clocks::Virtual { .. }) && host.stdio_is_terminal(stream) {
+            FileType::CharacterDevice
+        } else {
+            FileType::Unknown
+        }
+    }
+
     /// Attributes of the object `fd` refers to.
     pub fn stat(&mut self, fd: u32, host: &mut dyn Host) -> Result<Stat, Errno> {
         let d = self.get(fd)?;
@@ -873,7 +889,7 @@ impl Kernel {
             Object::Stdin | Object::Stdout | Object::Stderr => Ok(Stat {
                 dev: 0,
                 ino: 0,
-                filetype: FileType::CharacterDevice,
+                filetype: self.stdio_filetype(&d.object, host),
                 nlink: 0,
                 size: 0,
                 atim: 0,
@@ -892,7 +908,7 @@ impl Kernel {
     pub fn filetype(&mut self, fd: u32, host: &mut dyn Host) -> Result<FileType, Errno> {
         let d = self.get(fd)?;
         Ok(match &d.object {
-            Object::Stdin | Object::Stdout | Object::Stderr => FileType::CharacterDevice,
+            Object::Stdin | Object::Stdout | Object::Stderr => self.stdio_filetype(&d.object, host),
             Object::MemDir { .. } | Object::HostDir { .. } => FileType::Directory,
             Object::MemFile { ino, .. } => self.fs.inode(*ino)?.filetype(),
             Object::HostFile { .. } => {

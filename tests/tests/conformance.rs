@@ -317,3 +317,58 @@ fn poll_on_a_closed_descriptor_fails_the_whole_call() {
         assert_eq!(errno, Ok(i32::from(Errno::Badf.raw())), "{name}");
     }
 }
+
+/// A host whose standard output is a terminal, and nothing else about it.
+struct TerminalOut(StdHost);
+
+impl tabi_libos::Host for TerminalOut {
+    fn wall_clock_ns(&mut self) -> u64 {
+        self.0.wall_clock_ns()
+    }
+    fn monotonic_ns(&mut self) -> u64 {
+        self.0.monotonic_ns()
+    }
+    fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), Errno> {
+        self.0.random_bytes(buf)
+    }
+    fn stdin_read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.0.stdin_read(buf)
+    }
+    fn stdout_write(&mut self, buf: &[u8]) -> Result<(), Errno> {
+        self.0.stdout_write(buf)
+    }
+    fn stderr_write(&mut self, buf: &[u8]) -> Result<(), Errno> {
+        self.0.stderr_write(buf)
+    }
+    fn sleep_ns(&mut self, ns: u64) {
+        self.0.sleep_ns(ns)
+    }
+    fn stdio_is_terminal(&mut self, fd: u32) -> bool {
+        fd == 1
+    }
+}
+
+#[test]
+fn standard_streams_are_terminals_only_when_the_hosts_are() {
+    use tabi_libos::Host;
+    let mut k = Kernel::new();
+    let mut host = StdHost::new();
+    host.stdin = Stdio::Null;
+    host.stdout = Stdio::Null;
+    host.stderr = Stdio::Null;
+    // Redirected or captured streams are not terminals: `isatty` in the guest is false.
+    for fd in 0..3 {
+        assert!(!host.stdio_is_terminal(fd));
+        assert_eq!(k.filetype(fd, &mut host), Ok(FileType::Unknown));
+    }
+    let mut tty = TerminalOut(host);
+    assert_eq!(k.filetype(1, &mut tty), Ok(FileType::CharacterDevice));
+    assert_eq!(
+        k.stat(1, &mut tty).unwrap().filetype,
+        FileType::CharacterDevice
+    );
+    assert_eq!(k.filetype(2, &mut tty), Ok(FileType::Unknown));
+    // A deterministic run prints the same bytes anywhere, so it never sees a terminal.
+    k.set_deterministic(1);
+    assert_eq!(k.filetype(1, &mut tty), Ok(FileType::Unknown));
+}
