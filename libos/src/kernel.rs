@@ -921,10 +921,10 @@ impl Kernel {
     /// Sets the size of the file `fd` refers to.
     pub fn set_size(&mut self, fd: u32, size: u64, host: &mut dyn Host) -> Result<(), Errno> {
         let d = self.get(fd)?;
-        d.require(rights::FD_FILESTAT_SET_SIZE)?;
         if d.is_dir() {
-            return Err(Errno::IsDir);
+            return Err(Errno::Badf);
         }
+        d.require(rights::FD_FILESTAT_SET_SIZE)?;
         if !d.write {
             return Err(Errno::Badf);
         }
@@ -953,10 +953,10 @@ impl Kernel {
         host: &mut dyn Host,
     ) -> Result<(), Errno> {
         let d = self.get(fd)?;
-        d.require(rights::FD_ALLOCATE)?;
         if d.is_dir() {
-            return Err(Errno::IsDir);
+            return Err(Errno::Badf);
         }
+        d.require(rights::FD_ALLOCATE)?;
         if !d.write {
             return Err(Errno::Badf);
         }
@@ -1014,7 +1014,9 @@ impl Kernel {
     /// Flushes `fd` to stable storage (a no-op for in-memory objects).
     pub fn sync(&mut self, fd: u32, data_only: bool, host: &mut dyn Host) -> Result<(), Errno> {
         let d = self.get(fd)?;
-        d.require(if data_only {
+        // A directory syncs its entries (what makes a rename durable); it has no data of its
+        // own to sync apart from them, so `fd_datasync` on it is `fd_sync`.
+        d.require(if data_only && !d.is_dir() {
             rights::FD_DATASYNC
         } else {
             rights::FD_SYNC
@@ -1307,7 +1309,14 @@ impl Kernel {
         // wasi-libc's reading of them: the new descriptor gets every right its kind and
         // access allow, within what the directory passes on.
         let wants_read = opts.rights & parent_inheriting & rights::ANY_READ != 0;
-        let wants_write = opts.rights & parent_inheriting & rights::ANY_WRITE != 0;
+        // With `O_DIRECTORY` only `FD_WRITE` asks for writing: rights such as `FD_DATASYNC`
+        // come along with reading a directory in some guests, and opening one for reading works.
+        let write_rights = if opts.directory {
+            rights::FD_WRITE
+        } else {
+            rights::ANY_WRITE
+        };
+        let wants_write = opts.rights & parent_inheriting & write_rights != 0;
         if opts.directory && (opts.create || opts.truncate) {
             return Err(Errno::Inval);
         }

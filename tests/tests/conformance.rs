@@ -372,3 +372,56 @@ fn standard_streams_are_terminals_only_when_the_hosts_are() {
     k.set_deterministic(1);
     assert_eq!(k.filetype(1, &mut tty), Ok(FileType::Unknown));
 }
+
+#[test]
+fn a_directory_refuses_file_data_operations() {
+    for (name, mut s) in Scratch::both() {
+        let dir = s.dir;
+        let mut buf = [0u8; 8];
+        // POSIX `read(2)` on a directory (wasmtime's WASI answers EBADF; both are allowed by
+        // the WASI test suite).
+        assert_eq!(
+            s.k.read(dir, &mut buf, None, &mut s.host),
+            Err(Errno::IsDir),
+            "{name}"
+        );
+        assert_eq!(
+            s.k.read(dir, &mut buf, Some(0), &mut s.host),
+            Err(Errno::IsDir)
+        );
+        assert_eq!(
+            s.k.write(dir, b"x", None, &mut s.host),
+            Err(Errno::IsDir),
+            "{name}"
+        );
+        assert_eq!(s.k.seek(dir, 0, whence::CUR, &mut s.host), Err(Errno::Badf));
+        // Resizing is `EBADF` as on POSIX (a directory is never open for writing).
+        assert_eq!(
+            s.k.set_size(dir, 0, &mut s.host),
+            Err(Errno::Badf),
+            "{name}"
+        );
+        assert_eq!(
+            s.k.allocate(dir, 0, 1, &mut s.host),
+            Err(Errno::Badf),
+            "{name}"
+        );
+        // Syncing a directory is what makes a rename in it durable: it works, data-only too.
+        assert_eq!(s.k.sync(dir, false, &mut s.host), Ok(()), "{name}");
+        assert_eq!(s.k.sync(dir, true, &mut s.host), Ok(()), "{name}");
+        // A directory asked for with rights that only come along with writing still opens.
+        let all_but_write = rights::ALL & !rights::FD_WRITE;
+        let opts = OpenOptions {
+            directory: true,
+            rights: all_but_write,
+            ..Default::default()
+        };
+        assert!(s.open(".", opts).is_ok(), "{name}");
+        let opts = OpenOptions {
+            directory: true,
+            rights: rights::FD_READ | rights::FD_WRITE,
+            ..Default::default()
+        };
+        assert_eq!(s.open(".", opts), Err(Errno::IsDir), "{name}");
+    }
+}
