@@ -370,6 +370,16 @@ fn migrate_test_command_reports_success() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
 }
 
+/// Real clocks, a checkpoint after every migration point and a fresh host for each part: the
+/// C guest checks that a 1 ms sleep lasted at least 1 ms by its monotonic clock, also when it
+/// moved right after sleeping.
+#[test]
+fn migrate_test_keeps_the_time_slept_across_moves() {
+    let out = run(&["migrate-test", "--mem-dir", "/sandbox", guests::POSIX]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
+}
+
 /// Runs `tabi run --safepoints --checkpoint-on-signal [extra] --snapshot FILE COMPUTE args`
 /// and sends it SIGUSR1 every `every_ms` until it ends. Returns its output and how many
 /// signals were sent. The handler is installed before anything else, so an early signal is

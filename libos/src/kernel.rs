@@ -167,7 +167,9 @@ pub enum Clocks {
     /// to another host (whose monotonic clock has another origin, often a later start): a
     /// reading is the host's plus `offset_ns` (wrapping), and a reading below `last_ns` moves
     /// the offset so that the clock carries on from `last_ns`. The time a guest spends
-    /// checkpointed is thus not counted, as with CRIU's time namespaces.
+    /// checkpointed is thus not counted, as with CRIU's time namespaces. The clock is also read
+    /// when a sleep ends and when the guest pauses ([`Kernel::note_pause`]), so that `last_ns`
+    /// is the moment of the pause and the time slept or run before it counts after the move.
     HostCarried {
         /// Added to the host's reading, wrapping.
         offset_ns: u64,
@@ -607,6 +609,15 @@ impl Kernel {
         }
     }
 
+    /// Called as the guest pauses for a checkpoint: reads the monotonic clock, so that the
+    /// time the guest ran since its last reading counts after the resume (the clock carries on
+    /// from the pause, not from the guest's last look at it).
+    pub fn note_pause(&mut self, host: &mut dyn Host) {
+        if let Clocks::HostCarried { .. } = self.clocks {
+            self.monotonic_now(host);
+        }
+    }
+
     /// Resolution of the clocks, ns.
     pub fn clock_resolution(&self, host: &mut dyn Host) -> u64 {
         match &self.clocks {
@@ -625,12 +636,12 @@ impl Kernel {
         match &mut self.clocks {
             Clocks::Host | Clocks::HostCarried { .. } => {
                 let start = self.monotonic_now(host);
-                if !host.sleep_unless_woken_ns(ns) {
-                    // Read the clock so that the part slept counts where the guest resumes.
-                    self.monotonic_now(host);
-                    if let Clocks::HostCarried { owed_until, .. } = &mut self.clocks {
-                        *owed_until = Some(start.saturating_add(ns));
-                    }
+                let slept_all = host.sleep_unless_woken_ns(ns);
+                // Read the clock so that the time slept counts where the guest resumes: a
+                // guest that slept 5 ms must see 5 ms pass on the next host too.
+                self.monotonic_now(host);
+                if !slept_all && let Clocks::HostCarried { owed_until, .. } = &mut self.clocks {
+                    *owed_until = Some(start.saturating_add(ns));
                 }
             }
             Clocks::Virtual {

@@ -244,6 +244,8 @@ pub trait Machine {
     /// The memories of the original module (exports [`memory_export`] 0, 1, …) and the
     /// process, borrowed together while the instance is paused.
     fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &crate::engine::Process), EngineError>;
+    /// The process (kernel and host), to change between calls.
+    fn process_mut(&mut self) -> &mut crate::engine::Process;
 
     /// Each function of [`FUNCS_TABLE`] by its key, to the first index it holds.
     fn funcs_index(&mut self) -> Result<alloc::collections::BTreeMap<String, u32>, EngineError> {
@@ -690,6 +692,8 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
             };
             if let Some(reason) = reason {
                 m.set_i32(STATE_GLOBAL, NORMAL)?;
+                let process = m.process_mut();
+                process.kernel.note_pause(&mut *process.host);
                 let state = m.capture_but_memories(entry)?;
                 return Ok(Driven::Paused(state, reason));
             }

@@ -300,6 +300,30 @@ fn the_monotonic_clock_carries_on_across_hosts() {
     assert_eq!(k.monotonic_now(&mut third), t + 50);
 }
 
+/// Time the guest spent asleep, or running since it last read the clock, counts after a
+/// move: a guest that read the clock, slept 5 ms and moved before reading it again sees at
+/// least 5 ms pass.
+#[test]
+fn time_slept_or_run_before_a_pause_counts_after_the_move() {
+    let mut k = Kernel::new();
+    let mut first = Clock::at(1_000);
+    let before = k.monotonic_now(&mut first);
+    k.sleep(5_000_000, &mut first);
+    let mut k = roundtrip(&k);
+    let mut second = Clock::at(7);
+    let after = k.monotonic_now(&mut second);
+    assert!(after - before >= 5_000_000, "{before} -> {after}");
+
+    // Running (no clock call) until the pause: the pause reads the clock for the guest.
+    let mut third = Clock::at(0);
+    let t0 = k.monotonic_now(&mut third);
+    third.ns += 2_000_000;
+    k.note_pause(&mut third);
+    let mut k = roundtrip(&k);
+    let t1 = k.monotonic_now(&mut Clock::at(3));
+    assert!(t1 - t0 >= 2_000_000, "{t0} -> {t1}");
+}
+
 /// A sleep the host cuts short (a checkpoint was asked for) returns at once, and the rest of
 /// it is slept before the guest's next call, on whichever host it resumes: by the guest's
 /// clock the sleep lasted what it asked, and no host slept more than its share.

@@ -183,6 +183,10 @@ impl Machine for Session {
         Ok(())
     }
 
+    fn process_mut(&mut self) -> &mut Process {
+        &mut self.store.data_mut().process
+    }
+
     fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &Process), EngineError> {
         let mut handles = Vec::new();
         while let Some(m) = self.instance.get_memory(

@@ -130,6 +130,11 @@ int main(int argc, char **argv) {
     check_int("clock_gettime", clock_gettime(CLOCK_MONOTONIC, &ts), 0);
     struct timespec nap = {.tv_sec = 0, .tv_nsec = 1000000};
     check_int("nanosleep", nanosleep(&nap, NULL), 0);
+    struct timespec woke;
+    clock_gettime(CLOCK_MONOTONIC, &woke);
+    long slept = (woke.tv_sec - ts.tv_sec) * 1000000000L + (woke.tv_nsec - ts.tv_nsec);
+    /* Also when the guest moves to another host right after the sleep. */
+    check_int("slept at least 1 ms", slept >= 1000000, 1);
     check_int("sched_yield", sched_yield(), 0);
     unsigned char rnd[16];
     check_int("getentropy", getentropy(rnd, sizeof rnd), 0);
