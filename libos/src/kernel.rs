@@ -276,6 +276,10 @@ pub struct OpenOptions {
     pub flags: u16,
 }
 
+/// Most directory entries [`Kernel::other_name`] looks at for another name of a host file the
+/// guest unlinked while open.
+const OTHER_NAME_SEARCH: usize = 100_000;
+
 /// Most descriptors a guest may hold open at once.
 pub const MAX_DESCRIPTORS: usize = 16 * 1024;
 
@@ -1137,8 +1141,9 @@ impl Kernel {
     /// name (by an unlink or a rename over it): if the file has no name left at all, they
     /// become one in-memory file holding its contents, since no path could reopen it after a
     /// restore.
-    /// A file that keeps another hard link stays on the host; one too large for the in-memory
-    /// file system's limit stays on the host too, and a restore cannot reopen it.
+    /// A file that keeps another hard link stays on the host, known from then on by that other
+    /// name when a search of the mount finds it ([`Kernel::other_name`]); one too large for the
+    /// in-memory file system's limit stays on the host too, and a restore cannot reopen it.
     fn keep_unlinked(&mut self, fds: Vec<u32>, host: &mut dyn Host) {
         let Some(&first) = fds.first() else {
             return;
@@ -1161,7 +1166,23 @@ impl Kernel {
         let Ok(stat) = fs.stat(obj) else {
             return;
         };
-        if stat.nlink != 0 || stat.filetype != FileType::RegularFile {
+        if stat.filetype != FileType::RegularFile {
+            return;
+        }
+        if stat.nlink != 0 {
+            let mount = *mount;
+            let keys = [self.new_key(), self.new_key()];
+            if let Some(other) = Self::other_name(fs, mount, &stat, keys) {
+                for fd in fds {
+                    if let Some(Descriptor {
+                        object: Object::HostFile { path, .. },
+                        ..
+                    }) = self.fds.get_mut(fd as usize).and_then(Option::as_mut)
+                    {
+                        *path = other.clone();
+                    }
+                }
+            }
             return;
         }
         if stat.size > self.fs.limit_bytes().saturating_sub(self.fs.used_bytes()) {
@@ -1207,6 +1228,51 @@ impl Kernel {
         }
         // The descriptors hold it now; the reference it was made with goes.
         let _ = self.fs.release(ino);
+    }
+
+    /// Another name of the host file `stat` describes within `mount`, found by walking the
+    /// mount (symlinks not followed) and checking each candidate's device and inode; `None`
+    /// when there is none or the walk gives up (after [`OTHER_NAME_SEARCH`] entries).
+    /// `keys` are two unused handle keys, for the root and the directory being listed.
+    fn other_name(fs: &mut dyn HostFs, mount: u32, stat: &Stat, keys: [u64; 2]) -> Option<String> {
+        let root = HostObj {
+            mount,
+            key: keys[0],
+            path: ".",
+        };
+        let mut dirs = vec![String::from(".")];
+        let mut seen = 0usize;
+        let mut found = None;
+        'walk: while let Some(dir) = dirs.pop() {
+            let listing = fs.read_dir(HostObj {
+                mount,
+                key: keys[1],
+                path: &dir,
+            });
+            fs.close(keys[1]);
+            for entry in listing.into_iter().flatten() {
+                seen += 1;
+                if seen > OTHER_NAME_SEARCH {
+                    break 'walk;
+                }
+                let path = Self::join(&dir, &entry.name);
+                match entry.filetype {
+                    FileType::Directory => dirs.push(path),
+                    FileType::RegularFile
+                        if entry.ino == stat.ino
+                            && fs
+                                .stat_at(root, &path, false)
+                                .is_ok_and(|s| s.dev == stat.dev && s.ino == stat.ino) =>
+                    {
+                        found = Some(path);
+                        break 'walk;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        fs.close(keys[0]);
+        found
     }
 
     /// After a rename on `mount`: open host objects at `from` or below it are now at `to`.
@@ -1542,13 +1608,66 @@ impl Kernel {
                 Ok(self.fs.rmdir(r.dir, &name, now)?)
             }
             at @ DirAt::Host { .. } => {
+                let target = at.host_target(path);
                 let obj = at.host_obj().ok_or(Errno::Badf)?;
-                Ok(host
-                    .host_fs()
-                    .ok_or(Errno::Badf)?
-                    .remove_dir_at(obj, path)?)
+                let fs = host.host_fs().ok_or(Errno::Badf)?;
+                let times = fs.stat_at(obj, path, false).ok();
+                fs.remove_dir_at(obj, path)?;
+                if let Some((mount, full)) = target {
+                    self.keep_removed_dirs(mount, &full, times, host);
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Open host directories at `path` of `mount`, which the guest just removed: no path can
+    /// reopen them after a restore, so they become one empty, removed in-memory directory
+    /// (where, as on the host, nothing can be created).
+    fn keep_removed_dirs(
+        &mut self,
+        mount: u32,
+        path: &str,
+        times: Option<Stat>,
+        host: &mut dyn Host,
+    ) {
+        let path = Self::join(".", path);
+        let held: Vec<u32> = self
+            .descriptors()
+            .filter_map(|(fd, d)| match &d.object {
+                Object::HostDir {
+                    mount: m, path: p, ..
+                } if *m == mount && Self::join(".", p) == path => Some(fd),
+                _ => None,
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let now = self.fs_now(host);
+        let ino = self.fs.new_removed_dir(now);
+        if let Some(st) = times {
+            let _ = self
+                .fs
+                .set_times(ino, SetTime::At(st.atim), SetTime::At(st.mtim), now);
+        }
+        for fd in held {
+            let Some(d) = self.fds.get_mut(fd as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let Object::HostDir { key, .. } = d.object else {
+                continue;
+            };
+            if self.fs.retain(ino).is_err() {
+                continue;
+            }
+            d.object = Object::MemDir { ino };
+            if let Some(fs) = host.host_fs() {
+                fs.close(key);
+            }
+        }
+        // The descriptors hold it now; the reference it was made with goes.
+        let _ = self.fs.release(ino);
     }
 
     /// Removes the non-directory at `path` relative to the directory `fd`.

@@ -460,3 +460,61 @@ fn host_files_renamed_or_unlinked_while_open_survive_a_restore() {
         "the unlinked file is freed on close"
     );
 }
+
+/// Two more host objects that lose their path while open: a file unlinked under one name that
+/// keeps another (it is known by that other name from then on), and a directory the guest
+/// removes (it becomes an empty, removed in-memory directory). Both survive a restore on a new
+/// host, where before the checkpoint was refused.
+#[test]
+fn a_file_with_another_link_and_a_removed_directory_survive_a_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("sub")).unwrap();
+    std::fs::write(tmp.path().join("sub/a"), b"linked").unwrap();
+    let host_for = || {
+        let mut host = StdHost::new();
+        host.stdout = Stdio::Null;
+        assert_eq!(host.fs.grant(tmp.path()).unwrap(), 0);
+        host
+    };
+    let mut host = host_for();
+    let mut k = Kernel::new();
+    let dir = k.mount_host("/h", 0).unwrap();
+    k.link_at(dir, "sub/a", false, dir, "b", &mut host).unwrap();
+    let opts = OpenOptions {
+        rights: rights::FILE,
+        ..Default::default()
+    };
+    let file = k.open_at(dir, "b", opts, &mut host).unwrap();
+    k.unlink_file_at(dir, "b", &mut host).unwrap();
+    k.create_dir_at(dir, "gone", &mut host).unwrap();
+    let opts = OpenOptions {
+        directory: true,
+        rights: rights::DIRECTORY,
+        ..Default::default()
+    };
+    let removed = k.open_at(dir, "gone", opts, &mut host).unwrap();
+    k.remove_dir_at(dir, "gone", &mut host).unwrap();
+
+    drop(host);
+    let mut k = roundtrip(&k);
+    let mut host = host_for();
+    let mut buf = [0u8; 16];
+    let n = k.read(file, &mut buf, Some(0), &mut host).unwrap();
+    assert_eq!(&buf[..n], b"linked");
+    k.write(file, b"LINKED", Some(0), &mut host).unwrap();
+    assert_eq!(std::fs::read(tmp.path().join("sub/a")).unwrap(), b"LINKED");
+
+    assert!(!tmp.path().join("gone").exists());
+    let opts = OpenOptions {
+        create: true,
+        rights: rights::FILE,
+        ..Default::default()
+    };
+    assert_eq!(
+        k.open_at(removed, "new", opts, &mut host),
+        Err(tabi_libos::Errno::NoEnt)
+    );
+    assert_eq!(k.stat(removed, &mut host).unwrap().nlink, 0);
+    k.close(removed, &mut host).unwrap();
+    k.close(file, &mut host).unwrap();
+}

@@ -243,6 +243,18 @@ impl MemFs {
         self.alloc(inode)
     }
 
+    /// Makes a new, empty directory that no directory names (it was removed), held by one open
+    /// reference (see [`MemFs::release`]): the in-memory home of a directory removed while
+    /// open. Nothing can be created in it, as in any removed directory.
+    pub fn new_removed_dir(&mut self, now: u64) -> Ino {
+        let ino = self.new_root(now);
+        if let Some(inode) = self.nodes[ino as usize].as_mut() {
+            inode.nlink = 0;
+            inode.open = 1;
+        }
+        ino
+    }
+
     /// The inode at `ino`.
     pub fn inode(&self, ino: Ino) -> FsResult<&Inode> {
         self.nodes
