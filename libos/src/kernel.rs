@@ -1333,6 +1333,21 @@ impl Kernel {
         Ok(())
     }
 
+    /// Whether `path` ends in a slash after a final component that is a symlink: `rmdir`, which
+    /// never follows a final symlink, then fails with `ENOTDIR`, as on Linux.
+    fn mem_names_symlink_with_slash(&self, dir: Ino, path: &str) -> bool {
+        let bare = path.trim_end_matches('/');
+        bare.len() != path.len()
+            && !bare.is_empty()
+            && self
+                .fs
+                .resolve(dir, bare, false)
+                .ok()
+                .and_then(|r| r.ino)
+                .and_then(|ino| self.fs.inode(ino).ok())
+                .is_some_and(|i| i.filetype() == FileType::SymbolicLink)
+    }
+
     /// With `SYMLINK_FOLLOW`, the path `path_link` links on a host mount: the host links a
     /// symlink itself, so the final symlinks are followed here, each target read relative to
     /// the link's directory (the host still keeps every step inside the mount).
@@ -1591,6 +1606,10 @@ impl Kernel {
         Self::check_path(path)?;
         match self.dir_at(fd, rights::PATH_REMOVE_DIRECTORY)? {
             DirAt::Mem(dir) => {
+                if self.mem_names_symlink_with_slash(dir, path) {
+                    // rmdir does not follow a final symlink, trailing slash or not.
+                    return Err(Errno::NotDir);
+                }
                 let r = self.fs.resolve(dir, path, false)?;
                 let ino = r.existing()?;
                 let Some(name) = r.name else {
@@ -1608,6 +1627,12 @@ impl Kernel {
                 Ok(self.fs.rmdir(r.dir, &name, now)?)
             }
             at @ DirAt::Host { .. } => {
+                // As on the in-memory file system (and POSIX), whatever the host library says.
+                match path.trim_end_matches('/').rsplit('/').next() {
+                    Some(".") => return Err(Errno::Inval),
+                    Some("..") => return Err(Errno::NotEmpty),
+                    _ => {}
+                }
                 let target = at.host_target(path);
                 let obj = at.host_obj().ok_or(Errno::Badf)?;
                 let fs = host.host_fs().ok_or(Errno::Badf)?;
@@ -1759,6 +1784,15 @@ impl Kernel {
         Self::check_path(path)?;
         match self.dir_at(fd, rights::PATH_READLINK)? {
             DirAt::Mem(dir) => {
+                if path.len() > 1 && path.ends_with('/') {
+                    // A trailing slash follows the final symlink, as on Linux: what it leads
+                    // to is no symlink (or is missing).
+                    let ino = self.fs.resolve(dir, path, true)?.existing()?;
+                    return Err(match self.fs.inode(ino)?.filetype() {
+                        FileType::Directory => Errno::Inval,
+                        _ => Errno::NotDir,
+                    });
+                }
                 let ino = self.fs.resolve(dir, path, false)?.existing()?;
                 Ok(self.fs.readlink(ino)?.to_string())
             }

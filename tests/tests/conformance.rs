@@ -425,3 +425,33 @@ fn a_directory_refuses_file_data_operations() {
         assert_eq!(s.open(".", opts), Err(Errno::IsDir), "{name}");
     }
 }
+
+#[test]
+fn rmdir_and_readlink_never_follow_a_final_symlink() {
+    for (name, mut s) in Scratch::both() {
+        let dir = s.dir;
+        s.k.create_dir_at(dir, "d", &mut s.host).unwrap();
+        s.k.create_dir_at(dir, "d/c", &mut s.host).unwrap();
+        s.k.symlink_at("d", dir, "ld", &mut s.host).unwrap();
+        s.k.symlink_at("nowhere", dir, "dang", &mut s.host).unwrap();
+        let rmdir = |s: &mut Scratch, p: &str| s.k.remove_dir_at(dir, p, &mut s.host);
+        assert_eq!(rmdir(&mut s, "ld/"), Err(Errno::NotDir), "{name}");
+        assert_eq!(rmdir(&mut s, "ld"), Err(Errno::NotDir), "{name}");
+        assert_eq!(rmdir(&mut s, "d/c/."), Err(Errno::Inval), "{name}");
+        assert_eq!(rmdir(&mut s, "d/c/.."), Err(Errno::NotEmpty), "{name}");
+        // A trailing slash follows the link: to nothing, to a directory, to a file.
+        let readlink = |s: &mut Scratch, p: &str| s.k.readlink_at(dir, p, &mut s.host);
+        assert_eq!(readlink(&mut s, "dang/"), Err(Errno::NoEnt), "{name}");
+        assert_eq!(readlink(&mut s, "ld/"), Err(Errno::Inval), "{name}");
+        let f = s.create("file", rights::FD_WRITE);
+        s.k.close(f, &mut s.host).unwrap();
+        s.k.symlink_at("file", dir, "lf", &mut s.host).unwrap();
+        assert_eq!(readlink(&mut s, "lf/"), Err(Errno::NotDir), "{name}");
+        assert_eq!(
+            s.k.readlink_at(dir, "dang", &mut s.host).as_deref(),
+            Ok("nowhere"),
+            "{name}"
+        );
+        assert_eq!(rmdir(&mut s, "d/c/"), Ok(()), "{name}");
+    }
+}
