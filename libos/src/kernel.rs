@@ -939,10 +939,11 @@ impl Kernel {
         if d.is_dir() {
             return Err(Errno::Badf);
         }
-        d.require(rights::FD_FILESTAT_SET_SIZE)?;
         if !d.write {
-            return Err(Errno::Badf);
+            // As Linux's ftruncate on a descriptor not open for writing.
+            return Err(Errno::Inval);
         }
+        d.require(rights::FD_FILESTAT_SET_SIZE)?;
         if size > i64::MAX as u64 {
             return Err(Errno::Fbig);
         }
@@ -971,10 +972,10 @@ impl Kernel {
         if d.is_dir() {
             return Err(Errno::Badf);
         }
-        d.require(rights::FD_ALLOCATE)?;
         if !d.write {
             return Err(Errno::Badf);
         }
+        d.require(rights::FD_ALLOCATE)?;
         let end = offset.checked_add(len).ok_or(Errno::Fbig)?;
         if len == 0 {
             return Err(Errno::Inval);
@@ -1400,7 +1401,14 @@ impl Kernel {
         // The rights asked for decide only the access mode, as in wasmtime's WASI and
         // wasi-libc's reading of them: the new descriptor gets every right its kind and
         // access allow, within what the directory passes on.
-        let wants_read = opts.rights & parent_inheriting & rights::ANY_READ != 0;
+        // Asking for neither reading nor writing is asking to read, as `O_RDONLY` is 0 (and
+        // as wasmtime opens it), within what the directory passes on.
+        let asked = if opts.rights & (rights::ANY_READ | rights::ANY_WRITE) == 0 {
+            rights::FD_READ
+        } else {
+            opts.rights
+        };
+        let wants_read = asked & parent_inheriting & rights::ANY_READ != 0;
         // With `O_DIRECTORY` only `FD_WRITE` asks for writing: rights such as `FD_DATASYNC`
         // come along with reading a directory in some guests, and opening one for reading works.
         let write_rights = if opts.directory {

@@ -126,7 +126,26 @@ fn a_new_descriptor_gets_the_rights_its_access_allows() {
             Err(Errno::Badf),
             "{name}"
         );
-        assert!(s.k.set_size(ro, 0, &mut s.host).is_err(), "{name}");
+        assert_eq!(
+            s.k.set_size(ro, 0, &mut s.host),
+            Err(Errno::Inval),
+            "{name}"
+        );
+        assert_eq!(
+            s.k.allocate(ro, 0, 9, &mut s.host),
+            Err(Errno::Badf),
+            "{name}"
+        );
+
+        // Asked for nothing: open for reading, as `O_RDONLY` (which is 0).
+        let none = s.open("rw", OpenOptions::default()).unwrap();
+        let mut buf = [0u8; 3];
+        assert_eq!(
+            s.k.read(none, &mut buf, Some(0), &mut s.host),
+            Ok(3),
+            "{name}"
+        );
+        assert_eq!(s.k.write(none, b"x", None, &mut s.host), Err(Errno::Badf));
 
         // A directory never gets file-only rights such as seeking, even when asked.
         s.k.create_dir_at(s.dir, "sub", &mut s.host).unwrap();
