@@ -6,6 +6,14 @@ use tabi_libos::host::{StdHost, Stdio};
 use tabi_libos::{Kernel, OpenOptions, decode_state, encode_state};
 use tabi_tests::{Backend, Spec, guests, run_tabi};
 
+/// A host with quiet output that grants `dir` as mount 0.
+fn granting(dir: &std::path::Path) -> StdHost {
+    let mut host = StdHost::new();
+    host.stdout = Stdio::Null;
+    assert_eq!(host.fs.grant(dir).unwrap(), 0);
+    host
+}
+
 fn roundtrip(k: &Kernel) -> Kernel {
     let bytes = encode_state(k).unwrap();
     let back = decode_state(&bytes).unwrap();
@@ -380,12 +388,7 @@ fn host_files_renamed_or_unlinked_while_open_survive_a_restore() {
     std::fs::write(tmp.path().join("d/keep.txt"), b"kept").unwrap();
     std::fs::write(tmp.path().join("w.txt"), b"old contents").unwrap();
     std::fs::write(tmp.path().join("new.txt"), b"new contents").unwrap();
-    let host_for = || {
-        let mut host = StdHost::new();
-        host.stdout = Stdio::Null;
-        assert_eq!(host.fs.grant(tmp.path()).unwrap(), 0);
-        host
-    };
+    let host_for = || granting(tmp.path());
     let mut host = host_for();
     let mut k = Kernel::new();
     let dir = k.mount_host("/h", 0).unwrap();
@@ -470,12 +473,7 @@ fn a_file_with_another_link_and_a_removed_directory_survive_a_restore() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("sub")).unwrap();
     std::fs::write(tmp.path().join("sub/a"), b"linked").unwrap();
-    let host_for = || {
-        let mut host = StdHost::new();
-        host.stdout = Stdio::Null;
-        assert_eq!(host.fs.grant(tmp.path()).unwrap(), 0);
-        host
-    };
+    let host_for = || granting(tmp.path());
     let mut host = host_for();
     let mut k = Kernel::new();
     let dir = k.mount_host("/h", 0).unwrap();
