@@ -207,18 +207,12 @@ mod std_host {
 
         fn stdio_is_terminal(&mut self, fd: u32) -> bool {
             use std::io::IsTerminal;
-            let stream = match fd {
-                0 => &self.stdin,
-                1 => &self.stdout,
-                2 => &self.stderr,
-                _ => return false,
-            };
-            matches!(stream, Stdio::Inherit)
-                && match fd {
-                    0 => std::io::stdin().is_terminal(),
-                    1 => std::io::stdout().is_terminal(),
-                    _ => std::io::stderr().is_terminal(),
-                }
+            match (fd, &self.stdin, &self.stdout, &self.stderr) {
+                (0, Stdio::Inherit, _, _) => std::io::stdin().is_terminal(),
+                (1, _, Stdio::Inherit, _) => std::io::stdout().is_terminal(),
+                (2, _, _, Stdio::Inherit) => std::io::stderr().is_terminal(),
+                _ => false,
+            }
         }
 
         fn yield_now(&mut self) {

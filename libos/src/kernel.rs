@@ -268,10 +268,9 @@ pub struct OpenOptions {
     /// Rights asked for the new descriptor. Only its access mode follows from them (read
     /// with `FD_READ` or `FD_READDIR`, write with a right that changes the file); the
     /// descriptor then holds every right its kind and access allow that the directory passes on.
+    /// A directory opened through another inherits that one's inheriting rights (whatever
+    /// `path_open` asked for), and a file has none.
     pub rights: u64,
-    /// Inheriting rights asked for. A directory opened through another inherits that one's
-    /// inheriting rights whatever is asked, and a file has none.
-    pub inheriting: u64,
     /// Descriptor flags of the new descriptor.
     pub flags: u16,
 }
@@ -1118,17 +1117,7 @@ impl Kernel {
     /// made sure of first (after a restore it is reopened only when used, and once the name is
     /// gone no path reaches the file).
     fn hold_host_files(&self, mount: u32, path: &str, host: &mut dyn Host) -> Vec<u32> {
-        let fds: Vec<u32> = self
-            .fds
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d.as_ref().map(|d| &d.object) {
-                Some(Object::HostFile {
-                    mount: m, path: p, ..
-                }) if *m == mount && p == path => Some(i as u32),
-                _ => None,
-            })
-            .collect();
+        let fds = self.host_fds_at(mount, path, false);
         if let (Some(&first), Some(fs)) = (fds.first(), host.host_fs())
             && let Ok(d) = self.get(first)
             && let Some(obj) = d.object.host_obj()
@@ -1136,6 +1125,44 @@ impl Kernel {
             let _ = fs.stat(obj);
         }
         fds
+    }
+
+    /// The descriptors open on host files (or, with `dirs`, host directories) of `mount` at
+    /// `path` (a path as [`Kernel::join`] writes it).
+    fn host_fds_at(&self, mount: u32, path: &str, dirs: bool) -> Vec<u32> {
+        self.descriptors()
+            .filter_map(|(fd, d)| match &d.object {
+                Object::HostFile {
+                    mount: m, path: p, ..
+                } if !dirs && *m == mount && p == path => Some(fd),
+                Object::HostDir {
+                    mount: m, path: p, ..
+                } if dirs && *m == mount && p == path => Some(fd),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Moves the host descriptors `fds` onto the in-memory inode `ino` (a file keeps its
+    /// offset) and closes their host handles. `ino` comes with one reference, which this
+    /// releases once the descriptors hold theirs.
+    fn move_into_memory(&mut self, fds: Vec<u32>, ino: Ino, fs: &mut dyn HostFs) {
+        for fd in fds {
+            let Some(d) = self.fds.get_mut(fd as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let (key, object) = match d.object {
+                Object::HostFile { key, offset, .. } => (key, Object::MemFile { ino, offset }),
+                Object::HostDir { key, .. } => (key, Object::MemDir { ino }),
+                _ => continue,
+            };
+            if self.fs.retain(ino).is_err() {
+                continue;
+            }
+            d.object = object;
+            fs.close(key);
+        }
+        let _ = self.fs.release(ino);
     }
 
     /// Open host files (`fds`, from [`Kernel::hold_host_files`]) whose path has just lost its
@@ -1214,21 +1241,7 @@ impl Kernel {
             SetTime::At(stat.mtim),
             stat.ctim,
         );
-        for fd in fds {
-            let Some(d) = self.fds.get_mut(fd as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            let Object::HostFile { key, offset, .. } = d.object else {
-                continue;
-            };
-            if self.fs.retain(ino).is_err() {
-                continue;
-            }
-            d.object = Object::MemFile { ino, offset };
-            fs.close(key);
-        }
-        // The descriptors hold it now; the reference it was made with goes.
-        let _ = self.fs.release(ino);
+        self.move_into_memory(fds, ino, fs);
     }
 
     /// Another name of the host file `stat` describes within `mount`, found by walking the
@@ -1398,11 +1411,10 @@ impl Kernel {
             return Err(Errno::Perm);
         }
         let parent_inheriting = parent.inheriting;
-        // The rights asked for decide only the access mode, as in wasmtime's WASI and
-        // wasi-libc's reading of them: the new descriptor gets every right its kind and
-        // access allow, within what the directory passes on.
-        // Asking for neither reading nor writing is asking to read, as `O_RDONLY` is 0 (and
-        // as wasmtime opens it), within what the directory passes on.
+        // The rights asked for decide only the access mode, as in wasmtime's WASI: the new
+        // descriptor gets every right its kind and access allow, within what the directory
+        // passes on. Asking for neither reading nor writing is asking to read, as `O_RDONLY`
+        // is 0 (and as wasmtime opens it).
         let asked = if opts.rights & (rights::ANY_READ | rights::ANY_WRITE) == 0 {
             rights::FD_READ
         } else {
@@ -1641,42 +1653,31 @@ impl Kernel {
                     Some("..") => return Err(Errno::NotEmpty),
                     _ => {}
                 }
-                let target = at.host_target(path);
+                let held = at
+                    .host_target(path)
+                    .map(|(mount, full)| self.host_fds_at(mount, &full, true))
+                    .unwrap_or_default();
                 let obj = at.host_obj().ok_or(Errno::Badf)?;
                 let fs = host.host_fs().ok_or(Errno::Badf)?;
-                let times = fs.stat_at(obj, path, false).ok();
+                // Its times travel with it only when a descriptor still holds it.
+                let times = if held.is_empty() {
+                    None
+                } else {
+                    fs.stat_at(obj, path, false).ok()
+                };
                 fs.remove_dir_at(obj, path)?;
-                if let Some((mount, full)) = target {
-                    self.keep_removed_dirs(mount, &full, times, host);
+                if !held.is_empty() {
+                    self.keep_removed_dirs(held, times, host);
                 }
                 Ok(())
             }
         }
     }
 
-    /// Open host directories at `path` of `mount`, which the guest just removed: no path can
-    /// reopen them after a restore, so they become one empty, removed in-memory directory
-    /// (where, as on the host, nothing can be created).
-    fn keep_removed_dirs(
-        &mut self,
-        mount: u32,
-        path: &str,
-        times: Option<Stat>,
-        host: &mut dyn Host,
-    ) {
-        let path = Self::join(".", path);
-        let held: Vec<u32> = self
-            .descriptors()
-            .filter_map(|(fd, d)| match &d.object {
-                Object::HostDir {
-                    mount: m, path: p, ..
-                } if *m == mount && Self::join(".", p) == path => Some(fd),
-                _ => None,
-            })
-            .collect();
-        if held.is_empty() {
-            return;
-        }
+    /// Open host directories (`fds`, from [`Kernel::host_fds_at`]) that the guest just removed,
+    /// last stat'ed as `times`: no path can reopen them after a restore, so they become one
+    /// empty, removed in-memory directory (where, as on the host, nothing can be created).
+    fn keep_removed_dirs(&mut self, fds: Vec<u32>, times: Option<Stat>, host: &mut dyn Host) {
         let now = self.fs_now(host);
         let ino = self.fs.new_removed_dir(now);
         if let Some(st) = times {
@@ -1684,23 +1685,9 @@ impl Kernel {
                 .fs
                 .set_times(ino, SetTime::At(st.atim), SetTime::At(st.mtim), now);
         }
-        for fd in held {
-            let Some(d) = self.fds.get_mut(fd as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            let Object::HostDir { key, .. } = d.object else {
-                continue;
-            };
-            if self.fs.retain(ino).is_err() {
-                continue;
-            }
-            d.object = Object::MemDir { ino };
-            if let Some(fs) = host.host_fs() {
-                fs.close(key);
-            }
+        if let Some(fs) = host.host_fs() {
+            self.move_into_memory(fds, ino, fs);
         }
-        // The descriptors hold it now; the reference it was made with goes.
-        let _ = self.fs.release(ino);
     }
 
     /// Removes the non-directory at `path` relative to the directory `fd`.

@@ -690,7 +690,8 @@ mod imp {
         len: i32,
         of: i32,
         base: i64,
-        inheriting: i64,
+        // Ignored: a new directory inherits its parent's inheriting rights, a file has none.
+        _inheriting: i64,
         fdf: i32,
         out: i32,
     ) -> R {
@@ -708,7 +709,6 @@ mod imp {
             truncate: of & oflags::TRUNC != 0,
             directory: of & oflags::DIRECTORY != 0,
             rights: base as u64,
-            inheriting: inheriting as u64,
             flags: fdf as u16,
         };
         let new = k.open_at(fd as u32, &p, opts, h)?;

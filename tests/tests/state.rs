@@ -47,7 +47,6 @@ fn decoded_kernel_continues_with_open_files_and_offsets() {
     let opts = OpenOptions {
         create: true,
         rights: rights::FILE,
-        inheriting: 0,
         ..Default::default()
     };
     let fd = k.open_at(dir, "log.txt", opts, &mut host).unwrap();
@@ -396,7 +395,6 @@ fn host_files_renamed_or_unlinked_while_open_survive_a_restore() {
         let opts = OpenOptions {
             create: true,
             rights: rights::FILE,
-            inheriting: 0,
             ..Default::default()
         };
         k.open_at(dir, path, opts, host).unwrap()
