@@ -1075,6 +1075,10 @@ impl Emitter<'_, '_, '_> {
         self.ins(Instruction::GlobalSet(sp));
         self.ins(Instruction::LocalGet(base));
         self.load(ValType::I32, self.locals_size)?;
+        // While rewinding, the site local holds the site number plus one, so that the
+        // dispatches of nested levels can test it (see `level`).
+        self.ins(Instruction::I32Const(1));
+        self.ins(Instruction::I32Add);
         self.ins(Instruction::LocalSet(self.site_local));
         for (l, t, off) in self.saved.clone() {
             self.ins(Instruction::LocalGet(base));
@@ -1204,6 +1208,12 @@ impl Emitter<'_, '_, '_> {
         let d = self.depth_of(self.unwind_label)?;
         self.ins(Instruction::Br(d));
         Ok(())
+    }
+
+    /// Rewinding reached this frame's site: no nested level may dispatch again.
+    fn reached_site(&mut self) {
+        self.ins(Instruction::I32Const(0));
+        self.ins(Instruction::LocalSet(self.site_local));
     }
 
     /// Pushes the values saved at a site.
@@ -1449,7 +1459,14 @@ impl Emitter<'_, '_, '_> {
             }
         }
         let dispatch = self.open_added(BlockType::Empty);
-        self.ins(Instruction::GlobalGet(self.ctx.state));
+        // The top level tests the state; a nested level tests the site local, which is
+        // non-zero only from the top level's dispatch until the frame reaches its site: a
+        // register instead of a load of the global each time the level is entered.
+        if top {
+            self.ins(Instruction::GlobalGet(self.ctx.state));
+        } else {
+            self.ins(Instruction::LocalGet(self.site_local));
+        }
         self.ins(Instruction::I32Eqz);
         self.ins(Instruction::BrIf(self.depth_of(dispatch)?));
         if top {
@@ -1461,10 +1478,8 @@ impl Emitter<'_, '_, '_> {
         }
         let trap = self.open_added(BlockType::Empty);
         self.ins(Instruction::LocalGet(self.site_local));
-        if first != 0 {
-            self.ins(Instruction::I32Const(first as i32));
-            self.ins(Instruction::I32Sub);
-        }
+        self.ins(Instruction::I32Const(first.wrapping_add(1) as i32));
+        self.ins(Instruction::I32Sub);
         let mut targets = Vec::with_capacity(site_group.len());
         for &g in &site_group {
             targets.push(self.depth_of(gl[g as usize])?);
@@ -1482,6 +1497,7 @@ impl Emitter<'_, '_, '_> {
             match &items[js[group.item]] {
                 Item::Site(s) => match s.kind {
                     SiteKind::Callee | SiteKind::Indirect { .. } => {
+                        self.reached_site();
                         self.reload(&s.below)?;
                         let n = s.args.len();
                         for (i, &a) in s.args.iter().enumerate() {
@@ -1494,6 +1510,7 @@ impl Emitter<'_, '_, '_> {
                         }
                     }
                     SiteKind::Point | SiteKind::Safepoint => {
+                        self.reached_site();
                         self.reload(&s.saved())?;
                         self.ins(Instruction::I32Const(crate::NORMAL));
                         self.ins(Instruction::GlobalSet(self.ctx.state));
@@ -1501,6 +1518,7 @@ impl Emitter<'_, '_, '_> {
                 },
                 Item::Block(b) => {
                     if let Some(sp) = b.lone_safepoint() {
+                        self.reached_site();
                         self.reload(&sp.below)?;
                         self.ins(Instruction::I32Const(crate::NORMAL));
                         self.ins(Instruction::GlobalSet(self.ctx.state));

@@ -1,0 +1,120 @@
+//! Runs one benchmark guest once on one engine, after a warm-up run, so that an outside tool
+//! (callgrind, in `scripts/instructions.sh`) can count what the measured run costs.
+//!
+//! Usage: `one_run wasmtime|wasmi orig|tabi|tabi+sp compute|fs ARGS...`
+//!
+//! - `orig` runs the guest as built, the way `tabi run` does; `tabi` and `tabi+sp` run its
+//!   rewrite (without and with safepoints) through the pausing driver, never pausing: the
+//!   same variants as the `instrument` bench.
+//! - The guest is compiled, then run once to warm up (wasmi translates functions when they
+//!   are first called), then run again inside `measured_wasmtime` or `measured_wasmi`: the
+//!   functions a counting tool should be limited to.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tabi_instrument::{Options, instrument};
+use tabi_libos::machine::{PauseControl, Points};
+use tabi_tests::{Spec, guests, process_for};
+
+/// The measured run on wasmtime.
+#[inline(never)]
+pub fn measured_wasmtime(
+    e: &tabi_wasmtime::Wasmtime,
+    m: &wasmtime::Module,
+    pausable: bool,
+    spec: &Spec,
+) {
+    run_wasmtime(e, m, pausable, spec);
+}
+
+/// The measured run on wasmi.
+#[inline(never)]
+pub fn measured_wasmi(e: &tabi_wasmi::Wasmi, m: &wasmi::Module, pausable: bool, spec: &Spec) {
+    run_wasmi(e, m, pausable, spec);
+}
+
+/// One run on wasmtime; `pausable` for an instrumented module.
+#[inline(never)]
+fn run_wasmtime(e: &tabi_wasmtime::Wasmtime, m: &wasmtime::Module, pausable: bool, spec: &Spec) {
+    let (process, ..) = process_for(spec);
+    if pausable {
+        e.run_pausable(m, process, PauseControl::never(), Points::all(), None)
+            .expect("the guest runs");
+    } else {
+        e.run_module(m, process).expect("the guest runs");
+    }
+}
+
+/// One run on wasmi; `pausable` for an instrumented module.
+#[inline(never)]
+fn run_wasmi(e: &tabi_wasmi::Wasmi, m: &wasmi::Module, pausable: bool, spec: &Spec) {
+    let (process, ..) = process_for(spec);
+    if pausable {
+        e.run_pausable(m, process, PauseControl::never(), Points::all(), None)
+            .expect("the guest runs");
+    } else {
+        e.run_module(m, process).expect("the guest runs");
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 3 {
+        eprintln!("usage: one_run wasmtime|wasmi orig|tabi|tabi+sp compute|fs ARGS...");
+        return ExitCode::from(2);
+    }
+    let guest = match args[2].as_str() {
+        "compute" => guests::COMPUTE,
+        "fs" => guests::STD_FS,
+        other => {
+            eprintln!("unknown guest `{other}` (compute or fs)");
+            return ExitCode::from(2);
+        }
+    };
+    let rest: Vec<&str> = args[3..].iter().map(String::as_str).collect();
+    let spec = Spec::new(guest).args(&rest);
+    let orig = std::fs::read(guest).expect("the guest is built");
+    let options = match args[1].as_str() {
+        "orig" => None,
+        "tabi" => Some(Options::default()),
+        "tabi+sp" => Some(Options {
+            safepoints: true,
+            ..Options::default()
+        }),
+        other => {
+            eprintln!("unknown variant `{other}` (orig, tabi or tabi+sp)");
+            return ExitCode::from(2);
+        }
+    };
+    let pausable = options.is_some();
+    let wasm = match options {
+        None => orig,
+        Some(o) => instrument(&orig, &o).expect("the guest instruments").wasm,
+    };
+    let start = Instant::now();
+    match args[0].as_str() {
+        "wasmtime" => {
+            let e = tabi_wasmtime::Wasmtime::new();
+            let m = e.compile(&wasm).expect("the module compiles");
+            run_wasmtime(&e, &m, pausable, &spec);
+            let t = Instant::now();
+            measured_wasmtime(&e, &m, pausable, &spec);
+            eprintln!("measured run: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
+        "wasmi" => {
+            let e = tabi_wasmi::Wasmi::new();
+            let m = e.compile(&wasm).expect("the module compiles");
+            run_wasmi(&e, &m, pausable, &spec);
+            let t = Instant::now();
+            measured_wasmi(&e, &m, pausable, &spec);
+            eprintln!("measured run: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
+        other => {
+            eprintln!("unknown engine `{other}` (wasmtime or wasmi)");
+            return ExitCode::from(2);
+        }
+    }
+    eprintln!("in all: {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
+    ExitCode::SUCCESS
+}
