@@ -400,18 +400,34 @@ fn run_signalled(extra: &[&str], file: &Path, args: &[&str], every_ms: u64) -> (
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Both pipes are read while the child runs: each checkpoint writes a line to stderr, and
+    // a full pipe would block the child (and this loop would signal it for ever).
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let mut signals = 0;
-    loop {
+    let status = loop {
         std::thread::sleep(std::time::Duration::from_millis(every_ms));
-        if child.try_wait().unwrap().is_some() {
-            break;
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         let _ = Command::new("kill")
             .args(["-USR1", &child.id().to_string()])
             .status();
         signals += 1;
-    }
-    (child.wait_with_output().unwrap(), signals)
+    };
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (output, signals)
 }
 
 /// SIGUSR1 checkpoints a guest that loops without calling anything (with safepoints), and the

@@ -1060,6 +1060,36 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    /// A placeholder argument for a call that rewinds (the callee restores what it needs
+    /// from its frame), made from the state global rather than a constant: the code
+    /// generator hoists constants out of loops and then keeps them in registers across the
+    /// loop's calls, while a load stays on the rarely taken path where it is used.
+    fn placeholder(&mut self, t: ValType) -> Result<(), Error> {
+        let state = Instruction::GlobalGet(self.ctx.state);
+        match t {
+            ValType::I32 => self.ins(state),
+            ValType::I64 => {
+                self.ins(state);
+                self.ins(Instruction::I64ExtendI32U);
+            }
+            ValType::F32 => {
+                self.ins(state);
+                self.ins(Instruction::F32ReinterpretI32);
+            }
+            ValType::F64 => {
+                self.ins(state);
+                self.ins(Instruction::I64ExtendI32U);
+                self.ins(Instruction::F64ReinterpretI64);
+            }
+            ValType::V128 => {
+                self.ins(state);
+                self.ins(Instruction::I32x4Splat);
+            }
+            ValType::Ref(_) => self.zero(t)?,
+        }
+        Ok(())
+    }
+
     /// Bytes of this function's frame: the saved locals, then the site number.
     fn frame_size(&self) -> u32 {
         self.locals_size + 4
@@ -1505,7 +1535,7 @@ impl Emitter<'_, '_, '_> {
                                 SiteKind::Indirect { index_local } if i + 1 == n => {
                                     self.ins(Instruction::LocalGet(index_local))
                                 }
-                                _ => self.zero(a)?,
+                                _ => self.placeholder(a)?,
                             }
                         }
                     }
