@@ -15,9 +15,8 @@ run=target/release/examples/one_run
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 count() { # ENGINE VARIANT GUEST ARGS...
-  local engine=$1
   valgrind --tool=callgrind --callgrind-out-file="$out/cg" --collect-atstart=no \
-    --toggle-collect="*measured_$engine*" "$run" "$@" 2>&1 |
+    --toggle-collect="*measured_run*" "$run" "$@" 2>&1 |
     awk '/Collected/ { print $4 }'
 }
 engines=("$@")

@@ -7,8 +7,8 @@
 //!   rewrite (without and with safepoints) through the pausing driver, never pausing: the
 //!   same variants as the `instrument` bench.
 //! - The guest is compiled, then run once to warm up (wasmi translates functions when they
-//!   are first called), then run again inside `measured_wasmtime` or `measured_wasmi`: the
-//!   functions a counting tool should be limited to.
+//!   are first called), then run again inside `measured_run`: the function a counting tool
+//!   should be limited to.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -17,45 +17,33 @@ use tabi_instrument::{Options, instrument};
 use tabi_libos::machine::{PauseControl, Points};
 use tabi_tests::{Spec, guests, process_for};
 
-/// The measured run on wasmtime.
-#[inline(never)]
-pub fn measured_wasmtime(
-    e: &tabi_wasmtime::Wasmtime,
-    m: &wasmtime::Module,
-    pausable: bool,
-    spec: &Spec,
-) {
-    run_wasmtime(e, m, pausable, spec);
+/// A guest compiled for one engine.
+enum Compiled {
+    Wasmtime(tabi_wasmtime::Wasmtime, wasmtime::Module),
+    Wasmi(tabi_wasmi::Wasmi, wasmi::Module),
 }
 
-/// The measured run on wasmi.
-#[inline(never)]
-pub fn measured_wasmi(e: &tabi_wasmi::Wasmi, m: &wasmi::Module, pausable: bool, spec: &Spec) {
-    run_wasmi(e, m, pausable, spec);
-}
-
-/// One run on wasmtime; `pausable` for an instrumented module.
-#[inline(never)]
-fn run_wasmtime(e: &tabi_wasmtime::Wasmtime, m: &wasmtime::Module, pausable: bool, spec: &Spec) {
-    let (process, ..) = process_for(spec);
-    if pausable {
-        e.run_pausable(m, process, PauseControl::never(), Points::all(), None)
-            .expect("the guest runs");
-    } else {
-        e.run_module(m, process).expect("the guest runs");
+impl Compiled {
+    /// One run; `pausable` for an instrumented module.
+    fn run(&self, pausable: bool, spec: &Spec) {
+        let (process, ..) = process_for(spec);
+        let (never, all) = (PauseControl::never(), Points::all());
+        match (self, pausable) {
+            (Compiled::Wasmtime(e, m), true) => {
+                e.run_pausable(m, process, never, all, None).map(drop)
+            }
+            (Compiled::Wasmtime(e, m), false) => e.run_module(m, process).map(drop),
+            (Compiled::Wasmi(e, m), true) => e.run_pausable(m, process, never, all, None).map(drop),
+            (Compiled::Wasmi(e, m), false) => e.run_module(m, process).map(drop),
+        }
+        .expect("the guest runs");
     }
 }
 
-/// One run on wasmi; `pausable` for an instrumented module.
+/// The measured run: the function a counting tool is limited to.
 #[inline(never)]
-fn run_wasmi(e: &tabi_wasmi::Wasmi, m: &wasmi::Module, pausable: bool, spec: &Spec) {
-    let (process, ..) = process_for(spec);
-    if pausable {
-        e.run_pausable(m, process, PauseControl::never(), Points::all(), None)
-            .expect("the guest runs");
-    } else {
-        e.run_module(m, process).expect("the guest runs");
-    }
+fn measured_run(compiled: &Compiled, pausable: bool, spec: &Spec) {
+    compiled.run(pausable, spec);
 }
 
 fn main() -> ExitCode {
@@ -93,28 +81,26 @@ fn main() -> ExitCode {
         Some(o) => instrument(&orig, &o).expect("the guest instruments").wasm,
     };
     let start = Instant::now();
-    match args[0].as_str() {
+    let compiled = match args[0].as_str() {
         "wasmtime" => {
             let e = tabi_wasmtime::Wasmtime::new();
             let m = e.compile(&wasm).expect("the module compiles");
-            run_wasmtime(&e, &m, pausable, &spec);
-            let t = Instant::now();
-            measured_wasmtime(&e, &m, pausable, &spec);
-            eprintln!("measured run: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+            Compiled::Wasmtime(e, m)
         }
         "wasmi" => {
             let e = tabi_wasmi::Wasmi::new();
             let m = e.compile(&wasm).expect("the module compiles");
-            run_wasmi(&e, &m, pausable, &spec);
-            let t = Instant::now();
-            measured_wasmi(&e, &m, pausable, &spec);
-            eprintln!("measured run: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+            Compiled::Wasmi(e, m)
         }
         other => {
             eprintln!("unknown engine `{other}` (wasmtime or wasmi)");
             return ExitCode::from(2);
         }
-    }
+    };
+    compiled.run(pausable, &spec);
+    let t = Instant::now();
+    measured_run(&compiled, pausable, &spec);
+    eprintln!("measured run: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
     eprintln!("in all: {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
     ExitCode::SUCCESS
 }
