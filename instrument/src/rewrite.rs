@@ -173,6 +173,19 @@ impl<'a> Block<'a> {
     fn has_site(&self) -> bool {
         self.sites.0 < self.sites.1 || self.else_sites.0 < self.else_sites.1
     }
+
+    /// For a loop without parameters that starts with a safepoint: that safepoint. Its slow
+    /// path is moved out of the loop (see [`Emitter::site_block`]).
+    fn leading_safepoint(&self) -> Option<&Site<'a>> {
+        match (self.kind, self.body.first()) {
+            (Kind::Loop, Some(Item::Site(s)))
+                if matches!(s.kind, SiteKind::Safepoint) && self.params.is_empty() =>
+            {
+                Some(s)
+            }
+            _ => None,
+        }
+    }
 }
 
 enum Item<'a> {
@@ -520,13 +533,20 @@ pub(crate) fn rewrite(
     }
 }
 
+/// Most iterations of a loop the rewrite leaves without a safepoint because it counts them
+/// (see [`counted_loop`]): with at most this many operators per iteration too, such a loop
+/// runs a bounded stretch of code between the safepoints around it.
+const COUNTED_ITERATIONS: u64 = 1 << 16;
+/// Most operators of a counted loop's body, in the input.
+const COUNTED_BODY: usize = 256;
+
 /// Per loop of the body, in order of appearance: whether it needs a safepoint of its own.
 ///
 /// A loop does not when every path from its header back to it passes a call that polls:
 /// a migration point (where the host checks for a pending request) or a function with an
 /// entry safepoint. The check is simple and sound: such a call stands at the loop's own level,
 /// and no branch back to the loop comes before it. A loop no branch returns to runs once and
-/// needs none either.
+/// needs none either, and neither does a short counted loop ([`counted_loop`]).
 fn loops_needing_safepoints(m: &Module<'_>, body: &FunctionBody<'_>) -> Result<Vec<bool>, Error> {
     #[derive(Clone, Copy, PartialEq)]
     enum Status {
@@ -540,55 +560,216 @@ fn loops_needing_safepoints(m: &Module<'_>, body: &FunctionBody<'_>) -> Result<V
         _ => false,
     };
     let mut status: Vec<Status> = Vec::new();
+    // Per loop: where its body starts in `ops`, the branches back to it, and whether its body
+    // holds a loop or a call; and the constants its locals held on entry.
+    struct Shape {
+        start: usize,
+        back_edges: u32,
+        loops_or_calls: bool,
+        entry: BTreeMap<u32, i64>,
+    }
+    let mut shapes: Vec<Shape> = Vec::new();
+    let mut ops: Vec<Operator<'_>> = Vec::new();
+    // Locals known to hold a constant here, from `const; local.set` in straight-line code.
+    let mut consts: BTreeMap<u32, i64> = BTreeMap::new();
     // Open labels, innermost last: the loop's number for loops.
     let mut frames: Vec<Option<usize>> = vec![None];
-    let branch = |frames: &[Option<usize>], status: &mut Vec<Status>, d: u32| {
-        let target = frames
-            .len()
-            .checked_sub(d as usize + 1)
-            .and_then(|i| frames[i]);
-        if let Some(l) = target
-            && status[l] == Status::Pending
-        {
-            status[l] = Status::Needed;
+    let branch =
+        |frames: &[Option<usize>], status: &mut Vec<Status>, shapes: &mut Vec<Shape>, d: u32| {
+            let target = frames
+                .len()
+                .checked_sub(d as usize + 1)
+                .and_then(|i| frames[i]);
+            if let Some(l) = target {
+                shapes[l].back_edges += 1;
+                if status[l] == Status::Pending {
+                    status[l] = Status::Needed;
+                }
+            }
+        };
+    let open_loops = |frames: &[Option<usize>], shapes: &mut Vec<Shape>| {
+        for l in frames.iter().flatten() {
+            shapes[*l].loops_or_calls = true;
         }
     };
     let mut reader = body.get_operators_reader()?;
     while !reader.eof() {
-        match reader.read()? {
+        let op = reader.read()?;
+        let constant = match ops.last() {
+            Some(Operator::I32Const { value }) => Some(i64::from(*value)),
+            Some(Operator::I64Const { value }) => Some(*value),
+            _ => None,
+        };
+        match &op {
+            Operator::LocalSet { local_index } => match constant {
+                Some(c) => {
+                    consts.insert(*local_index, c);
+                }
+                None => {
+                    consts.remove(local_index);
+                }
+            },
+            Operator::LocalTee { local_index } => {
+                consts.remove(local_index);
+            }
+            Operator::Block { .. }
+            | Operator::If { .. }
+            | Operator::Else
+            | Operator::End
+            | Operator::Loop { .. }
+            | Operator::Br { .. }
+            | Operator::BrIf { .. }
+            | Operator::BrTable { .. }
+            | Operator::BrOnNull { .. }
+            | Operator::BrOnNonNull { .. }
+            | Operator::BrOnCast { .. }
+            | Operator::BrOnCastFail { .. }
+            | Operator::Return
+            | Operator::Unreachable
+            | Operator::Try { .. }
+            | Operator::TryTable { .. }
+            | Operator::Catch { .. }
+            | Operator::CatchAll
+            | Operator::Delegate { .. } => {
+                // Only `loop` reads them: taken at its header, they hold on entry.
+                if let Operator::Loop { .. } = op {
+                    open_loops(&frames, &mut shapes);
+                    frames.push(Some(status.len()));
+                    status.push(Status::Pending);
+                    shapes.push(Shape {
+                        start: ops.len() + 1,
+                        back_edges: 0,
+                        loops_or_calls: false,
+                        entry: core::mem::take(&mut consts),
+                    });
+                }
+                consts.clear();
+            }
+            _ => {}
+        }
+        match &op {
             Operator::Block { .. } | Operator::If { .. } => frames.push(None),
-            Operator::Loop { .. } => {
-                frames.push(Some(status.len()));
-                status.push(Status::Pending);
-            }
             Operator::End => {
-                frames.pop();
+                if let Some(Some(l)) = frames.pop()
+                    && status[l] == Status::Needed
+                    && counted_loop(&ops[shapes[l].start..], &shapes[l].entry)
+                        .is_some_and(|n| n <= COUNTED_ITERATIONS)
+                    && shapes[l].back_edges == 1
+                    && !shapes[l].loops_or_calls
+                    && ops.len() - shapes[l].start <= COUNTED_BODY
+                {
+                    status[l] = Status::Polled;
+                }
             }
-            Operator::Call { function_index } if polls(function_index) => {
-                if let Some(Some(l)) = frames.last()
+            Operator::Call { function_index } => {
+                open_loops(&frames, &mut shapes);
+                if polls(*function_index)
+                    && let Some(Some(l)) = frames.last()
                     && status[*l] == Status::Pending
                 {
                     status[*l] = Status::Polled;
                 }
             }
+            Operator::CallIndirect { .. }
+            | Operator::CallRef { .. }
+            | Operator::ReturnCall { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::ReturnCallRef { .. } => open_loops(&frames, &mut shapes),
             Operator::Br { relative_depth }
             | Operator::BrIf { relative_depth }
             | Operator::BrOnNull { relative_depth }
             | Operator::BrOnNonNull { relative_depth }
             | Operator::BrOnCast { relative_depth, .. }
             | Operator::BrOnCastFail { relative_depth, .. } => {
-                branch(&frames, &mut status, relative_depth)
+                branch(&frames, &mut status, &mut shapes, *relative_depth)
             }
             Operator::BrTable { targets } => {
-                branch(&frames, &mut status, targets.default());
+                branch(&frames, &mut status, &mut shapes, targets.default());
                 for t in targets.targets() {
-                    branch(&frames, &mut status, t?);
+                    branch(&frames, &mut status, &mut shapes, t?);
                 }
             }
             _ => {}
         }
+        ops.push(op);
     }
     Ok(status.into_iter().map(|s| s == Status::Needed).collect())
+}
+
+/// The number of iterations of a counted loop, whose body is `body` (its `end` excluded) and
+/// whose locals held `entry` on entry: `None` unless the body ends with
+///
+/// ```text
+/// local.get $i  iNN.const K  iNN.add  local.tee $i  iNN.const C  iNN.ne|lt_u  br_if 0
+/// ```
+///
+/// and writes `$i` nowhere else. With `ne`, `$i` must hold a known constant on entry, from
+/// which `C` is a whole number of steps `K`; with `lt_u` (and `K > 0`), `$i` only grows, and
+/// the loop stops within `C / K + 1` iterations whatever `$i` held. The caller checks that
+/// the final `br_if` is the only branch back to the loop.
+fn counted_loop(body: &[Operator<'_>], entry: &BTreeMap<u32, i64>) -> Option<u64> {
+    let [.., get, step, add, tee, bound, cmp, br] = body else {
+        return None;
+    };
+    let (Operator::LocalGet { local_index: i }, Operator::LocalTee { local_index: t }) = (get, tee)
+    else {
+        return None;
+    };
+    if i != t || !matches!(br, Operator::BrIf { relative_depth: 0 }) {
+        return None;
+    }
+    // Width, step, bound and comparison, all of one width.
+    let (bits, k, c, lt) = match (step, add, bound, cmp) {
+        (
+            Operator::I32Const { value: k },
+            Operator::I32Add,
+            Operator::I32Const { value: c },
+            Operator::I32Ne | Operator::I32LtU,
+        ) => (
+            32,
+            u64::from(*k as u32),
+            u64::from(*c as u32),
+            matches!(cmp, Operator::I32LtU),
+        ),
+        (
+            Operator::I64Const { value: k },
+            Operator::I64Add,
+            Operator::I64Const { value: c },
+            Operator::I64Ne | Operator::I64LtU,
+        ) => (64, *k as u64, *c as u64, matches!(cmp, Operator::I64LtU)),
+        _ => return None,
+    };
+    let writes_i = body[..body.len() - 4].iter().any(|op| {
+        matches!(op, Operator::LocalSet { local_index } | Operator::LocalTee { local_index }
+            if local_index == i)
+    });
+    if writes_i {
+        return None;
+    }
+    let mask = if bits == 32 {
+        u64::from(u32::MAX)
+    } else {
+        u64::MAX
+    };
+    let half = 1u64 << (bits - 1);
+    if lt {
+        // `$i + K < C` goes on: with 0 < K and C + K in range, `$i` grows without wrapping.
+        if k == 0 || k >= half || c.checked_add(k)? > mask {
+            return None;
+        }
+        return Some(c / k + 1);
+    }
+    let start = (*entry.get(i)? as u64) & mask;
+    // `$i` goes start, start + K, …; the loop stops when it reaches C.
+    let (distance, step) = if k < half {
+        (c.wrapping_sub(start) & mask, k)
+    } else {
+        (start.wrapping_sub(c) & mask, k.wrapping_neg() & mask)
+    };
+    if step == 0 || distance == 0 || distance % step != 0 {
+        return None;
+    }
+    Some(distance / step)
 }
 
 fn site_item<'a>(
@@ -805,6 +986,9 @@ struct Emitter<'c, 'm, 'a> {
     needs: BTreeMap<u32, Set>,
     /// Number of the input's own locals (parameters included).
     originals: u32,
+    /// A loop's leading safepoint whose slow path sits outside the loop: its site number and
+    /// the label its check branches to.
+    slow_exit: Option<(u32, u32)>,
 }
 
 fn emit(
@@ -892,6 +1076,7 @@ fn emit(
         locals_size: offset,
         needs: BTreeMap::new(),
         originals: locals.original.len() as u32,
+        slow_exit: None,
     };
     let total = locals.original.len() + locals.extra.len();
     let mut needs = BTreeMap::new();
@@ -1274,6 +1459,23 @@ impl Emitter<'_, '_, '_> {
 
     fn safepoint(&mut self, site: &Site<'_>) -> Result<(), Error> {
         let b = self.budget_local.expect("safepoints enabled");
+        if let Some((id, label)) = self.slow_exit
+            && id == site.id
+            && self.budget_in_local
+        {
+            // Tests the budget before spending it: the loop carries one value, and the test
+            // is a compare and a branch.
+            self.slow_exit = None;
+            self.ins(Instruction::LocalGet(b));
+            self.ins(Instruction::I32Const(1));
+            self.ins(Instruction::I32LtS);
+            self.ins(Instruction::BrIf(self.depth_of(label)?));
+            self.ins(Instruction::LocalGet(b));
+            self.ins(Instruction::I32Const(1));
+            self.ins(Instruction::I32Sub);
+            self.ins(Instruction::LocalSet(b));
+            return Ok(());
+        }
         if self.budget_in_local {
             self.ins(Instruction::LocalGet(b));
         } else {
@@ -1385,6 +1587,73 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    /// Emits a block that holds sites: its header, its levels, its end.
+    ///
+    /// A loop that starts with a safepoint keeps only the safepoint's test inside it; the slow
+    /// path sits outside, so that the loop body has no path back from it. (A path back into
+    /// the loop from the slow path kept Cranelift from hoisting loop-invariant loads, such as
+    /// the linear memory's base, and cost registers in the loop.)
+    ///
+    /// ```text
+    /// block $exit (result R)  loop $again (result R)  block $slow
+    ///   loop  [budget test: br_if $slow]  body  end
+    ///   br $exit
+    /// end
+    /// if deferred: budget := 2, br $again (the test passes once, the body runs once)
+    /// else: unwind at the safepoint
+    /// end end
+    /// ```
+    fn site_block(&mut self, b: &Block<'_>) -> Result<(), Error> {
+        let slow = match b.leading_safepoint().filter(|_| self.budget_in_local) {
+            Some(sp) => {
+                let bt = self.ctx.types.block(&[], &b.results)?;
+                let exit = self.open_added(bt);
+                self.ins(Instruction::Loop(bt));
+                let id = self.next_label;
+                self.next_label += 1;
+                self.labels.push(Some(id));
+                let slow = self.open_added(BlockType::Empty);
+                self.slow_exit = Some((sp.id, slow));
+                Some((sp, exit, id))
+            }
+            None => None,
+        };
+        self.block_header(b)?;
+        if let Some(sp) = b.lone_safepoint() {
+            self.safepoint(sp)?;
+            self.plain(&b.body[1..])?;
+        } else {
+            self.level(&b.body, &b.param_locals, false)?;
+            if let Some(e) = &b.else_body {
+                self.ins(Instruction::Else);
+                self.level(e, &b.param_locals, false)?;
+            }
+        }
+        self.end();
+        if let Some((sp, exit, again)) = slow {
+            if self.slow_exit.take().is_some() {
+                return Err(Error::Internal("a loop's safepoint was not emitted".into()));
+            }
+            self.ins(Instruction::Br(self.depth_of(exit)?));
+            self.end(); // $slow
+            let bl = self.budget_local.expect("safepoints enabled");
+            self.ins(Instruction::GlobalGet(self.ctx.nopause));
+            self.ins(Instruction::If(BlockType::Empty));
+            self.labels.push(Some(u32::MAX));
+            self.ins(Instruction::GlobalGet(self.ctx.nopause));
+            self.ins(Instruction::LocalSet(bl));
+            self.ins(Instruction::Br(self.depth_of(again)?));
+            self.end();
+            self.store_budget();
+            self.ins(Instruction::I32Const(crate::UNWINDING));
+            self.ins(Instruction::GlobalSet(self.ctx.state));
+            self.save_and_unwind(sp.id, &sp.below)?;
+            self.end(); // $again
+            self.end(); // $exit
+        }
+        Ok(())
+    }
+
     fn plain(&mut self, items: &[Item<'_>]) -> Result<(), Error> {
         for item in items {
             match item {
@@ -1420,9 +1689,7 @@ impl Emitter<'_, '_, '_> {
             && b.below.is_empty()
             && b.lone_safepoint().is_none()
         {
-            self.block_header(b)?;
-            self.level(&b.body, &b.param_locals, false)?;
-            self.end();
+            self.site_block(b)?;
             return self.plain(&items[1..]);
         }
         for &l in param_locals.iter().rev() {
@@ -1629,18 +1896,7 @@ impl Emitter<'_, '_, '_> {
                     }
                 }
                 Item::Block(b) => {
-                    self.block_header(b)?;
-                    if let Some(sp) = b.lone_safepoint() {
-                        self.safepoint(sp)?;
-                        self.plain(&b.body[1..])?;
-                    } else {
-                        self.level(&b.body, &b.param_locals, false)?;
-                        if let Some(e) = &b.else_body {
-                            self.ins(Instruction::Else);
-                            self.level(e, &b.param_locals, false)?;
-                        }
-                    }
-                    self.end();
+                    self.site_block(b)?;
                     // Put the values moved into locals back under the block's results.
                     if !b.below.is_empty() {
                         for &l in b.result_locals.iter().rev() {

@@ -644,6 +644,92 @@ fn a_loop_that_always_calls_a_polling_function_needs_no_safepoint() {
     check(&loop_with_recursion(true), 2);
 }
 
+/// `_start` runs `setup` then one loop whose back edge is `(br_if $l cond)` with `$i` stepped
+/// by `step` inside `cond`, adding `$i` to `$acc`; `extra` goes into the loop body.
+fn counting_loop(setup: &str, step_and_test: &str, extra: &str) -> String {
+    format!(
+        r#"(func (export "_start") (local $i i32) (local $acc i32)
+            {setup}
+            (loop $l
+              (local.set $acc (i32.add (local.get $acc) (local.get $i)))
+              {extra}
+              (br_if $l {step_and_test}))
+            (call $out (local.get $acc))
+            (drop (call $point (i32.const 0)))
+            (call $flush))"#
+    )
+}
+
+#[test]
+fn short_counted_loops_need_no_safepoint() {
+    let sp = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let sites = |body: &str| instrument(&module(body), &sp).unwrap().manifest.sites;
+    let up = |to: i32| {
+        format!("(i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 3))) (i32.const {to}))")
+    };
+    let from_zero = "(local.set $i (i32.const 0))";
+    // The loop runs 100 times from 0: no safepoint. The same loop from an unknown start, or
+    // with a step that never meets its bound, or too many times, or with `$i` also written in
+    // its body, keeps one.
+    let counted = counting_loop(from_zero, &up(300), "");
+    let base = sites(&counted);
+    let kept = [
+        counting_loop("(local.set $i (global.get $len))", &up(300), ""),
+        counting_loop(from_zero, &up(301), ""),
+        counting_loop(from_zero, &up(3 << 20), ""),
+        counting_loop(
+            from_zero,
+            &up(300),
+            "(local.set $i (i32.or (local.get $i) (global.get $len)))",
+        ),
+    ];
+    for body in &kept {
+        assert_eq!(sites(body), base + 1, "{body}");
+    }
+    // Counting down to a bound, and an unsigned `<` test from any start, are counted too.
+    let down = counting_loop(
+        "(local.set $i (i32.const 50))",
+        "(i32.ne (local.tee $i (i32.add (local.get $i) (i32.const -1))) (i32.const 0))",
+        "",
+    );
+    let below = counting_loop(
+        "(local.set $i (global.get $len))",
+        "(i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 7))) (i32.const 5000))",
+        "",
+    );
+    assert_eq!(sites(&down), base);
+    assert_eq!(sites(&below), base);
+    // They still pause, resume and finish as the original does (the loop whose bound is never
+    // met would not end, and the long one is slow to pause at every safepoint: left out).
+    for body in [&counted, &down, &below, &kept[0], &kept[3]] {
+        check(body, 1);
+    }
+}
+
+/// A loop's safepoint reached while pausing is not allowed (under a function that cannot
+/// return, here `$die`) lets the loop go on, budget or not, and the run ends as the original's.
+#[test]
+fn a_loop_safepoint_where_no_pause_is_allowed_goes_on() {
+    let body = r#"(func $spin (param $n i32) (result i32) (local $acc i32)
+            (loop $l
+              (local.set $acc (i32.add (local.get $acc) (local.get $n)))
+              (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+            (i32.add (local.get $acc) (call $point (i32.const 0))))
+          (func $die (param $n i32)
+            (call $out (call $spin (local.get $n)))
+            (call $flush)
+            (call $exit (i32.const 0))
+            unreachable)
+          (func (export "_start")
+            (call $out (call $spin (i32.const 5)))
+            (call $die (i32.const 40)))"#;
+    // `_start` cannot return either, so no point may pause: the budget runs are the test.
+    check(body, 0);
+}
+
 #[test]
 fn frames_larger_than_a_page_fit_and_grow_the_save_stack() {
     // 9,000 i64 locals: more than the liveness pass looks at, so all are saved and the frame
