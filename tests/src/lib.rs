@@ -544,6 +544,32 @@ pub mod smith {
                 machine::Outcome::Paused(_) => return Err("paused without a request".into()),
             }
         }
+        // With safepoints and a small budget: the run yields after every 40 safepoints (loop
+        // headers and recursive functions' entries; the generator's termination fuel keeps
+        // every loop short), and each yield is rewound in place.
+        let sp = tabi_instrument::Options {
+            safepoints: true,
+            ..tabi_instrument::Options::default()
+        };
+        let with_sp = tabi_instrument::instrument(wasm, &sp)
+            .map_err(|e| format!("rewrite with safepoints failed: {e}"))?
+            .wasm;
+        for b in Backend::ALL {
+            let (p, out) = process();
+            let mut control = PauseControl::never();
+            control.budget = Some(40);
+            match migrate::run_pausable(b, &with_sp, p, control, None) {
+                machine::Outcome::Finished(f) => {
+                    let got = seen(&f.exit, &out);
+                    if got != expected {
+                        return Err(format!(
+                            "with safepoints on {b:?}: {got:?}, expected {expected:?}"
+                        ));
+                    }
+                }
+                machine::Outcome::Paused(_) => return Err("paused without a request".into()),
+            }
+        }
         // The migration points an uninterrupted run passes.
         let n = {
             let e = tabi_wasmi::Wasmi::new();
