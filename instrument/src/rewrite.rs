@@ -1132,7 +1132,12 @@ impl Emitter<'_, '_, '_> {
     }
 
     fn open_added(&mut self, bt: BlockType) -> u32 {
-        self.ins(Instruction::Block(bt));
+        self.open_added_as(Instruction::Block(bt))
+    }
+
+    /// Opens an added `block` or `loop` (`header`); its label's id.
+    fn open_added_as(&mut self, header: Instruction<'_>) -> u32 {
+        self.ins(header);
         let id = self.next_label;
         self.next_label += 1;
         self.labels.push(Some(id));
@@ -1461,7 +1466,6 @@ impl Emitter<'_, '_, '_> {
         let b = self.budget_local.expect("safepoints enabled");
         if let Some((id, label)) = self.slow_exit
             && id == site.id
-            && self.budget_in_local
         {
             // Tests the budget before spending it: the loop carries one value, and the test
             // is a compare and a branch.
@@ -1504,12 +1508,17 @@ impl Emitter<'_, '_, '_> {
         // Not inside a function that cannot return: there the stack cannot be saved.
         self.ins(Instruction::GlobalGet(self.ctx.nopause));
         self.ins(Instruction::BrIf(0));
+        self.yield_at(site)?;
+        self.end();
+        Ok(())
+    }
+
+    /// A safepoint's yield: write the budget back, set the state to unwinding, and unwind.
+    fn yield_at(&mut self, site: &Site<'_>) -> Result<(), Error> {
         self.store_budget();
         self.ins(Instruction::I32Const(crate::UNWINDING));
         self.ins(Instruction::GlobalSet(self.ctx.state));
-        self.save_and_unwind(site.id, &site.below)?;
-        self.end();
-        Ok(())
+        self.save_and_unwind(site.id, &site.below)
     }
 
     /// The budget's local and global, when the budget is kept in the local.
@@ -1599,7 +1608,8 @@ impl Emitter<'_, '_, '_> {
     ///   loop  [budget test: br_if $slow]  body  end
     ///   br $exit
     /// end
-    /// if deferred: budget := 2, br $again (the test passes once, the body runs once)
+    /// if deferred: budget := __tabi_nopause (≥ 1), br $again (the test passes once, the
+    ///   body runs once)
     /// else: unwind at the safepoint
     /// end end
     /// ```
@@ -1608,13 +1618,10 @@ impl Emitter<'_, '_, '_> {
             Some(sp) => {
                 let bt = self.ctx.types.block(&[], &b.results)?;
                 let exit = self.open_added(bt);
-                self.ins(Instruction::Loop(bt));
-                let id = self.next_label;
-                self.next_label += 1;
-                self.labels.push(Some(id));
+                let again = self.open_added_as(Instruction::Loop(bt));
                 let slow = self.open_added(BlockType::Empty);
                 self.slow_exit = Some((sp.id, slow));
-                Some((sp, exit, id))
+                Some((sp, exit, again))
             }
             None => None,
         };
@@ -1644,10 +1651,7 @@ impl Emitter<'_, '_, '_> {
             self.ins(Instruction::LocalSet(bl));
             self.ins(Instruction::Br(self.depth_of(again)?));
             self.end();
-            self.store_budget();
-            self.ins(Instruction::I32Const(crate::UNWINDING));
-            self.ins(Instruction::GlobalSet(self.ctx.state));
-            self.save_and_unwind(sp.id, &sp.below)?;
+            self.yield_at(sp)?;
             self.end(); // $again
             self.end(); // $exit
         }

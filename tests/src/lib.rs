@@ -529,21 +529,25 @@ pub mod smith {
             Err(tabi_instrument::Error::Unsupported { .. }) => return Ok(None),
             Err(e) => return Err(format!("rewrite failed: {e}")),
         };
-        // Uninterrupted, on both engines.
-        for b in Backend::ALL {
-            let (p, out) = process();
-            match migrate::run_pausable(b, &inst, p, PauseControl::never(), None) {
-                machine::Outcome::Finished(f) => {
-                    let got = seen(&f.exit, &out);
-                    if got != expected {
-                        return Err(format!(
-                            "instrumented on {b:?}: {got:?}, expected {expected:?}"
-                        ));
+        // Runs `wasm` through the pausing driver on both engines, never asking for a pause.
+        let unpaused = |wasm: &[u8], budget: Option<i32>, what: &str| -> Result<(), String> {
+            for b in Backend::ALL {
+                let (p, out) = process();
+                let mut control = PauseControl::never();
+                control.budget = budget;
+                match migrate::run_pausable(b, wasm, p, control, None) {
+                    machine::Outcome::Finished(f) => {
+                        let got = seen(&f.exit, &out);
+                        if got != expected {
+                            return Err(format!("{what} on {b:?}: {got:?}, expected {expected:?}"));
+                        }
                     }
+                    machine::Outcome::Paused(_) => return Err("paused without a request".into()),
                 }
-                machine::Outcome::Paused(_) => return Err("paused without a request".into()),
             }
-        }
+            Ok(())
+        };
+        unpaused(&inst, None, "instrumented")?;
         // With safepoints and a small budget: the run yields after every 40 safepoints (loop
         // headers and recursive functions' entries; the generator's termination fuel keeps
         // every loop short), and each yield is rewound in place.
@@ -554,22 +558,7 @@ pub mod smith {
         let with_sp = tabi_instrument::instrument(wasm, &sp)
             .map_err(|e| format!("rewrite with safepoints failed: {e}"))?
             .wasm;
-        for b in Backend::ALL {
-            let (p, out) = process();
-            let mut control = PauseControl::never();
-            control.budget = Some(40);
-            match migrate::run_pausable(b, &with_sp, p, control, None) {
-                machine::Outcome::Finished(f) => {
-                    let got = seen(&f.exit, &out);
-                    if got != expected {
-                        return Err(format!(
-                            "with safepoints on {b:?}: {got:?}, expected {expected:?}"
-                        ));
-                    }
-                }
-                machine::Outcome::Paused(_) => return Err("paused without a request".into()),
-            }
-        }
+        unpaused(&with_sp, Some(40), "with safepoints")?;
         // The migration points an uninterrupted run passes.
         let n = {
             let e = tabi_wasmi::Wasmi::new();

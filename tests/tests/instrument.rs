@@ -644,8 +644,8 @@ fn a_loop_that_always_calls_a_polling_function_needs_no_safepoint() {
     check(&loop_with_recursion(true), 2);
 }
 
-/// `_start` runs `setup` then one loop whose back edge is `(br_if $l cond)` with `$i` stepped
-/// by `step` inside `cond`, adding `$i` to `$acc`; `extra` goes into the loop body.
+/// `_start` runs `setup`, then one loop adding `$i` to `$acc` whose back edge is
+/// `(br_if $l step_and_test)` (which steps `$i`); `extra` goes into the loop body.
 fn counting_loop(setup: &str, step_and_test: &str, extra: &str) -> String {
     format!(
         r#"(func (export "_start") (local $i i32) (local $acc i32)
