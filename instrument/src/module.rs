@@ -122,19 +122,38 @@ pub(crate) fn assemble(
     let mut instrumented = 0u32;
     let mut sites = 0u32;
     let mut max_frame = 0u32;
+    // With safepoints, each instrumented function gets a resume copy (see `rewrite`), added
+    // after `reserve` in the order of the functions.
+    let copies = if options.safepoints {
+        bodies
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| m.callee[m.imported_funcs as usize + i] == Callee::Instrumented)
+            .count() as u32
+    } else {
+        0
+    };
+    let mut resume_bodies: Vec<(u32, Vec<u8>)> = Vec::new();
     (bodies.len() as u32)
         .checked_add(1)
+        .and_then(|n| n.checked_add(copies))
         .ok_or_else(|| Error::Invalid("too many functions".into()))?
         .encode(&mut code);
     for (i, (body, to_validate)) in bodies.into_iter().enumerate() {
         let func = m.imported_funcs + i as u32;
         if m.callee[func as usize] == Callee::Instrumented {
-            let r = rewrite(&mut ctx, func, &body, to_validate)?;
+            let resume = options
+                .safepoints
+                .then(|| nfuncs + 1 + resume_bodies.len() as u32);
+            let r = rewrite(&mut ctx, func, &body, to_validate, resume)?;
             instrumented += 1;
             sites += r.sites;
             max_frame = max_frame.max(r.frame);
             r.body.len().encode(&mut code);
             code.extend_from_slice(&r.body);
+            if let Some(copy) = r.resume_body {
+                resume_bodies.push((m.func_types[func as usize], copy));
+            }
             // The input's hints for this body point into code that is no longer there.
         } else {
             to_validate
@@ -173,6 +192,13 @@ pub(crate) fn assemble(
     let reserve = reserve_body(sp, m.memories, max_frame);
     reserve.len().encode(&mut code);
     code.extend_from_slice(&reserve);
+    if resume_bodies.len() as u32 != copies {
+        return Err(Error::Internal("resume copies miscounted".into()));
+    }
+    for (_, copy) in &resume_bodies {
+        copy.len().encode(&mut code);
+        code.extend_from_slice(copy);
+    }
 
     // Exports the host needs.
     let mut exports: Vec<(String, ExportKind, u32)> = vec![
@@ -248,6 +274,9 @@ pub(crate) fn assemble(
     .encode(&mut memory_bytes);
     let mut function_bytes = Vec::new();
     reserve_type.encode(&mut function_bytes);
+    for (ty, _) in &resume_bodies {
+        ty.encode(&mut function_bytes);
+    }
     let (mut table_bytes, mut element_bytes) = (Vec::new(), Vec::new());
     if let Some(t) = funcs_table {
         wasm_encoder::TableType {
@@ -307,7 +336,7 @@ pub(crate) fn assemble(
     let mut build = |id: u8, original: &[u8]| -> Result<Vec<u8>, Error> {
         match id {
             TYPE => grown(original, added_types, &type_bytes),
-            FUNCTION => grown(original, 1, &function_bytes),
+            FUNCTION => grown(original, 1 + copies, &function_bytes),
             TABLE => grown(original, added_tables, &table_bytes),
             ELEMENT => grown(original, added_tables, &element_bytes),
             MEMORY => grown(original, 1, &memory_bytes),

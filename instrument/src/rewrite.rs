@@ -207,6 +207,8 @@ impl Item<'_> {
 /// The rewritten body and the number of sites in it.
 pub(crate) struct Rewritten {
     pub body: Vec<u8>,
+    /// The body of the function's resume copy, when it has one (see [`rewrite`]).
+    pub resume_body: Option<Vec<u8>>,
     pub sites: u32,
     /// Bytes of the function's frame on the save stack.
     pub frame: u32,
@@ -247,11 +249,19 @@ fn func_type<'m>(m: &'m Module<'_>, ty: u32) -> &'m FuncType {
 }
 
 /// Rewrites defined function `func`.
+///
+/// With `resume` (the index the caller gives a function it adds), the function is split in
+/// two. The body returned runs and unwinds but has no rewind path: called while rewinding,
+/// it hands its arguments to its *resume copy*, the `resume_body`, which rebuilds the frame
+/// and runs on to the function's return. Rewind paths join the normal code at every level
+/// that holds a site; without them the code generator keeps values in registers as in the
+/// original (the cost is measured in the README). The copy doubles the function's size.
 pub(crate) fn rewrite(
     ctx: &mut Ctx<'_, '_>,
     func: u32,
     body: &FunctionBody<'_>,
     to_validate: FuncToValidate<ValidatorResources>,
+    resume: Option<u32>,
 ) -> Result<Rewritten, Error> {
     let m = ctx.m;
     let mut v = to_validate.into_validator(Default::default());
@@ -410,7 +420,16 @@ pub(crate) fn rewrite(
                 let mut b = open.block;
                 if stack.is_empty() {
                     reader.finish()?;
-                    return emit(ctx, func, &fty, locals, b, next_site, budget_in_local);
+                    return emit(
+                        ctx,
+                        func,
+                        &fty,
+                        locals,
+                        b,
+                        next_site,
+                        budget_in_local,
+                        resume,
+                    );
                 }
                 if b.has_site() {
                     for &p in &b.params {
@@ -989,6 +1008,9 @@ struct Emitter<'c, 'm, 'a> {
     /// A loop's leading safepoint whose slow path sits outside the loop: its site number and
     /// the label its check branches to.
     slow_exit: Option<(u32, u32)>,
+    /// Whether the code being emitted can rewind (has the dispatches): false in the normal
+    /// body of a function split from its resume copy.
+    rewinds: bool,
 }
 
 fn emit(
@@ -999,6 +1021,7 @@ fn emit(
     root: Block<'_>,
     sites: u32,
     budget_in_local: bool,
+    resume: Option<u32>,
 ) -> Result<Rewritten, Error> {
     let base = locals.add(ValType::I32, false);
     let site_local = locals.add(ValType::I32, false);
@@ -1077,6 +1100,7 @@ fn emit(
         needs: BTreeMap::new(),
         originals: locals.original.len() as u32,
         slow_exit: None,
+        rewinds: true,
     };
     let total = locals.original.len() + locals.extra.len();
     let mut needs = BTreeMap::new();
@@ -1100,33 +1124,67 @@ fn emit(
             _ => runs.push((1, t)),
         }
     }
-    runs.len().encode(&mut e.out);
+    let mut header = Vec::new();
+    runs.len().encode(&mut header);
     for (n, t) in runs {
-        n.encode(&mut e.out);
-        enc(t)?.encode(&mut e.out);
+        n.encode(&mut header);
+        enc(t)?.encode(&mut header);
     }
 
-    e.load_budget();
-    e.unwind_label = e.open_added(BlockType::Empty);
-    let bt = e.ctx.types.block(&[], fty.results())?;
-    e.ins(Instruction::Block(bt));
-    e.labels.push(None);
-    e.level(&root.body, &[], true)?;
-    e.end();
-    e.store_budget();
-    e.ins(Instruction::Return);
-    e.end();
-    e.epilogue(fty.results())?;
-    e.ins(Instruction::End);
+    e.out = header.clone();
+    e.rewinds = resume.is_none();
+    if let Some(copy) = resume {
+        // Called while rewinding: the resume copy rebuilds the frame and runs on.
+        e.ins(Instruction::GlobalGet(e.ctx.state));
+        e.ins(Instruction::If(BlockType::Empty));
+        for p in 0..fty.params().len() as u32 {
+            e.ins(Instruction::LocalGet(p));
+        }
+        e.ins(Instruction::Call(copy));
+        e.ins(Instruction::Return);
+        e.ins(Instruction::End);
+    }
+    e.body(&root, fty.results())?;
+    let body = std::mem::take(&mut e.out);
+    let resume_body = match resume {
+        Some(_) => {
+            e.out = header;
+            e.rewinds = true;
+            e.body(&root, fty.results())?;
+            Some(std::mem::take(&mut e.out))
+        }
+        None => None,
+    };
     let frame = e.frame_size();
     Ok(Rewritten {
-        body: e.out,
+        body,
+        resume_body,
         sites,
         frame,
     })
 }
 
 impl Emitter<'_, '_, '_> {
+    /// Emits the function's code after its local declarations.
+    fn body(&mut self, root: &Block<'_>, results: &[ValType]) -> Result<(), Error> {
+        self.labels.clear();
+        self.next_label = 0;
+        self.slow_exit = None;
+        self.load_budget();
+        self.unwind_label = self.open_added(BlockType::Empty);
+        let bt = self.ctx.types.block(&[], results)?;
+        self.ins(Instruction::Block(bt));
+        self.labels.push(None);
+        self.level(&root.body, &[], true)?;
+        self.end();
+        self.store_budget();
+        self.ins(Instruction::Return);
+        self.end();
+        self.epilogue(results)?;
+        self.ins(Instruction::End);
+        Ok(())
+    }
+
     fn ins(&mut self, i: Instruction<'_>) {
         i.encode(&mut self.out);
     }
@@ -1723,128 +1781,131 @@ impl Emitter<'_, '_, '_> {
             ls[k] = self.open_added(bt);
         }
 
-        // Dispatch: one group per (item, arm); each site number maps to its group.
-        struct Group {
-            item: usize,
-            arm: Option<bool>,
-        }
-        let mut groups: Vec<Group> = Vec::new();
-        let mut site_group: Vec<u32> = Vec::new();
-        let first = match &items[js[0]] {
-            Item::Site(s) => s.id,
-            Item::Block(b) => b.sites.0,
-            Item::Op(_) => unreachable!(),
-        };
-        for (k, &j) in js.iter().enumerate() {
-            match &items[j] {
-                Item::Site(_) => {
-                    site_group.push(groups.len() as u32);
-                    groups.push(Group { item: k, arm: None });
-                }
-                Item::Block(b) => {
-                    let arms: &[(Option<bool>, (u32, u32))] = if b.kind == Kind::If {
-                        &[(Some(true), b.sites), (Some(false), b.else_sites)]
-                    } else {
-                        &[(None, (b.sites.0, b.else_sites.1.max(b.sites.1)))]
-                    };
-                    for &(arm, (lo, hi)) in arms {
-                        if lo < hi {
-                            for _ in lo..hi {
-                                site_group.push(groups.len() as u32);
-                            }
-                            groups.push(Group { item: k, arm });
-                        }
-                    }
-                }
-                Item::Op(_) => unreachable!(),
+        // Dispatch (only in code that can rewind): one group per (item, arm); each site
+        // number maps to its group.
+        if self.rewinds {
+            struct Group {
+                item: usize,
+                arm: Option<bool>,
             }
-        }
-        let dispatch = self.open_added(BlockType::Empty);
-        // The top level tests the state; a nested level tests the site local, which is
-        // non-zero only from the top level's dispatch until the frame reaches its site: a
-        // register instead of a load of the global each time the level is entered.
-        if top {
-            self.ins(Instruction::GlobalGet(self.ctx.state));
-        } else {
-            self.ins(Instruction::LocalGet(self.site_local));
-        }
-        self.ins(Instruction::I32Eqz);
-        self.ins(Instruction::BrIf(self.depth_of(dispatch)?));
-        if top {
-            self.restore_frame()?;
-        }
-        let mut gl = vec![0u32; groups.len()];
-        for g in (0..groups.len()).rev() {
-            gl[g] = self.open_added(BlockType::Empty);
-        }
-        let trap = self.open_added(BlockType::Empty);
-        self.ins(Instruction::LocalGet(self.site_local));
-        self.ins(Instruction::I32Const(first.wrapping_add(1) as i32));
-        self.ins(Instruction::I32Sub);
-        let mut targets = Vec::with_capacity(site_group.len());
-        for &g in &site_group {
-            targets.push(self.depth_of(gl[g as usize])?);
-        }
-        let default = self.depth_of(trap)?;
-        self.ins(Instruction::BrTable(targets.into(), default));
-        self.end();
-        self.ins(Instruction::Unreachable);
-        for (g, group) in groups.iter().enumerate() {
-            self.end();
-            debug_assert_eq!(
-                self.labels.last(),
-                Some(&Some(gl.get(g + 1).copied().unwrap_or(dispatch)))
-            );
-            match &items[js[group.item]] {
-                Item::Site(s) => match s.kind {
-                    SiteKind::Callee | SiteKind::Indirect { .. } => {
-                        self.reached_site();
-                        self.reload(&s.below)?;
-                        let n = s.args.len();
-                        for (i, &a) in s.args.iter().enumerate() {
-                            match s.kind {
-                                SiteKind::Indirect { index_local } if i + 1 == n => {
-                                    self.ins(Instruction::LocalGet(index_local))
+            let mut groups: Vec<Group> = Vec::new();
+            let mut site_group: Vec<u32> = Vec::new();
+            let first = match &items[js[0]] {
+                Item::Site(s) => s.id,
+                Item::Block(b) => b.sites.0,
+                Item::Op(_) => unreachable!(),
+            };
+            for (k, &j) in js.iter().enumerate() {
+                match &items[j] {
+                    Item::Site(_) => {
+                        site_group.push(groups.len() as u32);
+                        groups.push(Group { item: k, arm: None });
+                    }
+                    Item::Block(b) => {
+                        let arms: &[(Option<bool>, (u32, u32))] = if b.kind == Kind::If {
+                            &[(Some(true), b.sites), (Some(false), b.else_sites)]
+                        } else {
+                            &[(None, (b.sites.0, b.else_sites.1.max(b.sites.1)))]
+                        };
+                        for &(arm, (lo, hi)) in arms {
+                            if lo < hi {
+                                for _ in lo..hi {
+                                    site_group.push(groups.len() as u32);
                                 }
-                                _ => self.placeholder(a)?,
+                                groups.push(Group { item: k, arm });
                             }
                         }
                     }
-                    SiteKind::Point | SiteKind::Safepoint => {
-                        self.reached_site();
-                        self.reload(&s.saved())?;
-                        self.ins(Instruction::I32Const(crate::NORMAL));
-                        self.ins(Instruction::GlobalSet(self.ctx.state));
-                    }
-                },
-                Item::Block(b) => {
-                    if let Some(sp) = b.lone_safepoint() {
-                        self.reached_site();
-                        self.reload(&sp.below)?;
-                        self.ins(Instruction::I32Const(crate::NORMAL));
-                        self.ins(Instruction::GlobalSet(self.ctx.state));
-                        // The loop's check runs again on entry; one more unit of budget keeps
-                        // it from firing at once (with a budget of 1 it would never progress).
-                        let bl = self.budget_local.expect("safepoints enabled");
-                        self.ins(Instruction::LocalGet(bl));
-                        self.ins(Instruction::I32Const(1));
-                        self.ins(Instruction::I32Add);
-                        self.ins(Instruction::LocalSet(bl));
-                    } else {
-                        for &l in &b.param_locals {
-                            self.ins(Instruction::LocalGet(l));
+                    Item::Op(_) => unreachable!(),
+                }
+            }
+            let dispatch = self.open_added(BlockType::Empty);
+            // The top level tests the state; a nested level tests the site local, which is
+            // non-zero only from the top level's dispatch until the frame reaches its site: a
+            // register instead of a load of the global each time the level is entered.
+            if top {
+                self.ins(Instruction::GlobalGet(self.ctx.state));
+            } else {
+                self.ins(Instruction::LocalGet(self.site_local));
+            }
+            self.ins(Instruction::I32Eqz);
+            self.ins(Instruction::BrIf(self.depth_of(dispatch)?));
+            if top {
+                self.restore_frame()?;
+            }
+            let mut gl = vec![0u32; groups.len()];
+            for g in (0..groups.len()).rev() {
+                gl[g] = self.open_added(BlockType::Empty);
+            }
+            let trap = self.open_added(BlockType::Empty);
+            self.ins(Instruction::LocalGet(self.site_local));
+            self.ins(Instruction::I32Const(first.wrapping_add(1) as i32));
+            self.ins(Instruction::I32Sub);
+            let mut targets = Vec::with_capacity(site_group.len());
+            for &g in &site_group {
+                targets.push(self.depth_of(gl[g as usize])?);
+            }
+            let default = self.depth_of(trap)?;
+            self.ins(Instruction::BrTable(targets.into(), default));
+            self.end();
+            self.ins(Instruction::Unreachable);
+            for (g, group) in groups.iter().enumerate() {
+                self.end();
+                debug_assert_eq!(
+                    self.labels.last(),
+                    Some(&Some(gl.get(g + 1).copied().unwrap_or(dispatch)))
+                );
+                match &items[js[group.item]] {
+                    Item::Site(s) => match s.kind {
+                        SiteKind::Callee | SiteKind::Indirect { .. } => {
+                            self.reached_site();
+                            self.reload(&s.below)?;
+                            let n = s.args.len();
+                            for (i, &a) in s.args.iter().enumerate() {
+                                match s.kind {
+                                    SiteKind::Indirect { index_local } if i + 1 == n => {
+                                        self.ins(Instruction::LocalGet(index_local))
+                                    }
+                                    _ => self.placeholder(a)?,
+                                }
+                            }
+                        }
+                        SiteKind::Point | SiteKind::Safepoint => {
+                            self.reached_site();
+                            self.reload(&s.saved())?;
+                            self.ins(Instruction::I32Const(crate::NORMAL));
+                            self.ins(Instruction::GlobalSet(self.ctx.state));
+                        }
+                    },
+                    Item::Block(b) => {
+                        if let Some(sp) = b.lone_safepoint() {
+                            self.reached_site();
+                            self.reload(&sp.below)?;
+                            self.ins(Instruction::I32Const(crate::NORMAL));
+                            self.ins(Instruction::GlobalSet(self.ctx.state));
+                            // The loop's check runs again on entry; one more unit of budget keeps
+                            // it from firing at once (with a budget of 1 it would never progress).
+                            let bl = self.budget_local.expect("safepoints enabled");
+                            self.ins(Instruction::LocalGet(bl));
+                            self.ins(Instruction::I32Const(1));
+                            self.ins(Instruction::I32Add);
+                            self.ins(Instruction::LocalSet(bl));
+                        } else {
+                            for &l in &b.param_locals {
+                                self.ins(Instruction::LocalGet(l));
+                            }
+                        }
+                        if let Some(arm) = group.arm {
+                            self.ins(Instruction::I32Const(i32::from(arm)));
                         }
                     }
-                    if let Some(arm) = group.arm {
-                        self.ins(Instruction::I32Const(i32::from(arm)));
-                    }
+                    Item::Op(_) => unreachable!(),
                 }
-                Item::Op(_) => unreachable!(),
+                let d = self.depth_of(ls[group.item])?;
+                self.ins(Instruction::Br(d));
             }
-            let d = self.depth_of(ls[group.item])?;
-            self.ins(Instruction::Br(d));
+            self.end(); // dispatch
         }
-        self.end(); // dispatch
         for &l in param_locals {
             self.ins(Instruction::LocalGet(l));
         }
