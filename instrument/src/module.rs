@@ -122,23 +122,10 @@ pub(crate) fn assemble(
     let mut instrumented = 0u32;
     let mut sites = 0u32;
     let mut max_frame = 0u32;
-    // With safepoints, each instrumented function gets a resume copy (see `rewrite`), added
+    // With safepoints, instrumented functions may get a resume copy (see `rewrite`), added
     // after `reserve` in the order of the functions.
-    let copies = if options.safepoints {
-        bodies
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| m.callee[m.imported_funcs as usize + i] == Callee::Instrumented)
-            .count() as u32
-    } else {
-        0
-    };
     let mut resume_bodies: Vec<(u32, Vec<u8>)> = Vec::new();
-    (bodies.len() as u32)
-        .checked_add(1)
-        .and_then(|n| n.checked_add(copies))
-        .ok_or_else(|| Error::Invalid("too many functions".into()))?
-        .encode(&mut code);
+    let nbodies = bodies.len() as u32;
     for (i, (body, to_validate)) in bodies.into_iter().enumerate() {
         let func = m.imported_funcs + i as u32;
         if m.callee[func as usize] == Callee::Instrumented {
@@ -192,13 +179,19 @@ pub(crate) fn assemble(
     let reserve = reserve_body(sp, m.memories, max_frame);
     reserve.len().encode(&mut code);
     code.extend_from_slice(&reserve);
-    if resume_bodies.len() as u32 != copies {
-        return Err(Error::Internal("resume copies miscounted".into()));
-    }
     for (_, copy) in &resume_bodies {
         copy.len().encode(&mut code);
         code.extend_from_slice(copy);
     }
+    let copies = resume_bodies.len() as u32;
+    let mut counted = Vec::with_capacity(code.len() + 5);
+    nbodies
+        .checked_add(1)
+        .and_then(|n| n.checked_add(copies))
+        .ok_or_else(|| Error::Invalid("too many functions".into()))?
+        .encode(&mut counted);
+    counted.extend_from_slice(&code);
+    let code = counted;
 
     // Exports the host needs.
     let mut exports: Vec<(String, ExportKind, u32)> = vec![

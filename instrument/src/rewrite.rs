@@ -194,6 +194,20 @@ enum Item<'a> {
     Site(Box<Site<'a>>),
 }
 
+/// Whether a rewind path would enter a loop, or the function has an entry safepoint: where a
+/// resume copy pays for its size (see [`rewrite`]).
+fn hot_rewind(items: &[Item<'_>]) -> bool {
+    items.iter().any(|item| match item {
+        Item::Block(b) if b.has_site() => {
+            b.kind == Kind::Loop
+                || hot_rewind(&b.body)
+                || b.else_body.as_deref().is_some_and(hot_rewind)
+        }
+        Item::Site(s) => matches!(s.kind, SiteKind::Safepoint),
+        _ => false,
+    })
+}
+
 impl Item<'_> {
     fn has_site(&self) -> bool {
         match self {
@@ -420,16 +434,7 @@ pub(crate) fn rewrite(
                 let mut b = open.block;
                 if stack.is_empty() {
                     reader.finish()?;
-                    return emit(
-                        ctx,
-                        func,
-                        &fty,
-                        locals,
-                        b,
-                        next_site,
-                        budget_in_local,
-                        resume,
-                    );
+                    return emit(ctx, func, &fty, locals, b, budget_in_local, resume);
                 }
                 if b.has_site() {
                     for &p in &b.params {
@@ -1019,10 +1024,12 @@ fn emit(
     fty: &FuncType,
     mut locals: Locals,
     root: Block<'_>,
-    sites: u32,
     budget_in_local: bool,
     resume: Option<u32>,
 ) -> Result<Rewritten, Error> {
+    // The root's sites are all the function's, numbered from 0.
+    let sites = root.sites.1;
+    let resume = resume.filter(|_| hot_rewind(&root.body));
     let base = locals.add(ValType::I32, false);
     let site_local = locals.add(ValType::I32, false);
     // With loop safepoints the budget lives in a local (a register), written back to the
