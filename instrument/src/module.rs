@@ -122,8 +122,10 @@ pub(crate) fn assemble(
     let mut instrumented = 0u32;
     let mut sites = 0u32;
     let mut max_frame = 0u32;
-    // With safepoints, instrumented functions may get a resume copy (see `rewrite`), added
-    // after `reserve` in the order of the functions.
+    // With safepoints, each instrumented function gets a resume copy (see `rewrite`), added
+    // after `reserve` in the order of the functions. (Giving copies only to functions with
+    // loops or entry safepoints saved 3% of the size of the compute guest and cost 2% of the
+    // churn guest's instructions on wasmtime.)
     let mut resume_bodies: Vec<(u32, Vec<u8>)> = Vec::new();
     let nbodies = bodies.len() as u32;
     for (i, (body, to_validate)) in bodies.into_iter().enumerate() {

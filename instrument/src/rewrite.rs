@@ -194,20 +194,6 @@ enum Item<'a> {
     Site(Box<Site<'a>>),
 }
 
-/// Whether a rewind path would enter a loop, or the function has an entry safepoint: where a
-/// resume copy pays for its size (see [`rewrite`]).
-fn hot_rewind(items: &[Item<'_>]) -> bool {
-    items.iter().any(|item| match item {
-        Item::Block(b) if b.has_site() => {
-            b.kind == Kind::Loop
-                || hot_rewind(&b.body)
-                || b.else_body.as_deref().is_some_and(hot_rewind)
-        }
-        Item::Site(s) => matches!(s.kind, SiteKind::Safepoint),
-        _ => false,
-    })
-}
-
 impl Item<'_> {
     fn has_site(&self) -> bool {
         match self {
@@ -1029,7 +1015,6 @@ fn emit(
 ) -> Result<Rewritten, Error> {
     // The root's sites are all the function's, numbered from 0.
     let sites = root.sites.1;
-    let resume = resume.filter(|_| hot_rewind(&root.body));
     let base = locals.add(ValType::I32, false);
     let site_local = locals.add(ValType::I32, false);
     // With loop safepoints the budget lives in a local (a register), written back to the
