@@ -393,7 +393,17 @@ pub mod migrate {
     /// backends gives what an uninterrupted run of the original gives. Returns the number of
     /// points checked.
     pub fn check_every(spec: &Spec, original: &[u8], every: u64) -> Result<u64, String> {
-        let wasm = tabi_instrument::instrument(original, &tabi_instrument::Options::default())
+        check_every_with(spec, original, &tabi_instrument::Options::default(), every)
+    }
+
+    /// [`check_every`] with the module rewritten with `options`.
+    pub fn check_every_with(
+        spec: &Spec,
+        original: &[u8],
+        options: &tabi_instrument::Options,
+        every: u64,
+    ) -> Result<u64, String> {
+        let wasm = tabi_instrument::instrument(original, options)
             .map_err(|e| e.to_string())?
             .wasm;
         let expected = plain(spec, original);

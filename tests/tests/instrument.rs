@@ -345,8 +345,6 @@ fn deep_recursion_unwinds_and_rewinds() {
     assert!(n >= 2, "{n}");
 }
 
-/// With safepoints, a guest looping without any call can be paused by the host from another
-/// thread, and the paused state resumes on the other engine with the same result.
 /// The guest of `spec`, and its rewrite with safepoints.
 fn with_safepoints(spec: &Spec) -> (Vec<u8>, Vec<u8>) {
     let original = std::fs::read(&spec.wasm).unwrap();
@@ -358,6 +356,63 @@ fn with_safepoints(spec: &Spec) -> (Vec<u8>, Vec<u8>) {
     (original, wasm)
 }
 
+/// With safepoints, a function's own body cannot rewind: called while rewinding, it hands over
+/// to its resume copy, which rebuilds the frame and runs on. A 10,000-frame stack is rebuilt
+/// through the copies (each frame under its normal body's), on either engine and across them:
+/// paused at its deepest migration point, and yielding every 3,000 safepoints on the way.
+#[test]
+fn deep_recursion_rewinds_through_resume_copies() {
+    use tabi_libos::machine::{Outcome, PauseControl};
+    use tabi_tests::migrate::{check_every_with, run_pausable};
+    use tabi_tests::{Backend, guests, process_for};
+
+    let spec = Spec::new(guests::COMPUTE).args(&["deep", "10000"]);
+    let (original, wasm) = with_safepoints(&spec);
+    // One resume copy per rewritten function, after the added `reserve`.
+    let functions = |wasm: &[u8]| {
+        wasmparser::Parser::new(0)
+            .parse_all(wasm)
+            .find_map(|p| match p.unwrap() {
+                wasmparser::Payload::FunctionSection(f) => Some(f.count()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let manifest = tabi_instrument::Manifest::from_module(&wasm)
+        .unwrap()
+        .unwrap();
+    assert!(manifest.instrumented_functions > 0);
+    assert_eq!(
+        functions(&wasm),
+        functions(&original) + 1 + manifest.instrumented_functions
+    );
+
+    let options = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let n = check_every_with(&spec, &original, &options, 1).unwrap();
+    assert!(n >= 2, "{n}");
+
+    let expected = plain(&spec, &original);
+    for backend in Backend::ALL {
+        let (process, out, _) = process_for(&spec);
+        let mut control = PauseControl::never();
+        control.budget = Some(3000);
+        match run_pausable(backend, &wasm, process, control, None) {
+            Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0), "{backend:?}"),
+            Outcome::Paused(_) => panic!("paused without a request"),
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&out.lock().unwrap()),
+            expected.outcome.stdout,
+            "{backend:?}"
+        );
+    }
+}
+
+/// With safepoints, a guest looping without any call can be paused by the host from another
+/// thread, and the paused state resumes on the other engine with the same result.
 #[test]
 fn safepoints_let_the_host_pause_a_loop() {
     use std::sync::Arc;
