@@ -275,7 +275,7 @@ impl Machine for Session {
 /// What identifies a function within its store. wasmi keeps function identity private (its
 /// handles implement neither `Eq` nor `Hash`), but a handle's `Debug` form spells out the
 /// store and the function's slot in it, the same for every copy of the handle.
-fn func_key(f: &Func) -> String {
+fn func_key(f: &wasmi::Func) -> String {
     format!("{f:?}")
 }
 
