@@ -33,10 +33,6 @@
 //! With [`Options::safepoints`], every loop header and the entry of every recursive function
 //! counts down [`BUDGET_GLOBAL`]; when it reaches zero the guest unwinds on its own, so a host can
 //! pause a guest that loops without calling anything, within a bounded number of iterations.
-//! Each rewritten function then also gets a *resume copy*, added after the module's functions:
-//! the function itself has no rewind paths (they cost hot loops registers), and when called
-//! while rewinding it hands its arguments to the copy, which rebuilds the frame and runs on
-//! until the function returns. Frames and the host protocol are the same with or without.
 //!
 //! The output records what was done in a custom section ([`MANIFEST_SECTION`], see
 //! [`Manifest`]), is validated before it is returned, and depends only on the input bytes and the
@@ -89,13 +85,6 @@ pub const BUDGET_GLOBAL: &str = "__tabi_budget";
 /// (counting imported functions) at index `i`. A host maps the functions it finds in the
 /// guest's tables to their indices with it, and back.
 pub const FUNCS_TABLE: &str = "__tabi_funcs";
-
-/// Export name of the one-slot `funcref` table (only with [`Options::safepoints`]) where the
-/// host may put a function of type `[] -> []`. A safepoint whose budget ran out calls it: the
-/// host refills [`BUDGET_GLOBAL`] and, when a pause is due, sets [`STATE_GLOBAL`] to
-/// [`UNWINDING`], and the guest then unwinds. With the slot empty, the guest unwinds at once
-/// (a *yield*), and the host rewinds it when no pause is due.
-pub const POLL_TABLE: &str = "__tabi_poll";
 /// Export name of the module's start function, which the rewrite turns into an export so that a
 /// resumed instance does not run it twice. The host calls it before the entry point on a fresh
 /// run.

@@ -86,18 +86,8 @@ pub(crate) fn assemble(
         nopause,
         stack_mem: m.memories,
         reserve: nfuncs,
-        poll: None,
     };
     let reserve_type = ctx.types.index(&[wasmparser::ValType::I32], &[]);
-    // With safepoints: a one-slot table, after the input's tables and `__tabi_funcs`, where
-    // the host may put a function `[] -> []` that a safepoint calls when its budget runs out.
-    let funcs_table = (m.writes_tables && nfuncs > 0).then_some(m.tables);
-    let poll_table = options
-        .safepoints
-        .then(|| m.tables + u32::from(funcs_table.is_some()));
-    if let Some(t) = poll_table {
-        ctx.poll = Some((t, ctx.types.index(&[], &[])));
-    }
 
     // Branch hints the input carries (`metadata.code.branch_hint`), by function: still right
     // for a body copied as it is, and for one that only gets a prefix once moved past it.
@@ -216,9 +206,6 @@ pub(crate) fn assemble(
     if let Some(b) = budget {
         exports.push((crate::BUDGET_GLOBAL.into(), ExportKind::Global, b));
     }
-    if let Some(t) = poll_table {
-        exports.push((crate::POLL_TABLE.into(), ExportKind::Table, t));
-    }
     if let Some(s) = m.start {
         exports.push((crate::START_EXPORT.into(), ExportKind::Func, s));
     }
@@ -233,6 +220,7 @@ pub(crate) fn assemble(
     }
     // A guest that writes its tables gets one more, holding every function at its index, so
     // that the host can name the functions its tables hold.
+    let funcs_table = (m.writes_tables && nfuncs > 0).then_some(m.tables);
     if let Some(t) = funcs_table {
         exports.push((crate::FUNCS_TABLE.into(), ExportKind::Table, t));
     }
@@ -305,18 +293,7 @@ pub(crate) fn assemble(
             f.encode(&mut element_bytes);
         }
     }
-    if poll_table.is_some() {
-        wasm_encoder::TableType {
-            element_type: wasm_encoder::RefType::FUNCREF,
-            minimum: 1,
-            maximum: Some(1),
-            table64: false,
-            shared: false,
-        }
-        .encode(&mut table_bytes);
-    }
-    let added_elements = u32::from(funcs_table.is_some());
-    let added_tables = added_elements + u32::from(poll_table.is_some());
+    let added_tables = u32::from(funcs_table.is_some());
 
     let manifest = Manifest {
         version: crate::FORMAT_VERSION,
@@ -356,7 +333,7 @@ pub(crate) fn assemble(
             TYPE => grown(original, added_types, &type_bytes),
             FUNCTION => grown(original, 1 + copies, &function_bytes),
             TABLE => grown(original, added_tables, &table_bytes),
-            ELEMENT => grown(original, added_elements, &element_bytes),
+            ELEMENT => grown(original, added_tables, &element_bytes),
             MEMORY => grown(original, 1, &memory_bytes),
             GLOBAL => grown(original, new_globals.len() as u32, &global_bytes),
             EXPORT => grown(original, exports.len() as u32, &export_bytes),
@@ -366,10 +343,10 @@ pub(crate) fn assemble(
             _ => unreachable!("only growing sections"),
         }
     };
-    let growing: &[u8] = match (funcs_table.is_some(), poll_table.is_some()) {
-        (true, _) => &[TYPE, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, ELEMENT, CODE],
-        (false, true) => &[TYPE, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, CODE],
-        (false, false) => &[TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE],
+    let growing: &[u8] = if funcs_table.is_some() {
+        &[TYPE, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, ELEMENT, CODE]
+    } else {
+        &[TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE]
     };
 
     // The kept hints go just before the code section, as the proposal asks.

@@ -77,8 +77,6 @@ pub(crate) struct Ctx<'m, 'a> {
     pub nopause: u32,
     pub stack_mem: u32,
     pub reserve: u32,
-    /// The poll table and the type `[] -> []`, with safepoints.
-    pub poll: Option<(u32, u32)>,
 }
 
 fn enc(t: ValType) -> Result<wasm_encoder::ValType, Error> {
@@ -1565,38 +1563,12 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    /// A safepoint whose budget ran out: write the budget back, then call the host's poll
-    /// function (which refills the budget and says whether to pause), or without one set the
-    /// state to unwinding; unwind if the state says so. Otherwise execution goes on here with
-    /// the budget reloaded.
+    /// A safepoint's yield: write the budget back, set the state to unwinding, and unwind.
     fn yield_at(&mut self, site: &Site<'_>) -> Result<(), Error> {
-        let (table, ty) = self.ctx.poll.expect("safepoints enabled");
         self.store_budget();
-        self.ins(Instruction::I32Const(0));
-        self.ins(Instruction::TableGet(table));
-        self.ins(Instruction::RefIsNull);
-        self.ins(Instruction::If(BlockType::Empty));
-        self.labels.push(Some(u32::MAX));
         self.ins(Instruction::I32Const(crate::UNWINDING));
         self.ins(Instruction::GlobalSet(self.ctx.state));
-        self.ins(Instruction::Else);
-        self.ins(Instruction::I32Const(0));
-        self.ins(Instruction::CallIndirect {
-            type_index: ty,
-            table_index: table,
-        });
-        self.end();
-        self.load_budget();
-        let bt = match site.below.as_slice() {
-            [] => BlockType::Empty,
-            b => BlockType::FunctionType(self.ctx.types.index(b, b)),
-        };
-        self.ins(Instruction::GlobalGet(self.ctx.state));
-        self.ins(Instruction::If(bt));
-        self.labels.push(Some(u32::MAX));
-        self.save_and_unwind(site.id, &site.below)?;
-        self.end();
-        Ok(())
+        self.save_and_unwind(site.id, &site.below)
     }
 
     /// The budget's local and global, when the budget is kept in the local.
@@ -1730,7 +1702,6 @@ impl Emitter<'_, '_, '_> {
             self.ins(Instruction::Br(self.depth_of(again)?));
             self.end();
             self.yield_at(sp)?;
-            self.ins(Instruction::Br(self.depth_of(again)?));
             self.end(); // $again
             self.end(); // $exit
         }

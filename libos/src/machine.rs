@@ -37,11 +37,6 @@ pub const FLAG_WRITES_TABLES: i32 = 1;
 pub const FUNCS_TABLE: &str = "__tabi_funcs";
 /// Export name of the safepoint budget global.
 pub const BUDGET_GLOBAL: &str = "__tabi_budget";
-/// Export name of the one-slot table where an adapter puts its poll function (modules with
-/// safepoints only). A safepoint whose budget ran out calls it; it refills the budget and
-/// starts the unwind when a pause is due ([`PauseControl::poll`]), so that a yield without a
-/// pause costs a call, not an unwind and a rewind.
-pub const POLL_TABLE: &str = "__tabi_poll";
 /// Export name of the module's former start function.
 pub const START_EXPORT: &str = "__tabi_start";
 /// State: running normally.
@@ -147,10 +142,6 @@ pub struct PauseControl {
     /// Safepoints passed between yields to the host (modules with safepoints only); `None`
     /// keeps the module's default.
     pub budget: Option<i32>,
-    /// Leaves the poll table empty (see [`POLL_TABLE`]): each safepoint yield then unwinds to
-    /// the host, which rewinds it when no pause is due. Slower; this is how a host without a
-    /// poll function runs, and tests use it to exercise that path.
-    pub no_poll: bool,
     points: u64,
     pending: Option<PauseReason>,
 }
@@ -191,22 +182,6 @@ impl PauseControl {
         };
         self.pending = reason;
         reason.is_some()
-    }
-
-    /// Called by an adapter's poll function (see [`POLL_TABLE`]) when a safepoint's budget ran
-    /// out: whether the guest must unwind now. The adapter refills the budget with
-    /// [`PauseControl::refill`] either way.
-    pub fn poll(&mut self) -> bool {
-        if self.pending.is_none() && self.requested() {
-            self.pending = Some(PauseReason::Requested);
-        }
-        self.pending.is_some()
-    }
-
-    /// The budget a safepoint gets after a yield: [`PauseControl::budget`], or the module's
-    /// default.
-    pub fn refill(&self) -> i32 {
-        self.budget.unwrap_or(DEFAULT_BUDGET)
     }
 
     /// Called by an adapter when the guest calls `tabi.checkpoint`, before the call returns.
@@ -722,7 +697,7 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
                 let state = m.capture_but_memories(entry)?;
                 return Ok(Driven::Paused(state, reason));
             }
-            let budget = m.control().refill();
+            let budget = m.control().budget.unwrap_or(DEFAULT_BUDGET);
             m.set_i32(BUDGET_GLOBAL, budget)?;
             m.set_i32(STATE_GLOBAL, REWINDING)?;
         }

@@ -540,29 +540,16 @@ pub mod smith {
             Err(e) => return Err(format!("rewrite failed: {e}")),
         };
         // Runs `wasm` through the pausing driver on both engines, never asking for a pause.
-        // With a budget, also with the poll table left empty: every yield then unwinds and is
-        // rewound in place, where with the poll function it is a call.
         let unpaused = |wasm: &[u8], budget: Option<i32>, what: &str| -> Result<(), String> {
-            let polls: &[bool] = if budget.is_some() {
-                &[false, true]
-            } else {
-                &[false]
-            };
-            for (b, &no_poll) in Backend::ALL
-                .into_iter()
-                .flat_map(|b| polls.iter().map(move |n| (b, n)))
-            {
+            for b in Backend::ALL {
                 let (p, out) = process();
                 let mut control = PauseControl::never();
                 control.budget = budget;
-                control.no_poll = no_poll;
                 match migrate::run_pausable(b, wasm, p, control, None) {
                     machine::Outcome::Finished(f) => {
                         let got = seen(&f.exit, &out);
                         if got != expected {
-                            return Err(format!(
-                                "{what} on {b:?} (no poll: {no_poll}): {got:?}, expected {expected:?}"
-                            ));
+                            return Err(format!("{what} on {b:?}: {got:?}, expected {expected:?}"));
                         }
                     }
                     machine::Outcome::Paused(_) => return Err("paused without a request".into()),
@@ -573,7 +560,7 @@ pub mod smith {
         unpaused(&inst, None, "instrumented")?;
         // With safepoints and a small budget: the run yields after every 40 safepoints (loop
         // headers and recursive functions' entries; the generator's termination fuel keeps
-        // every loop short), to the poll function or, without one, by unwinding.
+        // every loop short), and each yield is rewound in place.
         let sp = tabi_instrument::Options {
             safepoints: true,
             ..tabi_instrument::Options::default()

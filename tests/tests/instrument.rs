@@ -395,16 +395,10 @@ fn deep_recursion_rewinds_through_resume_copies() {
     assert!(n >= 2, "{n}");
 
     let expected = plain(&spec, &original);
-    // Yields to the poll function, and (with none) by unwinding all 10,000 frames and
-    // rewinding them through the copies.
-    for (backend, no_poll) in Backend::ALL
-        .into_iter()
-        .flat_map(|b| [(b, false), (b, true)])
-    {
+    for backend in Backend::ALL {
         let (process, out, _) = process_for(&spec);
         let mut control = PauseControl::never();
         control.budget = Some(3000);
-        control.no_poll = no_poll;
         match run_pausable(backend, &wasm, process, control, None) {
             Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0), "{backend:?}"),
             Outcome::Paused(_) => panic!("paused without a request"),
@@ -574,7 +568,6 @@ fn protocol_constants_agree() {
     assert_eq!(m::FLAGS_GLOBAL, tabi_instrument::FLAGS_GLOBAL);
     assert_eq!(m::FLAG_WRITES_TABLES, tabi_instrument::FLAG_WRITES_TABLES);
     assert_eq!(m::FUNCS_TABLE, tabi_instrument::FUNCS_TABLE);
-    assert_eq!(m::POLL_TABLE, tabi_instrument::POLL_TABLE);
     assert_eq!(
         (m::NORMAL, m::UNWINDING, m::REWINDING),
         (

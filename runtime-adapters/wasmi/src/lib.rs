@@ -39,8 +39,6 @@ pub struct GuestData {
 struct PauseHooks {
     state: Global,
     nopause: Global,
-    /// The safepoint budget, for modules with safepoints.
-    budget: Option<Global>,
     control: PauseControl,
     points: Points,
 }

@@ -5,8 +5,7 @@ use tabi_libos::machine::{
 };
 use tabi_libos::{EngineError, Process};
 use wasmtime::{
-    AsContextMut, Caller, Func, Global, Instance, Memory, Module, Mutability, Ref, Store, Table,
-    Val,
+    AsContextMut, Global, Instance, Memory, Module, Mutability, Ref, Store, Table, Val,
 };
 
 use crate::{GuestData, Wasmtime, exit_of};
@@ -56,22 +55,12 @@ impl Wasmtime {
         let nopause = instance
             .get_global(&mut store, machine::NOPAUSE_GLOBAL)
             .ok_or_else(|| EngineError::Link("the module is not instrumented by tabi".into()))?;
-        let budget = instance.get_global(&mut store, machine::BUDGET_GLOBAL);
-        let no_poll = control.no_poll;
         store.data_mut().pause = Some(crate::PauseHooks {
             state,
             nopause,
-            budget,
             control,
             points,
         });
-        if let (false, Some(table)) = (no_poll, instance.get_table(&mut store, machine::POLL_TABLE))
-        {
-            let poll = Func::wrap(&mut store, |caller: Caller<'_, GuestData>| poll(caller));
-            table
-                .set(&mut store, 0, Ref::Func(Some(poll)))
-                .map_err(|e| EngineError::Link(format!("the poll table: {e}")))?;
-        }
         Ok(Ok(Session { store, instance }))
     }
 }
@@ -311,23 +300,6 @@ pub(crate) fn after_point(mut caller: impl AsContextMut<Data = GuestData>) -> wa
             return Ok(());
         }
         state.set(&mut ctx, Val::I32(machine::UNWINDING))?;
-    }
-    Ok(())
-}
-
-/// The function a safepoint calls when its budget ran out (see [`machine::POLL_TABLE`]):
-/// refills the budget, and starts the unwind when a pause is due.
-fn poll(mut caller: Caller<'_, GuestData>) -> Result<(), wasmtime::Error> {
-    let Some(p) = caller.data_mut().pause.as_mut() else {
-        return Ok(());
-    };
-    let due = p.control.poll();
-    let (state, budget, refill) = (p.state, p.budget, p.control.refill());
-    if let Some(b) = budget {
-        b.set(&mut caller, Val::I32(refill))?;
-    }
-    if due {
-        state.set(&mut caller, Val::I32(machine::UNWINDING))?;
     }
     Ok(())
 }
