@@ -126,8 +126,17 @@ pub(crate) fn assemble(
     // after `reserve` in the order of the functions. (Giving copies only to functions with
     // loops or entry safepoints saved 3% of the size of the compute guest and cost 2% of the
     // churn guest's instructions on wasmtime.)
+    let copies = if options.safepoints {
+        instrumented_count(m)
+    } else {
+        0
+    };
     let mut resume_bodies: Vec<(u32, Vec<u8>)> = Vec::new();
-    let nbodies = bodies.len() as u32;
+    (bodies.len() as u32)
+        .checked_add(1)
+        .and_then(|n| n.checked_add(copies))
+        .ok_or_else(|| Error::Invalid("too many functions".into()))?
+        .encode(&mut code);
     for (i, (body, to_validate)) in bodies.into_iter().enumerate() {
         let func = m.imported_funcs + i as u32;
         if m.callee[func as usize] == Callee::Instrumented {
@@ -185,15 +194,9 @@ pub(crate) fn assemble(
         copy.len().encode(&mut code);
         code.extend_from_slice(copy);
     }
-    let copies = resume_bodies.len() as u32;
-    let mut counted = Vec::with_capacity(code.len() + 5);
-    nbodies
-        .checked_add(1)
-        .and_then(|n| n.checked_add(copies))
-        .ok_or_else(|| Error::Invalid("too many functions".into()))?
-        .encode(&mut counted);
-    counted.extend_from_slice(&code);
-    let code = counted;
+    if resume_bodies.len() as u32 != copies {
+        return Err(Error::Internal("resume copies miscounted".into()));
+    }
 
     // Exports the host needs.
     let mut exports: Vec<(String, ExportKind, u32)> = vec![
@@ -440,6 +443,14 @@ fn encode_ty(t: wasmparser::ValType, sink: &mut Vec<u8>) -> Result<(), Error> {
 
 /// Bytes in a Wasm page.
 const PAGE: u64 = 65536;
+
+/// Number of defined functions the rewrite instruments.
+fn instrumented_count(m: &Module<'_>) -> u32 {
+    m.callee[m.imported_funcs as usize..]
+        .iter()
+        .filter(|&&c| c == Callee::Instrumented)
+        .count() as u32
+}
 
 /// `reserve(n: i32)`: claims the `n` bytes just written above the save stack's top, and grows
 /// its memory so that the largest frame (`max_frame`) fits above the new top: a frame is

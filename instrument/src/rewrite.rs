@@ -255,7 +255,8 @@ fn func_type<'m>(m: &'m Module<'_>, ty: u32) -> &'m FuncType {
 /// it hands its arguments to its *resume copy*, the `resume_body`, which rebuilds the frame
 /// and runs on to the function's return. Rewind paths join the normal code at every level
 /// that holds a site; without them the code generator keeps values in registers as in the
-/// original (the cost is measured in the README). The copy doubles the function's size.
+/// original (measured in `docs/instrument.md`, Resume copies). The copy doubles the
+/// function's size.
 pub(crate) fn rewrite(
     ctx: &mut Ctx<'_, '_>,
     func: u32,
