@@ -290,8 +290,13 @@ fn const_expr_funcs(expr: &wasmparser::ConstExpr<'_>, out: &mut Vec<u32>) -> Res
 }
 
 impl<'a> Module<'a> {
-    /// Validates `wasm` and gathers what the rewrite needs.
-    pub fn parse(wasm: &'a [u8], options: &Options) -> Result<Module<'a>, Error> {
+    /// Validates `wasm` and gathers what the rewrite needs; bodies are scanned on `threads`
+    /// threads, or as many as are worth it.
+    pub fn parse(
+        wasm: &'a [u8],
+        options: &Options,
+        threads: Option<usize>,
+    ) -> Result<Module<'a>, Error> {
         let mut validator = Validator::new_with_features(crate::features());
         let mut m = Module {
             sections: Vec::new(),
@@ -458,9 +463,16 @@ impl<'a> Module<'a> {
         }
 
         let nfuncs = m.func_types.len();
+        let code_bytes = m.bodies.iter().map(|(b, _)| b.range().len()).sum();
+        let (scanned, _) = crate::parallel::run(
+            m.bodies.iter().map(|(body, _)| body).collect(),
+            threads.unwrap_or_else(|| crate::parallel::threads_for(code_bytes)),
+            || (),
+            |(), body| scan(body),
+        );
         let mut scans = Vec::with_capacity(m.bodies.len());
-        for (body, _) in &m.bodies {
-            scans.push(scan(body)?);
+        for (_, s) in scanned {
+            scans.push(s?);
         }
 
         // Where a migration point import escapes as a value, calling it indirectly would

@@ -61,6 +61,7 @@ use serde::{Deserialize, Serialize};
 
 mod analysis;
 mod module;
+mod parallel;
 mod rewrite;
 
 /// Name of the custom section holding the [`Manifest`].
@@ -300,12 +301,147 @@ pub fn features() -> wasmparser::WasmFeatures {
 ///
 /// The result is deterministic: the same bytes and options give the same output. Malformed input
 /// and unsupported constructs give an [`Error`]; the output always validates.
+///
+/// A large module's function bodies are rewritten and validated on several threads: one per
+/// 256 KiB of code, up to the machine's parallelism and at most 8. The output does not depend
+/// on how many ran. [`instrument_on_threads`] sets the number.
 pub fn instrument(wasm: &[u8], options: &Options) -> Result<Output, Error> {
-    let mut info = analysis::Module::parse(wasm, options)?;
-    let out = module::assemble(wasm, &mut info, options)?;
-    let mut validator = wasmparser::Validator::new_with_features(features());
-    validator
-        .validate_all(&out.wasm)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    instrument_with(wasm, options, None)
+}
+
+/// [`instrument`] on at most `threads` threads (the caller's included), for a host that keeps
+/// the rewrite to a share of its cores. The output is the same bytes as [`instrument`]'s.
+pub fn instrument_on_threads(
+    wasm: &[u8],
+    options: &Options,
+    threads: std::num::NonZeroUsize,
+) -> Result<Output, Error> {
+    instrument_with(wasm, options, Some(threads.get()))
+}
+
+fn instrument_with(
+    wasm: &[u8],
+    options: &Options,
+    threads: Option<usize>,
+) -> Result<Output, Error> {
+    let mut info = analysis::Module::parse(wasm, options, threads)?;
+    let out = module::assemble(wasm, &mut info, options, threads)?;
+    validate_output(&out.wasm, threads)?;
     Ok(out)
+}
+
+/// Validates the rewrite's output, its function bodies on `threads` threads (or as many as
+/// are worth it): any error is the rewrite's own fault.
+fn validate_output(wasm: &[u8], threads: Option<usize>) -> Result<(), Error> {
+    let internal = |e: wasmparser::BinaryReaderError| Error::Internal(e.to_string());
+    let mut validator = wasmparser::Validator::new_with_features(features());
+    let mut bodies = Vec::new();
+    let mut code_bytes = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::ValidPayload::Func(to_validate, body) = validator
+            .payload(&payload.map_err(internal)?)
+            .map_err(internal)?
+        {
+            code_bytes += body.range().len();
+            bodies.push((to_validate, body));
+        }
+    }
+    let threads = threads.unwrap_or_else(|| parallel::threads_for(code_bytes));
+    let (results, _) = parallel::run(
+        bodies,
+        threads,
+        wasmparser::FuncValidatorAllocations::default,
+        |allocations, (to_validate, body)| {
+            let mut v = to_validate.into_validator(std::mem::take(allocations));
+            let result = v.validate(&body);
+            *allocations = v.into_allocations();
+            result
+        },
+    );
+    for (_, result) in results {
+        result.map_err(internal)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroUsize;
+
+    /// A module whose functions pause with different operand stacks below the call, so each
+    /// needs block types of its own, first used in an order that differs from thread to
+    /// thread.
+    fn many_types() -> Vec<u8> {
+        let tys = ["i32", "i64", "f32", "f64"];
+        let mut text = String::from(
+            "(module (import \"wasi_snapshot_preview1\" \"sched_yield\" \
+             (func $y (result i32)))",
+        );
+        for k in 0..300u32 {
+            // Counting down, so that later functions use the shorter stacks first.
+            let mut n = 299 - k;
+            let mut below = Vec::new();
+            while below.len() < 1 + (k as usize % 4) {
+                below.push(tys[(n % 4) as usize]);
+                n /= 4;
+            }
+            text.push_str("(func (result i32) (local $r i32)");
+            for t in &below {
+                text.push_str(&format!(" ({t}.const 1)"));
+            }
+            text.push_str(" (call $y) (local.set $r)");
+            for _ in &below {
+                text.push_str(" (drop)");
+            }
+            text.push_str(" (local.get $r))");
+        }
+        text.push_str("(func (export \"_start\") (drop (call 1))))");
+        wat::parse_str(&text).unwrap()
+    }
+
+    #[test]
+    fn threads_do_not_change_the_output() {
+        let wasm = many_types();
+        for safepoints in [false, true] {
+            let options = Options {
+                safepoints,
+                ..Options::default()
+            };
+            let one = instrument_on_threads(&wasm, &options, NonZeroUsize::MIN).unwrap();
+            for n in [2, 3, 7] {
+                let many =
+                    instrument_on_threads(&wasm, &options, NonZeroUsize::new(n).unwrap()).unwrap();
+                assert!(
+                    one.wasm == many.wasm,
+                    "{n} threads, safepoints {safepoints}"
+                );
+            }
+            assert_eq!(instrument(&wasm, &options).unwrap().wasm, one.wasm);
+        }
+    }
+
+    #[test]
+    fn threads_report_the_first_error_in_order() {
+        // Function 250 is invalid: one that a later batch, likely on another thread, holds.
+        let mut text = String::from("(module");
+        for k in 0..300 {
+            if k == 250 {
+                text.push_str("(func (result i32) (i64.const 0))");
+            } else {
+                text.push_str("(func (result i32) (i32.const 0))");
+            }
+        }
+        text.push(')');
+        let wasm = wat::parse_str(&text).unwrap();
+        let one = instrument_on_threads(&wasm, &Options::default(), NonZeroUsize::MIN)
+            .err()
+            .unwrap()
+            .to_string();
+        let many = instrument_on_threads(&wasm, &Options::default(), NonZeroUsize::new(4).unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(one, many);
+    }
 }

@@ -10,7 +10,8 @@ use wasm_encoder::{ConstExpr, Encode, ExportKind, GlobalType, Instruction, Memor
 use wasmparser::BinaryReader;
 
 use crate::analysis::{Callee, Module};
-use crate::rewrite::{Ctx, Types, rewrite};
+use crate::parallel;
+use crate::rewrite::{Ctx, Fixup, Rewritten, Types, rewrite};
 use crate::{Error, Manifest, Options, Output, unsupported};
 
 const TYPE: u8 = 1;
@@ -64,10 +65,13 @@ fn grown(original: &[u8], added: u32, extra: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(d)
 }
 
+/// Builds the output from the parsed input. Function bodies are rewritten on `threads` threads,
+/// or as many as [`parallel::threads_for`] finds worth it; the output is the same either way.
 pub(crate) fn assemble(
     wasm: &[u8],
     m: &mut Module<'_>,
     options: &Options,
+    threads: Option<usize>,
 ) -> Result<Output, Error> {
     let bodies = std::mem::take(&mut m.bodies);
     let m = &*m;
@@ -137,26 +141,94 @@ pub(crate) fn assemble(
         .and_then(|n| n.checked_add(copies))
         .ok_or_else(|| Error::Invalid("too many functions".into()))?
         .encode(&mut code);
+
+    // Rewritten or validated on worker threads; written here in order.
+    struct Job<'b> {
+        func: u32,
+        body: wasmparser::FunctionBody<'b>,
+        to_validate: wasmparser::FuncToValidate<wasmparser::ValidatorResources>,
+        resume: Option<u32>,
+    }
+    let code_bytes: usize = bodies.iter().map(|(b, _)| b.range().len()).sum();
+    let mut next_copy = nfuncs + 1;
+    let mut jobs = Vec::with_capacity(bodies.len());
+    let mut order = Vec::with_capacity(bodies.len());
     for (i, (body, to_validate)) in bodies.into_iter().enumerate() {
         let func = m.imported_funcs + i as u32;
-        if m.callee[func as usize] == Callee::Instrumented {
-            let resume = options
-                .safepoints
-                .then(|| nfuncs + 1 + resume_bodies.len() as u32);
-            let r = rewrite(&mut ctx, func, &body, to_validate, resume)?;
+        // Resume copies follow `reserve`, in the order of their functions.
+        let resume =
+            (options.safepoints && m.callee[func as usize] == Callee::Instrumented).then(|| {
+                next_copy += 1;
+                next_copy - 1
+            });
+        order.push((func, body.clone()));
+        jobs.push(Job {
+            func,
+            body,
+            to_validate,
+            resume,
+        });
+    }
+    let threads = threads.unwrap_or_else(|| parallel::threads_for(code_bytes));
+    let (done, workers) = parallel::run(
+        jobs,
+        threads,
+        || {
+            let ctx = Ctx {
+                types: ctx.types.fork(),
+                ..ctx.clone()
+            };
+            (ctx, wasmparser::FuncValidatorAllocations::default())
+        },
+        |(wctx, allocations), job| -> Result<Option<Rewritten>, Error> {
+            if m.callee[job.func as usize] == Callee::Instrumented {
+                let b = &job.body;
+                rewrite(wctx, job.func, b, job.to_validate, allocations, job.resume).map(Some)
+            } else {
+                let mut v = job.to_validate.into_validator(std::mem::take(allocations));
+                v.validate(&job.body)?;
+                *allocations = v.into_allocations();
+                Ok(None)
+            }
+        },
+    );
+    // Each thread's numbers for the types it added, mapped to the merged ones.
+    let mut maps: Vec<Vec<u32>> = workers
+        .iter()
+        .map(|(w, _)| vec![u32::MAX; w.types.list.len()])
+        .collect();
+    for ((worker, result), (func, body)) in done.into_iter().zip(order) {
+        if let Some(r) = result? {
+            let (w, map) = (&workers[worker].0, &mut maps[worker]);
+            for &t in &r.new_types {
+                let slot = map
+                    .get_mut(w.types.slot(t))
+                    .ok_or_else(|| Error::Internal("a type outside its thread's list".into()))?;
+                if *slot == u32::MAX {
+                    let (params, results) = w.types.key(t);
+                    *slot = ctx.types.index(params, results);
+                }
+            }
+            let renumber = |t: u32| -> Result<u32, Error> {
+                map.get(w.types.slot(t))
+                    .copied()
+                    .filter(|&g| g != u32::MAX)
+                    .ok_or_else(|| Error::Internal("a type its function did not list".into()))
+            };
             instrumented += 1;
             sites += r.sites;
             max_frame = max_frame.max(r.frame);
-            r.body.len().encode(&mut code);
-            code.extend_from_slice(&r.body);
-            if let Some(copy) = r.resume_body {
-                resume_bodies.push((m.func_types[func as usize], copy));
+            let body = renumbered(r.body, &r.fixups, renumber)?;
+            body.len().encode(&mut code);
+            code.extend_from_slice(&body);
+            if let Some((copy, fixups)) = r.resume_body {
+                resume_bodies.push((
+                    m.func_types[func as usize],
+                    renumbered(copy, &fixups, renumber)?,
+                ));
             }
             // The input's hints for this body point into code that is no longer there.
         } else {
-            to_validate
-                .into_validator(Default::default())
-                .validate(&body)?;
             let bytes = &wasm[body.range()];
             if m.guard[func as usize] {
                 // Raise the no-pause counter on entry; the body is otherwise unchanged.
@@ -445,6 +517,37 @@ fn encode_ty(t: wasmparser::ValType, sink: &mut Vec<u8>) -> Result<(), Error> {
 const PAGE: u64 = 65536;
 
 /// Number of defined functions the rewrite instruments.
+/// `body` with the type index at each of `fixups` replaced by `renumber`'s (the same bytes when
+/// none changes).
+fn renumbered(
+    body: Vec<u8>,
+    fixups: &[Fixup],
+    renumber: impl Fn(u32) -> Result<u32, Error>,
+) -> Result<Vec<u8>, Error> {
+    let mut same = true;
+    for f in fixups {
+        same &= renumber(f.index)? == f.index;
+    }
+    if same {
+        return Ok(body);
+    }
+    let mut out = Vec::with_capacity(body.len() + 4 * fixups.len());
+    let mut from = 0;
+    for f in fixups {
+        let piece = body
+            .get(from..f.at)
+            .ok_or_else(|| Error::Internal("type fixups out of order".into()))?;
+        out.extend_from_slice(piece);
+        wasm_encoder::BlockType::FunctionType(renumber(f.index)?).encode(&mut out);
+        from = f.at + f.len;
+    }
+    out.extend_from_slice(
+        body.get(from..)
+            .ok_or_else(|| Error::Internal("type fixup past the body".into()))?,
+    );
+    Ok(out)
+}
+
 fn instrumented_count(m: &Module<'_>) -> u32 {
     m.callee[m.imported_funcs as usize..]
         .iter()

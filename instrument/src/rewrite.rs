@@ -25,16 +25,33 @@ use std::collections::BTreeMap;
 
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{BlockType, Encode, Instruction, MemArg};
-use wasmparser::{FuncToValidate, FuncType, FunctionBody, Operator, ValType, ValidatorResources};
+use wasmparser::{
+    FuncToValidate, FuncType, FuncValidatorAllocations, FunctionBody, Operator, ValType,
+    ValidatorResources,
+};
 
 use crate::analysis::{Callee, Module};
 use crate::{Error, unsupported};
 
 /// Function types the rewrite adds to the type section.
+///
+/// Functions are rewritten on several threads, each with its own copy ([`Types::fork`]). A
+/// copy numbers the types it adds on its own, so the bodies it writes carry those numbers
+/// where such a type is used ([`Fixup`]), and it lists the types each function added, in the
+/// order of their first use. Merged in the order of the functions, the lists number every
+/// added type as one thread rewriting every function in order would.
+#[derive(Clone)]
 pub(crate) struct Types {
     base: u32,
     pub list: Vec<(Vec<ValType>, Vec<ValType>)>,
     map: BTreeMap<(Vec<ValType>, Vec<ValType>), u32>,
+    /// Indices from here up were added by this copy: their numbers are its own.
+    fresh: u32,
+    /// This copy's additions that the current function used, in the order of first use.
+    used: Vec<u32>,
+    /// Per entry of `list`: the last function (`generation`) that used it.
+    stamp: Vec<u32>,
+    generation: u32,
 }
 
 impl Types {
@@ -43,19 +60,70 @@ impl Types {
             base,
             list: Vec::new(),
             map: BTreeMap::new(),
+            fresh: u32::MAX,
+            used: Vec::new(),
+            stamp: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    /// A copy for one thread: the types known so far keep their indices; those it adds get
+    /// numbers of its own, to be mapped when the threads' work is merged.
+    pub fn fork(&self) -> Types {
+        Types {
+            fresh: self.base + self.list.len() as u32,
+            used: Vec::new(),
+            stamp: vec![0; self.list.len()],
+            generation: 0,
+            ..self.clone()
         }
     }
 
     /// Index of the function type `params -> results`, added when new.
     pub fn index(&mut self, params: &[ValType], results: &[ValType]) -> u32 {
         let key = (params.to_vec(), results.to_vec());
-        if let Some(&i) = self.map.get(&key) {
-            return i;
+        let i = match self.map.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.base + self.list.len() as u32;
+                self.list.push(key.clone());
+                self.stamp.push(0);
+                self.map.insert(key, i);
+                i
+            }
+        };
+        if i >= self.fresh {
+            let stamp = &mut self.stamp[(i - self.base) as usize];
+            if *stamp != self.generation {
+                *stamp = self.generation;
+                self.used.push(i);
+            }
         }
-        let i = self.base + self.list.len() as u32;
-        self.list.push(key.clone());
-        self.map.insert(key, i);
         i
+    }
+
+    /// Starts the next function: the list of its used additions starts empty.
+    fn next_function(&mut self) {
+        self.generation += 1;
+        self.used.clear();
+    }
+
+    /// Whether `index` is one of this copy's own numbers.
+    fn is_fresh(&self, index: u32) -> bool {
+        index >= self.fresh
+    }
+
+    /// The type with this copy's index `index` (one of its own).
+    pub fn key(&self, index: u32) -> &(Vec<ValType>, Vec<ValType>) {
+        &self.list[self.slot(index)]
+    }
+
+    /// Position of this copy's index `index` in `list` (past its end for an index it never
+    /// gave).
+    pub fn slot(&self, index: u32) -> usize {
+        index
+            .checked_sub(self.base)
+            .map_or(usize::MAX, |i| i as usize)
     }
 
     fn block(&mut self, params: &[ValType], results: &[ValType]) -> Result<BlockType, Error> {
@@ -67,7 +135,17 @@ impl Types {
     }
 }
 
+/// Where a body uses a type numbered by its thread's [`Types`] copy: the `len` bytes at `at`
+/// (a block type, after the opcode) hold `index`, to be replaced by the merged number.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fixup {
+    pub at: usize,
+    pub len: usize,
+    pub index: u32,
+}
+
 /// Module-level indices the rewritten code refers to.
+#[derive(Clone)]
 pub(crate) struct Ctx<'m, 'a> {
     pub m: &'m Module<'a>,
     pub types: Types,
@@ -207,8 +285,14 @@ impl Item<'_> {
 /// The rewritten body and the number of sites in it.
 pub(crate) struct Rewritten {
     pub body: Vec<u8>,
-    /// The body of the function's resume copy, when it has one (see [`rewrite`]).
-    pub resume_body: Option<Vec<u8>>,
+    /// Where `body` uses types its thread numbered.
+    pub fixups: Vec<Fixup>,
+    /// The body of the function's resume copy, when it has one (see [`rewrite`]), and where
+    /// it uses types its thread numbered.
+    pub resume_body: Option<(Vec<u8>, Vec<Fixup>)>,
+    /// The types its thread added that the function used, by that thread's numbers, in the
+    /// order of first use.
+    pub new_types: Vec<u32>,
     pub sites: u32,
     /// Bytes of the function's frame on the save stack.
     pub frame: u32,
@@ -262,10 +346,12 @@ pub(crate) fn rewrite(
     func: u32,
     body: &FunctionBody<'_>,
     to_validate: FuncToValidate<ValidatorResources>,
+    allocations: &mut FuncValidatorAllocations,
     resume: Option<u32>,
 ) -> Result<Rewritten, Error> {
     let m = ctx.m;
-    let mut v = to_validate.into_validator(Default::default());
+    ctx.types.next_function();
+    let mut v = to_validate.into_validator(std::mem::take(allocations));
     let fty = func_type(m, m.func_types[func as usize]).clone();
     let mut locals = Locals {
         original: fty.params().to_vec(),
@@ -421,6 +507,7 @@ pub(crate) fn rewrite(
                 let mut b = open.block;
                 if stack.is_empty() {
                     reader.finish()?;
+                    *allocations = v.into_allocations();
                     return emit(ctx, func, &fty, locals, b, budget_in_local, resume);
                 }
                 if b.has_site() {
@@ -1003,6 +1090,8 @@ struct Emitter<'c, 'm, 'a> {
     /// Whether the code being emitted can rewind (has the dispatches): false in the normal
     /// body of a function split from its resume copy.
     rewinds: bool,
+    /// Where the code emitted so far uses types its thread numbered.
+    fixups: Vec<Fixup>,
 }
 
 fn emit(
@@ -1094,6 +1183,7 @@ fn emit(
         originals: locals.original.len() as u32,
         slow_exit: None,
         rewinds: true,
+        fixups: Vec::new(),
     };
     let total = locals.original.len() + locals.extra.len();
     let mut needs = BTreeMap::new();
@@ -1139,19 +1229,22 @@ fn emit(
     }
     e.body(&root, fty.results())?;
     let body = std::mem::take(&mut e.out);
+    let fixups = std::mem::take(&mut e.fixups);
     let resume_body = match resume {
         Some(_) => {
             e.out = header;
             e.rewinds = true;
             e.body(&root, fty.results())?;
-            Some(std::mem::take(&mut e.out))
+            Some((std::mem::take(&mut e.out), std::mem::take(&mut e.fixups)))
         }
         None => None,
     };
     let frame = e.frame_size();
     Ok(Rewritten {
         body,
+        fixups,
         resume_body,
+        new_types: e.ctx.types.used.clone(),
         sites,
         frame,
     })
@@ -1179,7 +1272,20 @@ impl Emitter<'_, '_, '_> {
     }
 
     fn ins(&mut self, i: Instruction<'_>) {
+        let at = self.out.len();
         i.encode(&mut self.out);
+        if let Instruction::Block(BlockType::FunctionType(t))
+        | Instruction::Loop(BlockType::FunctionType(t))
+        | Instruction::If(BlockType::FunctionType(t)) = i
+            && self.ctx.types.is_fresh(t)
+        {
+            // One opcode byte, then the type's index.
+            self.fixups.push(Fixup {
+                at: at + 1,
+                len: self.out.len() - at - 1,
+                index: t,
+            });
+        }
     }
 
     fn open_added(&mut self, bt: BlockType) -> u32 {

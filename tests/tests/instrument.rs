@@ -293,6 +293,40 @@ fn output_is_deterministic_and_untouched_functions_are_byte_identical() {
     }
 }
 
+/// The guests' rewrites are the same bytes whether their bodies are shared out among threads
+/// or not (they have hundreds of functions: several batches, so several threads take part).
+#[test]
+fn threads_do_not_change_a_guest_rewrite() {
+    use std::num::NonZeroUsize;
+    use tabi_tests::guests;
+    for guest in [
+        guests::HELLO,
+        guests::P1_CALLS,
+        guests::STD_FS,
+        guests::COMPUTE,
+        guests::POSIX,
+    ] {
+        let wasm = std::fs::read(guest).unwrap();
+        for safepoints in [false, true] {
+            let options = Options {
+                safepoints,
+                ..Options::default()
+            };
+            let default = instrument(&wasm, &options).unwrap().wasm;
+            for n in [1, 2, 3] {
+                let threads = NonZeroUsize::new(n).unwrap();
+                let out = tabi_instrument::instrument_on_threads(&wasm, &options, threads)
+                    .unwrap()
+                    .wasm;
+                assert!(
+                    out == default,
+                    "{guest}: {n} threads, safepoints {safepoints}"
+                );
+            }
+        }
+    }
+}
+
 /// The kernel issue's guests, paused after every migration point they reach and resumed on the
 /// other engine (alternating which engine goes first), give what an uninterrupted run of the
 /// original gives: stdout, stderr, exit status and the in-memory file tree.
