@@ -59,6 +59,9 @@ pub(crate) struct Module<'a> {
     /// function) and can reach a migration point. Calls of it are not sites; on entry it
     /// raises the no-pause counter instead, for pauses cannot be taken inside it.
     pub guard: Vec<bool>,
+    /// Per function: can be called from outside the module's direct calls (exported, the
+    /// start function, or a function value in a table, a global or `ref.func`).
+    pub escapes: Vec<bool>,
     /// `(canonical type, table)` pairs whose `call_indirect` may reach a rewritten function.
     pub indirect_hits: BTreeSet<(u32, u32)>,
     /// Canonical types whose `call_ref` may reach a rewritten function.
@@ -313,6 +316,7 @@ impl<'a> Module<'a> {
             callee: Vec::new(),
             recursive: Vec::new(),
             guard: Vec::new(),
+            escapes: Vec::new(),
             indirect_hits: BTreeSet::new(),
             ref_hits: BTreeSet::new(),
             canon: Vec::new(),
@@ -500,6 +504,9 @@ impl<'a> Module<'a> {
             ));
         }
         escaping.extend(exported_funcs.iter().copied());
+        m.escapes = (0..nfuncs as u32)
+            .map(|f| escaping.contains(&f) || m.start == Some(f))
+            .collect();
 
         let mut open_tables: BTreeSet<u32> = imported_tables;
         open_tables.extend(exported_tables);

@@ -81,6 +81,22 @@ pub(crate) fn assemble(
     let nopause = m.globals + 2;
     let flags = m.globals + 3;
     let budget = options.safepoints.then_some(m.globals + 4);
+    // With safepoints, each instrumented function gets a resume copy (see `rewrite`), added
+    // after `reserve` in the order of the functions. (Giving copies only to functions with
+    // loops or entry safepoints saved 3% of the size of the compute guest and cost 2% of the
+    // churn guest's instructions on wasmtime.)
+    let mut copy_of = vec![u32::MAX; nfuncs as usize];
+    let mut copies = 0u32;
+    if options.safepoints {
+        for (f, c) in m.callee.iter().enumerate() {
+            if *c == Callee::Instrumented && f >= m.imported_funcs as usize {
+                copy_of[f] = nfuncs
+                    .checked_add(1 + copies)
+                    .ok_or_else(|| Error::Invalid("too many functions".into()))?;
+                copies += 1;
+            }
+        }
+    }
     let mut ctx = Ctx {
         m,
         types: Types::new(m.types.len() as u32),
@@ -90,6 +106,7 @@ pub(crate) fn assemble(
         nopause,
         stack_mem: m.memories,
         reserve: nfuncs,
+        copy_of: &copy_of,
     };
     let reserve_type = ctx.types.index(&[wasmparser::ValType::I32], &[]);
 
@@ -126,15 +143,6 @@ pub(crate) fn assemble(
     let mut instrumented = 0u32;
     let mut sites = 0u32;
     let mut max_frame = 0u32;
-    // With safepoints, each instrumented function gets a resume copy (see `rewrite`), added
-    // after `reserve` in the order of the functions. (Giving copies only to functions with
-    // loops or entry safepoints saved 3% of the size of the compute guest and cost 2% of the
-    // churn guest's instructions on wasmtime.)
-    let copies = if options.safepoints {
-        instrumented_count(m)
-    } else {
-        0
-    };
     let mut resume_bodies: Vec<(u32, Vec<u8>)> = Vec::new();
     (bodies.len() as u32)
         .checked_add(1)
@@ -150,17 +158,11 @@ pub(crate) fn assemble(
         resume: Option<u32>,
     }
     let code_bytes: usize = bodies.iter().map(|(b, _)| b.range().len()).sum();
-    let mut next_copy = nfuncs + 1;
     let mut jobs = Vec::with_capacity(bodies.len());
     let mut order = Vec::with_capacity(bodies.len());
     for (i, (body, to_validate)) in bodies.into_iter().enumerate() {
         let func = m.imported_funcs + i as u32;
-        // Resume copies follow `reserve`, in the order of their functions.
-        let resume =
-            (options.safepoints && m.callee[func as usize] == Callee::Instrumented).then(|| {
-                next_copy += 1;
-                next_copy - 1
-            });
+        let resume = Some(copy_of[func as usize]).filter(|&c| c != u32::MAX);
         order.push((func, body.clone()));
         jobs.push(Job {
             func,
@@ -546,13 +548,6 @@ fn renumbered(
             .ok_or_else(|| Error::Internal("type fixup past the body".into()))?,
     );
     Ok(out)
-}
-
-fn instrumented_count(m: &Module<'_>) -> u32 {
-    m.callee[m.imported_funcs as usize..]
-        .iter()
-        .filter(|&&c| c == Callee::Instrumented)
-        .count() as u32
 }
 
 /// `reserve(n: i32)`: claims the `n` bytes just written above the save stack's top, and grows

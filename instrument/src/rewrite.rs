@@ -155,6 +155,8 @@ pub(crate) struct Ctx<'m, 'a> {
     pub nopause: u32,
     pub stack_mem: u32,
     pub reserve: u32,
+    /// Per function: the index of its resume copy, `u32::MAX` for none.
+    pub copy_of: &'m [u32],
 }
 
 fn enc(t: ValType) -> Result<wasm_encoder::ValType, Error> {
@@ -1092,6 +1094,9 @@ struct Emitter<'c, 'm, 'a> {
     rewinds: bool,
     /// Where the code emitted so far uses types its thread numbered.
     fixups: Vec<Fixup>,
+    /// Whether the code being emitted is a resume copy: its calls of functions that have
+    /// copies go to those copies while rewinding.
+    in_copy: bool,
 }
 
 fn emit(
@@ -1184,6 +1189,7 @@ fn emit(
         slow_exit: None,
         rewinds: true,
         fixups: Vec::new(),
+        in_copy: false,
     };
     let total = locals.original.len() + locals.extra.len();
     let mut needs = BTreeMap::new();
@@ -1216,8 +1222,12 @@ fn emit(
 
     e.out = header.clone();
     e.rewinds = resume.is_none();
-    if let Some(copy) = resume {
-        // Called while rewinding: the resume copy rebuilds the frame and runs on.
+    if let Some(copy) = resume
+        && e.ctx.m.escapes[func as usize]
+    {
+        // Called while rewinding: the resume copy rebuilds the frame and runs on. Only a
+        // function the host or an indirect call can enter needs this: a resume copy calls
+        // the other copies itself while rewinding.
         e.ins(Instruction::GlobalGet(e.ctx.state));
         e.ins(Instruction::If(BlockType::Empty));
         for p in 0..fty.params().len() as u32 {
@@ -1234,6 +1244,7 @@ fn emit(
         Some(_) => {
             e.out = header;
             e.rewinds = true;
+            e.in_copy = true;
             e.body(&root, fty.results())?;
             Some((std::mem::take(&mut e.out), std::mem::take(&mut e.fixups)))
         }
@@ -1268,6 +1279,40 @@ impl Emitter<'_, '_, '_> {
         self.end();
         self.epilogue(results)?;
         self.ins(Instruction::End);
+        Ok(())
+    }
+
+    /// The call of a site. In a resume copy, a direct call of a function with a copy of its
+    /// own goes to that copy while rewinding (the state is then nonzero; nothing unwinds
+    /// when a call starts), so that no function's normal body needs to test for a rewind
+    /// on entry unless the host or an indirect call can enter it.
+    fn site_call(&mut self, s: &Site<'_>) -> Result<(), Error> {
+        let op = s.op.as_ref().expect("call");
+        let copy = match op {
+            Operator::Call { function_index } if self.in_copy => self
+                .ctx
+                .copy_of
+                .get(*function_index as usize)
+                .copied()
+                .filter(|&c| c != u32::MAX),
+            _ => None,
+        };
+        let Some(copy) = copy else {
+            return self.op(op);
+        };
+        let Operator::Call { function_index } = op else {
+            unreachable!("a copy is found for direct calls only")
+        };
+        let m = self.ctx.m;
+        let f = func_type(m, m.func_types[*function_index as usize]);
+        let bt = self.ctx.types.block(f.params(), f.results())?;
+        self.ins(Instruction::GlobalGet(self.ctx.state));
+        self.ins(Instruction::If(bt));
+        self.labels.push(Some(u32::MAX));
+        self.ins(Instruction::Call(copy));
+        self.ins(Instruction::Else);
+        self.ins(Instruction::Call(*function_index));
+        self.end();
         Ok(())
     }
 
@@ -2054,7 +2099,7 @@ impl Emitter<'_, '_, '_> {
                 Item::Site(s) => {
                     if matches!(s.kind, SiteKind::Callee | SiteKind::Indirect { .. }) {
                         self.store_budget();
-                        self.op(s.op.as_ref().expect("call"))?;
+                        self.site_call(s)?;
                         self.unwind_check(s)?;
                         self.load_budget();
                     }
