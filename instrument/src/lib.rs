@@ -34,9 +34,10 @@
 //! counts down [`BUDGET_GLOBAL`]; when it reaches zero the guest unwinds on its own, so a host can
 //! pause a guest that loops without calling anything, within a bounded number of iterations.
 //! Each rewritten function then also gets a *resume copy*, added after the module's functions:
-//! the function itself has no rewind paths (they cost hot loops registers), and when called
-//! while rewinding it hands its arguments to the copy, which rebuilds the frame and runs on
-//! until the function returns. Frames and the host protocol are the same with or without.
+//! the function itself has no rewind paths (they cost hot loops registers). The copy rebuilds
+//! the frame, calls the next frame's copy while rewinding, and runs on until the function
+//! returns; a function the host or an indirect call can enter hands over to its copy when
+//! called while rewinding. Frames and the host protocol are the same with or without.
 //!
 //! The output records what was done in a custom section ([`MANIFEST_SECTION`], see
 //! [`Manifest`]), is validated before it is returned, and depends only on the input bytes and the

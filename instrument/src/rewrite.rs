@@ -337,12 +337,13 @@ fn func_type<'m>(m: &'m Module<'_>, ty: u32) -> &'m FuncType {
 /// Rewrites defined function `func`.
 ///
 /// With `resume` (the index the caller gives a function it adds), the function is split in
-/// two. The body returned runs and unwinds but has no rewind path: called while rewinding,
-/// it hands its arguments to its *resume copy*, the `resume_body`, which rebuilds the frame
-/// and runs on to the function's return. Rewind paths join the normal code at every level
-/// that holds a site; without them the code generator keeps values in registers as in the
-/// original (measured in `docs/instrument.md`, Resume copies). The copy doubles the
-/// function's size.
+/// two. The body returned runs and unwinds but has no rewind path; its *resume copy*, the
+/// `resume_body`, rebuilds the frame, calls the next frame's copy while rewinding, and runs
+/// on to the function's return. Only a function entered from outside (`Module::escapes`)
+/// tests for a rewind on entry and hands over to its copy. Rewind paths join the normal
+/// code at every level that holds a site; without them the code generator keeps values in
+/// registers as in the original (measured in `docs/instrument.md`, Resume copies). The copy
+/// doubles the function's size.
 pub(crate) fn rewrite(
     ctx: &mut Ctx<'_, '_>,
     func: u32,

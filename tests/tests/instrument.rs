@@ -390,10 +390,10 @@ fn with_safepoints(spec: &Spec) -> (Vec<u8>, Vec<u8>) {
     (original, wasm)
 }
 
-/// With safepoints, a function's own body cannot rewind: called while rewinding, it hands over
-/// to its resume copy, which rebuilds the frame and runs on. A 10,000-frame stack is rebuilt
-/// through the copies (each frame under its normal body's), on either engine and across them:
-/// paused at its deepest migration point, and yielding every 3,000 safepoints on the way.
+/// With safepoints, a function's own body cannot rewind: its resume copy rebuilds the frame
+/// and runs on, and calls the next copy down while rewinding. A 10,000-frame stack is rebuilt
+/// through the copies, on either engine and across them: paused at its deepest migration
+/// point, and yielding every 3,000 safepoints on the way.
 #[test]
 fn deep_recursion_rewinds_through_resume_copies() {
     use tabi_libos::machine::{Outcome, PauseControl};
@@ -442,6 +442,60 @@ fn deep_recursion_rewinds_through_resume_copies() {
             expected.outcome.stdout,
             "{backend:?}"
         );
+    }
+}
+
+/// With safepoints, only a function the host or an indirect call can enter tests for a rewind
+/// on entry (and hands over to its copy); the copies call each other while rewinding.
+#[test]
+fn only_functions_entered_from_outside_hand_over_to_their_copies() {
+    use wasmparser::{Operator, Parser, Payload};
+    // Functions: 3 imports, $point 3, $out 4, $flush 5, $ind_a 6, $ind_b 7, $pure 8, then
+    // $rec 9 and _start 10.
+    let wasm = module(
+        r#"(func $rec (param $n i32) (result i32)
+            (if (result i32) (i32.eqz (local.get $n))
+              (then (call $point (i32.const 0)))
+              (else (i32.add (local.get $n) (call $rec (i32.sub (local.get $n) (i32.const 1)))))))
+          (func (export "_start")
+            (call $out (call_indirect (type $ii) (call $rec (i32.const 3)) (i32.const 0)))
+            (call $flush))"#,
+    );
+    let options = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let out = instrument(&wasm, &options).unwrap().wasm;
+    // Rewritten: $point, $out (its loop has a safepoint), $flush, $ind_a, $ind_b, $rec and
+    // _start; `reserve` is 11, their copies 12 to 18 in that order.
+    let first_copy = 12;
+    let mut calls: Vec<Vec<u32>> = Vec::new();
+    for p in Parser::new(0).parse_all(&out) {
+        if let Payload::CodeSectionEntry(body) = p.unwrap() {
+            let mut v = Vec::new();
+            for op in body.get_operators_reader().unwrap() {
+                if let Operator::Call { function_index } = op.unwrap() {
+                    v.push(function_index);
+                }
+            }
+            calls.push(v);
+        }
+    }
+    let calls_a_copy = |body: usize| calls[body].iter().any(|&f| f >= first_copy);
+    // Bodies are numbered from the first defined function (index 3).
+    let body = |f: usize| f - 3;
+    // Entered from outside: _start (exported), $ind_a and $ind_b (in the table).
+    for f in [10, 6, 7] {
+        assert!(calls_a_copy(body(f)), "function {f} does not hand over");
+    }
+    // Called directly only: $point, $out, $flush, $rec.
+    for f in [3, 4, 5, 9] {
+        assert!(!calls_a_copy(body(f)), "function {f} tests for a rewind");
+    }
+    // The copy of _start calls the copies of $rec, $out and $flush while rewinding.
+    let start_copy = &calls[body(18)];
+    for copy in [17, 13, 14] {
+        assert!(start_copy.contains(&copy), "{start_copy:?}");
     }
 }
 
