@@ -300,8 +300,12 @@ fn main() {
         worst[0], worst[1], worst[2], worst[3], worst[4]
     );
 
-    if only.is_none() {
+    // `TABI_BENCH_ONLY=unwind` or `=module` runs only that measure.
+    let wants = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    if wants("unwind") {
         unwind_rewind(&wasmtime);
+    }
+    if wants("big module") {
         big_module();
     }
 }
@@ -370,8 +374,9 @@ fn unwind_rewind(e: &tabi_wasmtime::Wasmtime) {
     );
 }
 
-/// Generates a module of about 10 MB: many functions with loops, arithmetic, calls of each
-/// other, and some calls of a WASI import.
+/// Generates a module of about 15 MB (the target names 10 MB): many functions with loops,
+/// arithmetic, calls of each other, and some calls of a WASI import. Times its rewrite as
+/// `instrument` runs it (on several threads when the machine has them) and on one thread.
 fn big_module() {
     use wasm_encoder::{
         CodeSection, EntityType, ExportKind, ExportSection, Function, FunctionSection,
@@ -466,20 +471,26 @@ fn big_module() {
         .section(&exports)
         .section(&code);
     let wasm = module.finish();
-    let mut times = Vec::new();
+    let one = std::num::NonZeroUsize::MIN;
+    let (mut times, mut times_one) = (Vec::new(), Vec::new());
     let mut out = None;
     for _ in 0..3 {
         let t = Instant::now();
         out = Some(instrument(&wasm, &Options::default()).unwrap());
         times.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let single = tabi_instrument::instrument_on_threads(&wasm, &Options::default(), one);
+        times_one.push(t.elapsed().as_secs_f64());
+        assert!(single.unwrap().wasm == out.as_ref().unwrap().wasm);
     }
     let out = out.unwrap();
     println!(
-        "instrumenting a {:.1} MB module ({} functions, {} rewritten): {:.3} s (target < 2 s), output {:.1} MB",
+        "instrumenting a {:.1} MB module ({} functions, {} rewritten): {:.3} s (target < 2 s; on one thread {:.3} s), output {:.1} MB",
         wasm.len() as f64 / 1e6,
         n + 1,
         out.manifest.instrumented_functions,
         median(times),
+        median(times_one),
         out.wasm.len() as f64 / 1e6
     );
 }

@@ -62,6 +62,8 @@ pub(crate) struct Module<'a> {
     /// Per function: can be called from outside the module's direct calls (exported, the
     /// start function, or a function value in a table, a global or `ref.func`).
     pub escapes: Vec<bool>,
+    /// Threads the work on function bodies is shared out among.
+    pub threads: usize,
     /// `(canonical type, table)` pairs whose `call_indirect` may reach a rewritten function.
     pub indirect_hits: BTreeSet<(u32, u32)>,
     /// Canonical types whose `call_ref` may reach a rewritten function.
@@ -293,8 +295,9 @@ fn const_expr_funcs(expr: &wasmparser::ConstExpr<'_>, out: &mut Vec<u32>) -> Res
 }
 
 impl<'a> Module<'a> {
-    /// Validates `wasm` and gathers what the rewrite needs; bodies are scanned on `threads`
-    /// threads, or as many as are worth it.
+    /// Validates `wasm` and gathers what the rewrite needs. Work on function bodies, here and
+    /// after, runs on `threads` threads, or as many as the size of the code is worth
+    /// ([`crate::parallel::threads_for`]).
     pub fn parse(
         wasm: &'a [u8],
         options: &Options,
@@ -317,6 +320,7 @@ impl<'a> Module<'a> {
             recursive: Vec::new(),
             guard: Vec::new(),
             escapes: Vec::new(),
+            threads: 1,
             indirect_hits: BTreeSet::new(),
             ref_hits: BTreeSet::new(),
             canon: Vec::new(),
@@ -468,9 +472,10 @@ impl<'a> Module<'a> {
 
         let nfuncs = m.func_types.len();
         let code_bytes = m.bodies.iter().map(|(b, _)| b.range().len()).sum();
+        m.threads = threads.unwrap_or_else(|| crate::parallel::threads_for(code_bytes));
         let (scanned, _) = crate::parallel::run(
             m.bodies.iter().map(|(body, _)| body).collect(),
-            threads.unwrap_or_else(|| crate::parallel::threads_for(code_bytes)),
+            m.threads,
             || (),
             |(), body| scan(body),
         );

@@ -327,28 +327,25 @@ fn instrument_with(
     threads: Option<usize>,
 ) -> Result<Output, Error> {
     let mut info = analysis::Module::parse(wasm, options, threads)?;
-    let out = module::assemble(wasm, &mut info, options, threads)?;
-    validate_output(&out.wasm, threads)?;
+    let out = module::assemble(wasm, &mut info, options)?;
+    validate_output(&out.wasm, info.threads)?;
     Ok(out)
 }
 
-/// Validates the rewrite's output, its function bodies on `threads` threads (or as many as
-/// are worth it): any error is the rewrite's own fault.
-fn validate_output(wasm: &[u8], threads: Option<usize>) -> Result<(), Error> {
+/// Validates the rewrite's output, its function bodies on `threads` threads: any error is the
+/// rewrite's own fault.
+fn validate_output(wasm: &[u8], threads: usize) -> Result<(), Error> {
     let internal = |e: wasmparser::BinaryReaderError| Error::Internal(e.to_string());
     let mut validator = wasmparser::Validator::new_with_features(features());
     let mut bodies = Vec::new();
-    let mut code_bytes = 0;
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         if let wasmparser::ValidPayload::Func(to_validate, body) = validator
             .payload(&payload.map_err(internal)?)
             .map_err(internal)?
         {
-            code_bytes += body.range().len();
             bodies.push((to_validate, body));
         }
     }
-    let threads = threads.unwrap_or_else(|| parallel::threads_for(code_bytes));
     let (results, _) = parallel::run(
         bodies,
         threads,
@@ -425,25 +422,31 @@ mod tests {
 
     #[test]
     fn threads_report_the_first_error_in_order() {
-        // Function 250 is invalid: one that a later batch, likely on another thread, holds.
-        let mut text = String::from("(module");
-        for k in 0..300 {
-            if k == 250 {
-                text.push_str("(func (result i32) (i64.const 0))");
-            } else {
-                text.push_str("(func (result i32) (i32.const 0))");
+        // 300 functions, those in `invalid` returning an i64 where an i32 is declared (a body
+        // of the same length, so every offset is the same in each module).
+        let module = |invalid: &[usize]| {
+            let mut text = String::from("(module");
+            for k in 0..300 {
+                let ty = if invalid.contains(&k) { "i64" } else { "i32" };
+                text.push_str(&format!("(func (result i32) ({ty}.const 0))"));
             }
+            text.push(')');
+            wat::parse_str(&text).unwrap()
+        };
+        let error = |wasm: &[u8], threads: usize| {
+            let threads = NonZeroUsize::new(threads).unwrap();
+            instrument_on_threads(wasm, &Options::default(), threads)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        // Functions 40 and 250 are invalid, in batches that different threads take: the
+        // error is function 40's, as on one thread.
+        let first = error(&module(&[40]), 1);
+        assert_ne!(first, error(&module(&[250]), 1));
+        let both = module(&[40, 250]);
+        for threads in [1, 2, 4] {
+            assert_eq!(error(&both, threads), first, "{threads} threads");
         }
-        text.push(')');
-        let wasm = wat::parse_str(&text).unwrap();
-        let one = instrument_on_threads(&wasm, &Options::default(), NonZeroUsize::MIN)
-            .err()
-            .unwrap()
-            .to_string();
-        let many = instrument_on_threads(&wasm, &Options::default(), NonZeroUsize::new(4).unwrap())
-            .err()
-            .unwrap()
-            .to_string();
-        assert_eq!(one, many);
     }
 }

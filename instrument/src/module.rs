@@ -65,13 +65,12 @@ fn grown(original: &[u8], added: u32, extra: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(d)
 }
 
-/// Builds the output from the parsed input. Function bodies are rewritten on `threads` threads,
-/// or as many as [`parallel::threads_for`] finds worth it; the output is the same either way.
+/// Builds the output from the parsed input. Function bodies are rewritten on `m.threads`
+/// threads; the output is the same whatever their number.
 pub(crate) fn assemble(
     wasm: &[u8],
     m: &mut Module<'_>,
     options: &Options,
-    threads: Option<usize>,
 ) -> Result<Output, Error> {
     let bodies = std::mem::take(&mut m.bodies);
     let m = &*m;
@@ -157,7 +156,6 @@ pub(crate) fn assemble(
         to_validate: wasmparser::FuncToValidate<wasmparser::ValidatorResources>,
         resume: Option<u32>,
     }
-    let code_bytes: usize = bodies.iter().map(|(b, _)| b.range().len()).sum();
     let mut jobs = Vec::with_capacity(bodies.len());
     let mut order = Vec::with_capacity(bodies.len());
     for (i, (body, to_validate)) in bodies.into_iter().enumerate() {
@@ -171,10 +169,9 @@ pub(crate) fn assemble(
             resume,
         });
     }
-    let threads = threads.unwrap_or_else(|| parallel::threads_for(code_bytes));
     let (done, workers) = parallel::run(
         jobs,
-        threads,
+        m.threads,
         || {
             let ctx = Ctx {
                 types: ctx.types.fork(),
@@ -518,7 +515,6 @@ fn encode_ty(t: wasmparser::ValType, sink: &mut Vec<u8>) -> Result<(), Error> {
 /// Bytes in a Wasm page.
 const PAGE: u64 = 65536;
 
-/// Number of defined functions the rewrite instruments.
 /// `body` with the type index at each of `fixups` replaced by `renumber`'s (the same bytes when
 /// none changes).
 fn renumbered(
@@ -526,21 +522,21 @@ fn renumbered(
     fixups: &[Fixup],
     renumber: impl Fn(u32) -> Result<u32, Error>,
 ) -> Result<Vec<u8>, Error> {
-    let mut same = true;
-    for f in fixups {
-        same &= renumber(f.index)? == f.index;
-    }
-    if same {
+    let merged = fixups
+        .iter()
+        .map(|f| renumber(f.index))
+        .collect::<Result<Vec<u32>, Error>>()?;
+    if merged.iter().zip(fixups).all(|(&g, f)| g == f.index) {
         return Ok(body);
     }
     let mut out = Vec::with_capacity(body.len() + 4 * fixups.len());
     let mut from = 0;
-    for f in fixups {
+    for (f, g) in fixups.iter().zip(merged) {
         let piece = body
             .get(from..f.at)
             .ok_or_else(|| Error::Internal("type fixups out of order".into()))?;
         out.extend_from_slice(piece);
-        wasm_encoder::BlockType::FunctionType(renumber(f.index)?).encode(&mut out);
+        wasm_encoder::BlockType::FunctionType(g).encode(&mut out);
         from = f.at + f.len;
     }
     out.extend_from_slice(

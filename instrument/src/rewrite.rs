@@ -1256,7 +1256,7 @@ fn emit(
         body,
         fixups,
         resume_body,
-        new_types: e.ctx.types.used.clone(),
+        new_types: std::mem::take(&mut e.ctx.types.used),
         sites,
         frame,
     })
@@ -1289,30 +1289,27 @@ impl Emitter<'_, '_, '_> {
     /// on entry unless the host or an indirect call can enter it.
     fn site_call(&mut self, s: &Site<'_>) -> Result<(), Error> {
         let op = s.op.as_ref().expect("call");
-        let copy = match op {
+        let target = match op {
             Operator::Call { function_index } if self.in_copy => self
                 .ctx
                 .copy_of
                 .get(*function_index as usize)
-                .copied()
-                .filter(|&c| c != u32::MAX),
+                .filter(|&&c| c != u32::MAX)
+                .map(|&c| (*function_index, c)),
             _ => None,
         };
-        let Some(copy) = copy else {
+        let Some((callee, copy)) = target else {
             return self.op(op);
         };
-        let Operator::Call { function_index } = op else {
-            unreachable!("a copy is found for direct calls only")
-        };
         let m = self.ctx.m;
-        let f = func_type(m, m.func_types[*function_index as usize]);
+        let f = func_type(m, m.func_types[callee as usize]);
         let bt = self.ctx.types.block(f.params(), f.results())?;
         self.ins(Instruction::GlobalGet(self.ctx.state));
         self.ins(Instruction::If(bt));
         self.labels.push(Some(u32::MAX));
         self.ins(Instruction::Call(copy));
         self.ins(Instruction::Else);
-        self.ins(Instruction::Call(*function_index));
+        self.ins(Instruction::Call(callee));
         self.end();
         Ok(())
     }
