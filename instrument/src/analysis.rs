@@ -85,6 +85,9 @@ enum Ev {
     BrTable(Vec<u32>),
     Return,
     Stop,
+    /// `throw`, `throw_ref` or `rethrow`: leaves the function, to a handler in a caller if
+    /// the module has any, else to the host as a trap.
+    Throw,
     Call(u32),
 }
 
@@ -99,6 +102,8 @@ struct Scan {
     ref_funcs: Vec<u32>,
     mutated_tables: Vec<u32>,
     has_loop: bool,
+    /// Holds a `try` or a `try_table` with a catch clause: an exception can be caught here.
+    catches: bool,
 }
 
 fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
@@ -106,11 +111,26 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
     let mut reader = body.get_operators_reader()?;
     while !reader.eof() {
         let op = reader.read()?;
+        match &op {
+            Operator::Try { .. } => s.catches = true,
+            Operator::TryTable { try_table } => s.catches |= !try_table.catches.is_empty(),
+            _ => {}
+        }
         if !s.has_loop {
             let ev = match &op {
-                Operator::Block { .. } | Operator::Try { .. } | Operator::TryTable { .. } => {
+                Operator::TryTable { try_table } => {
+                    // A throw inside may branch to any catch label, which names a label
+                    // outside the `try_table`: count them as taken where it is entered.
+                    for c in &try_table.catches {
+                        let (wasmparser::Catch::One { label, .. }
+                        | wasmparser::Catch::OneRef { label, .. }
+                        | wasmparser::Catch::All { label }
+                        | wasmparser::Catch::AllRef { label }) = c;
+                        s.shape.push(Ev::BrIf(*label));
+                    }
                     Some(Ev::Block)
                 }
+                Operator::Block { .. } | Operator::Try { .. } => Some(Ev::Block),
                 Operator::If { .. } => Some(Ev::If),
                 Operator::Else | Operator::Catch { .. } | Operator::CatchAll => Some(Ev::Else),
                 Operator::End | Operator::Delegate { .. } => Some(Ev::End),
@@ -129,10 +149,10 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
                 | Operator::ReturnCall { .. }
                 | Operator::ReturnCallIndirect { .. }
                 | Operator::ReturnCallRef { .. } => Some(Ev::Return),
-                Operator::Unreachable
-                | Operator::Throw { .. }
-                | Operator::ThrowRef
-                | Operator::Rethrow { .. } => Some(Ev::Stop),
+                Operator::Unreachable => Some(Ev::Stop),
+                Operator::Throw { .. } | Operator::ThrowRef | Operator::Rethrow { .. } => {
+                    Some(Ev::Throw)
+                }
                 Operator::Call { function_index } => Some(Ev::Call(*function_index)),
                 // Other operators do not change control flow.
                 _ => None,
@@ -173,7 +193,11 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
 }
 
 /// Whether a loop-free body of this shape can return, given which functions cannot.
-fn can_return(shape: &[Ev], noreturn: &[bool]) -> bool {
+///
+/// With `catches` (some function of the module can catch an exception), a throw counts as a
+/// return: control may come back to a caller's handler, so the function must not be treated
+/// as one that never gives control back (its no-pause guard would never be lowered).
+fn can_return(shape: &[Ev], noreturn: &[bool], catches: bool) -> bool {
     struct Frame {
         is_if: bool,
         entry_live: bool,
@@ -201,9 +225,10 @@ fn can_return(shape: &[Ev], noreturn: &[bool]) -> bool {
                 then_end: None,
                 targeted: false,
             }),
+            // An `else`, or a `catch` of a legacy `try` (one frame may have several).
             Ev::Else => {
                 if let Some(f) = frames.last_mut() {
-                    f.then_end = Some(live);
+                    f.then_end = Some(live || f.then_end.unwrap_or(false));
                     live = f.entry_live;
                 }
             }
@@ -211,8 +236,8 @@ fn can_return(shape: &[Ev], noreturn: &[bool]) -> bool {
                 let Some(f) = frames.pop() else { break };
                 let fallthrough = match (f.is_if, f.then_end) {
                     (true, None) => live || f.entry_live,
-                    (true, Some(t)) => live || t,
-                    (false, _) => live,
+                    (_, Some(t)) => live || t,
+                    (false, None) => live,
                 };
                 live = fallthrough || f.targeted;
                 if frames.is_empty() {
@@ -244,6 +269,12 @@ fn can_return(shape: &[Ev], noreturn: &[bool]) -> bool {
                 }
             }
             Ev::Stop => live = false,
+            Ev::Throw => {
+                if live && catches {
+                    return true;
+                }
+                live = false;
+            }
             Ev::Call(f) => {
                 if noreturn.get(*f as usize).copied().unwrap_or(false) {
                     live = false;
@@ -591,6 +622,7 @@ impl<'a> Module<'a> {
         // Functions that cannot return: proc_exit, and loop-free bodies that cannot reach
         // their end (a greatest fixpoint: assume they cannot, then drop those that can).
         let imported = m.imported_funcs as usize;
+        let catches = scans.iter().any(|s| s.catches);
         let mut noreturn: Vec<bool> = (0..nfuncs)
             .map(|f| {
                 if f < imported {
@@ -604,7 +636,7 @@ impl<'a> Module<'a> {
         loop {
             let mut changed = false;
             for f in imported..nfuncs {
-                if noreturn[f] && can_return(&scans[f - imported].shape, &noreturn) {
+                if noreturn[f] && can_return(&scans[f - imported].shape, &noreturn, catches) {
                     noreturn[f] = false;
                     changed = true;
                 }

@@ -253,6 +253,96 @@ fn unsupported_constructs_are_refused_with_their_name() {
     ));
 }
 
+/// Exceptions: a throw is a way out of a function only where the module can catch it. Where it
+/// can, neither a thrower nor a function whose `try_table` catches lets the analysis treat a
+/// function as one that never returns (its callers would lose their sites, and the guard a
+/// function that never returns raises would stay raised once an exception is caught).
+#[test]
+fn exceptions_do_not_make_functions_look_like_they_never_return() {
+    let with = |body: &str| {
+        wat::parse_str(format!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+  (tag $t)
+  (memory 1)
+  (func $point (drop (call $yield)))
+  {body})"#
+        ))
+        .unwrap()
+    };
+    // A catch around a migration point: the function returns through its handler, so it is
+    // rewritten, and its `try_table` is refused by name (it was once left untouched).
+    let caught = with(
+        r#"(func (export "_start")
+             (block $h (try_table (catch_all $h) (call $point) (throw $t)) (unreachable)))"#,
+    );
+    match instrument(&caught, &Options::default()) {
+        Err(Error::Unsupported { construct, .. }) => {
+            assert!(construct.contains("exception"), "{construct}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A function whose end is reached only through a catch label returns; its caller keeps
+    // both of its sites.
+    let through_catch = with(
+        r#"(func $f (block $b (try_table (catch_all $b) (nop)) (unreachable)))
+           (func (export "_start") (call $point) (call $f) (call $point))"#,
+    );
+    let out = instrument(&through_catch, &Options::default()).unwrap();
+    assert_eq!(out.manifest.instrumented_functions, 2);
+    assert_eq!(out.manifest.sites, 3);
+    // A thrower that reaches a migration point, in a module that can catch: it may return to a
+    // handler, so it is rewritten, and its throw refused.
+    let thrower = with(
+        r#"(func $th (call $point) (throw $t))
+           (func (export "_start") (block $h (try_table (catch_all $h) (call $th))))"#,
+    );
+    assert!(matches!(
+        instrument(&thrower, &Options::default()),
+        Err(Error::Unsupported { .. })
+    ));
+    // With no handler anywhere, a throw ends the run like `unreachable`: the thrower is left
+    // as it is (guarded), and its callers' code after it is dead.
+    let uncaught = with(
+        r#"(func $th (call $point) (throw $t))
+           (func (export "_start") (call $point) (if (i32.const 0) (then (call $th))))"#,
+    );
+    let out = instrument(&uncaught, &Options::default()).unwrap();
+    assert_eq!(out.manifest.instrumented_functions, 2);
+    assert_eq!(out.manifest.sites, 2);
+}
+
+/// A module with a 64-bit memory runs and migrates on both engines (each engine once accepted a
+/// different set of proposals, so such a guest ran on wasmtime and then failed to resume on
+/// wasmi).
+#[test]
+fn a_64_bit_memory_migrates_between_engines() {
+    let wasm = wat::parse_str(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+  (memory (export "memory") i64 1)
+  (func $put (param $at i64) (param $c i32)
+    (drop (call $yield))
+    (i32.store8 (local.get $at) (local.get $c)))
+  (func (export "_start") (local $i i64)
+    (loop $l
+      (call $put (i64.add (i64.const 100) (local.get $i))
+                 (i32.add (i32.const 97) (i32.wrap_i64 (local.get $i))))
+      (local.set $i (i64.add (local.get $i) (i64.const 1)))
+      (br_if $l (i64.lt_u (local.get $i) (i64.const 5))))
+    (i64.store8 (i64.const 105) (i64.const 10))
+    (i32.store (i64.const 0) (i32.const 100))
+    (i32.store (i64.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    )
+    .unwrap();
+    let expected = plain(&spec(), &wasm);
+    assert_eq!(expected.outcome.stdout, "abcde\n");
+    let n = check_every(&spec(), &wasm, 1).unwrap();
+    assert!(n >= 6, "only {n} points");
+}
+
 #[test]
 fn output_is_deterministic_and_untouched_functions_are_byte_identical() {
     let wasm =
