@@ -321,3 +321,83 @@ fn exiting_or_trapping_in_the_start_function_ends_the_run() {
         ));
     }
 }
+
+/// Both engines accept the same proposals: a module one of them refuses, the other refuses too,
+/// so a guest that starts on either can resume on the other.
+#[test]
+fn both_engines_accept_the_same_proposals() {
+    let module = |items: &str| {
+        wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1) {items}
+                 (func (export "_start") (drop (call $f))))"#
+        ))
+        .unwrap()
+    };
+    let accepted = [
+        (
+            "memory64",
+            r#"(memory $m i64 1) (func $f (result i32) (i32.load $m (i64.const 8)))"#,
+        ),
+        (
+            "tail calls",
+            r#"(func $f (result i32) (return_call $g (i32.const 3)))
+               (func $g (param i32) (result i32) (local.get 0))"#,
+        ),
+        (
+            "relaxed SIMD",
+            r#"(func $f (result i32) (i32x4.extract_lane 0 (i32x4.relaxed_laneselect
+                 (v128.const i32x4 1 2 3 4) (v128.const i32x4 5 6 7 8) (v128.const i32x4 -1 0 -1 0))))"#,
+        ),
+        (
+            "extended constants",
+            r#"(global $g i32 (i32.add (i32.const 40) (i32.const 2))) (func $f (result i32) (global.get $g))"#,
+        ),
+        (
+            "multiple memories",
+            r#"(memory $b 1) (func $f (result i32) (i32.load $b (i32.const 0)))"#,
+        ),
+    ];
+    let refused = [
+        (
+            "typed function references",
+            r#"(type $t (func (result i32))) (elem declare func $k) (func $k (type $t) (i32.const 1))
+               (func $f (result i32) (call_ref $t (ref.func $k)))"#,
+        ),
+        (
+            "GC",
+            r#"(type $s (struct (field i32))) (func $f (result i32) (struct.get $s 0 (struct.new $s (i32.const 1))))"#,
+        ),
+        (
+            "exceptions",
+            r#"(tag $e) (func $f (result i32) (block $h (try_table (catch_all $h) (throw $e))) (i32.const 0))"#,
+        ),
+        (
+            "threads",
+            r#"(memory $s 1 1 shared) (func $f (result i32) (i32.atomic.load $s (i32.const 0)))"#,
+        ),
+        (
+            "wide arithmetic",
+            r#"(func $f (result i32) (drop (drop (i64.add128 (i64.const 1) (i64.const 2) (i64.const 3) (i64.const 4)))) (i32.const 0))"#,
+        ),
+        (
+            "custom page sizes",
+            r#"(memory $p 1 (pagesize 1)) (func $f (result i32) (i32.const 0))"#,
+        ),
+    ];
+    let spec = Spec::new("wat").sandbox(Sandbox::None);
+    for (expect, cases) in [(true, &accepted[..]), (false, &refused[..])] {
+        for (what, items) in cases {
+            let wasm = module(items);
+            for backend in Backend::ALL {
+                let (process, _, _) = tabi_tests::process_for(&spec);
+                let got = backend.engine().run(&wasm, process);
+                match (expect, got) {
+                    (true, Ok(f)) => assert_eq!(f.exit, tabi_libos::Exit::Code(0), "{what}"),
+                    (false, Err(tabi_libos::engine::EngineError::InvalidModule(_))) => {}
+                    (_, Ok(f)) => panic!("{what} ran on {backend:?}: {:?}", f.exit),
+                    (_, Err(e)) => panic!("{what} on {backend:?}: {e:?}"),
+                }
+            }
+        }
+    }
+}

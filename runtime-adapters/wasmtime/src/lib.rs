@@ -148,12 +148,29 @@ impl Default for Wasmtime {
 }
 
 impl Wasmtime {
-    /// An engine with wasmtime's default configuration, except a 4 MiB limit on the guest's
-    /// native stack (wasmtime's default is 512 KiB) so that deep recursion such as a 10,000-frame
-    /// unwind fits. The calling thread needs that much stack to spare.
+    /// An engine with wasmtime's default configuration, except:
+    /// - a 4 MiB limit on the guest's native stack (wasmtime's default is 512 KiB) so that deep
+    ///   recursion such as a 10,000-frame unwind fits; the calling thread needs that much stack
+    ///   to spare;
+    /// - the proposals wasmi does not run are off (GC, typed function references, exceptions,
+    ///   threads, wide arithmetic, custom page sizes), so both engines accept the same modules
+    ///   and a guest that starts on one can always resume on the other.
     pub fn new() -> Self {
         let mut config = wasmtime::Config::new();
         config.max_wasm_stack(4 << 20).async_stack_size(5 << 20);
+        use wasmtime::WasmFeatures as F;
+        config.wasm_features(
+            F::GC
+                | F::FUNCTION_REFERENCES
+                | F::EXCEPTIONS
+                | F::LEGACY_EXCEPTIONS
+                | F::THREADS
+                | F::SHARED_EVERYTHING_THREADS
+                | F::WIDE_ARITHMETIC
+                | F::CUSTOM_PAGE_SIZES
+                | F::STACK_SWITCHING,
+            false,
+        );
         let engine = wasmtime::Engine::new(&config).expect("a valid configuration");
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker).expect("each import is registered once");
