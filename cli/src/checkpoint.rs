@@ -206,10 +206,13 @@ pub fn run(
 ) -> Result<Outcome> {
     on_guest_stack(|| {
         Ok(match backend {
+            #[cfg(feature = "wasmtime")]
             Backend::Wasmtime => {
                 let (e, m) = compiled_wasmtime(wasm)?;
                 e.run_pausable(&m, process, control, Points::all(), resume)?
             }
+            #[cfg(not(feature = "wasmtime"))]
+            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
             Backend::Wasmi => {
                 let (e, m) = compiled_wasmi(wasm)?;
                 e.run_pausable(&m, process, control, Points::all(), resume)?
@@ -241,6 +244,7 @@ pub fn run_with(
         Ok(match backend {
             // A run that ends while its instance is made (a segment that does not fit) ends
             // as it would in `_start`.
+            #[cfg(feature = "wasmtime")]
             Backend::Wasmtime => {
                 let (e, m) = compiled_wasmtime(wasm)?;
                 match e.begin(&m, process, control, Points::all())? {
@@ -248,6 +252,8 @@ pub fn run_with(
                     Err(finished) => Outcome::Finished(finished),
                 }
             }
+            #[cfg(not(feature = "wasmtime"))]
+            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
             Backend::Wasmi => {
                 let (e, m) = compiled_wasmi(wasm)?;
                 match e.begin(&m, process, control, Points::all())? {
@@ -280,7 +286,28 @@ fn cached<M: Clone>(
     Ok(m)
 }
 
+/// The backend `tabi run` and `tabi resume` use unless told: wasmtime, or wasmi in a build
+/// without it.
+pub const DEFAULT_BACKEND: &str = if cfg!(feature = "wasmtime") {
+    "wasmtime"
+} else {
+    "wasmi"
+};
+
+/// The backends `tabi migrate-test` moves a guest between unless told.
+pub const DEFAULT_BACKENDS: &str = if cfg!(feature = "wasmtime") {
+    "wasmtime,wasmi"
+} else {
+    "wasmi"
+};
+
+/// The error a backend choice of wasmtime gives in a build without it.
+#[cfg(not(feature = "wasmtime"))]
+pub const WITHOUT_WASMTIME: &str =
+    "this build of tabi has no wasmtime (the `wasmtime` feature is off); use `--backend wasmi`";
+
 /// The process's wasmtime engine and its compiled module for `wasm`.
+#[cfg(feature = "wasmtime")]
 fn compiled_wasmtime(wasm: &[u8]) -> Result<(&'static tabi_wasmtime::Wasmtime, wasmtime::Module)> {
     static ENGINE: OnceLock<tabi_wasmtime::Wasmtime> = OnceLock::new();
     static MODULES: OnceLock<Cache<wasmtime::Module>> = OnceLock::new();
@@ -868,6 +895,7 @@ impl Loaded {
 
 /// A live instance of either engine.
 enum AnySession {
+    #[cfg(feature = "wasmtime")]
     Wasmtime(tabi_wasmtime::Session),
     Wasmi(Box<tabi_wasmi::Session>),
 }
@@ -875,6 +903,7 @@ enum AnySession {
 impl AnySession {
     fn machine(&mut self) -> &mut dyn tabi_libos::machine::Machine {
         match self {
+            #[cfg(feature = "wasmtime")]
             AnySession::Wasmtime(s) => s,
             AnySession::Wasmi(s) => &mut **s,
         }
@@ -882,6 +911,7 @@ impl AnySession {
 
     fn process_mut(&mut self) -> &mut Process {
         match self {
+            #[cfg(feature = "wasmtime")]
             AnySession::Wasmtime(s) => s.process_mut(),
             AnySession::Wasmi(s) => s.process_mut(),
         }
@@ -889,6 +919,7 @@ impl AnySession {
 
     fn run(self, start: Start<'_>) -> Result<Outcome> {
         Ok(match self {
+            #[cfg(feature = "wasmtime")]
             AnySession::Wasmtime(s) => s.run(start)?,
             AnySession::Wasmi(s) => s.run(start)?,
         })
@@ -896,6 +927,7 @@ impl AnySession {
 
     fn run_with(self, start: Start<'_>, on_pause: &mut OnPause<'_>) -> Result<Outcome> {
         Ok(match self {
+            #[cfg(feature = "wasmtime")]
             AnySession::Wasmtime(s) => s.run_with(start, on_pause)?,
             AnySession::Wasmi(s) => s.run_with(start, on_pause)?,
         })
@@ -923,10 +955,13 @@ impl Loader<'_> {
         let process = Process::new(Kernel::new(), StdHost::new());
         let control = self.control.take().unwrap_or_else(PauseControl::never);
         let session = match self.backend {
+            #[cfg(feature = "wasmtime")]
             Backend::Wasmtime => {
                 let (e, m) = compiled_wasmtime(&wasm)?;
                 AnySession::Wasmtime(e.session(&m, process, control, Points::all())?)
             }
+            #[cfg(not(feature = "wasmtime"))]
+            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
             Backend::Wasmi => {
                 let (e, m) = compiled_wasmi(&wasm)?;
                 AnySession::Wasmi(Box::new(e.session(&m, process, control, Points::all())?))

@@ -220,16 +220,15 @@ pub fn migrate_test(
         stdin
     };
 
-    // The plain run: the original module on wasmtime.
+    // The plain run: the original module on wasmtime (on wasmi in a build without it).
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let mut plain_setup = isolated(setup, &scratch.path().join("plain"))?;
     input_for(&mut plain_setup);
     let (out, out_buf) = Stdio::buffer();
     let (err, err_buf) = Stdio::buffer();
     let process = plain_setup.process(out, err)?;
-    let finished =
-        checkpoint::on_guest_stack(|| Ok(tabi_wasmtime::Wasmtime::new().run(original, process)?))
-            .context("the plain run failed")?;
+    let finished = checkpoint::on_guest_stack(|| Ok(plain_engine().run(original, process)?))
+        .context("the plain run failed")?;
     let expected = observe(
         &plain_setup,
         take(&out_buf),
@@ -323,4 +322,12 @@ pub fn migrate_test(
             }
         }
     }
+}
+
+/// The engine of the plain run: wasmtime, or wasmi in a build without it.
+fn plain_engine() -> Box<dyn Engine> {
+    #[cfg(feature = "wasmtime")]
+    return Box::new(tabi_wasmtime::Wasmtime::new());
+    #[cfg(not(feature = "wasmtime"))]
+    return Box::new(tabi_wasmi::Wasmi::new());
 }

@@ -52,7 +52,7 @@ enum Command {
 #[derive(Parser)]
 struct ResumeArgs {
     /// The engine to resume on.
-    #[arg(long, value_enum, default_value = "wasmtime")]
+    #[arg(long, value_enum, default_value = checkpoint::DEFAULT_BACKEND)]
     backend: Backend,
     /// Grant a host directory the guest had mounted, as HOST::GUEST.
     #[arg(long = "dir", value_name = "HOST::GUEST")]
@@ -88,7 +88,7 @@ struct MigrateTestArgs {
     #[arg(long, default_value_t = 1)]
     every: u64,
     /// Backends to move between, in turn.
-    #[arg(long, value_delimiter = ',', default_value = "wasmtime,wasmi")]
+    #[arg(long, value_delimiter = ',', default_value = checkpoint::DEFAULT_BACKENDS)]
     backends: Vec<Backend>,
     #[command(flatten)]
     guest: GuestArgs,
@@ -203,7 +203,7 @@ impl From<Backend> for checkpoint::Backend {
 #[derive(Parser)]
 struct RunArgs {
     /// The engine to run on.
-    #[arg(long, value_enum, default_value = "wasmtime")]
+    #[arg(long, value_enum, default_value = checkpoint::DEFAULT_BACKEND)]
     backend: Backend,
     #[command(flatten)]
     guest: GuestArgs,
@@ -305,7 +305,10 @@ fn run(args: RunArgs) -> Result<Ended> {
     let process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
     if !args.checkpoint.wanted() {
         let engine: Box<dyn Engine> = match args.backend {
+            #[cfg(feature = "wasmtime")]
             Backend::Wasmtime => Box::new(tabi_wasmtime::Wasmtime::new()),
+            #[cfg(not(feature = "wasmtime"))]
+            Backend::Wasmtime => anyhow::bail!(checkpoint::WITHOUT_WASMTIME),
             Backend::Wasmi => Box::new(tabi_wasmi::Wasmi::new()),
         };
         let finished = engine

@@ -1,5 +1,6 @@
 //! A generated module → rewrite → run, paused at a migration point chosen by the input and
-//! resumed on the other engine → the same output and exit as the original.
+//! resumed → the same output and exit as the original. Built without wasmtime, it pauses and
+//! resumes on wasmi (the test suite moves generated modules between the engines).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
