@@ -353,6 +353,13 @@ fn both_engines_accept_the_same_proposals() {
             r#"(global $g i32 (i32.add (i32.const 40) (i32.const 2))) (func $f (result i32) (global.get $g))"#,
         ),
         (
+            "reference types",
+            r#"(table $x 2 externref) (table $g 1 funcref) (elem (table $g) (i32.const 0) func $f)
+               (func $f (result i32)
+                 (table.set $x (i32.const 1) (ref.null extern))
+                 (i32.add (table.size $x) (ref.is_null (table.get $g (i32.const 0)))))"#,
+        ),
+        (
             "multiple memories",
             r#"(memory $b 1) (func $f (result i32) (i32.load $b (i32.const 0)))"#,
         ),

@@ -343,6 +343,27 @@ fn a_64_bit_memory_migrates_between_engines() {
     assert!(n >= 6, "only {n} points");
 }
 
+/// A guest with an `externref` table that it grows and writes migrates between the engines at
+/// every point (wasmtime runs such guests since it is built with its GC support).
+#[test]
+fn an_externref_table_migrates_between_engines() {
+    let wasm = module(
+        r#"(table $x 1 externref)
+           (func (export "_start") (local $i i32)
+             (loop $l
+               (drop (table.grow $x (ref.null extern) (i32.const 1)))
+               (table.set $x (local.get $i) (ref.null extern))
+               (call $out (call $point (table.size $x)))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $i) (i32.const 4))))
+             (call $flush))"#,
+    );
+    let expected = plain(&spec(), &wasm);
+    assert_eq!(expected.outcome.stdout, "3\n4\n5\n6\n");
+    let n = check_every(&spec(), &wasm, 1).unwrap();
+    assert!(n >= 5, "only {n} points");
+}
+
 #[test]
 fn output_is_deterministic_and_untouched_functions_are_byte_identical() {
     let wasm =
