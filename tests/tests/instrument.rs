@@ -312,6 +312,14 @@ fn exceptions_do_not_make_functions_look_like_they_never_return() {
     assert_eq!(out.manifest.sites, 2);
 }
 
+/// `wasm` prints `stdout` when run plainly, and gives the same when paused at each of its (at
+/// least `min_points`) migration points and resumed on the other engine.
+fn prints_and_migrates_at_every_point(wasm: &[u8], stdout: &str, min_points: u64) {
+    assert_eq!(plain(&spec(), wasm).outcome.stdout, stdout);
+    let n = check_every(&spec(), wasm, 1).unwrap();
+    assert!(n >= min_points, "only {n} points");
+}
+
 /// A module with a 64-bit memory runs and migrates on both engines (each engine once accepted a
 /// different set of proposals, so such a guest ran on wasmtime and then failed to resume on
 /// wasmi).
@@ -337,10 +345,7 @@ fn a_64_bit_memory_migrates_between_engines() {
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
     )
     .unwrap();
-    let expected = plain(&spec(), &wasm);
-    assert_eq!(expected.outcome.stdout, "abcde\n");
-    let n = check_every(&spec(), &wasm, 1).unwrap();
-    assert!(n >= 6, "only {n} points");
+    prints_and_migrates_at_every_point(&wasm, "abcde\n", 6);
 }
 
 /// A guest with an `externref` table that it grows and writes migrates between the engines at
@@ -358,10 +363,7 @@ fn an_externref_table_migrates_between_engines() {
                (br_if $l (i32.lt_u (local.get $i) (i32.const 4))))
              (call $flush))"#,
     );
-    let expected = plain(&spec(), &wasm);
-    assert_eq!(expected.outcome.stdout, "3\n4\n5\n6\n");
-    let n = check_every(&spec(), &wasm, 1).unwrap();
-    assert!(n >= 5, "only {n} points");
+    prints_and_migrates_at_every_point(&wasm, "3\n4\n5\n6\n", 5);
 }
 
 #[test]
