@@ -646,6 +646,43 @@ impl<'a> Module<'a> {
             }
         }
 
+        // A no-return function whose direct callers are all such functions as well (the chain
+        // from an entry to a `main` that ends in `exit`, entered through an export, the start
+        // function or an indirect call, which never count on a callee not returning) is
+        // rewritten like any other: the calls that rely on it never returning are made only by
+        // functions rewritten with it. Left as it is, it would keep pauses off for the whole run.
+        // The rest (panic and abort paths, called from everywhere) stay barriers. A greatest
+        // fixpoint: assume every no-return function that can run is entered so, then drop
+        // those with another direct caller.
+        let mut direct_callers: Vec<Vec<usize>> = vec![Vec::new(); nfuncs];
+        for (i, s) in scans.iter().enumerate() {
+            for &g in &s.calls {
+                if let Some(c) = direct_callers.get_mut(g as usize) {
+                    c.push(imported + i);
+                }
+            }
+        }
+        // Roots: functions entered from outside. One with no callers at all is never run, and
+        // stays as it is.
+        let mut entered: Vec<bool> = (0..nfuncs)
+            .map(|f| {
+                noreturn[f] && f >= imported && (m.escapes[f] || !direct_callers[f].is_empty())
+            })
+            .collect();
+        loop {
+            let mut changed = false;
+            for f in imported..nfuncs {
+                if entered[f] && direct_callers[f].iter().any(|&c| !entered[c]) {
+                    entered[f] = false;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let barrier: Vec<bool> = (0..nfuncs).map(|f| noreturn[f] && !entered[f]).collect();
+
         // Reverse reachability from the seeds, through calls that can return; and through any.
         let seeds: Vec<usize> = (0..nfuncs)
             .filter(|&f| {
@@ -653,15 +690,15 @@ impl<'a> Module<'a> {
                 is_point[f]
                     || (options.safepoints
                         && defined
-                        && !noreturn[f]
+                        && !barrier[f]
                         && (scans[f - imported].has_loop || m.recursive[f]))
             })
             .collect();
-        let is_noreturn = |n: usize| n < nfuncs && noreturn[n];
+        let is_noreturn = |n: usize| n < nfuncs && barrier[n];
         let reaches = reach(&edges, &seeds, &is_noreturn);
         let reaches_any = reach(&edges, &seeds, &|_| false);
         m.guard = (0..nfuncs)
-            .map(|f| f >= imported && noreturn[f] && reaches_any[f])
+            .map(|f| f >= imported && barrier[f] && reaches_any[f])
             .collect();
         m.callee = (0..nfuncs)
             .map(|f| match (reaches[f], f < m.imported_funcs as usize) {
@@ -669,7 +706,7 @@ impl<'a> Module<'a> {
                 (true, true) if is_point[f] => Callee::Point,
                 // An import reached only through a cycle cannot be one; imports have no edges.
                 (true, true) => Callee::Plain,
-                (true, false) if noreturn[f] => Callee::Plain,
+                (true, false) if barrier[f] => Callee::Plain,
                 (true, false) => Callee::Instrumented,
             })
             .collect();

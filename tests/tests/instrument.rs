@@ -366,6 +366,30 @@ fn an_externref_table_migrates_between_engines() {
     prints_and_migrates_at_every_point(&wasm, "3\n4\n5\n6\n", 5);
 }
 
+/// A `main` that ends in `exit` never returns, and neither does the chain that enters it; but
+/// when no function relies on that (it is entered from outside or through an indirect call, as
+/// Rust's `main` is), the chain is rewritten, and the guest pauses inside it. It used to be
+/// left as it was with pauses kept off, so such a guest never paused at all.
+#[test]
+fn a_main_that_ends_in_exit_still_pauses() {
+    let wasm = module(
+        r#"(func $main
+             (call $out (call $point (i32.const 1)))
+             (call $out (call $point (i32.const 2)))
+             (call $flush)
+             (call $exit (i32.const 0)))
+           (func $enter (param i32) (result i32) (call $main) (unreachable))
+           (elem (i32.const 3) $enter)
+           (func (export "_start")
+             (drop (call_indirect (type $ii) (i32.const 5) (i32.const 3))))"#,
+    );
+    let out = instrument(&wasm, &Options::default()).unwrap();
+    // `$point`, `$flush`, `$main`, `$enter`, `_start`; and the `$ind_*` functions, which an
+    // indirect call of that type may reach.
+    assert_eq!(out.manifest.instrumented_functions, 7);
+    prints_and_migrates_at_every_point(&wasm, "2\n3\n", 3);
+}
+
 #[test]
 fn output_is_deterministic_and_untouched_functions_are_byte_identical() {
     let wasm =
