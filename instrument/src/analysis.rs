@@ -654,12 +654,11 @@ impl<'a> Module<'a> {
         // The rest (panic and abort paths, called from everywhere) stay barriers. A greatest
         // fixpoint: assume every no-return function that can run is entered so, then drop
         // those with another direct caller.
+        // (The call graph's edges to functions, not to indirect-call nodes, are direct calls.)
         let mut direct_callers: Vec<Vec<usize>> = vec![Vec::new(); nfuncs];
-        for (i, s) in scans.iter().enumerate() {
-            for &g in &s.calls {
-                if let Some(c) = direct_callers.get_mut(g as usize) {
-                    c.push(imported + i);
-                }
+        for (f, es) in edges.iter().enumerate().take(nfuncs) {
+            for &g in es.iter().filter(|&&g| g < nfuncs) {
+                direct_callers[g].push(f);
             }
         }
         // Roots: functions entered from outside. One with no callers at all is never run, and
@@ -694,8 +693,8 @@ impl<'a> Module<'a> {
                         && (scans[f - imported].has_loop || m.recursive[f]))
             })
             .collect();
-        let is_noreturn = |n: usize| n < nfuncs && barrier[n];
-        let reaches = reach(&edges, &seeds, &is_noreturn);
+        let is_barrier = |n: usize| n < nfuncs && barrier[n];
+        let reaches = reach(&edges, &seeds, &is_barrier);
         let reaches_any = reach(&edges, &seeds, &|_| false);
         m.guard = (0..nfuncs)
             .map(|f| f >= imported && barrier[f] && reaches_any[f])
