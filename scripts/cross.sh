@@ -20,18 +20,20 @@ if [ "$need_apt" = 1 ]; then
     libc6-dev-arm64-cross libc6-dev-s390x-cross qemu-user >/dev/null
 fi
 
-# `tabi` for each architecture, in the `cross` profile (release without debug info).
-for target in aarch64-unknown-linux-gnu s390x-unknown-linux-gnu; do
-  cargo build --profile cross -p tabi-cli --bin tabi --target "$target"
-done
+# `tabi` for both architectures in one build (in the `cross` profile), so that the two targets'
+# compilations overlap on the machine's cores.
+cargo build --profile cross -p tabi-cli --bin tabi \
+  --target aarch64-unknown-linux-gnu --target s390x-unknown-linux-gnu
 export TABI_CROSS_AARCH64="$PWD/target/aarch64-unknown-linux-gnu/cross/tabi"
 export TABI_CROSS_S390X="$PWD/target/s390x-unknown-linux-gnu/cross/tabi"
 
 # The migration chain and the byte-for-byte comparison of snapshots across architectures.
+# `--workspace` selects the same features as the test command, so the host test build is reused
+# (building `-p tabi-cli` alone resolves other features and rebuilds wasmtime).
 if command -v cargo-nextest >/dev/null; then
-  cargo nextest run -p tabi-cli --test cross_arch --run-ignored only --no-fail-fast
+  cargo nextest run --workspace -E 'binary(=cross_arch)' --run-ignored only --no-fail-fast
 else
-  cargo test -p tabi-cli --test cross_arch -- --ignored
+  cargo test --workspace --test cross_arch -- --ignored
 fi
 
 # The kernel crates' own tests on big-endian s390x (qemu is the runner; see .cargo/config.toml).
