@@ -68,6 +68,10 @@ pub(crate) struct Module<'a> {
     pub indirect_hits: BTreeSet<(u32, u32)>,
     /// Canonical types whose `call_ref` may reach a rewritten function.
     pub ref_hits: BTreeSet<u32>,
+    /// Some function tail-calls (`return_call`, `return_call_indirect`) a function that can
+    /// unwind: its frame is then gone while its callee's is saved, so every frame records the
+    /// function it belongs to (see `rewrite::Emitter::tail_dispatch`).
+    pub tail_calls: bool,
     /// Canonical type id of each type index (equal function types share one).
     pub canon: Vec<u32>,
     /// Each defined function's body and validator.
@@ -98,6 +102,9 @@ struct Scan {
     shape: Vec<Ev>,
     calls: Vec<u32>,
     indirect: Vec<(u32, u32)>,
+    /// The targets of `return_call` and the `(type, table)` of `return_call_indirect`.
+    tail_calls: Vec<u32>,
+    tail_indirect: Vec<(u32, u32)>,
     refs: Vec<u32>,
     ref_funcs: Vec<u32>,
     mutated_tables: Vec<u32>,
@@ -160,6 +167,14 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
             if let Some(ev) = ev {
                 s.shape.push(ev);
             }
+        }
+        match op {
+            Operator::ReturnCall { function_index } => s.tail_calls.push(function_index),
+            Operator::ReturnCallIndirect {
+                type_index,
+                table_index,
+            } => s.tail_indirect.push((type_index, table_index)),
+            _ => {}
         }
         match op {
             Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
@@ -353,6 +368,7 @@ impl<'a> Module<'a> {
             escapes: Vec::new(),
             threads: 1,
             indirect_hits: BTreeSet::new(),
+            tail_calls: false,
             ref_hits: BTreeSet::new(),
             canon: Vec::new(),
             bodies: Vec::new(),
@@ -719,6 +735,16 @@ impl<'a> Module<'a> {
             .filter(|&(_, &n)| reaches[n])
             .map(|(&k, _)| k)
             .collect();
+        m.tail_calls = scans.iter().enumerate().any(|(i, s)| {
+            m.callee[imported + i] == Callee::Instrumented
+                && (s
+                    .tail_calls
+                    .iter()
+                    .any(|&g| m.callee[g as usize] == Callee::Instrumented)
+                    || s.tail_indirect
+                        .iter()
+                        .any(|&(ty, t)| m.indirect_hits.contains(&(m.canon[ty as usize], t))))
+        });
         Ok(m)
     }
 }

@@ -96,6 +96,30 @@ pub(crate) fn assemble(
             }
         }
     }
+    // With tail calls that can unwind, every rewritten function gets an owner number, which
+    // its frames record, and a thunk at that number in a table of its own (see
+    // `Emitter::tail_dispatch`). The thunks come after the copies.
+    let funcs_table = (m.writes_tables && nfuncs > 0).then_some(m.tables);
+    let mut owner = vec![u32::MAX; nfuncs as usize];
+    let mut owned: Vec<u32> = Vec::new();
+    if m.tail_calls {
+        for (f, c) in m.callee.iter().enumerate() {
+            if *c == Callee::Instrumented && f >= m.imported_funcs as usize {
+                owner[f] = owned.len() as u32;
+                owned.push(f as u32);
+            }
+        }
+    }
+    let thunks = m
+        .tail_calls
+        .then(|| m.tables + u32::from(funcs_table.is_some()));
+    let first_thunk = nfuncs
+        .checked_add(1)
+        .and_then(|n| n.checked_add(copies))
+        .ok_or_else(|| Error::Invalid("too many functions".into()))?;
+    first_thunk
+        .checked_add(owned.len() as u32)
+        .ok_or_else(|| Error::Invalid("too many functions".into()))?;
     let mut ctx = Ctx {
         m,
         types: Types::new(m.types.len() as u32),
@@ -106,8 +130,17 @@ pub(crate) fn assemble(
         stack_mem: m.memories,
         reserve: nfuncs,
         copy_of: &copy_of,
+        thunks,
+        owner: &owner,
     };
     let reserve_type = ctx.types.index(&[wasmparser::ValType::I32], &[]);
+    // The thunks' types, numbered before the bodies are shared out, so that every thread
+    // knows them.
+    let mut thunk_types = Vec::with_capacity(owned.len());
+    for &f in &owned {
+        let results = func_type_of(m, f)?.results().to_vec();
+        thunk_types.push(ctx.types.index(&[], &results));
+    }
 
     // Branch hints the input carries (`metadata.code.branch_hint`), by function: still right
     // for a body copied as it is, and for one that only gets a prefix once moved past it.
@@ -146,6 +179,7 @@ pub(crate) fn assemble(
     (bodies.len() as u32)
         .checked_add(1)
         .and_then(|n| n.checked_add(copies))
+        .and_then(|n| n.checked_add(owned.len() as u32))
         .ok_or_else(|| Error::Invalid("too many functions".into()))?
         .encode(&mut code);
 
@@ -268,6 +302,14 @@ pub(crate) fn assemble(
     if resume_bodies.len() as u32 != copies {
         return Err(Error::Internal("resume copies miscounted".into()));
     }
+    for &f in &owned {
+        let target = Some(copy_of[f as usize])
+            .filter(|&c| c != u32::MAX)
+            .unwrap_or(f);
+        let thunk = thunk_body(func_type_of(m, f)?, target, f)?;
+        thunk.len().encode(&mut code);
+        code.extend_from_slice(&thunk);
+    }
 
     // Exports the host needs.
     let mut exports: Vec<(String, ExportKind, u32)> = vec![
@@ -294,7 +336,6 @@ pub(crate) fn assemble(
     }
     // A guest that writes its tables gets one more, holding every function at its index, so
     // that the host can name the functions its tables hold.
-    let funcs_table = (m.writes_tables && nfuncs > 0).then_some(m.tables);
     if let Some(t) = funcs_table {
         exports.push((crate::FUNCS_TABLE.into(), ExportKind::Table, t));
     }
@@ -346,6 +387,9 @@ pub(crate) fn assemble(
     for (ty, _) in &resume_bodies {
         ty.encode(&mut function_bytes);
     }
+    for ty in &thunk_types {
+        ty.encode(&mut function_bytes);
+    }
     let (mut table_bytes, mut element_bytes) = (Vec::new(), Vec::new());
     if let Some(t) = funcs_table {
         wasm_encoder::TableType {
@@ -367,7 +411,26 @@ pub(crate) fn assemble(
             f.encode(&mut element_bytes);
         }
     }
-    let added_tables = u32::from(funcs_table.is_some());
+    if let Some(t) = thunks {
+        let n = owned.len() as u32;
+        wasm_encoder::TableType {
+            element_type: wasm_encoder::RefType::FUNCREF,
+            minimum: u64::from(n),
+            maximum: Some(u64::from(n)),
+            table64: false,
+            shared: false,
+        }
+        .encode(&mut table_bytes);
+        2u32.encode(&mut element_bytes);
+        t.encode(&mut element_bytes);
+        ConstExpr::i32_const(0).encode(&mut element_bytes);
+        element_bytes.push(0x00);
+        n.encode(&mut element_bytes);
+        for i in 0..n {
+            (first_thunk + i).encode(&mut element_bytes);
+        }
+    }
+    let added_tables = u32::from(funcs_table.is_some()) + u32::from(thunks.is_some());
 
     let manifest = Manifest {
         version: crate::FORMAT_VERSION,
@@ -405,7 +468,7 @@ pub(crate) fn assemble(
     let mut build = |id: u8, original: &[u8]| -> Result<Vec<u8>, Error> {
         match id {
             TYPE => grown(original, added_types, &type_bytes),
-            FUNCTION => grown(original, 1 + copies, &function_bytes),
+            FUNCTION => grown(original, 1 + copies + owned.len() as u32, &function_bytes),
             TABLE => grown(original, added_tables, &table_bytes),
             ELEMENT => grown(original, added_tables, &element_bytes),
             MEMORY => grown(original, 1, &memory_bytes),
@@ -417,7 +480,7 @@ pub(crate) fn assemble(
             _ => unreachable!("only growing sections"),
         }
     };
-    let growing: &[u8] = if funcs_table.is_some() {
+    let growing: &[u8] = if added_tables > 0 {
         &[TYPE, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, ELEMENT, CODE]
     } else {
         &[TYPE, FUNCTION, MEMORY, GLOBAL, EXPORT, CODE]
@@ -594,4 +657,48 @@ fn reserve_body(sp: u32, mem: u32, max_frame: u32) -> Vec<u8> {
     let mut r = BinaryReader::new(&out, 0);
     let _ = r.read_var_u32();
     out[r.original_position()..].to_vec()
+}
+
+/// The function type of function `f`.
+fn func_type_of<'m>(m: &'m Module<'_>, f: u32) -> Result<&'m wasmparser::FuncType, Error> {
+    m.types
+        .get(m.func_types[f as usize] as usize)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::Internal("a function without a function type".into()))
+}
+
+/// A resume thunk, `[] -> results`: calls `target` (function `f`'s resume copy, or `f`) with
+/// placeholder arguments, which a function being rewound does not read.
+fn thunk_body(ty: &wasmparser::FuncType, target: u32, f: u32) -> Result<Vec<u8>, Error> {
+    let mut body = wasm_encoder::Function::new([]);
+    for &p in ty.params() {
+        body.instruction(&match p {
+            wasmparser::ValType::I32 => Instruction::I32Const(0),
+            wasmparser::ValType::I64 => Instruction::I64Const(0),
+            wasmparser::ValType::F32 => Instruction::F32Const(0.0.into()),
+            wasmparser::ValType::F64 => Instruction::F64Const(0.0.into()),
+            wasmparser::ValType::V128 => Instruction::V128Const(0),
+            wasmparser::ValType::Ref(r) if r.is_nullable() => {
+                use wasm_encoder::reencode::Reencode;
+                let heap = wasm_encoder::reencode::RoundtripReencoder
+                    .heap_type(r.heap_type())
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                Instruction::RefNull(heap)
+            }
+            wasmparser::ValType::Ref(_) => {
+                return Err(unsupported(
+                    Some(f),
+                    "a non-nullable reference parameter in a function a tail call can \
+                     unwind through",
+                ));
+            }
+        });
+    }
+    body.instruction(&Instruction::Call(target));
+    body.instruction(&Instruction::End);
+    let mut out = Vec::new();
+    body.encode(&mut out);
+    let mut r = BinaryReader::new(&out, 0);
+    let _ = r.read_var_u32();
+    Ok(out[r.original_position()..].to_vec())
 }

@@ -157,6 +157,12 @@ pub(crate) struct Ctx<'m, 'a> {
     pub reserve: u32,
     /// Per function: the index of its resume copy, `u32::MAX` for none.
     pub copy_of: &'m [u32],
+    /// With tail calls that can unwind (`Module::tail_calls`): the table of resume thunks,
+    /// one per rewritten function, at the function's owner number (`owner`).
+    pub thunks: Option<u32>,
+    /// Per function: its owner number, which its frames record when `thunks` is set
+    /// (`u32::MAX` for a function that is not rewritten).
+    pub owner: &'m [u32],
 }
 
 fn enc(t: ValType) -> Result<wasm_encoder::ValType, Error> {
@@ -424,6 +430,10 @@ pub(crate) fn rewrite(
     };
     let mut loops_seen = 0usize;
     let mut budget_in_local = false;
+    // Whether the function tail-calls a function that can unwind, and whether the operator
+    // just read becomes a site followed by a `return`.
+    let mut tail = false;
+    let mut then_return = false;
 
     let mut reader = body.get_operators_reader()?;
     loop {
@@ -511,7 +521,11 @@ pub(crate) fn rewrite(
                 if stack.is_empty() {
                     reader.finish()?;
                     *allocations = v.into_allocations();
-                    return emit(ctx, func, &fty, locals, b, budget_in_local, resume);
+                    let traits = Traits {
+                        budget_in_local,
+                        tail,
+                    };
+                    return emit(ctx, func, &fty, locals, b, traits, resume);
                 }
                 if b.has_site() {
                     for &p in &b.params {
@@ -578,15 +592,34 @@ pub(crate) fn rewrite(
                     );
                 }
             }
+            // A tail call of a migration point becomes a call and a return: the host call
+            // returns before the pause, so the frame it keeps alive is bounded, and the site
+            // is an ordinary one.
             Operator::ReturnCall { function_index }
-                if m.callee[*function_index as usize] != Callee::Plain =>
+                if !dead && m.callee[*function_index as usize] == Callee::Point =>
             {
-                return Err(unsupported(
-                    Some(func),
-                    format!(
-                        "return_call of function {function_index}, which can reach a migration point"
-                    ),
-                ));
+                let f = func_type(m, m.func_types[*function_index as usize]);
+                let call = Operator::Call {
+                    function_index: *function_index,
+                };
+                item = site_item(
+                    SiteKind::Point,
+                    &call,
+                    f,
+                    level,
+                    &types_at,
+                    &mut next_site,
+                    &mut locals,
+                );
+                then_return = item.is_some();
+            }
+            // A tail call of a function that can unwind stays one: this frame is gone by
+            // the time the callee unwinds, and the callee's frame names its function, which
+            // this function's rewind path hands over to (`Emitter::tail_dispatch`).
+            Operator::ReturnCall { function_index }
+                if m.callee[*function_index as usize] == Callee::Instrumented =>
+            {
+                tail = true;
             }
             Operator::ReturnCallIndirect {
                 type_index,
@@ -595,10 +628,7 @@ pub(crate) fn rewrite(
                 .indirect_hits
                 .contains(&(m.canon[*type_index as usize], *table_index)) =>
             {
-                return Err(unsupported(
-                    Some(func),
-                    "return_call_indirect that can reach a migration point",
-                ));
+                tail = true;
             }
             Operator::CallRef { type_index } | Operator::ReturnCallRef { type_index }
                 if m.ref_hits.contains(&m.canon[*type_index as usize]) =>
@@ -631,6 +661,9 @@ pub(crate) fn rewrite(
             &mut top.block.body
         };
         list.push(item.unwrap_or(Item::Op(op)));
+        if std::mem::take(&mut then_return) {
+            list.push(Item::Op(Operator::Return));
+        }
     }
 }
 
@@ -1098,6 +1131,16 @@ struct Emitter<'c, 'm, 'a> {
     /// Whether the code being emitted is a resume copy: its calls of functions that have
     /// copies go to those copies while rewinding.
     in_copy: bool,
+    /// Whether the function tail-calls a function that can unwind.
+    tail: bool,
+}
+
+/// What the pass over a body found that shapes its code.
+struct Traits {
+    /// The budget lives in a local between safepoints (the function has loop safepoints).
+    budget_in_local: bool,
+    /// The function tail-calls a function that can unwind.
+    tail: bool,
 }
 
 fn emit(
@@ -1106,9 +1149,13 @@ fn emit(
     fty: &FuncType,
     mut locals: Locals,
     root: Block<'_>,
-    budget_in_local: bool,
+    traits: Traits,
     resume: Option<u32>,
 ) -> Result<Rewritten, Error> {
+    let Traits {
+        budget_in_local,
+        tail,
+    } = traits;
     // The root's sites are all the function's, numbered from 0.
     let sites = root.sites.1;
     let base = locals.add(ValType::I32, false);
@@ -1191,6 +1238,7 @@ fn emit(
         rewinds: true,
         fixups: Vec::new(),
         in_copy: false,
+        tail,
     };
     let total = locals.original.len() + locals.extra.len();
     let mut needs = BTreeMap::new();
@@ -1268,6 +1316,9 @@ impl Emitter<'_, '_, '_> {
         self.labels.clear();
         self.next_label = 0;
         self.slow_exit = None;
+        if self.rewinds && self.tail {
+            self.tail_dispatch(results)?;
+        }
         self.load_budget();
         self.unwind_label = self.open_added(BlockType::Empty);
         let bt = self.ctx.types.block(&[], results)?;
@@ -1317,6 +1368,17 @@ impl Emitter<'_, '_, '_> {
     fn ins(&mut self, i: Instruction<'_>) {
         let at = self.out.len();
         i.encode(&mut self.out);
+        if let Instruction::ReturnCallIndirect { type_index: t, .. } = i
+            && self.ctx.types.is_fresh(t)
+        {
+            let mut len = Vec::new();
+            t.encode(&mut len);
+            self.fixups.push(Fixup {
+                at: at + 1,
+                len: len.len(),
+                index: t,
+            });
+        }
         if let Instruction::Block(BlockType::FunctionType(t))
         | Instruction::Loop(BlockType::FunctionType(t))
         | Instruction::If(BlockType::FunctionType(t)) = i
@@ -1481,8 +1543,43 @@ impl Emitter<'_, '_, '_> {
     }
 
     /// Bytes of this function's frame: the saved locals, then the site number.
+    /// The frame: the saved locals, the site number, and with tail calls the owner number.
     fn frame_size(&self) -> u32 {
-        self.locals_size + 4
+        self.locals_size + if self.ctx.thunks.is_some() { 8 } else { 4 }
+    }
+
+    /// On entry while rewinding, in a function that tail-calls one that can unwind: when the
+    /// frame on top of the stack is not this function's, this function had tail-called on
+    /// (perhaps through a chain of tail calls) and is gone from the saved stack. It hands
+    /// over, as a tail call, to the thunk of the frame's owner, which enters that function's
+    /// rewind with placeholder arguments. Tail calls keep the results' types, so the thunk's
+    /// type, `[] -> results`, is this function's results'. A frame a snapshot corrupted
+    /// names no thunk of that type and traps.
+    fn tail_dispatch(&mut self, results: &[ValType]) -> Result<(), Error> {
+        let table = self
+            .ctx
+            .thunks
+            .ok_or_else(|| Error::Internal("a tail call without the thunk table".into()))?;
+        let me = self.ctx.owner[self.func as usize];
+        let ty = self.ctx.types.index(&[], results);
+        self.ins(Instruction::GlobalGet(self.ctx.state));
+        self.ins(Instruction::If(BlockType::Empty));
+        self.ins(Instruction::GlobalGet(self.ctx.sp));
+        self.ins(Instruction::I32Const(4));
+        self.ins(Instruction::I32Sub);
+        self.load(ValType::I32, 0)?;
+        self.ins(Instruction::LocalTee(self.base));
+        self.ins(Instruction::I32Const(me as i32));
+        self.ins(Instruction::I32Ne);
+        self.ins(Instruction::If(BlockType::Empty));
+        self.ins(Instruction::LocalGet(self.base));
+        self.ins(Instruction::ReturnCallIndirect {
+            type_index: ty,
+            table_index: table,
+        });
+        self.ins(Instruction::End);
+        self.ins(Instruction::End);
+        Ok(())
     }
 
     /// On rewind: pop this function's frame and reload its locals and site number.
@@ -1521,6 +1618,13 @@ impl Emitter<'_, '_, '_> {
         self.ins(Instruction::LocalGet(self.base));
         self.ins(Instruction::LocalGet(self.site_local));
         self.store(ValType::I32, self.locals_size)?;
+        if self.ctx.thunks.is_some() {
+            self.ins(Instruction::LocalGet(self.base));
+            self.ins(Instruction::I32Const(
+                self.ctx.owner[self.func as usize] as i32,
+            ));
+            self.store(ValType::I32, self.locals_size + 4)?;
+        }
         for (l, t, off) in self.saved.clone() {
             self.ins(Instruction::LocalGet(self.base));
             self.ins(Instruction::LocalGet(l));

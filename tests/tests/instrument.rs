@@ -213,15 +213,98 @@ fn indirect_calls_recursion_and_globals() {
     );
 }
 
+/// Tail calls of functions that can unwind: a function gone from the stack by tail-calling on
+/// is skipped when rewinding (the saved frame names its function), with parameters of several
+/// types, through `return_call_indirect`, between mutually recursive functions, and of a
+/// migration point itself.
+const TAIL_CALLS: &str = r#"
+  (func $count (param $n i32) (param $acc i32) (result i32)
+    (if (result i32) (i32.eqz (local.get $n))
+      (then (local.get $acc))
+      (else (return_call $count (i32.sub (local.get $n) (i32.const 1))
+                                (i32.add (local.get $acc) (call $point (local.get $n)))))))
+  (func $spin (param $n i32) (result i32)
+    (if (i32.eqz (local.get $n)) (then (return (call $point (i32.const 41)))))
+    (return_call $spin (i32.sub (local.get $n) (i32.const 1))))
+  (func $b (param $x i64) (param $y f64) (param $v v128) (result i32)
+    (i32.add (call $point (i32.wrap_i64 (local.get $x)))
+             (i32.add (i32.trunc_f64_s (local.get $y)) (i32x4.extract_lane 2 (local.get $v)))))
+  (func $a (param $v i32) (result i32)
+    (return_call $b (i64.extend_i32_u (call $point (local.get $v))) (f64.const 5.5)
+                    (v128.const i32x4 0 0 1000 0)))
+  (func $even (param $n i32) (result i32)
+    (if (result i32) (i32.eqz (local.get $n)) (then (call $point (i32.const 100)))
+      (else (return_call $odd (i32.sub (local.get $n) (i32.const 1))))))
+  (func $odd (param $n i32) (result i32)
+    (if (result i32) (i32.eqz (local.get $n)) (then (call $point (i32.const 200)))
+      (else (drop (call $yield)) (return_call $even (i32.sub (local.get $n) (i32.const 1))))))
+  (func $ind (param $i i32) (result i32)
+    (return_call_indirect (type $ii) (i32.const 7) (local.get $i)))
+  (func $y (result i32) (return_call $yield))"#;
+
+#[test]
+fn tail_calls_migrate() {
+    check(
+        &format!(
+            r#"{TAIL_CALLS}
+          (func (export "_start")
+            (call $out (call $count (i32.const 6) (i32.const 0)))
+            (call $out (call $a (i32.const 3)))
+            (call $out (call $even (i32.const 5)))
+            (call $out (call $ind (i32.const 0)))
+            (call $out (call $ind (i32.const 1)))
+            (call $out (call $y))
+            (call $out (call $spin (i32.const 30)))
+            (call $flush))"#
+        ),
+        16,
+    );
+}
+
+/// A tail-recursive loop of a million calls runs in constant stack space once rewritten, with
+/// safepoints too (the function is recursive, so it gets an entry safepoint).
+#[test]
+fn tail_calls_stay_tail_calls() {
+    let wasm = module(&format!(
+        r#"{TAIL_CALLS}
+          (func (export "_start") (call $out (call $spin (i32.const 1000000))) (call $flush))"#
+    ));
+    assert_eq!(plain(&spec(), &wasm).outcome.stdout, "42\n");
+    for safepoints in [false, true] {
+        let out = instrument(
+            &wasm,
+            &Options {
+                safepoints,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for backend in tabi_tests::Backend::ALL {
+            let (p, stdout, _) = tabi_tests::process_for(&spec());
+            let control = tabi_libos::machine::PauseControl::never();
+            match tabi_tests::migrate::run_pausable(backend, &out.wasm, p, control, None) {
+                tabi_libos::machine::Outcome::Finished(f) => {
+                    assert_eq!(f.exit, tabi_libos::Exit::Code(0), "{backend:?}")
+                }
+                tabi_libos::machine::Outcome::Paused(_) => panic!("paused"),
+            }
+            assert_eq!(&*stdout.lock().unwrap(), b"42\n", "{backend:?}");
+        }
+    }
+}
+
 #[test]
 fn unsupported_constructs_are_refused_with_their_name() {
-    // A tail call of a function that reaches a migration point.
+    // A `call_ref` of a function that reaches a migration point.
     let wasm = module(
-        r#"(func $t (result i32) (return_call $point (i32.const 1))) (func (export "_start") (drop (call $t)))"#,
+        r#"(type $v (func (result i32)))
+           (elem declare func $t)
+           (func $t (result i32) (call $point (i32.const 1)))
+           (func (export "_start") (drop (call_ref $v (ref.func $t))))"#,
     );
     match instrument(&wasm, &Options::default()) {
         Err(Error::Unsupported { construct, .. }) => {
-            assert!(construct.contains("return_call"), "{construct}")
+            assert!(construct.contains("call_ref"), "{construct}")
         }
         other => panic!("{other:?}"),
     }
