@@ -461,9 +461,9 @@ pub mod smith {
 
     /// The generator's configuration: the features tabi's rewrite and both engines support.
     /// Off: exceptions, GC and threads (both engines refuse them), relaxed SIMD (its results
-    /// may differ between engines by design), and tail calls (the hand-written tests in
-    /// `tests/instrument.rs` cover them; with them on, the generator's fixed seeds give a
-    /// different corpus in which fewer modules pass a migration point).
+    /// may differ between engines by design), and tail calls ([`generate_with_tail_calls`]
+    /// turns them on; the fixed seeds of the test suite give a corpus in which fewer modules
+    /// pass a migration point with them, and `tests/instrument.rs` covers them by hand).
     pub fn config() -> wasm_smith::Config {
         wasm_smith::Config {
             available_imports: Some(wat::parse_str(IMPORTS).expect("valid imports")),
@@ -489,7 +489,18 @@ pub mod smith {
 
     /// A module from fuzzer bytes, made to terminate.
     pub fn generate(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
-        let mut m = wasm_smith::Module::new(config(), u)?;
+        generate_with_tail_calls(u, false)
+    }
+
+    /// [`generate`], with the tail-call proposal on when `tail_calls` (the fuzz target turns
+    /// it on for half its inputs).
+    pub fn generate_with_tail_calls(
+        u: &mut Unstructured<'_>,
+        tail_calls: bool,
+    ) -> arbitrary::Result<Vec<u8>> {
+        let mut c = config();
+        c.tail_call_enabled = tail_calls;
+        let mut m = wasm_smith::Module::new(c, u)?;
         m.ensure_termination(20_000)
             .map_err(|_| arbitrary::Error::IncorrectFormat)?;
         Ok(m.to_bytes())

@@ -244,6 +244,26 @@ fn growing_in_a_loop_keeps_its_results_and_the_host_stack() {
     for (out, exit) in run_small_stack(bare, &Backend::ALL) {
         assert_eq!((out.as_str(), exit), ("", tabi_libos::Exit::Code(0)));
     }
+    // A 64-bit memory and table, which grow by `i64` deltas (wasmi runs them with its
+    // `memory64` feature; without helpers of their own, this aborted the process).
+    let wide = r#"(module
+      (memory i64 1 8)
+      (table $t i64 1 10 funcref)
+      (func (export "_start") (local $i i64)
+        (loop $l
+          (drop (memory.grow (i64.and (local.get $i) (i64.const 0))))
+          (drop (table.grow $t (ref.null func) (i64.and (local.get $i) (i64.const 0))))
+          (local.set $i (i64.add (local.get $i) (i64.const 1)))
+          (br_if $l (i64.lt_u (local.get $i) (i64.const 200000))))
+        (if (i64.ne (memory.grow (i64.const 2)) (i64.const 1)) (then unreachable))
+        (if (i64.ne (memory.grow (i64.const 100)) (i64.const -1)) (then unreachable))
+        (if (i64.ne (memory.size) (i64.const 3)) (then unreachable))
+        (if (i64.ne (table.grow $t (ref.null func) (i64.const 4)) (i64.const 1)) (then unreachable))
+        (if (i64.ne (table.grow $t (ref.null func) (i64.const 40)) (i64.const -1)) (then unreachable))
+        (if (i64.ne (table.size $t) (i64.const 5)) (then unreachable))))"#;
+    for (out, exit) in run_small_stack(wide, &Backend::ALL) {
+        assert_eq!((out.as_str(), exit), ("", tabi_libos::Exit::Code(0)));
+    }
 }
 
 /// A module's start function runs while the instance is made, before the adapters cache its

@@ -14,7 +14,8 @@
 //! Everything else keeps its meaning: functions keep their order (the helpers are imported
 //! after the module's own imports, so only defined functions' indices move, and every
 //! reference to them moves with them), and the guest's state is the same as on wasmtime.
-//! 64-bit memories and tables are left as they are: this build of wasmi refuses them anyway.
+//! 64-bit memories and tables (wasmi runs them with its `memory64` feature) have helpers of
+//! their own, whose sizes are `i64`.
 //!
 //! The rewrite reads each function body once and copies its bytes, re-encoding only calls,
 //! `ref.func` and the grow instructions; for the 155 KB file-churn guest it adds ~1 ms to
@@ -38,6 +39,12 @@ pub(crate) const MEMORY_GROW: &str = "memory_grow";
 pub(crate) const TABLE_GROW_FUNCREF: &str = "table_grow_funcref";
 /// `(init: externref, delta: i32, table: i32) -> i32`
 pub(crate) const TABLE_GROW_EXTERNREF: &str = "table_grow_externref";
+/// `(delta: i64, memory: i32) -> i64`, for a 64-bit memory.
+pub(crate) const MEMORY_GROW64: &str = "memory_grow64";
+/// `(init: funcref, delta: i64, table: i32) -> i64`, for a 64-bit table.
+pub(crate) const TABLE_GROW_FUNCREF64: &str = "table_grow_funcref64";
+/// `(init: externref, delta: i64, table: i32) -> i64`, for a 64-bit table.
+pub(crate) const TABLE_GROW_EXTERNREF64: &str = "table_grow_externref64";
 
 /// The export under which the helper finds memory `index`.
 pub(crate) fn memory_export(index: u32) -> String {
@@ -54,40 +61,64 @@ enum Helper {
     Memory,
     TableFunc,
     TableExtern,
+    Memory64,
+    TableFunc64,
+    TableExtern64,
 }
 
 impl Helper {
     /// Every helper, in import order: a rewritten module imports all of them, so that the
     /// shift of defined functions is known before any body is read.
-    const ALL: [Helper; 3] = [Helper::Memory, Helper::TableFunc, Helper::TableExtern];
+    const ALL: [Helper; 6] = [
+        Helper::Memory,
+        Helper::TableFunc,
+        Helper::TableExtern,
+        Helper::Memory64,
+        Helper::TableFunc64,
+        Helper::TableExtern64,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Helper::Memory => MEMORY_GROW,
             Helper::TableFunc => TABLE_GROW_FUNCREF,
             Helper::TableExtern => TABLE_GROW_EXTERNREF,
+            Helper::Memory64 => MEMORY_GROW64,
+            Helper::TableFunc64 => TABLE_GROW_FUNCREF64,
+            Helper::TableExtern64 => TABLE_GROW_EXTERNREF64,
         }
     }
 
     fn signature(self) -> (Vec<ValType>, Vec<ValType>) {
         let init = match self {
-            Helper::Memory => None,
-            Helper::TableFunc => Some(ValType::FUNCREF),
-            Helper::TableExtern => Some(ValType::EXTERNREF),
+            Helper::Memory | Helper::Memory64 => None,
+            Helper::TableFunc | Helper::TableFunc64 => Some(ValType::FUNCREF),
+            Helper::TableExtern | Helper::TableExtern64 => Some(ValType::EXTERNREF),
         };
-        let params = init
-            .into_iter()
-            .chain([ValType::I32, ValType::I32])
-            .collect();
-        (params, vec![ValType::I32])
+        let size = match self {
+            Helper::Memory | Helper::TableFunc | Helper::TableExtern => ValType::I32,
+            Helper::Memory64 | Helper::TableFunc64 | Helper::TableExtern64 => ValType::I64,
+        };
+        let params = init.into_iter().chain([size, ValType::I32]).collect();
+        (params, vec![size])
+    }
+
+    /// The helper that grows a memory of type `ty`.
+    fn for_memory(ty: &wasmparser::MemoryType) -> Option<Helper> {
+        Some(if ty.memory64 {
+            Helper::Memory64
+        } else {
+            Helper::Memory
+        })
     }
 
     /// The helper that grows a table of type `ty`, if it can be rewritten.
     fn for_table(ty: &wasmparser::TableType) -> Option<Helper> {
-        match ty.element_type {
-            _ if ty.table64 => None,
-            RefType::FUNCREF => Some(Helper::TableFunc),
-            RefType::EXTERNREF => Some(Helper::TableExtern),
+        match (ty.element_type, ty.table64) {
+            (RefType::FUNCREF, false) => Some(Helper::TableFunc),
+            (RefType::EXTERNREF, false) => Some(Helper::TableExtern),
+            (RefType::FUNCREF, true) => Some(Helper::TableFunc64),
+            (RefType::EXTERNREF, true) => Some(Helper::TableExtern64),
             _ => None,
         }
     }
@@ -98,8 +129,8 @@ impl Helper {
 struct Plan {
     types: u32,
     func_imports: u32,
-    /// Per memory (imported first): whether its growth is rewritten (it is 32-bit).
-    memories: Vec<bool>,
+    /// Per memory (imported first): the helper that grows it.
+    memories: Vec<Option<Helper>>,
     /// Per table (imported first): the helper that grows it, if its growth is rewritten.
     tables: Vec<Option<Helper>>,
 }
@@ -118,7 +149,7 @@ impl Plan {
 /// malformed, which wasmi then reports itself).
 pub(crate) fn rewrite(wasm: &[u8]) -> Option<Vec<u8>> {
     let plan = plan(wasm).ok()?;
-    if !plan.memories.contains(&true) && plan.tables.iter().all(Option::is_none) {
+    if plan.memories.iter().all(Option::is_none) && plan.tables.iter().all(Option::is_none) {
         return None;
     }
     let mut module = wasm_encoder::Module::new();
@@ -150,7 +181,7 @@ fn plan(wasm: &[u8]) -> Result<Plan, wasmparser::BinaryReaderError> {
                 for i in s.into_imports() {
                     match i?.ty {
                         TypeRef::Func(_) | TypeRef::FuncExact(_) => p.func_imports += 1,
-                        TypeRef::Memory(m) => p.memories.push(!m.memory64),
+                        TypeRef::Memory(m) => p.memories.push(Helper::for_memory(&m)),
                         TypeRef::Table(t) => p.tables.push(Helper::for_table(&t)),
                         _ => {}
                     }
@@ -158,7 +189,7 @@ fn plan(wasm: &[u8]) -> Result<Plan, wasmparser::BinaryReaderError> {
             }
             Payload::MemorySection(s) => {
                 for m in s {
-                    p.memories.push(!m?.memory64);
+                    p.memories.push(Helper::for_memory(&m?));
                 }
             }
             Payload::TableSection(s) => {
@@ -210,7 +241,10 @@ impl Rewriter<'_> {
 
     /// Every memory and table whose growth is rewritten, whether or not a body grows it.
     fn add_exports(&self, exports: &mut ExportSection) {
-        for (m, _) in (0u32..).zip(&self.plan.memories).filter(|(_, r)| **r) {
+        for (m, _) in (0u32..)
+            .zip(&self.plan.memories)
+            .filter(|(_, h)| h.is_some())
+        {
             exports.export(&memory_export(m), ExportKind::Memory, m);
         }
         for (t, _) in (0u32..).zip(&self.plan.tables).filter(|(_, h)| h.is_some()) {
@@ -249,9 +283,10 @@ impl Rewriter<'_> {
             Operator::RefFunc { function_index } if function_index >= p.func_imports => {
                 return Some([Some(Instruction::RefFunc(self.moved(function_index))), None]);
             }
-            Operator::MemoryGrow { mem } if p.memories.get(mem as usize) == Some(&true) => {
-                grow(Helper::Memory, mem)
-            }
+            Operator::MemoryGrow { mem } => match p.memories.get(mem as usize) {
+                Some(&Some(h)) => grow(h, mem),
+                _ => None,
+            },
             Operator::TableGrow { table } => match p.tables.get(table as usize) {
                 Some(&Some(h)) => grow(h, table),
                 _ => None,

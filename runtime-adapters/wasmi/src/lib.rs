@@ -138,13 +138,14 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error>
 /// The imports [`Wasmi::compile`] turns `memory.grow` and `table.grow` into (see `grow.rs`):
 /// each grows through wasmi's API and gives what the instruction would, -1 on failure.
 fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> {
-    /// `table.grow` of table `table`, whose elements are `R`.
+    /// `table.grow` of table `table`, whose elements are `R`, by `delta` (unsigned); the old
+    /// size, or `None` when the table cannot grow.
     fn table_grow<R: Into<wasmi::Ref>>(
-        mut caller: Caller<'_, GuestData>,
+        caller: &mut Caller<'_, GuestData>,
         init: R,
-        delta: i32,
+        delta: u64,
         table: i32,
-    ) -> Result<i32, wasmi::Error> {
+    ) -> Result<Option<u64>, wasmi::Error> {
         let Some(t) = caller
             .get_export(&grow::table_export(table as u32))
             .and_then(|e| e.into_table())
@@ -153,41 +154,64 @@ fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> 
                 "table.grow: the rewritten table is missing",
             ));
         };
-        Ok(
-            match t.grow(&mut caller, u64::from(delta as u32), init.into()) {
-                Ok(old) => old as i32,
-                Err(_) => -1,
-            },
-        )
+        Ok(t.grow(caller, delta, init.into()).ok())
     }
+    /// `memory.grow` of memory `memory` by `delta` pages (unsigned); the old size, or `None`
+    /// when the memory cannot grow.
+    fn memory_grow(
+        caller: &mut Caller<'_, GuestData>,
+        delta: u64,
+        memory: i32,
+    ) -> Result<Option<u64>, wasmi::Error> {
+        let Some(m) = caller
+            .get_export(&grow::memory_export(memory as u32))
+            .and_then(|e| e.into_memory())
+        else {
+            return Err(wasmi::Error::new(
+                "memory.grow: the rewritten memory is missing",
+            ));
+        };
+        Ok(m.grow(caller, delta).ok())
+    }
+    // 32-bit sizes: the delta is unsigned; -1 on failure.
+    let small = |old: Option<u64>| old.map_or(-1, |o| o as i32);
+    let large = |old: Option<u64>| old.map_or(-1, |o| o as i64);
     linker.func_wrap(
         grow::MODULE,
         grow::MEMORY_GROW,
-        |mut caller: Caller<'_, GuestData>, delta: i32, memory: i32| -> Result<i32, wasmi::Error> {
-            let Some(m) = caller
-                .get_export(&grow::memory_export(memory as u32))
-                .and_then(|e| e.into_memory())
-            else {
-                return Err(wasmi::Error::new(
-                    "memory.grow: the rewritten memory is missing",
-                ));
-            };
-            Ok(match m.grow(&mut caller, u64::from(delta as u32)) {
-                Ok(old) => old as i32,
-                Err(_) => -1,
-            })
+        move |mut caller: Caller<'_, GuestData>, delta: i32, memory: i32| {
+            memory_grow(&mut caller, u64::from(delta as u32), memory).map(small)
         },
     )?;
     linker.func_wrap(
         grow::MODULE,
-        grow::TABLE_GROW_FUNCREF,
-        table_grow::<wasmi::Nullable<wasmi::Func>>,
+        grow::MEMORY_GROW64,
+        move |mut caller: Caller<'_, GuestData>, delta: i64, memory: i32| {
+            memory_grow(&mut caller, delta as u64, memory).map(large)
+        },
     )?;
-    linker.func_wrap(
-        grow::MODULE,
-        grow::TABLE_GROW_EXTERNREF,
-        table_grow::<wasmi::Nullable<wasmi::ExternRef>>,
-    )?;
+    macro_rules! table_helpers {
+        ($($name:expr, $name64:expr, $ref:ty;)*) => {$(
+            linker.func_wrap(
+                grow::MODULE,
+                $name,
+                move |mut caller: Caller<'_, GuestData>, init: $ref, delta: i32, table: i32| {
+                    table_grow(&mut caller, init, u64::from(delta as u32), table).map(small)
+                },
+            )?;
+            linker.func_wrap(
+                grow::MODULE,
+                $name64,
+                move |mut caller: Caller<'_, GuestData>, init: $ref, delta: i64, table: i32| {
+                    table_grow(&mut caller, init, delta as u64, table).map(large)
+                },
+            )?;
+        )*};
+    }
+    table_helpers! {
+        grow::TABLE_GROW_FUNCREF, grow::TABLE_GROW_FUNCREF64, wasmi::Nullable<wasmi::Func>;
+        grow::TABLE_GROW_EXTERNREF, grow::TABLE_GROW_EXTERNREF64, wasmi::Nullable<wasmi::ExternRef>;
+    }
     Ok(())
 }
 
