@@ -392,43 +392,17 @@ pub(crate) fn assemble(
     }
     let (mut table_bytes, mut element_bytes) = (Vec::new(), Vec::new());
     if let Some(t) = funcs_table {
-        wasm_encoder::TableType {
-            element_type: wasm_encoder::RefType::FUNCREF,
-            minimum: u64::from(nfuncs),
-            maximum: Some(u64::from(nfuncs)),
-            table64: false,
-            shared: false,
-        }
-        .encode(&mut table_bytes);
-        // An active segment with an explicit table: flags 2, the table, offset 0, kind
-        // funcref, then every function index in order.
-        2u32.encode(&mut element_bytes);
-        t.encode(&mut element_bytes);
-        ConstExpr::i32_const(0).encode(&mut element_bytes);
-        element_bytes.push(0x00);
-        nfuncs.encode(&mut element_bytes);
-        for f in 0..nfuncs {
-            f.encode(&mut element_bytes);
-        }
+        // Every function at its index.
+        fixed_table(&mut table_bytes, &mut element_bytes, t, 0..nfuncs);
     }
     if let Some(t) = thunks {
         let n = owned.len() as u32;
-        wasm_encoder::TableType {
-            element_type: wasm_encoder::RefType::FUNCREF,
-            minimum: u64::from(n),
-            maximum: Some(u64::from(n)),
-            table64: false,
-            shared: false,
-        }
-        .encode(&mut table_bytes);
-        2u32.encode(&mut element_bytes);
-        t.encode(&mut element_bytes);
-        ConstExpr::i32_const(0).encode(&mut element_bytes);
-        element_bytes.push(0x00);
-        n.encode(&mut element_bytes);
-        for i in 0..n {
-            (first_thunk + i).encode(&mut element_bytes);
-        }
+        fixed_table(
+            &mut table_bytes,
+            &mut element_bytes,
+            t,
+            first_thunk..first_thunk + n,
+        );
     }
     let added_tables = u32::from(funcs_table.is_some()) + u32::from(thunks.is_some());
 
@@ -657,6 +631,35 @@ fn reserve_body(sp: u32, mem: u32, max_frame: u32) -> Vec<u8> {
     let mut r = BinaryReader::new(&out, 0);
     let _ = r.read_var_u32();
     out[r.original_position()..].to_vec()
+}
+
+/// Table `t`, added: a funcref table exactly as long as `funcs`, which an active segment fills
+/// with them in order.
+fn fixed_table(
+    table_bytes: &mut Vec<u8>,
+    element_bytes: &mut Vec<u8>,
+    t: u32,
+    funcs: std::ops::Range<u32>,
+) {
+    let n = funcs.len() as u32;
+    wasm_encoder::TableType {
+        element_type: wasm_encoder::RefType::FUNCREF,
+        minimum: u64::from(n),
+        maximum: Some(u64::from(n)),
+        table64: false,
+        shared: false,
+    }
+    .encode(table_bytes);
+    // An active segment with an explicit table: flags 2, the table, offset 0, kind funcref,
+    // then the function indices.
+    2u32.encode(element_bytes);
+    t.encode(element_bytes);
+    ConstExpr::i32_const(0).encode(element_bytes);
+    element_bytes.push(0x00);
+    n.encode(element_bytes);
+    for f in funcs {
+        f.encode(element_bytes);
+    }
 }
 
 /// The function type of function `f`.
