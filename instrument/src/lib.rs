@@ -39,6 +39,14 @@
 //! returns; a function the host or an indirect call can enter hands over to its copy when
 //! called while rewinding. Frames and the host protocol are the same with or without.
 //!
+//! Tail calls (`return_call`, `return_call_indirect`) stay tail calls. In a module where a
+//! rewritten function tail-calls one that can unwind, each frame also records its function's
+//! owner number, and a function that tail-called on (and so left no frame) hands the rewind
+//! over to the owner of the frame on top of the save stack, through a table of thunks the
+//! rewrite adds. What is refused (`call_ref` that can reach a point, exception handling in a
+//! rewritten function, ...) is an [`Error::Unsupported`] naming the construct; see
+//! `docs/instrument.md`.
+//!
 //! The output records what was done in a custom section ([`MANIFEST_SECTION`], see
 //! [`Manifest`]), is validated before it is returned, and depends only on the input bytes and the
 //! options.
