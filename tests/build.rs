@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const RUST_GUESTS: &[&str] = &["hello", "p1_calls", "std_fs", "compute"];
-const C_GUESTS: &[&str] = &["posix"];
+/// Each C guest with the flags it needs beyond `-O2`.
+const C_GUESTS: &[(&str, &[&str])] = &[("posix", &[]), ("tail_calls", &["-mtail-call"])];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -23,10 +24,11 @@ fn main() {
     println!("cargo:rerun-if-changed={}", guests.join("c").display());
 
     build_rust(&guests.join("rust"), &out);
-    for name in C_GUESTS {
+    for (name, flags) in C_GUESTS {
         build_c(
             &guests.join("c").join(format!("{name}.c")),
             &out.join(format!("{name}.wasm")),
+            flags,
         );
         println!(
             "cargo:rustc-env=GUEST_{}={}",
@@ -82,15 +84,11 @@ fn build_rust(dir: &Path, out: &Path) {
     }
 }
 
-fn build_c(src: &Path, wasm: &Path) {
+fn build_c(src: &Path, wasm: &Path, flags: &[&str]) {
     let status = Command::new("clang-16")
-        .args([
-            "--target=wasm32-wasi",
-            "--sysroot=/usr",
-            "-O2",
-            "-Wall",
-            "-o",
-        ])
+        .args(["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-Wall"])
+        .args(flags)
+        .arg("-o")
         .arg(wasm)
         .arg(src)
         .status();

@@ -22,6 +22,9 @@ pub mod guests {
     pub const COMPUTE: &str = env!("GUEST_COMPUTE");
     /// wasi-libc's POSIX layer, from C.
     pub const POSIX: &str = env!("GUEST_POSIX");
+    /// A threaded interpreter in C whose handlers tail-call each other through a table
+    /// (`-mtail-call`).
+    pub const TAIL_CALLS: &str = env!("GUEST_TAIL_CALLS");
 }
 
 /// Which engine tabi runs on.

@@ -586,6 +586,20 @@ mod every_point {
     fn posix_c() {
         every_point(Spec::new(guests::POSIX));
     }
+
+    /// clang's `return_call_indirect` between handlers that can pause, with safepoints too.
+    #[test]
+    fn tail_calls_c() {
+        let spec = Spec::new(guests::TAIL_CALLS).args(&["3000"]);
+        every_point(spec.clone());
+        let wasm = std::fs::read(&spec.wasm).unwrap();
+        let options = Options {
+            safepoints: true,
+            ..Options::default()
+        };
+        let n = tabi_tests::migrate::check_every_with(&spec, &wasm, &options, 1).unwrap();
+        assert!(n > 0, "passed no migration point with safepoints");
+    }
 }
 
 /// A 10,000-frame stack unwinds into the save stack and rebuilds itself, on either engine,
