@@ -138,6 +138,19 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error>
 /// The imports [`Wasmi::compile`] turns `memory.grow` and `table.grow` into (see `grow.rs`):
 /// each grows through wasmi's API and gives what the instruction would, -1 on failure.
 fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> {
+    /// The rewritten module's export `name`, as `pick` reads it; a trap naming `what` when
+    /// it is missing.
+    fn export<T>(
+        caller: &Caller<'_, GuestData>,
+        name: &str,
+        pick: fn(wasmi::Extern) -> Option<T>,
+        what: &str,
+    ) -> Result<T, wasmi::Error> {
+        caller
+            .get_export(name)
+            .and_then(pick)
+            .ok_or_else(|| wasmi::Error::new(format!("{what}: the rewritten export is missing")))
+    }
     /// `table.grow` of table `table`, whose elements are `R`, by `delta` (unsigned); the old
     /// size, or `None` when the table cannot grow.
     fn table_grow<R: Into<wasmi::Ref>>(
@@ -146,14 +159,8 @@ fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> 
         delta: u64,
         table: i32,
     ) -> Result<Option<u64>, wasmi::Error> {
-        let Some(t) = caller
-            .get_export(&grow::table_export(table as u32))
-            .and_then(|e| e.into_table())
-        else {
-            return Err(wasmi::Error::new(
-                "table.grow: the rewritten table is missing",
-            ));
-        };
+        let name = grow::table_export(table as u32);
+        let t = export(caller, &name, wasmi::Extern::into_table, "table.grow")?;
         Ok(t.grow(caller, delta, init.into()).ok())
     }
     /// `memory.grow` of memory `memory` by `delta` pages (unsigned); the old size, or `None`
@@ -163,14 +170,8 @@ fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> 
         delta: u64,
         memory: i32,
     ) -> Result<Option<u64>, wasmi::Error> {
-        let Some(m) = caller
-            .get_export(&grow::memory_export(memory as u32))
-            .and_then(|e| e.into_memory())
-        else {
-            return Err(wasmi::Error::new(
-                "memory.grow: the rewritten memory is missing",
-            ));
-        };
+        let name = grow::memory_export(memory as u32);
+        let m = export(caller, &name, wasmi::Extern::into_memory, "memory.grow")?;
         Ok(m.grow(caller, delta).ok())
     }
     // 32-bit sizes: the delta is unsigned; -1 on failure.
