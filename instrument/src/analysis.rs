@@ -169,25 +169,22 @@ fn scan(body: &FunctionBody<'_>) -> Result<Scan, Error> {
             }
         }
         match op {
-            Operator::ReturnCall { function_index } => s.tail_calls.push(function_index),
-            Operator::ReturnCallIndirect {
-                type_index,
-                table_index,
-            } => s.tail_indirect.push((type_index, table_index)),
-            _ => {}
-        }
-        match op {
-            Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
-                s.calls.push(function_index)
+            Operator::Call { function_index } => s.calls.push(function_index),
+            Operator::ReturnCall { function_index } => {
+                s.calls.push(function_index);
+                s.tail_calls.push(function_index);
             }
             Operator::CallIndirect {
                 type_index,
                 table_index,
-            }
-            | Operator::ReturnCallIndirect {
+            } => s.indirect.push((type_index, table_index)),
+            Operator::ReturnCallIndirect {
                 type_index,
                 table_index,
-            } => s.indirect.push((type_index, table_index)),
+            } => {
+                s.indirect.push((type_index, table_index));
+                s.tail_indirect.push((type_index, table_index));
+            }
             Operator::CallRef { type_index } | Operator::ReturnCallRef { type_index } => {
                 s.refs.push(type_index)
             }

@@ -117,7 +117,7 @@ pub(crate) fn assemble(
         .checked_add(1)
         .and_then(|n| n.checked_add(copies))
         .ok_or_else(|| Error::Invalid("too many functions".into()))?;
-    first_thunk
+    let thunks_end = first_thunk
         .checked_add(owned.len() as u32)
         .ok_or_else(|| Error::Invalid("too many functions".into()))?;
     let mut ctx = Ctx {
@@ -396,12 +396,11 @@ pub(crate) fn assemble(
         fixed_table(&mut table_bytes, &mut element_bytes, t, 0..nfuncs);
     }
     if let Some(t) = thunks {
-        let n = owned.len() as u32;
         fixed_table(
             &mut table_bytes,
             &mut element_bytes,
             t,
-            first_thunk..first_thunk + n,
+            first_thunk..thunks_end,
         );
     }
     let added_tables = u32::from(funcs_table.is_some()) + u32::from(thunks.is_some());
@@ -675,27 +674,14 @@ fn func_type_of<'m>(m: &'m Module<'_>, f: u32) -> Result<&'m wasmparser::FuncTyp
 fn thunk_body(ty: &wasmparser::FuncType, target: u32, f: u32) -> Result<Vec<u8>, Error> {
     let mut body = wasm_encoder::Function::new([]);
     for &p in ty.params() {
-        body.instruction(&match p {
-            wasmparser::ValType::I32 => Instruction::I32Const(0),
-            wasmparser::ValType::I64 => Instruction::I64Const(0),
-            wasmparser::ValType::F32 => Instruction::F32Const(0.0.into()),
-            wasmparser::ValType::F64 => Instruction::F64Const(0.0.into()),
-            wasmparser::ValType::V128 => Instruction::V128Const(0),
-            wasmparser::ValType::Ref(r) if r.is_nullable() => {
-                use wasm_encoder::reencode::Reencode;
-                let heap = wasm_encoder::reencode::RoundtripReencoder
-                    .heap_type(r.heap_type())
-                    .map_err(|e| Error::Internal(e.to_string()))?;
-                Instruction::RefNull(heap)
-            }
-            wasmparser::ValType::Ref(_) => {
-                return Err(unsupported(
-                    Some(f),
-                    "a non-nullable reference parameter in a function a tail call can \
-                     unwind through",
-                ));
-            }
-        });
+        let Some(zero) = crate::rewrite::zero_of(p)? else {
+            return Err(unsupported(
+                Some(f),
+                "a non-nullable reference parameter in a function a tail call can unwind \
+                 through",
+            ));
+        };
+        body.instruction(&zero);
     }
     body.instruction(&Instruction::Call(target));
     body.instruction(&Instruction::End);

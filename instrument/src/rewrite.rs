@@ -165,6 +165,23 @@ pub(crate) struct Ctx<'m, 'a> {
     pub owner: &'m [u32],
 }
 
+/// The zero (or null) of type `t`; `None` for a non-nullable reference, which has none.
+pub(crate) fn zero_of(t: ValType) -> Result<Option<Instruction<'static>>, Error> {
+    Ok(Some(match t {
+        ValType::I32 => Instruction::I32Const(0),
+        ValType::I64 => Instruction::I64Const(0),
+        ValType::F32 => Instruction::F32Const(0.0.into()),
+        ValType::F64 => Instruction::F64Const(0.0.into()),
+        ValType::V128 => Instruction::V128Const(0),
+        ValType::Ref(r) if r.is_nullable() => Instruction::RefNull(
+            RoundtripReencoder
+                .heap_type(r.heap_type())
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        ),
+        ValType::Ref(_) => return Ok(None),
+    }))
+}
+
 fn enc(t: ValType) -> Result<wasm_encoder::ValType, Error> {
     RoundtripReencoder
         .val_type(t)
@@ -1368,17 +1385,6 @@ impl Emitter<'_, '_, '_> {
     fn ins(&mut self, i: Instruction<'_>) {
         let at = self.out.len();
         i.encode(&mut self.out);
-        if let Instruction::ReturnCallIndirect { type_index: t, .. } = i
-            && self.ctx.types.is_fresh(t)
-        {
-            let mut len = Vec::new();
-            t.encode(&mut len);
-            self.fixups.push(Fixup {
-                at: at + 1,
-                len: len.len(),
-                index: t,
-            });
-        }
         if let Instruction::Block(BlockType::FunctionType(t))
         | Instruction::Loop(BlockType::FunctionType(t))
         | Instruction::If(BlockType::FunctionType(t)) = i
@@ -1470,25 +1476,14 @@ impl Emitter<'_, '_, '_> {
     }
 
     fn zero(&mut self, t: ValType) -> Result<(), Error> {
-        self.ins(match t {
-            ValType::I32 => Instruction::I32Const(0),
-            ValType::I64 => Instruction::I64Const(0),
-            ValType::F32 => Instruction::F32Const(0.0.into()),
-            ValType::F64 => Instruction::F64Const(0.0.into()),
-            ValType::V128 => Instruction::V128Const(0),
-            ValType::Ref(r) if r.is_nullable() => Instruction::RefNull(
-                RoundtripReencoder
-                    .heap_type(r.heap_type())
-                    .map_err(|e| Error::Internal(e.to_string()))?,
-            ),
-            ValType::Ref(_) => {
-                return Err(unsupported(
-                    Some(self.func),
-                    "a non-nullable reference parameter or result in a function that can \
-                     reach a migration point",
-                ));
-            }
-        });
+        let Some(i) = zero_of(t)? else {
+            return Err(unsupported(
+                Some(self.func),
+                "a non-nullable reference parameter or result in a function that can \
+                 reach a migration point",
+            ));
+        };
+        self.ins(i);
         Ok(())
     }
 
@@ -1542,8 +1537,8 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
-    /// Bytes of this function's frame: the saved locals, then the site number.
-    /// The frame: the saved locals, the site number, and with tail calls the owner number.
+    /// Bytes of this function's frame: the saved locals, the site number, and with tail calls
+    /// the owner number.
     fn frame_size(&self) -> u32 {
         self.locals_size + if self.ctx.thunks.is_some() { 8 } else { 4 }
     }
@@ -1561,7 +1556,12 @@ impl Emitter<'_, '_, '_> {
             .thunks
             .ok_or_else(|| Error::Internal("a tail call without the thunk table".into()))?;
         let me = self.ctx.owner[self.func as usize];
+        // `assemble` numbers the thunks' types before the bodies are shared out among threads,
+        // so the index is final here (a fresh one would need a fixup).
         let ty = self.ctx.types.index(&[], results);
+        if self.ctx.types.is_fresh(ty) {
+            return Err(Error::Internal("a thunk type numbered by a thread".into()));
+        }
         self.ins(Instruction::GlobalGet(self.ctx.state));
         self.ins(Instruction::If(BlockType::Empty));
         self.ins(Instruction::GlobalGet(self.ctx.sp));

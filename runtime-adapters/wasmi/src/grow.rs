@@ -104,12 +104,12 @@ impl Helper {
     }
 
     /// The helper that grows a memory of type `ty`.
-    fn for_memory(ty: &wasmparser::MemoryType) -> Option<Helper> {
-        Some(if ty.memory64 {
+    fn for_memory(ty: &wasmparser::MemoryType) -> Helper {
+        if ty.memory64 {
             Helper::Memory64
         } else {
             Helper::Memory
-        })
+        }
     }
 
     /// The helper that grows a table of type `ty`, if it can be rewritten.
@@ -130,7 +130,7 @@ struct Plan {
     types: u32,
     func_imports: u32,
     /// Per memory (imported first): the helper that grows it.
-    memories: Vec<Option<Helper>>,
+    memories: Vec<Helper>,
     /// Per table (imported first): the helper that grows it, if its growth is rewritten.
     tables: Vec<Option<Helper>>,
 }
@@ -149,7 +149,7 @@ impl Plan {
 /// malformed, which wasmi then reports itself).
 pub(crate) fn rewrite(wasm: &[u8]) -> Option<Vec<u8>> {
     let plan = plan(wasm).ok()?;
-    if plan.memories.iter().all(Option::is_none) && plan.tables.iter().all(Option::is_none) {
+    if plan.memories.is_empty() && plan.tables.iter().all(Option::is_none) {
         return None;
     }
     let mut module = wasm_encoder::Module::new();
@@ -241,10 +241,7 @@ impl Rewriter<'_> {
 
     /// Every memory and table whose growth is rewritten, whether or not a body grows it.
     fn add_exports(&self, exports: &mut ExportSection) {
-        for (m, _) in (0u32..)
-            .zip(&self.plan.memories)
-            .filter(|(_, h)| h.is_some())
-        {
+        for m in 0..self.plan.memories.len() as u32 {
             exports.export(&memory_export(m), ExportKind::Memory, m);
         }
         for (t, _) in (0u32..).zip(&self.plan.tables).filter(|(_, h)| h.is_some()) {
@@ -284,8 +281,8 @@ impl Rewriter<'_> {
                 return Some([Some(Instruction::RefFunc(self.moved(function_index))), None]);
             }
             Operator::MemoryGrow { mem } => match p.memories.get(mem as usize) {
-                Some(&Some(h)) => grow(h, mem),
-                _ => None,
+                Some(&h) => grow(h, mem),
+                None => None,
             },
             Operator::TableGrow { table } => match p.tables.get(table as usize) {
                 Some(&Some(h)) => grow(h, table),

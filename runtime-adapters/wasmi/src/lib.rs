@@ -174,7 +174,8 @@ fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> 
         let m = export(caller, &name, wasmi::Extern::into_memory, "memory.grow")?;
         Ok(m.grow(caller, delta).ok())
     }
-    // 32-bit sizes: the delta is unsigned; -1 on failure.
+    // What the instruction gives: the old size, -1 on failure; as `i32` for 32-bit memories
+    // and tables (whose delta is unsigned), as `i64` for 64-bit ones.
     let small = |old: Option<u64>| old.map_or(-1, |o| o as i32);
     let large = |old: Option<u64>| old.map_or(-1, |o| o as i64);
     linker.func_wrap(
