@@ -1086,8 +1086,9 @@ fn short_counted_loops_need_no_safepoint() {
     }
 }
 
-/// A loop's safepoint reached while pausing is not allowed (under a function that cannot
-/// return, here `$die`) lets the loop go on, budget or not, and the run ends as the original's.
+/// A loop's safepoint reached while pausing is not allowed (under `$die`, a function that
+/// cannot return called from one that can: a barrier, which raises `__tabi_nopause`) lets the
+/// loop go on, budget or not, and the run ends as the original's.
 #[test]
 fn a_loop_safepoint_where_no_pause_is_allowed_goes_on() {
     let body = r#"(func $spin (param $n i32) (result i32) (local $acc i32)
@@ -1100,11 +1101,73 @@ fn a_loop_safepoint_where_no_pause_is_allowed_goes_on() {
             (call $flush)
             (call $exit (i32.const 0))
             unreachable)
+          (func $maybe (param $n i32)
+            (if (i32.gt_s (local.get $n) (i32.const 10)) (then (call $die (local.get $n))))
+            (call $out (call $spin (local.get $n))))
           (func (export "_start")
-            (call $out (call $spin (i32.const 5)))
-            (call $die (i32.const 40)))"#;
-    // `_start` cannot return either, so no point may pause: the budget runs are the test.
-    check(body, 0);
+            (call $maybe (i32.const 5))
+            (call $maybe (i32.const 40)))"#;
+    assert!(raises_nopause(body));
+    check(body, 1);
+}
+
+/// Whether the rewrite of `body` with safepoints raises `__tabi_nopause` somewhere.
+fn raises_nopause(body: &str) -> bool {
+    let out = instrument(
+        &module(body),
+        &Options {
+            safepoints: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let mut nopause = None;
+    let mut raised = false;
+    for p in wasmparser::Parser::new(0).parse_all(&out.wasm) {
+        match p.unwrap() {
+            wasmparser::Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e.unwrap();
+                    if e.name == "__tabi_nopause" {
+                        nopause = Some(e.index);
+                    }
+                }
+            }
+            wasmparser::Payload::CodeSectionEntry(b) => {
+                let mut ops = b.get_operators_reader().unwrap();
+                while !ops.eof() {
+                    if let wasmparser::Operator::GlobalSet { global_index } = ops.read().unwrap() {
+                        raised |= Some(global_index) == nopause;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    raised
+}
+
+/// The same for a recursive function's entry safepoint, whose slow path sits after the body:
+/// where no pause is allowed it lets the body run, and the run ends as the original's.
+#[test]
+fn an_entry_safepoint_where_no_pause_is_allowed_goes_on() {
+    let body = r#"(func $sum (param $n i32) (result i32)
+            (if (result i32) (local.get $n)
+              (then (i32.add (local.get $n) (call $sum (i32.sub (local.get $n) (i32.const 1)))))
+              (else (call $point (i32.const 0)))))
+          (func $die (param $n i32)
+            (call $out (call $sum (local.get $n)))
+            (call $flush)
+            (call $exit (i32.const 0))
+            unreachable)
+          (func $maybe (param $n i32)
+            (if (i32.gt_s (local.get $n) (i32.const 10)) (then (call $die (local.get $n))))
+            (call $out (call $sum (local.get $n))))
+          (func (export "_start")
+            (call $maybe (i32.const 5))
+            (call $maybe (i32.const 40)))"#;
+    assert!(raises_nopause(body));
+    check(body, 1);
 }
 
 #[test]
