@@ -1382,14 +1382,11 @@ impl Emitter<'_, '_, '_> {
             self.end();
             self.yield_at(sp)?;
             self.end(); // $again
-            self.end(); // $unwind
-            self.epilogue(results)?;
-            self.ins(Instruction::End);
-            return Ok(());
+        } else {
+            self.store_budget();
+            self.ins(Instruction::Return);
         }
-        self.store_budget();
-        self.ins(Instruction::Return);
-        self.end();
+        self.end(); // $unwind
         self.epilogue(results)?;
         self.ins(Instruction::End);
         Ok(())
