@@ -1368,19 +1368,8 @@ impl Emitter<'_, '_, '_> {
             // (a copy and a branch on wasmi). The budget lives in the global: nothing to store.
             self.ins(Instruction::Return);
             self.end(); // $slow
-            self.ins(Instruction::GlobalGet(self.ctx.nopause));
-            self.ins(Instruction::If(BlockType::Empty));
-            self.labels.push(Some(u32::MAX));
-            // Deferred: the test passes once more (the budget is left at `__tabi_nopause`).
-            self.ins(Instruction::GlobalGet(self.ctx.nopause));
-            self.ins(Instruction::I32Const(1));
-            self.ins(Instruction::I32Add);
-            self.ins(Instruction::GlobalSet(
-                self.ctx.budget.expect("safepoints enabled"),
-            ));
-            self.ins(Instruction::Br(self.depth_of(again)?));
-            self.end();
-            self.yield_at(sp)?;
+            // The test spends before it compares: one more unit lets it pass once.
+            self.defer_or_yield(sp, again, 1)?;
             self.end(); // $again
         } else {
             self.store_budget();
@@ -1807,6 +1796,49 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    /// Spends one unit of budget, in its local or its global, and leaves whether a yield is
+    /// due: the budget is at or below zero (it stays so while a pause must be deferred).
+    fn spend_budget(&mut self) {
+        let b = self.budget_local.expect("safepoints enabled");
+        let g = self.ctx.budget.expect("safepoints enabled");
+        self.ins(if self.budget_in_local {
+            Instruction::LocalGet(b)
+        } else {
+            Instruction::GlobalGet(g)
+        });
+        self.ins(Instruction::I32Const(1));
+        self.ins(Instruction::I32Sub);
+        self.ins(Instruction::LocalTee(b));
+        if !self.budget_in_local {
+            self.ins(Instruction::GlobalSet(g));
+            self.ins(Instruction::LocalGet(b));
+        }
+        self.ins(Instruction::I32Const(0));
+        self.ins(Instruction::I32LeS);
+    }
+
+    /// The slow path of a safepoint whose test branched out of the loop `again` it re-enters:
+    /// when a pause must be deferred, the budget is set to `__tabi_nopause + extra` (at least
+    /// 1 after the test that follows) and the code runs on through `again`; else it yields.
+    fn defer_or_yield(&mut self, sp: &Site<'_>, again: u32, extra: i32) -> Result<(), Error> {
+        self.ins(Instruction::GlobalGet(self.ctx.nopause));
+        self.ins(Instruction::If(BlockType::Empty));
+        self.labels.push(Some(u32::MAX));
+        self.ins(Instruction::GlobalGet(self.ctx.nopause));
+        if extra != 0 {
+            self.ins(Instruction::I32Const(extra));
+            self.ins(Instruction::I32Add);
+        }
+        self.ins(if self.budget_in_local {
+            Instruction::LocalSet(self.budget_local.expect("safepoints enabled"))
+        } else {
+            Instruction::GlobalSet(self.ctx.budget.expect("safepoints enabled"))
+        });
+        self.ins(Instruction::Br(self.depth_of(again)?));
+        self.end();
+        self.yield_at(sp)
+    }
+
     fn safepoint(&mut self, site: &Site<'_>) -> Result<(), Error> {
         let b = self.budget_local.expect("safepoints enabled");
         if let Some((id, label)) = self.slow_exit
@@ -1825,25 +1857,7 @@ impl Emitter<'_, '_, '_> {
             self.ins(Instruction::LocalSet(b));
             return Ok(());
         }
-        if self.budget_in_local {
-            self.ins(Instruction::LocalGet(b));
-        } else {
-            self.ins(Instruction::GlobalGet(
-                self.ctx.budget.expect("safepoints enabled"),
-            ));
-        }
-        self.ins(Instruction::I32Const(1));
-        self.ins(Instruction::I32Sub);
-        self.ins(Instruction::LocalTee(b));
-        if !self.budget_in_local {
-            self.ins(Instruction::GlobalSet(
-                self.ctx.budget.expect("safepoints enabled"),
-            ));
-            self.ins(Instruction::LocalGet(b));
-        }
-        // At or below zero: a yield is due (it stays due while a pause must be deferred).
-        self.ins(Instruction::I32Const(0));
-        self.ins(Instruction::I32LeS);
+        self.spend_budget();
         let bt = match site.below.as_slice() {
             [] => BlockType::Empty,
             b => BlockType::FunctionType(self.ctx.types.index(b, b)),
@@ -1875,18 +1889,7 @@ impl Emitter<'_, '_, '_> {
     /// over it, and the code generator moved the instance pointer between registers around
     /// it (recursive fib: 8.8 added instructions per call on wasmtime, 8.3 with this).
     fn entry_test(&mut self, slow: u32) -> Result<(), Error> {
-        let (b, g) = (
-            self.budget_local.expect("safepoints enabled"),
-            self.ctx.budget.expect("safepoints enabled"),
-        );
-        self.ins(Instruction::GlobalGet(g));
-        self.ins(Instruction::I32Const(1));
-        self.ins(Instruction::I32Sub);
-        self.ins(Instruction::LocalTee(b));
-        self.ins(Instruction::GlobalSet(g));
-        self.ins(Instruction::LocalGet(b));
-        self.ins(Instruction::I32Const(0));
-        self.ins(Instruction::I32LeS);
+        self.spend_budget();
         self.ins(Instruction::BrIf(self.depth_of(slow)?));
         Ok(())
     }
@@ -2021,15 +2024,8 @@ impl Emitter<'_, '_, '_> {
             }
             self.ins(Instruction::Br(self.depth_of(exit)?));
             self.end(); // $slow
-            let bl = self.budget_local.expect("safepoints enabled");
-            self.ins(Instruction::GlobalGet(self.ctx.nopause));
-            self.ins(Instruction::If(BlockType::Empty));
-            self.labels.push(Some(u32::MAX));
-            self.ins(Instruction::GlobalGet(self.ctx.nopause));
-            self.ins(Instruction::LocalSet(bl));
-            self.ins(Instruction::Br(self.depth_of(again)?));
-            self.end();
-            self.yield_at(sp)?;
+            // The loop's test compares before it spends: `__tabi_nopause` passes once.
+            self.defer_or_yield(sp, again, 0)?;
             self.end(); // $again
             self.end(); // $exit
         }
