@@ -77,7 +77,7 @@ mod rewrite;
 pub const MANIFEST_SECTION: &str = "tabi-instrument";
 /// Version of the rewrite and of its state layout; part of the [`Manifest`]. It changes whenever
 /// the output for some input changes, so that caches keyed by it never mix two builds.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 /// Export name of the `i32` global holding [`NORMAL`], [`UNWINDING`] or [`REWINDING`].
 pub const STATE_GLOBAL: &str = "__tabi_state";
 /// Export name of the `i32` global holding the top of the save stack, in bytes.

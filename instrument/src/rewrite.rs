@@ -1150,6 +1150,9 @@ struct Emitter<'c, 'm, 'a> {
     in_copy: bool,
     /// Whether the function tail-calls a function that can unwind.
     tail: bool,
+    /// Out-of-line unwind paths: per site number, the position in `labels` of the block its
+    /// check branches out of (see [`Emitter::open_pads`]).
+    pads: BTreeMap<u32, usize>,
 }
 
 /// What the pass over a body found that shapes its code.
@@ -1256,6 +1259,7 @@ fn emit(
         fixups: Vec::new(),
         in_copy: false,
         tail,
+        pads: BTreeMap::new(),
     };
     let total = locals.original.len() + locals.extra.len();
     let mut needs = BTreeMap::new();
@@ -1354,19 +1358,21 @@ impl Emitter<'_, '_, '_> {
             }
             _ => None,
         };
-        self.ins(Instruction::Block(bt));
-        self.labels.push(None);
         let items = if entry.is_some() {
             &root.body[1..]
         } else {
             &root.body[..]
         };
+        let pads = self.open_pads(items);
+        self.ins(Instruction::Block(bt));
+        self.labels.push(None);
         self.level(items, &[], true)?;
         self.end();
         if let Some((sp, again)) = entry {
             // The body returns from inside the loop: a `br` out of it would carry the results
             // (a copy and a branch on wasmi). The budget lives in the global: nothing to store.
             self.ins(Instruction::Return);
+            self.close_pads(&pads)?;
             self.end(); // $slow
             // The test spends before it compares: one more unit lets it pass once.
             self.defer_or_yield(sp, again, 1)?;
@@ -1374,6 +1380,7 @@ impl Emitter<'_, '_, '_> {
         } else {
             self.store_budget();
             self.ins(Instruction::Return);
+            self.close_pads(&pads)?;
         }
         self.end(); // $unwind
         self.epilogue(results)?;
@@ -1778,8 +1785,62 @@ impl Emitter<'_, '_, '_> {
         Ok(())
     }
 
+    /// Opens one block per call site that saves no operand values, outside the body: such a
+    /// site's check branches out to its block's end, where the unwind path of the site is
+    /// (written by [`Emitter::close_pads`]). The check is then a plain conditional branch
+    /// that leaves the call's results where they are, with no block around them: on wasmi,
+    /// an `if` carrying the operand stack costs copies.
+    fn open_pads(&mut self, items: &[Item<'_>]) -> Vec<u32> {
+        fn collect(items: &[Item<'_>], out: &mut Vec<u32>) {
+            for item in items {
+                match item {
+                    Item::Op(_) => {}
+                    Item::Site(s) => {
+                        if matches!(s.kind, SiteKind::Callee | SiteKind::Indirect { .. })
+                            && s.below.is_empty()
+                        {
+                            out.push(s.id);
+                        }
+                    }
+                    Item::Block(b) => {
+                        collect(&b.body, out);
+                        if let Some(e) = &b.else_body {
+                            collect(e, out);
+                        }
+                    }
+                }
+            }
+        }
+        let mut sites = Vec::new();
+        collect(items, &mut sites);
+        self.pads.clear();
+        for &site in &sites {
+            self.open_added(BlockType::Empty);
+            // Its position, not its id: a site's depth is then found without a search.
+            self.pads.insert(site, self.labels.len() - 1);
+        }
+        sites
+    }
+
+    /// Closes the blocks of [`Emitter::open_pads`], innermost first, each followed by its
+    /// site's unwind path. Reached only by the checks' branches.
+    fn close_pads(&mut self, sites: &[u32]) -> Result<(), Error> {
+        for &site in sites.iter().rev() {
+            self.end();
+            self.save_and_unwind(site, &[])?;
+        }
+        self.pads.clear();
+        Ok(())
+    }
+
     /// After a call that may unwind: if unwinding, save and leave.
     fn unwind_check(&mut self, site: &Site<'_>) -> Result<(), Error> {
+        if let Some(&pad) = self.pads.get(&site.id) {
+            self.ins(Instruction::GlobalGet(self.ctx.state));
+            let d = (self.labels.len() - 1 - pad) as u32;
+            self.ins(Instruction::BrIf(d));
+            return Ok(());
+        }
         let saved = site.saved();
         let on_stack = [site.below.as_slice(), &site.results].concat();
         let bt = self.ctx.types.block(&on_stack, &on_stack)?;
