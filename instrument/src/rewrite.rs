@@ -1122,6 +1122,8 @@ struct Emitter<'c, 'm, 'a> {
     /// Open labels, innermost last: `None` for the input's own labels, `Some(id)` for added ones.
     labels: Vec<Option<u32>>,
     next_label: u32,
+    /// Per added label id: its position in `labels` when it was opened.
+    label_at: Vec<usize>,
     unwind_label: u32,
     base: u32,
     site_local: u32,
@@ -1150,9 +1152,9 @@ struct Emitter<'c, 'm, 'a> {
     in_copy: bool,
     /// Whether the function tail-calls a function that can unwind.
     tail: bool,
-    /// Out-of-line unwind paths: per site number, the position in `labels` of the block its
-    /// check branches out of (see [`Emitter::open_pads`]).
-    pads: BTreeMap<u32, usize>,
+    /// Out-of-line unwind paths: per site number, the label of the block its check branches
+    /// out of (see [`Emitter::open_pads`]).
+    pads: BTreeMap<u32, u32>,
 }
 
 /// What the pass over a body found that shapes its code.
@@ -1244,6 +1246,7 @@ fn emit(
         out: Vec::new(),
         labels: Vec::new(),
         next_label: 0,
+        label_at: Vec::new(),
         unwind_label: 0,
         base,
         site_local,
@@ -1336,6 +1339,7 @@ impl Emitter<'_, '_, '_> {
     fn body(&mut self, root: &Block<'_>, results: &[ValType]) -> Result<(), Error> {
         self.labels.clear();
         self.next_label = 0;
+        self.label_at.clear();
         self.slow_exit = None;
         if self.rewinds && self.tail {
             self.tail_dispatch(results)?;
@@ -1445,6 +1449,7 @@ impl Emitter<'_, '_, '_> {
         self.ins(header);
         let id = self.next_label;
         self.next_label += 1;
+        self.label_at.push(self.labels.len());
         self.labels.push(Some(id));
         id
     }
@@ -1454,14 +1459,15 @@ impl Emitter<'_, '_, '_> {
         self.labels.pop();
     }
 
-    /// Relative depth of added label `id`.
+    /// Relative depth of added label `id`: found from where it was opened, not searched for,
+    /// since the pads (see [`Emitter::open_pads`]) can nest thousands of labels.
     fn depth_of(&self, id: u32) -> Result<u32, Error> {
-        self.labels
-            .iter()
-            .rev()
-            .position(|&l| l == Some(id))
-            .map(|d| d as u32)
-            .ok_or_else(|| Error::Internal("branch to a closed label".into()))
+        match self.label_at.get(id as usize) {
+            Some(&at) if self.labels.get(at) == Some(&Some(id)) => {
+                Ok((self.labels.len() - 1 - at) as u32)
+            }
+            _ => Err(Error::Internal("branch to a closed label".into())),
+        }
     }
 
     /// Relative depth, in the output, of the input's relative depth `d`.
@@ -1815,9 +1821,8 @@ impl Emitter<'_, '_, '_> {
         collect(items, &mut sites);
         self.pads.clear();
         for &site in &sites {
-            self.open_added(BlockType::Empty);
-            // Its position, not its id: a site's depth is then found without a search.
-            self.pads.insert(site, self.labels.len() - 1);
+            let label = self.open_added(BlockType::Empty);
+            self.pads.insert(site, label);
         }
         sites
     }
@@ -1837,7 +1842,7 @@ impl Emitter<'_, '_, '_> {
     fn unwind_check(&mut self, site: &Site<'_>) -> Result<(), Error> {
         if let Some(&pad) = self.pads.get(&site.id) {
             self.ins(Instruction::GlobalGet(self.ctx.state));
-            let d = (self.labels.len() - 1 - pad) as u32;
+            let d = self.depth_of(pad)?;
             self.ins(Instruction::BrIf(d));
             return Ok(());
         }

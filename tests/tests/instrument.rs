@@ -113,6 +113,28 @@ fn values_below_a_call_survive() {
 
 /// v128, f32 and f64 values held in locals and below a call, across migration points; wasmi
 /// runs SIMD too, so each pause resumes on the other engine.
+/// Thousands of calls with nothing below them in one function: each check branches to an
+/// unwind path of its own after the body (a block per site around the body), and a pause at
+/// any of them unwinds from the right one.
+#[test]
+fn a_function_with_thousands_of_call_sites_migrates() {
+    let calls = "(call $step)\n".repeat(3000);
+    check(
+        &format!(
+            r#"(global $k (mut i32) (i32.const 0))
+            (func $step
+              (global.set $k (i32.add (global.get $k) (i32.const 1)))
+              (if (i32.eqz (i32.rem_u (global.get $k) (i32.const 700)))
+                (then (call $out (call $point (global.get $k))))))
+            (func (export "_start")
+              {calls}
+              (call $out (global.get $k))
+              (call $flush))"#
+        ),
+        5,
+    );
+}
+
 #[test]
 fn vector_and_float_values_survive() {
     check(
