@@ -19,6 +19,37 @@ const BYTES_PER_THREAD: usize = 256 << 10;
 /// At most this many threads, whatever the machine has.
 const MAX_THREADS: usize = 8;
 
+/// Stack of each thread the work runs on. The rewrite recurses once per nesting level of a
+/// body's blocks (up to [`crate::rewrite::MAX_NESTING`]): measured, about 0.6 KiB a level in
+/// an optimized build and up to 13 KiB in a debug build. Only the pages used are committed.
+pub(crate) const STACK: usize = if cfg!(debug_assertions) {
+    160 << 20
+} else {
+    32 << 20
+};
+
+/// Runs `f` on a thread of its own with [`STACK`] bytes of stack, or on the caller's thread
+/// when no thread can be made. A panic in `f` is raised again on the caller's thread.
+fn with_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let f = Mutex::new(Some(f));
+    let take = || {
+        f.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    };
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .stack_size(STACK)
+            .spawn_scoped(scope, || take().map(|f| f()));
+        match spawned.map(|h| h.join()) {
+            Ok(Ok(Some(done))) => done,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // No thread was made: run here. (A thread that was made took `f` first.)
+            Ok(Ok(None)) | Err(_) => take().expect("run once")(),
+        }
+    })
+}
+
 /// Threads worth using for `bytes` of code: one, plus one per [`BYTES_PER_THREAD`] beyond the
 /// first, up to the machine's parallelism.
 pub(crate) fn threads_for(bytes: usize) -> usize {
@@ -44,9 +75,11 @@ where
 {
     let threads = threads.clamp(1, jobs.len().div_ceil(BATCH).max(1));
     if threads == 1 {
-        let mut state = init();
-        let results = jobs.into_iter().map(|j| (0, work(&mut state, j))).collect();
-        return (results, vec![state]);
+        return with_stack(|| {
+            let mut state = init();
+            let results = jobs.into_iter().map(|j| (0, work(&mut state, j))).collect();
+            (results, vec![state])
+        });
     }
     let count = jobs.len();
     let mut batches: Vec<Mutex<Option<Vec<J>>>> = Vec::with_capacity(count.div_ceil(BATCH));
@@ -79,14 +112,20 @@ where
         let handles: Vec<_> = (1..threads)
             .map(|id| {
                 let worker = &worker;
-                scope.spawn(move || worker(id))
+                std::thread::Builder::new()
+                    .stack_size(STACK)
+                    .spawn_scoped(scope, move || worker(id))
             })
             .collect();
-        let mut finished = vec![worker(0)];
-        for h in handles {
-            match h.join() {
-                Ok(f) => finished.push(f),
-                Err(panic) => std::panic::resume_unwind(panic),
+        // The caller's thread takes a share too, on a stack as large as the others'.
+        let mut finished = vec![with_stack(|| worker(0))];
+        for (id, h) in (1..threads).zip(handles) {
+            match h.map(|h| h.join()) {
+                Ok(Ok(f)) => finished.push(f),
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                // A thread that could not be made: its worker runs here (it finds the
+                // batches that are left, if any), so that every id has its state.
+                Err(_) => finished.push(with_stack(|| worker(id))),
             }
         }
         finished

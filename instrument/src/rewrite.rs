@@ -367,6 +367,11 @@ fn func_type<'m>(m: &'m Module<'_>, ty: u32) -> &'m FuncType {
 /// code at every level that holds a site; without them the code generator keeps values in
 /// registers as in the original (measured in `docs/instrument.md`, Resume copies). The copy
 /// doubles the function's size.
+/// The deepest nesting of blocks, loops and `if`s a rewritten function may have. The passes
+/// over a body's block tree recurse once per level, on threads with
+/// [`crate::parallel::STACK`] bytes of stack; this bound keeps them well inside it.
+pub(crate) const MAX_NESTING: usize = 5_000;
+
 pub(crate) fn rewrite(
     ctx: &mut Ctx<'_, '_>,
     func: u32,
@@ -512,6 +517,12 @@ pub(crate) fn rewrite(
                     next_site += 1;
                 }
                 v.op(offset, &op)?;
+                if stack.len() > MAX_NESTING {
+                    return Err(unsupported(
+                        Some(func),
+                        format!("blocks nested more than {MAX_NESTING} deep"),
+                    ));
+                }
                 stack.push(Open {
                     block: b,
                     in_else: false,

@@ -135,6 +135,28 @@ fn a_function_with_thousands_of_call_sites_migrates() {
     );
 }
 
+/// Blocks nested `depth` deep around a call that passes a migration point.
+fn nested(depth: usize) -> String {
+    format!(
+        r#"(func (export "_start")
+          {}(call $out (call $point (i32.const 41))){}
+          (call $flush))"#,
+        "(block ".repeat(depth),
+        ")".repeat(depth)
+    )
+}
+
+/// The rewrite recurses once per nesting level, on threads with a stack of their own: 5,000
+/// levels (the limit) migrate, on any caller's thread; one more is refused by name, not a
+/// stack overflow.
+#[test]
+fn deep_nesting_migrates_up_to_its_limit_and_is_refused_beyond() {
+    check(&nested(5_000), 1);
+    let e = instrument(&module(&nested(5_001)), &Options::default()).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("nested more than 5000 deep"), "{e}");
+}
+
 #[test]
 fn vector_and_float_values_survive() {
     check(
