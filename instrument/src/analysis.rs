@@ -520,6 +520,7 @@ impl<'a> Module<'a> {
         let (scanned, _) = crate::parallel::run(
             m.bodies.iter().map(|(body, _)| body).collect(),
             m.threads,
+            crate::parallel::Stack::Any,
             || (),
             |(), body| scan(body),
         );

@@ -357,6 +357,7 @@ fn validate_output(wasm: &[u8], threads: usize) -> Result<(), Error> {
     let (results, _) = parallel::run(
         bodies,
         threads,
+        parallel::Stack::Any,
         wasmparser::FuncValidatorAllocations::default,
         |allocations, (to_validate, body)| {
             let mut v = to_validate.into_validator(std::mem::take(allocations));

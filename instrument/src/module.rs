@@ -206,6 +206,8 @@ pub(crate) fn assemble(
     let (done, workers) = parallel::run(
         jobs,
         m.threads,
+        // The rewrite recurses once per nesting level of a body.
+        parallel::Stack::Deep,
         || {
             let ctx = Ctx {
                 types: ctx.types.fork(),

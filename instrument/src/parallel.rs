@@ -19,35 +19,23 @@ const BYTES_PER_THREAD: usize = 256 << 10;
 /// At most this many threads, whatever the machine has.
 const MAX_THREADS: usize = 8;
 
-/// Stack of each thread the work runs on. The rewrite recurses once per nesting level of a
-/// body's blocks (up to [`crate::rewrite::MAX_NESTING`]): measured, about 0.6 KiB a level in
-/// an optimized build and up to 13 KiB in a debug build. Only the pages used are committed.
-pub(crate) const STACK: usize = if cfg!(debug_assertions) {
+/// Stack of each thread that runs work which recurses deeply ([`Stack::Deep`]). The rewrite
+/// recurses once per nesting level of a body's blocks (up to [`crate::rewrite::MAX_NESTING`]):
+/// measured, a level takes between 0.4 and 0.8 KiB in an optimized build and between 6.5 and
+/// 13 KiB in a debug build. Only the pages used are committed.
+const DEEP_STACK: usize = if cfg!(debug_assertions) {
     160 << 20
 } else {
     32 << 20
 };
 
-/// Runs `f` on a thread of its own with [`STACK`] bytes of stack, or on the caller's thread
-/// when no thread can be made. A panic in `f` is raised again on the caller's thread.
-fn with_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    let f = Mutex::new(Some(f));
-    let take = || {
-        f.lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-    };
-    std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new()
-            .stack_size(STACK)
-            .spawn_scoped(scope, || take().map(|f| f()));
-        match spawned.map(|h| h.join()) {
-            Ok(Ok(Some(done))) => done,
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-            // No thread was made: run here. (A thread that was made took `f` first.)
-            Ok(Ok(None)) | Err(_) => take().expect("run once")(),
-        }
-    })
+/// The stack the work needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stack {
+    /// Any thread's, the caller's included: with one thread the work runs on the caller's.
+    Any,
+    /// [`DEEP_STACK`] bytes: every worker runs on a thread made for it, even when there is one.
+    Deep,
 }
 
 /// Threads worth using for `bytes` of code: one, plus one per [`BYTES_PER_THREAD`] beyond the
@@ -57,14 +45,15 @@ pub(crate) fn threads_for(bytes: usize) -> usize {
     (1 + bytes / BYTES_PER_THREAD).min(cores).min(MAX_THREADS)
 }
 
-/// Runs `work` over `jobs` on up to `threads` threads (the caller's among them), each thread
-/// with a state of its own made by `init`. Returns every job's result in the order of `jobs`,
+/// Runs `work` over `jobs` on up to `threads` threads (the caller's among them, unless `stack`
+/// is [`Stack::Deep`]), each thread with a state of its own made by `init`. Returns every job's result in the order of `jobs`,
 /// each with the index of the state it was made with, and those states.
 ///
 /// A panic in `work` is raised again on the caller's thread.
 pub(crate) fn run<J, R, S>(
     jobs: Vec<J>,
     threads: usize,
+    stack: Stack,
     init: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, J) -> R + Sync,
 ) -> (Vec<(usize, R)>, Vec<S>)
@@ -74,12 +63,10 @@ where
     S: Send,
 {
     let threads = threads.clamp(1, jobs.len().div_ceil(BATCH).max(1));
-    if threads == 1 {
-        return with_stack(|| {
-            let mut state = init();
-            let results = jobs.into_iter().map(|j| (0, work(&mut state, j))).collect();
-            (results, vec![state])
-        });
+    if threads == 1 && stack == Stack::Any {
+        let mut state = init();
+        let results = jobs.into_iter().map(|j| (0, work(&mut state, j))).collect();
+        return (results, vec![state]);
     }
     let count = jobs.len();
     let mut batches: Vec<Mutex<Option<Vec<J>>>> = Vec::with_capacity(count.div_ceil(BATCH));
@@ -109,23 +96,35 @@ where
         (id, state, done)
     };
     let finished: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..threads)
+        // With any stack the caller's thread is worker 0; with a deep one every worker gets a
+        // thread of its own, and the caller waits.
+        let first = match stack {
+            Stack::Any => 1,
+            Stack::Deep => 0,
+        };
+        let handles: Vec<_> = (first..threads)
             .map(|id| {
                 let worker = &worker;
-                std::thread::Builder::new()
-                    .stack_size(STACK)
-                    .spawn_scoped(scope, move || worker(id))
+                let builder = std::thread::Builder::new();
+                let builder = match stack {
+                    Stack::Any => builder,
+                    Stack::Deep => builder.stack_size(DEEP_STACK),
+                };
+                builder.spawn_scoped(scope, move || worker(id))
             })
             .collect();
-        // The caller's thread takes a share too, on a stack as large as the others'.
-        let mut finished = vec![with_stack(|| worker(0))];
-        for (id, h) in (1..threads).zip(handles) {
+        let mut finished = Vec::with_capacity(threads);
+        if first == 1 {
+            finished.push(worker(0));
+        }
+        for (id, h) in (first..threads).zip(handles) {
             match h.map(|h| h.join()) {
                 Ok(Ok(f)) => finished.push(f),
                 Ok(Err(panic)) => std::panic::resume_unwind(panic),
-                // A thread that could not be made: its worker runs here (it finds the
-                // batches that are left, if any), so that every id has its state.
-                Err(_) => finished.push(with_stack(|| worker(id))),
+                // A thread that could not be made: its worker runs here, on the caller's
+                // stack (it finds the batches that are left, if any), so that every id has
+                // its state.
+                Err(_) => finished.push(worker(id)),
             }
         }
         finished
@@ -152,11 +151,15 @@ mod tests {
 
     #[test]
     fn results_come_back_in_order_with_their_thread() {
-        for threads in [1, 2, 5] {
+        for (threads, stack) in [1, 2, 5]
+            .into_iter()
+            .flat_map(|t| [(t, Stack::Any), (t, Stack::Deep)])
+        {
             let jobs: Vec<u32> = (0..1000).collect();
             let (results, states) = run(
                 jobs,
                 threads,
+                stack,
                 || 0u32,
                 |seen, j| {
                     *seen += 1;
@@ -176,7 +179,7 @@ mod tests {
 
     #[test]
     fn no_jobs_no_results() {
-        let (results, states) = run(Vec::<u8>::new(), 4, || (), |_, j| j);
+        let (results, states) = run(Vec::<u8>::new(), 4, Stack::Any, || (), |_, j| j);
         assert!(results.is_empty());
         assert_eq!(states.len(), 1);
     }

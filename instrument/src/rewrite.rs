@@ -357,6 +357,11 @@ fn func_type<'m>(m: &'m Module<'_>, ty: u32) -> &'m FuncType {
         .expect("validated function type")
 }
 
+/// The deepest nesting of blocks, loops and `if`s a rewritten function may have. The passes
+/// over a body's block tree recurse once per level, on threads with
+/// a deep stack ([`crate::parallel::Stack::Deep`]); this bound keeps them well inside it.
+pub(crate) const MAX_NESTING: usize = 5_000;
+
 /// Rewrites defined function `func`.
 ///
 /// With `resume` (the index the caller gives a function it adds), the function is split in
@@ -367,11 +372,6 @@ fn func_type<'m>(m: &'m Module<'_>, ty: u32) -> &'m FuncType {
 /// code at every level that holds a site; without them the code generator keeps values in
 /// registers as in the original (measured in `docs/instrument.md`, Resume copies). The copy
 /// doubles the function's size.
-/// The deepest nesting of blocks, loops and `if`s a rewritten function may have. The passes
-/// over a body's block tree recurse once per level, on threads with
-/// [`crate::parallel::STACK`] bytes of stack; this bound keeps them well inside it.
-pub(crate) const MAX_NESTING: usize = 5_000;
-
 pub(crate) fn rewrite(
     ctx: &mut Ctx<'_, '_>,
     func: u32,
