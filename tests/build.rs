@@ -5,9 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const RUST_GUESTS: &[&str] = &["hello", "p1_calls", "std_fs", "compute"];
+const RUST_GUESTS: &[&str] = &["hello", "p1_calls", "std_fs", "compute", "mixed"];
 /// Each C guest with the flags it needs beyond `-O2`.
-const C_GUESTS: &[(&str, &[&str])] = &[("posix", &[]), ("tail_calls", &["-mtail-call"])];
+const C_GUESTS: &[(&str, &[&str])] = &[
+    ("posix", &[]),
+    ("callbacks", &[]),
+    ("tail_calls", &["-mtail-call"]),
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

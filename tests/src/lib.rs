@@ -22,6 +22,12 @@ pub mod guests {
     pub const COMPUTE: &str = env!("GUEST_COMPUTE");
     /// wasi-libc's POSIX layer, from C.
     pub const POSIX: &str = env!("GUEST_POSIX");
+    /// Trait objects, closures the standard library calls, a seeded map, mutual recursion,
+    /// a sleep, the clocks and standard input, from Rust.
+    pub const MIXED: &str = env!("GUEST_MIXED");
+    /// Callbacks from libc (qsort, bsearch, atexit), function pointers, variadic functions,
+    /// mutual recursion and standard input, from C.
+    pub const CALLBACKS: &str = env!("GUEST_CALLBACKS");
     /// A threaded interpreter in C whose handlers tail-call each other through a table
     /// (`-mtail-call`).
     pub const TAIL_CALLS: &str = env!("GUEST_TAIL_CALLS");
@@ -78,6 +84,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// The sandbox directory.
     pub sandbox: Sandbox,
+    /// Standard input (none when empty).
+    pub stdin: Vec<u8>,
 }
 
 impl Spec {
@@ -88,7 +96,14 @@ impl Spec {
             args: Vec::new(),
             env: Vec::new(),
             sandbox: Sandbox::Memory,
+            stdin: Vec::new(),
         }
+    }
+
+    /// Sets standard input.
+    pub fn stdin(mut self, input: &[u8]) -> Self {
+        self.stdin = input.to_vec();
+        self
     }
 
     /// Adds arguments.
@@ -137,6 +152,17 @@ pub type Captured = Arc<Mutex<Vec<u8>>>;
 
 /// Builds the kernel and host for `spec`, with captured standard streams.
 pub fn process_for(spec: &Spec) -> (Process, Captured, Captured) {
+    process_reading(spec, &stdin_for(spec))
+}
+
+/// A buffer holding `spec`'s standard input, for [`process_reading`].
+pub fn stdin_for(spec: &Spec) -> Captured {
+    Arc::new(Mutex::new(spec.stdin.clone()))
+}
+
+/// [`process_for`], with standard input taken from `stdin`: the parts of a migrated run share
+/// one buffer, so each reads on where the last stopped.
+pub fn process_reading(spec: &Spec, stdin: &Captured) -> (Process, Captured, Captured) {
     let mut kernel = Kernel::new();
     let mut argv = vec![spec.program_name()];
     argv.extend(spec.args.iter().cloned());
@@ -147,7 +173,11 @@ pub fn process_for(spec: &Spec) -> (Process, Captured, Captured) {
     let (err, err_buf) = Stdio::buffer();
     host.stdout = out;
     host.stderr = err;
-    host.stdin = Stdio::Null;
+    host.stdin = if spec.stdin.is_empty() {
+        Stdio::Null
+    } else {
+        Stdio::Buffer(stdin.clone())
+    };
     match &spec.sandbox {
         Sandbox::None => {}
         Sandbox::Memory => {
@@ -219,7 +249,12 @@ impl Reference {
         let mut b = wasmtime_wasi::WasiCtxBuilder::new();
         let mut argv = vec![spec.program_name()];
         argv.extend(spec.args.iter().cloned());
-        b.args(&argv).stdout(out.clone()).stderr(err.clone());
+        b.args(&argv)
+            .stdout(out.clone())
+            .stderr(err.clone())
+            .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
+                spec.stdin.clone(),
+            ));
         for (k, v) in &spec.env {
             b.env(k, v);
         }
@@ -383,7 +418,8 @@ pub mod migrate {
         first: Backend,
         second: Backend,
     ) -> Option<Observed> {
-        let (process, out1, err1) = process_for(spec);
+        let stdin = stdin_for(spec);
+        let (process, out1, err1) = process_reading(spec, &stdin);
         let paused = match run_pausable(first, wasm, process, PauseControl::after(k), None) {
             machine::Outcome::Finished(_) => return None,
             machine::Outcome::Paused(p) => p,
@@ -393,7 +429,7 @@ pub mod migrate {
         let kernel_bytes = tabi_libos::encode_state(&paused.process.kernel).unwrap();
         drop(paused);
         let state: MachineState = postcard::from_bytes(&state_bytes).unwrap();
-        let (mut process, out2, err2) = process_for(spec);
+        let (mut process, out2, err2) = process_reading(spec, &stdin);
         process.kernel = tabi_libos::decode_state(&kernel_bytes).unwrap();
         match run_pausable(second, wasm, process, PauseControl::never(), Some(&state)) {
             machine::Outcome::Finished(f) => Some(observed(

@@ -631,6 +631,31 @@ mod every_point {
         every_point(Spec::new(guests::POSIX));
     }
 
+    /// Migration points reached from inside qsort, bsearch and exit (callbacks), through
+    /// function pointers and variadic functions, and while standard input is read.
+    #[test]
+    fn callbacks_c() {
+        let input = b"first line\nsecond, longer line\n\nlast without newline";
+        every_point(Spec::new(guests::CALLBACKS).args(&["40"]).stdin(input));
+        every_point(Spec::new(guests::CALLBACKS).args(&["3"]));
+    }
+
+    /// Trait objects, closures called by the standard library, mutual recursion, a sleep and
+    /// standard input.
+    #[test]
+    fn mixed_rust() {
+        let input = "héllo\nwörld\n".as_bytes();
+        let spec = Spec::new(guests::MIXED).args(&["30"]).stdin(input);
+        every_point(spec.clone());
+        let wasm = std::fs::read(&spec.wasm).unwrap();
+        let options = Options {
+            safepoints: true,
+            ..Options::default()
+        };
+        let n = tabi_tests::migrate::check_every_with(&spec, &wasm, &options, 1).unwrap();
+        assert!(n > 0, "passed no migration point with safepoints");
+    }
+
     /// clang's `return_call_indirect` between handlers that can pause, with safepoints too.
     #[test]
     fn tail_calls_c() {

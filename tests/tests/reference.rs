@@ -172,3 +172,25 @@ fn hello_and_compute_match_wasmtime_wasi() {
     );
     compare("compute", &Spec::new(guests::COMPUTE).args(&["all", "1"]));
 }
+
+#[test]
+fn callbacks_and_mixed_match_wasmtime_wasi() {
+    let input = b"one\ntwo words\n";
+    compare(
+        "callbacks",
+        &Spec::new(guests::CALLBACKS).args(&["50"]).stdin(input),
+    );
+    compare("callbacks", &Spec::new(guests::CALLBACKS));
+    compare("mixed", &Spec::new(guests::MIXED).args(&["25"]).stdin(input));
+    // The input reached the guest (a guest that saw none would agree with the reference too).
+    let (ours, _) = run_tabi(
+        Backend::Wasmi,
+        &Spec::new(guests::CALLBACKS).args(&["50"]).stdin(input),
+    );
+    assert!(
+        ours.stdout.contains("stdin line 2: [two words]"),
+        "{}",
+        ours.stdout
+    );
+    assert_eq!(ours.code, Some(5));
+}
