@@ -350,6 +350,7 @@ fn unwind_rewind(e: &tabi_wasmtime::Wasmtime) {
                 ));
             }
             Driven::Exit(_) => assert!(!pause),
+            Driven::Returned(_) => panic!("a command's run ended in a return"),
         }
         let el = t.elapsed().as_secs_f64();
         assert!(String::from_utf8_lossy(&out.lock().unwrap()).contains("bottom"));

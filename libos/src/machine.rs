@@ -189,17 +189,21 @@ impl PauseControl {
         self.pending.get_or_insert(PauseReason::Guest);
     }
 
+    /// Takes a pending request. A plain load first: most points find none, and the swap is a
+    /// locked read-modify-write on every CPU. A request set just after the load is taken at
+    /// the next point.
     fn requested(&self) -> bool {
         self.request
             .as_ref()
-            .is_some_and(|r| r.swap(false, Ordering::AcqRel))
+            .is_some_and(|r| r.load(Ordering::Relaxed) && r.swap(false, Ordering::AcqRel))
     }
 }
 
 /// What a [`Machine`] call ended with.
 pub enum CallEnd {
-    /// The export returned (normally, or because the guest unwound).
-    Returned,
+    /// The export returned (normally, or because the guest unwound: then the results are
+    /// placeholders).
+    Returned(Vec<Value>),
     /// The guest exited or trapped.
     Exit(Exit),
 }
@@ -209,8 +213,11 @@ pub enum CallEnd {
 pub trait Machine {
     /// Whether the instance exports `name`.
     fn has_export(&mut self, name: &str) -> bool;
-    /// Calls export `name` (which takes no parameters).
-    fn call(&mut self, name: &str) -> Result<CallEnd, EngineError>;
+    /// Calls function export `name` with `args`, or, with `None`, with placeholder arguments
+    /// (a zero of each parameter's type, a null reference): a call that rewinds the export's
+    /// frame takes its values from the frame, not from its arguments. An error if `args` do
+    /// not match the parameters, or hold a [`Value::Ref`] (a reference cannot be passed).
+    fn call(&mut self, name: &str, args: Option<&[Value]>) -> Result<CallEnd, EngineError>;
     /// The pause policy the adapter's imports consult.
     fn control(&mut self) -> &mut PauseControl;
     /// The value of global export `name` and whether it is mutable; `None` if there is none.
@@ -529,13 +536,17 @@ pub fn write_sparse(dst: &mut [u8], src: &[u8]) {
 
 /// How [`drive`] ended.
 pub enum Driven {
-    /// The guest finished.
+    /// The guest finished: it exited, trapped, or its `_start` returned (`Exit::Code(0)`).
     Exit(Exit),
+    /// The export a [`Start::Call`] named (or that a resumed state was paused in) returned
+    /// these results.
+    Returned(Vec<Value>),
     /// The guest paused; its state is here, and the kernel is in the adapter's store.
     Paused(MachineState, PauseReason),
 }
 
 /// Where [`drive`] starts.
+#[derive(Clone, Copy, Debug)]
 pub enum Start<'a> {
     /// A fresh instance: the start export (if any), then [`ENTRY`].
     Fresh,
@@ -551,6 +562,18 @@ pub enum Start<'a> {
     },
     /// The instance that just paused in export `entry`, continuing without copying anything.
     InPlace(&'a str),
+    /// A call of function export `export` with `args`, on the instance as it is: the way a
+    /// host calls into a library module (a reactor) rather than running a command. The
+    /// module's start function, which an instrumented module exports as [`START_EXPORT`]
+    /// instead, is not run first: a host runs it once, before its other calls, with a call
+    /// of its own. A pause in the export is resumed from its state like any other
+    /// ([`Start::Resume`]), and the run then ends with the export's results.
+    Call {
+        /// The export.
+        export: &'a str,
+        /// Its arguments.
+        args: &'a [Value],
+    },
 }
 
 /// Runs an instrumented instance from `start`. Safepoint yields that no pause is due for are
@@ -631,16 +654,19 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
         m.set_i32(BUDGET_GLOBAL, b)?;
     }
     let mut entries: Vec<String> = Vec::new();
+    // The arguments of the first call; the others, and every call that rewinds, take
+    // placeholders.
+    let mut args: Option<&[Value]> = None;
     let resume = match start {
         Start::Resume(state) => Some((state, None)),
         Start::Loaded { state, memories } => Some((state, Some(memories))),
-        Start::InPlace(_) | Start::Fresh => None,
+        Start::InPlace(_) | Start::Fresh | Start::Call { .. } => None,
     };
     match start {
         Start::InPlace(entry) => {
             m.set_i32(STATE_GLOBAL, REWINDING)?;
             entries.push(entry.into());
-            if entry == START_EXPORT {
+            if entry == START_EXPORT && m.has_export(ENTRY) {
                 entries.push(ENTRY.into());
             }
         }
@@ -648,9 +674,9 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
             let Some((state, loaded)) = resume else {
                 return Err(EngineError::Link("no state to resume from".into()));
             };
-            if state.entry != START_EXPORT && state.entry != ENTRY {
+            if !m.has_export(&state.entry) {
                 return Err(EngineError::Link(alloc::format!(
-                    "cannot resume in export `{}`",
+                    "the state was paused in export `{}`, which the module lacks",
                     state.entry
                 )));
             }
@@ -659,9 +685,18 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
                 m.set_i32(BUDGET_GLOBAL, b)?;
             }
             entries.push(state.entry.clone());
-            if state.entry == START_EXPORT {
+            // A command goes on to `_start` after its start function; a library module
+            // (no `_start`) ends there, and its host makes its calls next.
+            if state.entry == START_EXPORT && m.has_export(ENTRY) {
                 entries.push(ENTRY.into());
             }
+        }
+        Start::Call {
+            export,
+            args: given,
+        } => {
+            entries.push(export.into());
+            args = Some(given);
         }
         Start::Fresh => {
             if m.has_export(START_EXPORT) {
@@ -670,13 +705,15 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
             entries.push(ENTRY.into());
         }
     }
+    let mut results = Vec::new();
     for entry in &entries {
         if !m.has_export(entry) {
             return Err(EngineError::Link(alloc::format!("no `{entry}` export")));
         }
         loop {
-            if let CallEnd::Exit(exit) = m.call(entry)? {
-                return Ok(Driven::Exit(exit));
+            match m.call(entry, args.take())? {
+                CallEnd::Exit(exit) => return Ok(Driven::Exit(exit)),
+                CallEnd::Returned(r) => results = r,
             }
             if m.get_i32(STATE_GLOBAL)? != UNWINDING {
                 break;
@@ -702,7 +739,10 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
             m.set_i32(STATE_GLOBAL, REWINDING)?;
         }
     }
-    Ok(Driven::Exit(Exit::Code(0)))
+    Ok(match entries.last() {
+        Some(last) if last == ENTRY => Driven::Exit(Exit::Code(0)),
+        _ => Driven::Returned(results),
+    })
 }
 
 /// A session asked for, when the guest's run already ended as its instance was made (in its

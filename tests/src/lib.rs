@@ -249,12 +249,9 @@ impl Reference {
         let mut b = wasmtime_wasi::WasiCtxBuilder::new();
         let mut argv = vec![spec.program_name()];
         argv.extend(spec.args.iter().cloned());
-        b.args(&argv)
-            .stdout(out.clone())
-            .stderr(err.clone())
-            .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
-                spec.stdin.clone(),
-            ));
+        b.args(&argv).stdout(out.clone()).stderr(err.clone()).stdin(
+            wasmtime_wasi::p2::pipe::MemoryInputPipe::new(spec.stdin.clone()),
+        );
         for (k, v) in &spec.env {
             b.env(k, v);
         }
@@ -371,6 +368,58 @@ pub mod migrate {
                 let (e, m) = wasmi_module(wasm);
                 e.run_pausable(&m, process, control, Points::all(), resume)
                     .unwrap()
+            }
+        }
+    }
+
+    /// One session of a library module (a reactor) on `backend`: the instance resumes
+    /// `resume` if given, then makes `calls` in turn (export and arguments) until one pauses.
+    /// Gives each call's end (the resumed call's first), and the process.
+    pub fn session_calls(
+        backend: Backend,
+        wasm: &[u8],
+        process: Process,
+        control: PauseControl,
+        resume: Option<&MachineState>,
+        calls: &[(&str, Vec<machine::Value>)],
+    ) -> (Vec<machine::Driven>, Process) {
+        fn go<S>(
+            s: &mut S,
+            drive: impl Fn(&mut S, machine::Start<'_>) -> machine::Driven,
+            resume: Option<&MachineState>,
+            calls: &[(&str, Vec<machine::Value>)],
+        ) -> Vec<machine::Driven> {
+            let mut ends = Vec::new();
+            let paused = |d: &machine::Driven| matches!(d, machine::Driven::Paused(..));
+            if let Some(state) = resume {
+                ends.push(drive(s, machine::Start::Resume(state)));
+                if ends.last().is_some_and(paused) {
+                    return ends;
+                }
+            }
+            for (export, args) in calls {
+                ends.push(drive(s, machine::Start::Call { export, args }));
+                if ends.last().is_some_and(paused) {
+                    break;
+                }
+            }
+            ends
+        }
+        match backend {
+            #[cfg(not(feature = "wasmtime"))]
+            Backend::Wasmtime => panic!("tabi-tests is built without the `wasmtime` feature"),
+            #[cfg(feature = "wasmtime")]
+            Backend::Wasmtime => {
+                let (e, m) = wasmtime_module(wasm);
+                let mut s = e.session(&m, process, control, Points::all()).unwrap();
+                let ends = go(&mut s, |s, st| s.drive(st).unwrap(), resume, calls);
+                (ends, s.into_process())
+            }
+            Backend::Wasmi => {
+                let (e, m) = wasmi_module(wasm);
+                let mut s = e.session(&m, process, control, Points::all()).unwrap();
+                let ends = go(&mut s, |s, st| s.drive(st).unwrap(), resume, calls);
+                (ends, s.into_process())
             }
         }
     }

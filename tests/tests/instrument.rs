@@ -1395,3 +1395,177 @@ fn leb(mut v: u32) -> Vec<u8> {
         out.push(b | 0x80);
     }
 }
+
+/// A library module: a start function and exports with parameters and results, no `_start`.
+/// `work(n, seed)` makes `n` steps `acc := acc * 3 + i` from `acc = seed`, yielding (a
+/// migration point) and printing the step number each time; it gives `acc` and the number of
+/// steps made by all calls so far (a global). `scale(x)` prints, then gives `x * 2.5`.
+const LIBRARY: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+  (memory (export "memory") 1)
+  (global $steps (mut i32) (i32.const 0))
+  (data (i32.const 100) "ready\n")
+  (func $print (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func $digit (param $v i32)
+    (i32.store8 (i32.const 200) (i32.add (i32.const 48) (i32.rem_u (local.get $v) (i32.const 10))))
+    (i32.store8 (i32.const 201) (i32.const 10))
+    (call $print (i32.const 200) (i32.const 2)))
+  (func $init (call $print (i32.const 100) (i32.const 6)))
+  (start $init)
+  (func (export "work") (param $n i32) (param $acc i64) (result i64 i32)
+    (local $i i32)
+    (block $done
+      (loop $step
+        (br_if $done (i32.ge_s (local.get $i) (local.get $n)))
+        (drop (call $yield))
+        (local.set $acc (i64.add (i64.mul (local.get $acc) (i64.const 3)) (i64.extend_i32_s (local.get $i))))
+        (call $digit (local.get $i))
+        (global.set $steps (i32.add (global.get $steps) (i32.const 1)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $step)))
+    (local.get $acc)
+    (global.get $steps))
+  (func (export "scale") (param $x f64) (result f64)
+    (call $digit (i32.const 7))
+    (f64.mul (local.get $x) (f64.const 2.5))))"#;
+
+/// The host runs a library module's start function and calls its exports with arguments,
+/// pausing inside any of them at every migration point and resuming on the other engine: each
+/// call gives the same results, and the output is the same, as without pauses.
+#[test]
+fn exports_of_a_library_module_pause_and_give_their_results() {
+    use tabi_libos::machine::{Driven, PauseControl, START_EXPORT, Value};
+    use tabi_tests::migrate::session_calls;
+    use tabi_tests::{Backend, process_for};
+    let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), &Options::default())
+        .unwrap()
+        .wasm;
+    let calls: Vec<(&str, Vec<Value>)> = vec![
+        (START_EXPORT, vec![]),
+        ("work", vec![Value::I32(4), Value::I64(10)]),
+        ("scale", vec![Value::F64(1.5f64.to_bits())]),
+        ("work", vec![Value::I32(3), Value::I64(-7)]),
+    ];
+    let results = |ends: Vec<Driven>| -> Vec<Vec<Value>> {
+        ends.into_iter()
+            .filter_map(|d| match d {
+                Driven::Returned(r) => Some(r),
+                Driven::Paused(..) => None,
+                Driven::Exit(e) => panic!("the guest ended: {e:?}"),
+            })
+            .collect()
+    };
+    let work = |n: i64, mut acc: i64| {
+        for i in 0..n {
+            acc = acc * 3 + i;
+        }
+        acc
+    };
+    let expected = vec![
+        vec![],
+        vec![Value::I64(work(4, 10)), Value::I32(4)],
+        vec![Value::F64(3.75f64.to_bits())],
+        vec![Value::I64(work(3, -7)), Value::I32(7)],
+    ];
+    let expected_out = "ready\n0\n1\n2\n3\n7\n0\n1\n2\n";
+    for backend in Backend::ALL {
+        let (p, out, _) = process_for(&spec());
+        let (ends, _) = session_calls(backend, &wasm, p, PauseControl::never(), None, &calls);
+        assert_eq!(results(ends), expected, "{backend:?}");
+        assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), expected_out);
+    }
+
+    let all = Backend::ALL;
+    let mut k = 1;
+    let mut paused_in = std::collections::BTreeSet::new();
+    loop {
+        let (a, b) = (all[k % all.len()], all[(k + 1) % all.len()]);
+        let (p, out1, _) = process_for(&spec());
+        let (mut ends, process) =
+            session_calls(a, &wasm, p, PauseControl::after(k as u64), None, &calls);
+        let Some(Driven::Paused(state, _)) = ends.pop() else {
+            // No pause: every point has been tried.
+            assert!(k > 8, "only {} points", k - 1);
+            break;
+        };
+        paused_in.insert(state.entry.clone());
+        let done = ends.len();
+        let kernel = tabi_libos::encode_state(&process.kernel).unwrap();
+        let (mut p2, out2, _) = process_for(&spec());
+        p2.kernel = tabi_libos::decode_state(&kernel).unwrap();
+        let (rest, _) = session_calls(
+            b,
+            &wasm,
+            p2,
+            PauseControl::never(),
+            Some(&state),
+            &calls[done + 1..],
+        );
+        let mut got = results(ends);
+        got.extend(results(rest));
+        assert_eq!(
+            got, expected,
+            "paused at point {k} on {a:?} in `{}`",
+            state.entry
+        );
+        let out = String::from_utf8_lossy(&out1.lock().unwrap()).into_owned()
+            + &String::from_utf8_lossy(&out2.lock().unwrap());
+        assert_eq!(out, expected_out, "paused at point {k}");
+        k += 1;
+    }
+    let every: std::collections::BTreeSet<String> = [START_EXPORT, "work", "scale"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(paused_in, every);
+}
+
+/// Arguments that do not fit an export's parameters are the host's error, not a trap.
+#[test]
+fn a_call_with_the_wrong_arguments_is_refused() {
+    use tabi_libos::EngineError;
+    use tabi_libos::machine::{PauseControl, Points, Start, Value};
+    let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), &Options::default())
+        .unwrap()
+        .wasm;
+    let wrong: [&[Value]; 3] = [
+        &[Value::I32(1)],
+        &[Value::I64(1), Value::I64(2)],
+        &[Value::I32(1), Value::I64(2), Value::I32(3)],
+    ];
+    for args in wrong {
+        let (p, ..) = tabi_tests::process_for(&spec());
+        let e = tabi_wasmi::Wasmi::new();
+        let m = e.compile(&wasm).unwrap();
+        let mut s = e
+            .session(&m, p, PauseControl::never(), Points::all())
+            .unwrap();
+        let call = Start::Call {
+            export: "work",
+            args,
+        };
+        match s.drive(call) {
+            Err(EngineError::Link(msg)) => assert!(msg.contains("takes (i32, i64)"), "{msg}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("{args:?} accepted"),
+        }
+        #[cfg(feature = "wasmtime")]
+        {
+            let (p, ..) = tabi_tests::process_for(&spec());
+            let e = tabi_wasmtime::Wasmtime::new();
+            let m = e.compile(&wasm).unwrap();
+            let mut s = e
+                .session(&m, p, PauseControl::never(), Points::all())
+                .unwrap();
+            match s.drive(call) {
+                Err(EngineError::Link(msg)) => assert!(msg.contains("takes (i32, i64)"), "{msg}"),
+                Err(other) => panic!("{other:?}"),
+                Ok(_) => panic!("{args:?} accepted"),
+            }
+        }
+    }
+}

@@ -181,7 +181,10 @@ fn callbacks_and_mixed_match_wasmtime_wasi() {
         &Spec::new(guests::CALLBACKS).args(&["50"]).stdin(input),
     );
     compare("callbacks", &Spec::new(guests::CALLBACKS));
-    compare("mixed", &Spec::new(guests::MIXED).args(&["25"]).stdin(input));
+    compare(
+        "mixed",
+        &Spec::new(guests::MIXED).args(&["25"]).stdin(input),
+    );
     // The input reached the guest (a guest that saw none would agree with the reference too).
     let (ours, _) = run_tabi(
         Backend::Wasmi,

@@ -5,7 +5,7 @@ use tabi_libos::machine::{
 };
 use tabi_libos::{EngineError, Process};
 use wasmtime::{
-    AsContextMut, Global, Instance, Memory, Module, Mutability, Ref, Store, Table, Val,
+    AsContextMut, Global, Instance, Memory, Module, Mutability, Ref, Store, Table, Val, ValType,
 };
 
 use crate::{GuestData, Wasmtime, exit_of};
@@ -120,25 +120,71 @@ fn from_value(v: Value) -> Option<Val> {
     })
 }
 
+/// The text-format name of a value type (references by their kind only).
+fn type_name(t: &ValType) -> &'static str {
+    match t {
+        ValType::I32 => "i32",
+        ValType::I64 => "i64",
+        ValType::F32 => "f32",
+        ValType::F64 => "f64",
+        ValType::V128 => "v128",
+        ValType::Ref(_) => "reference",
+    }
+}
+
+/// The arguments of a call of export `name` whose parameters are `params`: `args` as values
+/// of the engine, or a placeholder (zero, or a null reference) for each parameter.
+fn call_args(
+    name: &str,
+    params: impl ExactSizeIterator<Item = ValType>,
+    args: Option<&[Value]>,
+) -> Result<Vec<Val>, EngineError> {
+    let Some(args) = args else {
+        return params
+            .map(|t| {
+                Val::default_for_ty(&t).ok_or_else(|| {
+                    EngineError::Link(format!("export `{name}` takes a {t}, which has no default"))
+                })
+            })
+            .collect();
+    };
+    let params: Vec<ValType> = params.collect();
+    let fits = params.len() == args.len()
+        && params.iter().zip(args).all(|(t, a)| {
+            matches!(
+                (t, a),
+                (ValType::I32, Value::I32(_))
+                    | (ValType::I64, Value::I64(_))
+                    | (ValType::F32, Value::F32(_))
+                    | (ValType::F64, Value::F64(_))
+                    | (ValType::V128, Value::V128(_))
+            )
+        });
+    if !fits {
+        return Err(EngineError::Link(format!(
+            "export `{name}` takes ({}), not the {} value(s) given",
+            params.iter().map(type_name).collect::<Vec<_>>().join(", "),
+            args.len()
+        )));
+    }
+    Ok(args.iter().filter_map(|&a| from_value(a)).collect())
+}
+
 impl Machine for Session {
     fn has_export(&mut self, name: &str) -> bool {
         self.instance.get_export(&mut self.store, name).is_some()
     }
 
-    fn call(&mut self, name: &str) -> Result<CallEnd, EngineError> {
+    fn call(&mut self, name: &str, args: Option<&[Value]>) -> Result<CallEnd, EngineError> {
         let func = self
             .instance
             .get_func(&mut self.store, name)
             .ok_or_else(|| EngineError::Link(format!("no function export `{name}`")))?;
         let ty = func.ty(&self.store);
-        if ty.params().len() > 0 {
-            return Err(EngineError::Link(format!(
-                "export `{name}` takes parameters"
-            )));
-        }
+        let args = call_args(name, ty.params(), args)?;
         let mut results = vec![Val::I32(0); ty.results().len()];
-        match func.call(&mut self.store, &[], &mut results) {
-            Ok(()) => Ok(CallEnd::Returned),
+        match func.call(&mut self.store, &args, &mut results) {
+            Ok(()) => Ok(CallEnd::Returned(results.iter().map(to_value).collect())),
             Err(e) => Ok(CallEnd::Exit(exit_of(e))),
         }
     }
@@ -351,6 +397,8 @@ impl Session {
         Ok(self.finish(driven))
     }
 
+    /// A run that ended in an export's return counts as an exit with status 0; its results,
+    /// if any, are [`Session::drive`]'s to give.
     fn finish(self, driven: Driven) -> machine::Outcome {
         let points = self.points();
         let process = self.into_process();
@@ -358,6 +406,10 @@ impl Session {
             Driven::Exit(exit) => {
                 machine::Outcome::Finished(tabi_libos::Finished { exit, process })
             }
+            Driven::Returned(_) => machine::Outcome::Finished(tabi_libos::Finished {
+                exit: tabi_libos::Exit::Code(0),
+                process,
+            }),
             Driven::Paused(state, reason) => machine::Outcome::Paused(machine::Paused {
                 state,
                 reason,
