@@ -1438,10 +1438,19 @@ const LIBRARY: &str = r#"(module
 /// call gives the same results, and the output is the same, as without pauses.
 #[test]
 fn exports_of_a_library_module_pause_and_give_their_results() {
+    library_calls(&Options::default());
+    // With safepoints an export's normal body hands a rewind to its resume copy.
+    library_calls(&Options {
+        safepoints: true,
+        ..Options::default()
+    });
+}
+
+fn library_calls(options: &Options) {
     use tabi_libos::machine::{Driven, PauseControl, START_EXPORT, Value};
     use tabi_tests::migrate::session_calls;
     use tabi_tests::{Backend, process_for};
-    let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), &Options::default())
+    let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), options)
         .unwrap()
         .wasm;
     let calls: Vec<(&str, Vec<Value>)> = vec![
