@@ -10,6 +10,7 @@ const RUST_GUESTS: &[&str] = &["hello", "p1_calls", "std_fs", "compute", "mixed"
 const C_GUESTS: &[(&str, &[&str])] = &[
     ("posix", &[]),
     ("callbacks", &[]),
+    ("reactor", &["-mexec-model=reactor"]),
     ("tail_calls", &["-mtail-call"]),
 ];
 

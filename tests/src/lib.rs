@@ -28,6 +28,8 @@ pub mod guests {
     /// Callbacks from libc (qsort, bsearch, atexit), function pointers, variadic functions,
     /// mutual recursion and standard input, from C.
     pub const CALLBACKS: &str = env!("GUEST_CALLBACKS");
+    /// A library module in C (`-mexec-model=reactor`): exports to call, no `main`.
+    pub const REACTOR: &str = env!("GUEST_REACTOR");
     /// A threaded interpreter in C whose handlers tail-call each other through a table
     /// (`-mtail-call`).
     pub const TAIL_CALLS: &str = env!("GUEST_TAIL_CALLS");

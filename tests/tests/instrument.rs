@@ -1,6 +1,8 @@
 //! The instrument rewrite: hand-written modules that cover the constructs it must handle, run
 //! instrumented and not, paused at every migration point and resumed on the other engine.
 
+use std::collections::BTreeSet;
+
 use tabi_instrument::{Error, Options, instrument};
 use tabi_tests::migrate::{check_every, plain};
 use tabi_tests::{Sandbox, Spec};
@@ -1447,9 +1449,7 @@ fn exports_of_a_library_module_pause_and_give_their_results() {
 }
 
 fn library_calls(options: &Options) {
-    use tabi_libos::machine::{Driven, PauseControl, START_EXPORT, Value};
-    use tabi_tests::migrate::session_calls;
-    use tabi_tests::{Backend, process_for};
+    use tabi_libos::machine::{START_EXPORT, Value};
     let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), options)
         .unwrap()
         .wasm;
@@ -1459,15 +1459,6 @@ fn library_calls(options: &Options) {
         ("scale", vec![Value::F64(1.5f64.to_bits())]),
         ("work", vec![Value::I32(3), Value::I64(-7)]),
     ];
-    let results = |ends: Vec<Driven>| -> Vec<Vec<Value>> {
-        ends.into_iter()
-            .filter_map(|d| match d {
-                Driven::Returned(r) => Some(r),
-                Driven::Paused(..) => None,
-                Driven::Exit(e) => panic!("the guest ended: {e:?}"),
-            })
-            .collect()
-    };
     let work = |n: i64, mut acc: i64| {
         for i in 0..n {
             acc = acc * 3 + i;
@@ -1480,35 +1471,70 @@ fn library_calls(options: &Options) {
         vec![Value::F64(3.75f64.to_bits())],
         vec![Value::I64(work(3, -7)), Value::I32(7)],
     ];
-    let expected_out = "ready\n0\n1\n2\n3\n7\n0\n1\n2\n";
+    let paused_in = calls_survive_every_pause(
+        &wasm,
+        &calls,
+        &expected,
+        ("ready\n0\n1\n2\n3\n7\n0\n1\n2\n", ""),
+    );
+    let every: BTreeSet<String> = [START_EXPORT, "work", "scale"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(paused_in, every);
+}
+
+/// Makes `calls` on one session of instrumented `wasm`, first without pauses, then pausing at
+/// each migration point in turn (on one engine, then the other) and resuming the rest of the
+/// calls on the other engine. Each way must give `expected` (every call's results) and print
+/// `output` (stdout, stderr). Returns the exports a pause happened in.
+fn calls_survive_every_pause(
+    wasm: &[u8],
+    calls: &[(&str, Vec<tabi_libos::machine::Value>)],
+    expected: &[Vec<tabi_libos::machine::Value>],
+    output: (&str, &str),
+) -> BTreeSet<String> {
+    use tabi_libos::machine::{Driven, PauseControl, Value};
+    use tabi_tests::migrate::session_calls;
+    use tabi_tests::{Backend, process_for};
+    let results = |ends: Vec<Driven>| -> Vec<Vec<Value>> {
+        ends.into_iter()
+            .filter_map(|d| match d {
+                Driven::Returned(r) => Some(r),
+                Driven::Paused(..) => None,
+                Driven::Exit(e) => panic!("the guest ended: {e:?}"),
+            })
+            .collect()
+    };
+    let text = |b: &tabi_tests::Captured| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
     for backend in Backend::ALL {
-        let (p, out, _) = process_for(&spec());
-        let (ends, _) = session_calls(backend, &wasm, p, PauseControl::never(), None, &calls);
+        let (p, out, err) = process_for(&spec());
+        let (ends, _) = session_calls(backend, wasm, p, PauseControl::never(), None, calls);
         assert_eq!(results(ends), expected, "{backend:?}");
-        assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), expected_out);
+        assert_eq!((text(&out).as_str(), text(&err).as_str()), output);
     }
 
     let all = Backend::ALL;
     let mut k = 1;
-    let mut paused_in = std::collections::BTreeSet::new();
+    let mut paused_in = BTreeSet::new();
     loop {
         let (a, b) = (all[k % all.len()], all[(k + 1) % all.len()]);
-        let (p, out1, _) = process_for(&spec());
+        let (p, out1, err1) = process_for(&spec());
         let (mut ends, process) =
-            session_calls(a, &wasm, p, PauseControl::after(k as u64), None, &calls);
+            session_calls(a, wasm, p, PauseControl::after(k as u64), None, calls);
         let Some(Driven::Paused(state, _)) = ends.pop() else {
             // No pause: every point has been tried.
-            assert!(k > 8, "only {} points", k - 1);
+            assert!(k > 1, "no migration point");
             break;
         };
         paused_in.insert(state.entry.clone());
         let done = ends.len();
         let kernel = tabi_libos::encode_state(&process.kernel).unwrap();
-        let (mut p2, out2, _) = process_for(&spec());
+        let (mut p2, out2, err2) = process_for(&spec());
         p2.kernel = tabi_libos::decode_state(&kernel).unwrap();
         let (rest, _) = session_calls(
             b,
-            &wasm,
+            wasm,
             p2,
             PauseControl::never(),
             Some(&state),
@@ -1521,16 +1547,54 @@ fn library_calls(options: &Options) {
             "paused at point {k} on {a:?} in `{}`",
             state.entry
         );
-        let out = String::from_utf8_lossy(&out1.lock().unwrap()).into_owned()
-            + &String::from_utf8_lossy(&out2.lock().unwrap());
-        assert_eq!(out, expected_out, "paused at point {k}");
+        let out = text(&out1) + &text(&out2);
+        let err = text(&err1) + &text(&err2);
+        assert_eq!((out.as_str(), err.as_str()), output, "paused at point {k}");
         k += 1;
     }
-    let every: std::collections::BTreeSet<String> = [START_EXPORT, "work", "scale"]
-        .into_iter()
-        .map(String::from)
-        .collect();
-    assert_eq!(paused_in, every);
+    paused_in
+}
+
+/// A C library module (`-mexec-model=reactor`): `_initialize`, then exports that print through
+/// stdio and keep a journal in memory between calls, paused at every point.
+#[test]
+fn a_c_reactor_pauses_inside_its_exports() {
+    use tabi_libos::machine::Value;
+    let original = std::fs::read(tabi_tests::guests::REACTOR).unwrap();
+    let wasm = instrument(&original, &Options::default()).unwrap().wasm;
+    let calls: Vec<(&str, Vec<Value>)> = vec![
+        ("_initialize", vec![]),
+        ("squares", vec![Value::I32(5)]),
+        ("squares", vec![Value::I32(3)]),
+        ("replay", vec![Value::F64(0.5f64.to_bits())]),
+    ];
+    let mut journal = String::new();
+    let mut sums = Vec::new();
+    for n in [5i64, 3] {
+        let mut sum = 0;
+        for i in 1..=n {
+            sum += i * i;
+            journal += &format!("square {i} -> {sum}\n");
+        }
+        sums.push(sum);
+    }
+    let expected = vec![
+        vec![],
+        vec![Value::I64(sums[0])],
+        vec![Value::I64(sums[1])],
+        vec![Value::F64((journal.len() as f64 * 0.5).to_bits())],
+    ];
+    let stderr = format!("replaying {} bytes\n", journal.len());
+    let paused_in = calls_survive_every_pause(
+        &wasm,
+        &calls,
+        &expected,
+        (&format!("{journal}{journal}"), &stderr),
+    );
+    assert!(
+        paused_in.contains("squares") && paused_in.contains("replay"),
+        "{paused_in:?}"
+    );
 }
 
 /// Arguments that do not fit an export's parameters are the host's error, not a trap.
