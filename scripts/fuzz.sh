@@ -19,6 +19,14 @@ for target in $(cargo +nightly fuzz list); do
   # Fuzz into a scratch copy so the committed seed corpus stays as it is.
   work="$(mktemp -d)"
   cp -r "corpus/$target/." "$work/"
-  cargo +nightly fuzz run -O "$target" "$work" -- -max_total_time="$seconds" 2>&1 | tail -3
+  # From an empty corpus libFuzzer starts with inputs of a few bytes and lets them grow
+  # slowly; wasm-smith makes only tiny modules from those. With inputs of up to 512 bytes from
+  # the start, 150 s of `instrument_roundtrip` reached 23,164 coverage points, against 18,425
+  # in 17 min by the default growth (1,000 runs against 33,000). FUZZ_MAX_LEN changes it.
+  flags=()
+  if [ "$target" = instrument_roundtrip ]; then
+    flags=(-max_len="${FUZZ_MAX_LEN:-512}" -len_control=0)
+  fi
+  cargo +nightly fuzz run -O "$target" "$work" -- -max_total_time="$seconds" "${flags[@]}" 2>&1 | tail -3
   rm -rf "$work"
 done
