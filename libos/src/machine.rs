@@ -695,6 +695,13 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
             export,
             args: given,
         } => {
+            // Frames on the save stack belong to a pause not yet resumed; a call now would
+            // put its own above them and the resume would find the wrong frames.
+            if m.get_i32(SP_GLOBAL)? != 0 {
+                return Err(EngineError::Engine(alloc::format!(
+                    "cannot call `{export}`: the instance is paused, and must be resumed first"
+                )));
+            }
             entries.push(export.into());
             args = Some(given);
         }

@@ -1597,11 +1597,12 @@ fn a_c_reactor_pauses_inside_its_exports() {
     );
 }
 
-/// Arguments that do not fit an export's parameters are the host's error, not a trap.
+/// Arguments that do not fit an export's parameters, and a call into an instance that is
+/// paused, are the host's errors, not traps.
 #[test]
 fn a_call_with_the_wrong_arguments_is_refused() {
     use tabi_libos::EngineError;
-    use tabi_libos::machine::{PauseControl, Points, Start, Value};
+    use tabi_libos::machine::{Driven, PauseControl, Points, Start, Value};
     let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), &Options::default())
         .unwrap()
         .wasm;
@@ -1610,6 +1611,31 @@ fn a_call_with_the_wrong_arguments_is_refused() {
         &[Value::I64(1), Value::I64(2)],
         &[Value::I32(1), Value::I64(2), Value::I32(3)],
     ];
+    // A call into an instance that is paused (its frames still on the save stack) is refused.
+    {
+        let (p, ..) = tabi_tests::process_for(&spec());
+        let e = tabi_wasmi::Wasmi::new();
+        let m = e.compile(&wasm).unwrap();
+        let mut s = e
+            .session(&m, p, PauseControl::after(1), Points::all())
+            .unwrap();
+        let work = Start::Call {
+            export: "work",
+            args: &[Value::I32(2), Value::I64(1)],
+        };
+        assert!(matches!(s.drive(work), Ok(Driven::Paused(..))));
+        match s.drive(work) {
+            Err(EngineError::Engine(msg)) => assert!(msg.contains("resumed first"), "{msg}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a call into a paused instance was made"),
+        }
+        // Resumed in place, it finishes the first call, and then takes new ones.
+        assert!(matches!(
+            s.drive(Start::InPlace("work")),
+            Ok(Driven::Returned(_))
+        ));
+        assert!(matches!(s.drive(work), Ok(Driven::Returned(_))));
+    }
     for args in wrong {
         let (p, ..) = tabi_tests::process_for(&spec());
         let e = tabi_wasmi::Wasmi::new();
