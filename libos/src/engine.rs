@@ -56,6 +56,9 @@ impl Exit {
 pub struct Finished {
     /// How it ended.
     pub exit: Exit,
+    /// The results of the export the run ended in, when that was not a command's `_start`
+    /// (a resumed call of a library module's export: see `machine::Start::Call`); else empty.
+    pub results: alloc::vec::Vec<crate::machine::Value>,
     /// The process after the run (kernel state and host).
     pub process: Process,
 }

@@ -1598,9 +1598,9 @@ fn a_c_reactor_pauses_inside_its_exports() {
 }
 
 /// Arguments that do not fit an export's parameters, and a call into an instance that is
-/// paused, are the host's errors, not traps.
+/// paused, are the host's errors, not traps; `run_pausable` resuming a call gives its results.
 #[test]
-fn a_call_with_the_wrong_arguments_is_refused() {
+fn library_calls_with_wrong_arguments_or_into_a_paused_instance_are_refused() {
     use tabi_libos::EngineError;
     use tabi_libos::machine::{Driven, PauseControl, Points, Start, Value};
     let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), &Options::default())
@@ -1635,6 +1635,30 @@ fn a_call_with_the_wrong_arguments_is_refused() {
             Ok(Driven::Returned(_))
         ));
         assert!(matches!(s.drive(work), Ok(Driven::Returned(_))));
+    }
+    // `run_pausable` resuming a state paused in an export gives the export's results.
+    {
+        let (p, ..) = tabi_tests::process_for(&spec());
+        let e = tabi_wasmi::Wasmi::new();
+        let m = e.compile(&wasm).unwrap();
+        let mut s = e
+            .session(&m, p, PauseControl::after(3), Points::all())
+            .unwrap();
+        let work = Start::Call {
+            export: "work",
+            args: &[Value::I32(2), Value::I64(5)],
+        };
+        let Ok(Driven::Paused(state, _)) = s.drive(work) else {
+            panic!("no pause in `work`")
+        };
+        let (mut p, ..) = tabi_tests::process_for(&spec());
+        p.kernel = s.into_process().kernel;
+        match e.run_pausable(&m, p, PauseControl::never(), Points::all(), Some(&state)) {
+            Ok(tabi_libos::machine::Outcome::Finished(f)) => {
+                assert_eq!(f.results, [Value::I64(5 * 3 * 3 + 1), Value::I32(2)]);
+            }
+            _ => panic!("the resumed call did not finish"),
+        }
     }
     for args in wrong {
         let (p, ..) = tabi_tests::process_for(&spec());

@@ -319,6 +319,7 @@ impl Wasmi {
             Err(exit) => {
                 return Ok(Finished {
                     exit,
+                    results: Vec::new(),
                     process: store.into_data().process,
                 });
             }
@@ -333,6 +334,7 @@ impl Wasmi {
         };
         Ok(Finished {
             exit,
+            results: Vec::new(),
             process: store.into_data().process,
         })
     }

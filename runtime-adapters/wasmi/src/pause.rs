@@ -46,6 +46,7 @@ impl Wasmi {
             Err(exit) => {
                 return Ok(Err(tabi_libos::Finished {
                     exit,
+                    results: Vec::new(),
                     process: store.into_data().process,
                 }));
             }
@@ -400,17 +401,20 @@ impl Session {
         Ok(self.finish(driven))
     }
 
-    /// A run that ended in an export's return counts as an exit with status 0; its results,
-    /// if any, are [`Session::drive`]'s to give.
+    /// A run that ended in an export's return counts as an exit with status 0, with the
+    /// export's results.
     fn finish(self, driven: Driven) -> machine::Outcome {
         let points = self.points();
         let process = self.into_process();
         match driven {
-            Driven::Exit(exit) => {
-                machine::Outcome::Finished(tabi_libos::Finished { exit, process })
-            }
-            Driven::Returned(_) => machine::Outcome::Finished(tabi_libos::Finished {
+            Driven::Exit(exit) => machine::Outcome::Finished(tabi_libos::Finished {
+                exit,
+                results: Vec::new(),
+                process,
+            }),
+            Driven::Returned(results) => machine::Outcome::Finished(tabi_libos::Finished {
                 exit: tabi_libos::Exit::Code(0),
+                results,
                 process,
             }),
             Driven::Paused(state, reason) => machine::Outcome::Paused(machine::Paused {

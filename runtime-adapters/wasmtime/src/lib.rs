@@ -236,6 +236,7 @@ impl Wasmtime {
             Err(exit) => {
                 return Ok(Finished {
                     exit,
+                    results: Vec::new(),
                     process: store.into_data().process,
                 });
             }
@@ -250,6 +251,7 @@ impl Wasmtime {
         };
         Ok(Finished {
             exit,
+            results: Vec::new(),
             process: store.into_data().process,
         })
     }
