@@ -102,6 +102,42 @@ pub enum Value {
     Ref,
 }
 
+impl Value {
+    /// The text-format name of the value's type (`reference` for any reference).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::I32(_) => "i32",
+            Value::I64(_) => "i64",
+            Value::F32(_) => "f32",
+            Value::F64(_) => "f64",
+            Value::V128(_) => "v128",
+            Value::Ref => "reference",
+        }
+    }
+}
+
+/// Checks arguments for a call of export `export`, whose parameters' types are named `params`
+/// (as [`Value::type_name`] names them): an adapter's [`Machine::call`] makes this check for
+/// every engine alike. A reference cannot be passed (a [`Value::Ref`] carries none).
+pub fn check_args(export: &str, params: &[&str], args: &[Value]) -> Result<(), EngineError> {
+    let fits = params.len() == args.len()
+        && params
+            .iter()
+            .zip(args)
+            .all(|(&t, a)| *a != Value::Ref && t == a.type_name());
+    if fits {
+        return Ok(());
+    }
+    Err(EngineError::Link(alloc::format!(
+        "export `{export}` takes ({}), not ({})",
+        params.join(", "),
+        args.iter()
+            .map(Value::type_name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
 /// The execution state of a paused instance: everything of it that is not the kernel.
 ///
 /// The module itself is not included; a resume needs the same instrumented bytes.
@@ -789,6 +825,32 @@ pub enum Outcome {
     Finished(crate::engine::Finished),
     /// The guest paused.
     Paused(Paused),
+}
+
+impl Outcome {
+    /// The outcome of a session that ended with `driven`, having passed `points` migration
+    /// points, with its `process`: a return from an export counts as an exit with status 0,
+    /// with the export's results.
+    pub fn of(driven: Driven, points: u64, process: crate::engine::Process) -> Outcome {
+        match driven {
+            Driven::Exit(exit) => Outcome::Finished(crate::engine::Finished {
+                exit,
+                results: Vec::new(),
+                process,
+            }),
+            Driven::Returned(results) => Outcome::Finished(crate::engine::Finished {
+                exit: Exit::Code(0),
+                results,
+                process,
+            }),
+            Driven::Paused(state, reason) => Outcome::Paused(Paused {
+                state,
+                reason,
+                points,
+                process,
+            }),
+        }
+    }
 }
 
 /// A paused guest, outside any engine.

@@ -647,21 +647,17 @@ mod every_point {
     #[test]
     fn mixed_rust() {
         let input = "héllo\nwörld\n".as_bytes();
-        let spec = Spec::new(guests::MIXED).args(&["30"]).stdin(input);
-        every_point(spec.clone());
-        let wasm = std::fs::read(&spec.wasm).unwrap();
-        let options = Options {
-            safepoints: true,
-            ..Options::default()
-        };
-        let n = tabi_tests::migrate::check_every_with(&spec, &wasm, &options, 1).unwrap();
-        assert!(n > 0, "passed no migration point with safepoints");
+        every_point_also_with_safepoints(Spec::new(guests::MIXED).args(&["30"]).stdin(input));
     }
 
     /// clang's `return_call_indirect` between handlers that can pause, with safepoints too.
     #[test]
     fn tail_calls_c() {
-        let spec = Spec::new(guests::TAIL_CALLS).args(&["3000"]);
+        every_point_also_with_safepoints(Spec::new(guests::TAIL_CALLS).args(&["3000"]));
+    }
+
+    /// [`every_point`], then again with the guest rewritten with safepoints.
+    fn every_point_also_with_safepoints(spec: Spec) {
         every_point(spec.clone());
         let wasm = std::fs::read(&spec.wasm).unwrap();
         let options = Options {
@@ -1602,93 +1598,73 @@ fn a_c_reactor_pauses_inside_its_exports() {
 #[test]
 fn library_calls_with_wrong_arguments_or_into_a_paused_instance_are_refused() {
     use tabi_libos::EngineError;
-    use tabi_libos::machine::{Driven, PauseControl, Points, Start, Value};
+    use tabi_libos::machine::{Driven, Outcome, PauseControl, Points, Start, Value};
     let wasm = instrument(&wat::parse_str(LIBRARY).unwrap(), &Options::default())
         .unwrap()
         .wasm;
+    let e = tabi_wasmi::Wasmi::new();
+    let m = e.compile(&wasm).unwrap();
+    let process = || tabi_tests::process_for(&spec()).0;
+    let session = |control| e.session(&m, process(), control, Points::all()).unwrap();
+    let work = |args| Start::Call {
+        export: "work",
+        args,
+    };
+
+    // A call into an instance that is paused (its frames still on the save stack) is refused.
+    let mut s = session(PauseControl::after(1));
+    let call = work(&[Value::I32(2), Value::I64(1)]);
+    assert!(matches!(s.drive(call), Ok(Driven::Paused(..))));
+    match s.drive(call) {
+        Err(EngineError::Engine(msg)) => assert!(msg.contains("resumed first"), "{msg}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a call into a paused instance was made"),
+    }
+    // Resumed in place, it finishes the first call, and then takes new ones.
+    assert!(matches!(
+        s.drive(Start::InPlace("work")),
+        Ok(Driven::Returned(_))
+    ));
+    assert!(matches!(s.drive(call), Ok(Driven::Returned(_))));
+
+    // `run_pausable` resuming a state paused in an export gives the export's results.
+    let mut s = session(PauseControl::after(3));
+    let Ok(Driven::Paused(state, _)) = s.drive(work(&[Value::I32(2), Value::I64(5)])) else {
+        panic!("no pause in `work`")
+    };
+    let mut p = process();
+    p.kernel = s.into_process().kernel;
+    match e.run_pausable(&m, p, PauseControl::never(), Points::all(), Some(&state)) {
+        Ok(Outcome::Finished(f)) => {
+            assert_eq!(f.results, [Value::I64(5 * 3 * 3 + 1), Value::I32(2)]);
+        }
+        _ => panic!("the resumed call did not finish"),
+    }
+
+    // Arguments that do not fit, on each engine.
+    let refused = |end: Result<Driven, EngineError>| match end {
+        Err(EngineError::Link(msg)) => assert!(msg.contains("takes (i32, i64)"), "{msg}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("accepted"),
+    };
+    #[cfg(feature = "wasmtime")]
+    let (wt, wm) = {
+        let wt = tabi_wasmtime::Wasmtime::new();
+        let wm = wt.compile(&wasm).unwrap();
+        (wt, wm)
+    };
     let wrong: [&[Value]; 3] = [
         &[Value::I32(1)],
         &[Value::I64(1), Value::I64(2)],
         &[Value::I32(1), Value::I64(2), Value::I32(3)],
     ];
-    // A call into an instance that is paused (its frames still on the save stack) is refused.
-    {
-        let (p, ..) = tabi_tests::process_for(&spec());
-        let e = tabi_wasmi::Wasmi::new();
-        let m = e.compile(&wasm).unwrap();
-        let mut s = e
-            .session(&m, p, PauseControl::after(1), Points::all())
-            .unwrap();
-        let work = Start::Call {
-            export: "work",
-            args: &[Value::I32(2), Value::I64(1)],
-        };
-        assert!(matches!(s.drive(work), Ok(Driven::Paused(..))));
-        match s.drive(work) {
-            Err(EngineError::Engine(msg)) => assert!(msg.contains("resumed first"), "{msg}"),
-            Err(other) => panic!("{other:?}"),
-            Ok(_) => panic!("a call into a paused instance was made"),
-        }
-        // Resumed in place, it finishes the first call, and then takes new ones.
-        assert!(matches!(
-            s.drive(Start::InPlace("work")),
-            Ok(Driven::Returned(_))
-        ));
-        assert!(matches!(s.drive(work), Ok(Driven::Returned(_))));
-    }
-    // `run_pausable` resuming a state paused in an export gives the export's results.
-    {
-        let (p, ..) = tabi_tests::process_for(&spec());
-        let e = tabi_wasmi::Wasmi::new();
-        let m = e.compile(&wasm).unwrap();
-        let mut s = e
-            .session(&m, p, PauseControl::after(3), Points::all())
-            .unwrap();
-        let work = Start::Call {
-            export: "work",
-            args: &[Value::I32(2), Value::I64(5)],
-        };
-        let Ok(Driven::Paused(state, _)) = s.drive(work) else {
-            panic!("no pause in `work`")
-        };
-        let (mut p, ..) = tabi_tests::process_for(&spec());
-        p.kernel = s.into_process().kernel;
-        match e.run_pausable(&m, p, PauseControl::never(), Points::all(), Some(&state)) {
-            Ok(tabi_libos::machine::Outcome::Finished(f)) => {
-                assert_eq!(f.results, [Value::I64(5 * 3 * 3 + 1), Value::I32(2)]);
-            }
-            _ => panic!("the resumed call did not finish"),
-        }
-    }
     for args in wrong {
-        let (p, ..) = tabi_tests::process_for(&spec());
-        let e = tabi_wasmi::Wasmi::new();
-        let m = e.compile(&wasm).unwrap();
-        let mut s = e
-            .session(&m, p, PauseControl::never(), Points::all())
-            .unwrap();
-        let call = Start::Call {
-            export: "work",
-            args,
-        };
-        match s.drive(call) {
-            Err(EngineError::Link(msg)) => assert!(msg.contains("takes (i32, i64)"), "{msg}"),
-            Err(other) => panic!("{other:?}"),
-            Ok(_) => panic!("{args:?} accepted"),
-        }
+        refused(session(PauseControl::never()).drive(work(args)));
         #[cfg(feature = "wasmtime")]
-        {
-            let (p, ..) = tabi_tests::process_for(&spec());
-            let e = tabi_wasmtime::Wasmtime::new();
-            let m = e.compile(&wasm).unwrap();
-            let mut s = e
-                .session(&m, p, PauseControl::never(), Points::all())
-                .unwrap();
-            match s.drive(call) {
-                Err(EngineError::Link(msg)) => assert!(msg.contains("takes (i32, i64)"), "{msg}"),
-                Err(other) => panic!("{other:?}"),
-                Ok(_) => panic!("{args:?} accepted"),
-            }
-        }
+        refused(
+            wt.session(&wm, process(), PauseControl::never(), Points::all())
+                .unwrap()
+                .drive(work(args)),
+        );
     }
 }

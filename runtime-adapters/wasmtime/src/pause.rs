@@ -134,7 +134,8 @@ fn type_name(t: &ValType) -> &'static str {
 }
 
 /// The arguments of a call of export `name` whose parameters are `params`: `args` as values
-/// of the engine, or a placeholder (zero, or a null reference) for each parameter.
+/// of the engine (checked by [`machine::check_args`]), or a placeholder (zero, or a null
+/// reference) for each parameter.
 fn call_args(
     name: &str,
     params: impl ExactSizeIterator<Item = ValType>,
@@ -149,25 +150,8 @@ fn call_args(
             })
             .collect();
     };
-    let params: Vec<ValType> = params.collect();
-    let fits = params.len() == args.len()
-        && params.iter().zip(args).all(|(t, a)| {
-            matches!(
-                (t, a),
-                (ValType::I32, Value::I32(_))
-                    | (ValType::I64, Value::I64(_))
-                    | (ValType::F32, Value::F32(_))
-                    | (ValType::F64, Value::F64(_))
-                    | (ValType::V128, Value::V128(_))
-            )
-        });
-    if !fits {
-        return Err(EngineError::Link(format!(
-            "export `{name}` takes ({}), not the {} value(s) given",
-            params.iter().map(type_name).collect::<Vec<_>>().join(", "),
-            args.len()
-        )));
-    }
+    let names: Vec<&str> = params.map(|t| type_name(&t)).collect();
+    machine::check_args(name, &names, args)?;
     Ok(args.iter().filter_map(|&a| from_value(a)).collect())
 }
 
@@ -398,28 +382,8 @@ impl Session {
         Ok(self.finish(driven))
     }
 
-    /// A run that ended in an export's return counts as an exit with status 0, with the
-    /// export's results.
     fn finish(self, driven: Driven) -> machine::Outcome {
         let points = self.points();
-        let process = self.into_process();
-        match driven {
-            Driven::Exit(exit) => machine::Outcome::Finished(tabi_libos::Finished {
-                exit,
-                results: Vec::new(),
-                process,
-            }),
-            Driven::Returned(results) => machine::Outcome::Finished(tabi_libos::Finished {
-                exit: tabi_libos::Exit::Code(0),
-                results,
-                process,
-            }),
-            Driven::Paused(state, reason) => machine::Outcome::Paused(machine::Paused {
-                state,
-                reason,
-                points,
-                process,
-            }),
-        }
+        machine::Outcome::of(driven, points, self.into_process())
     }
 }
