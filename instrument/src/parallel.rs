@@ -46,8 +46,9 @@ pub(crate) fn threads_for(bytes: usize) -> usize {
 }
 
 /// Runs `work` over `jobs` on up to `threads` threads (the caller's among them, unless `stack`
-/// is [`Stack::Deep`]), each thread with a state of its own made by `init`. Returns every job's result in the order of `jobs`,
-/// each with the index of the state it was made with, and those states.
+/// is [`Stack::Deep`]), each thread with a state of its own made by `init`. Returns every
+/// job's result in the order of `jobs`, each with the index of the state it was made with, and
+/// those states.
 ///
 /// A panic in `work` is raised again on the caller's thread.
 pub(crate) fn run<J, R, S>(

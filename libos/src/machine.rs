@@ -116,25 +116,29 @@ impl Value {
     }
 }
 
-/// Checks arguments for a call of export `export`, whose parameters' types are named `params`
-/// (as [`Value::type_name`] names them): an adapter's [`Machine::call`] makes this check for
-/// every engine alike. A reference cannot be passed (a [`Value::Ref`] carries none).
-pub fn check_args(export: &str, params: &[&str], args: &[Value]) -> Result<(), EngineError> {
-    let fits = params.len() == args.len()
-        && params
+/// Checks arguments for a call of export `export`, whose parameters are those of
+/// `placeholders` (a value of each parameter's type, as [`Machine::call`] passes them while
+/// rewinding): an adapter makes this check for every engine alike. A reference cannot be
+/// passed (a [`Value::Ref`] carries none).
+pub fn check_args(export: &str, placeholders: &[Value], args: &[Value]) -> Result<(), EngineError> {
+    let fits = placeholders.len() == args.len()
+        && placeholders
             .iter()
             .zip(args)
-            .all(|(&t, a)| *a != Value::Ref && t == a.type_name());
+            .all(|(p, a)| *a != Value::Ref && p.type_name() == a.type_name());
     if fits {
         return Ok(());
     }
-    Err(EngineError::Link(alloc::format!(
-        "export `{export}` takes ({}), not ({})",
-        params.join(", "),
-        args.iter()
+    let names = |vs: &[Value]| {
+        vs.iter()
             .map(Value::type_name)
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    Err(EngineError::Link(alloc::format!(
+        "export `{export}` takes ({}), not ({})",
+        names(placeholders),
+        names(args)
     )))
 }
 
@@ -683,6 +687,17 @@ pub fn drive_with(
     }
 }
 
+/// The exports a run that rewinds in export `entry` calls: `entry`, then `_start` after a
+/// command's start function. A library module (no `_start`) ends there, and its host makes
+/// its calls next.
+fn rewinding_in(m: &mut dyn Machine, entry: &str) -> Vec<String> {
+    let mut entries = alloc::vec![String::from(entry)];
+    if entry == START_EXPORT && m.has_export(ENTRY) {
+        entries.push(ENTRY.into());
+    }
+    entries
+}
+
 /// [`drive`], leaving a pause's memories in the instance.
 fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineError> {
     let has_budget = m.has_export(BUDGET_GLOBAL);
@@ -701,10 +716,7 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
     match start {
         Start::InPlace(entry) => {
             m.set_i32(STATE_GLOBAL, REWINDING)?;
-            entries.push(entry.into());
-            if entry == START_EXPORT && m.has_export(ENTRY) {
-                entries.push(ENTRY.into());
-            }
+            entries = rewinding_in(m, entry);
         }
         Start::Resume(_) | Start::Loaded { .. } => {
             let Some((state, loaded)) = resume else {
@@ -720,12 +732,7 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
             if has_budget && let Some(b) = m.control().budget {
                 m.set_i32(BUDGET_GLOBAL, b)?;
             }
-            entries.push(state.entry.clone());
-            // A command goes on to `_start` after its start function; a library module
-            // (no `_start`) ends there, and its host makes its calls next.
-            if state.entry == START_EXPORT && m.has_export(ENTRY) {
-                entries.push(ENTRY.into());
-            }
+            entries = rewinding_in(m, &state.entry);
         }
         Start::Call {
             export,

@@ -385,23 +385,20 @@ pub mod migrate {
         resume: Option<&MachineState>,
         calls: &[(&str, Vec<machine::Value>)],
     ) -> (Vec<machine::Driven>, Process) {
-        fn go<S>(
-            s: &mut S,
-            drive: impl Fn(&mut S, machine::Start<'_>) -> machine::Driven,
+        fn go(
+            m: &mut dyn machine::Machine,
             resume: Option<&MachineState>,
             calls: &[(&str, Vec<machine::Value>)],
         ) -> Vec<machine::Driven> {
+            let starts = resume.map(machine::Start::Resume).into_iter().chain(
+                calls
+                    .iter()
+                    .map(|(export, args)| machine::Start::Call { export, args }),
+            );
             let mut ends = Vec::new();
-            let paused = |d: &machine::Driven| matches!(d, machine::Driven::Paused(..));
-            if let Some(state) = resume {
-                ends.push(drive(s, machine::Start::Resume(state)));
-                if ends.last().is_some_and(paused) {
-                    return ends;
-                }
-            }
-            for (export, args) in calls {
-                ends.push(drive(s, machine::Start::Call { export, args }));
-                if ends.last().is_some_and(paused) {
+            for start in starts {
+                ends.push(machine::drive(m, start).unwrap());
+                if let Some(machine::Driven::Paused(..)) = ends.last() {
                     break;
                 }
             }
@@ -414,14 +411,12 @@ pub mod migrate {
             Backend::Wasmtime => {
                 let (e, m) = wasmtime_module(wasm);
                 let mut s = e.session(&m, process, control, Points::all()).unwrap();
-                let ends = go(&mut s, |s, st| s.drive(st).unwrap(), resume, calls);
-                (ends, s.into_process())
+                (go(&mut s, resume, calls), s.into_process())
             }
             Backend::Wasmi => {
                 let (e, m) = wasmi_module(wasm);
                 let mut s = e.session(&m, process, control, Points::all()).unwrap();
-                let ends = go(&mut s, |s, st| s.drive(st).unwrap(), resume, calls);
-                (ends, s.into_process())
+                (go(&mut s, resume, calls), s.into_process())
             }
         }
     }

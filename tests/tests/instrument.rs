@@ -113,8 +113,6 @@ fn values_below_a_call_survive() {
     );
 }
 
-/// v128, f32 and f64 values held in locals and below a call, across migration points; wasmi
-/// runs SIMD too, so each pause resumes on the other engine.
 /// Thousands of calls with nothing below them in one function: each check branches to an
 /// unwind path of its own after the body (a block per site around the body), and a pause at
 /// any of them unwinds from the right one.
@@ -159,6 +157,8 @@ fn deep_nesting_migrates_up_to_its_limit_and_is_refused_beyond() {
     assert!(e.to_string().contains("nested more than 5000 deep"), "{e}");
 }
 
+/// v128, f32 and f64 values held in locals and below a call, across migration points; wasmi
+/// runs SIMD too, so each pause resumes on the other engine.
 #[test]
 fn vector_and_float_values_survive() {
     check(

@@ -123,31 +123,20 @@ fn from_value(v: Value) -> Option<Val> {
     })
 }
 
-/// The text-format name of a value type (references by their kind only, as on wasmtime).
-fn type_name(t: &ValType) -> &'static str {
-    match t {
-        ValType::I32 => "i32",
-        ValType::I64 => "i64",
-        ValType::F32 => "f32",
-        ValType::F64 => "f64",
-        ValType::V128 => "v128",
-        ValType::FuncRef | ValType::ExternRef => "reference",
-    }
-}
-
 /// The arguments of a call of export `name` whose parameters are `params`: `args` as values
-/// of the engine (checked by [`machine::check_args`]), or a placeholder (zero, or a null
-/// reference) for each parameter.
+/// of the engine (checked by [`machine::check_args`]), or without them a placeholder (zero, or
+/// a null reference) for each parameter.
 fn call_args(
     name: &str,
-    params: impl ExactSizeIterator<Item = ValType>,
+    params: impl Iterator<Item = ValType>,
     args: Option<&[Value]>,
 ) -> Result<Vec<Val>, EngineError> {
+    let placeholders: Vec<Val> = params.map(Val::default_for_ty).collect();
     let Some(args) = args else {
-        return params.map(|t| Ok(Val::default_for_ty(t))).collect();
+        return Ok(placeholders);
     };
-    let names: Vec<&str> = params.map(|t| type_name(&t)).collect();
-    machine::check_args(name, &names, args)?;
+    let types: Vec<Value> = placeholders.iter().map(to_value).collect();
+    machine::check_args(name, &types, args)?;
     Ok(args.iter().filter_map(|&a| from_value(a)).collect())
 }
 
