@@ -65,6 +65,43 @@ fn invalid_module_is_a_clear_error() {
     }
 }
 
+/// A component (what `wasm32-wasip2` builds are) is named as one, on each backend, when
+/// checkpoints are asked for (the rewrite) and by `tabi instrument`.
+#[test]
+fn a_component_is_named_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("component.wasm");
+    // The smallest component: the header alone.
+    std::fs::write(&component, b"\0asm\x0d\0\x01\0").unwrap();
+    let snap = dir.path().join("s.snap");
+    let runs: [Vec<std::ffi::OsString>; 4] = [
+        vec!["run".into(), "--backend".into(), "wasmtime".into()],
+        vec!["run".into(), "--backend".into(), "wasmi".into()],
+        vec![
+            "run".into(),
+            "--checkpoint-after".into(),
+            "1".into(),
+            "--snapshot".into(),
+            snap.into(),
+        ],
+        vec![
+            "instrument".into(),
+            "-o".into(),
+            dir.path().join("o.wasm").into(),
+        ],
+    ];
+    for args in runs {
+        let out = tabi().args(&args).arg(&component).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("this is a WebAssembly component"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn missing_host_directory_is_a_clear_error() {
     for flag in ["--dir", "--copy-dir"] {

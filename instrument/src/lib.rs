@@ -334,6 +334,14 @@ fn instrument_with(
     options: &Options,
     threads: Option<usize>,
 ) -> Result<Output, Error> {
+    // A component's header is the Wasm magic, then version 13 and layer 1.
+    if wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [0x0d, 0x00, 0x01, 0x00] {
+        return Err(Error::Invalid(
+            "this is a WebAssembly component (the component model, as WASI 0.2 builds are), \
+             not a core module; the rewrite takes core modules"
+                .into(),
+        ));
+    }
     let mut info = analysis::Module::parse(wasm, options, threads)?;
     let out = module::assemble(wasm, &mut info, options)?;
     validate_output(&out.wasm, info.threads)?;

@@ -86,6 +86,24 @@ impl fmt::Display for EngineError {
 
 impl core::error::Error for EngineError {}
 
+/// What to tell the user when `wasm` is a WebAssembly component rather than a core module:
+/// the header is a component's (as `wasm32-wasip2` builds are), and tabi runs core modules.
+pub fn component_error(wasm: &[u8]) -> Option<EngineError> {
+    is_component(wasm).then(|| {
+        EngineError::InvalidModule(String::from(
+            "this is a WebAssembly component (the component model, as WASI 0.2 builds are), \
+             not a core module; tabi runs core modules that use WASI preview 1 \
+             (for Rust, build for `wasm32-wasip1`)",
+        ))
+    })
+}
+
+/// Whether `wasm` starts with a component's header: the Wasm magic, then version 13 and
+/// layer 1 (a core module has version 1, layer 0).
+pub fn is_component(wasm: &[u8]) -> bool {
+    wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
+
 /// A Wasm engine that can run a guest on tabi's kernel.
 pub trait Engine {
     /// Short name (`wasmi`, `wasmtime`).

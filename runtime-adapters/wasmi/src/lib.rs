@@ -270,6 +270,9 @@ impl Wasmi {
     /// host calls: wasmi's handlers for those instructions each leave a frame on the host
     /// stack until the guest returns, so a guest growing in a loop would overflow it.
     pub fn compile(&self, wasm: &[u8]) -> Result<Module, EngineError> {
+        if let Some(e) = tabi_libos::engine::component_error(wasm) {
+            return Err(e);
+        }
         let invalid = |e: wasmi::Error| EngineError::InvalidModule(e.to_string());
         match grow::rewrite(wasm) {
             // An error names offsets in the bytes the caller gave.

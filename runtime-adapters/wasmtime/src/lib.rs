@@ -184,6 +184,9 @@ impl Wasmtime {
 
     /// Compiles a module.
     pub fn compile(&self, wasm: &[u8]) -> Result<Module, EngineError> {
+        if let Some(e) = tabi_libos::engine::component_error(wasm) {
+            return Err(e);
+        }
         Module::new(&self.engine, wasm).map_err(|e| EngineError::InvalidModule(format!("{e:#}")))
     }
 
