@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::{StdHost, Stdio};
 use tabi_libos::machine::{
-    AfterPause, MachineState, Outcome, PauseControl, PauseView, Points, Start,
+    self, AfterPause, Driven, Machine, MachineState, Outcome, PauseControl, PauseView, Points,
+    START_EXPORT, Start, Value,
 };
 use tabi_libos::{Kernel, MountKind, Object, Process};
 use tabi_snapshot::{HostMount, Snapshot};
@@ -263,6 +264,184 @@ pub fn run_with(
             }
         })
     })
+}
+
+/// A call of a library module's export (`tabi run --invoke`).
+#[derive(Clone, Copy, Debug)]
+pub struct Invoke<'a> {
+    /// The function export.
+    pub export: &'a str,
+    /// Its arguments.
+    pub args: &'a [Value],
+}
+
+/// Runs instrumented `wasm` on `backend` as a library module: the module's start function and
+/// its `_initialize` (when it exports one) run first, to their end, and then `invoke`'s export
+/// is called. Pauses are taken inside that export only: `control` applies from its call
+/// (its migration points are counted from there), and a pause the guest asks for earlier is
+/// not taken. A pause's state names the export, so a resume finishes the call, and a run that
+/// returns ends with the export's results ([`tabi_libos::Finished::results`]).
+pub fn invoke_with(
+    backend: Backend,
+    wasm: &[u8],
+    process: Process,
+    control: PauseControl,
+    invoke: Invoke<'_>,
+    on_pause: &mut OnPause<'_>,
+) -> Result<Outcome> {
+    fn go(
+        m: &mut dyn Machine,
+        control: PauseControl,
+        invoke: Invoke<'_>,
+        on_pause: &mut OnPause<'_>,
+    ) -> Result<Driven, tabi_libos::EngineError> {
+        for init in [START_EXPORT, "_initialize"] {
+            if !m.has_export(init) {
+                continue;
+            }
+            let start = Start::Call {
+                export: init,
+                args: &[],
+            };
+            match machine::drive_with(m, start, &mut |_| Ok(AfterPause::Continue))? {
+                Driven::Returned(_) => {}
+                // It exited or trapped: the run ends there.
+                ended => return Ok(ended),
+            }
+        }
+        *m.control() = control;
+        let start = Start::Call {
+            export: invoke.export,
+            args: invoke.args,
+        };
+        machine::drive_with(m, start, on_pause)
+    }
+    // Until the export is called nothing pauses; a checkpoint the guest asks for is let go.
+    let quiet = PauseControl::never();
+    on_guest_stack(|| {
+        Ok(match backend {
+            #[cfg(feature = "wasmtime")]
+            Backend::Wasmtime => {
+                let (e, m) = compiled_wasmtime(wasm)?;
+                match e.begin(&m, process, quiet, Points::all())? {
+                    Ok(mut session) => {
+                        let driven = go(&mut session, control, invoke, on_pause)?;
+                        Outcome::of(driven, session.points(), session.into_process())
+                    }
+                    Err(finished) => Outcome::Finished(finished),
+                }
+            }
+            #[cfg(not(feature = "wasmtime"))]
+            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
+            Backend::Wasmi => {
+                let (e, m) = compiled_wasmi(wasm)?;
+                match e.begin(&m, process, quiet, Points::all())? {
+                    Ok(mut session) => {
+                        let driven = go(&mut session, control, invoke, on_pause)?;
+                        Outcome::of(driven, session.points(), session.into_process())
+                    }
+                    Err(finished) => Outcome::Finished(finished),
+                }
+            }
+        })
+    })
+}
+
+/// The parameter types of function export `name` of `wasm`, by their text-format names
+/// (`i32`, `i64`, `f32`, `f64`, `v128`, or a reference type).
+pub fn export_params(wasm: &[u8], name: &str) -> Result<Vec<String>> {
+    use wasmparser::{Payload, TypeRef};
+    let mut types = Vec::new();
+    let mut funcs = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.context("cannot read the module")? {
+            Payload::TypeSection(r) => {
+                for group in r {
+                    for sub in group
+                        .context("cannot read the module's types")?
+                        .into_types()
+                    {
+                        types.push(match &sub.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(f) => Some(f.params().to_vec()),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            Payload::ImportSection(r) => {
+                for import in r.into_imports() {
+                    if let TypeRef::Func(t) = import.context("cannot read the imports")?.ty {
+                        funcs.push(t);
+                    }
+                }
+            }
+            Payload::FunctionSection(r) => {
+                for t in r {
+                    funcs.push(t.context("cannot read the functions")?);
+                }
+            }
+            Payload::ExportSection(r) => {
+                for export in r {
+                    let export = export.context("cannot read the exports")?;
+                    if export.name != name {
+                        continue;
+                    }
+                    if export.kind != wasmparser::ExternalKind::Func {
+                        bail!("export `{name}` is not a function");
+                    }
+                    let params = funcs
+                        .get(export.index as usize)
+                        .and_then(|&t| types.get(t as usize)?.as_ref())
+                        .ok_or_else(|| anyhow!("export `{name}` names no function"))?;
+                    return Ok(params.iter().map(|t| t.to_string()).collect());
+                }
+                bail!("the module exports no function `{name}`");
+            }
+            _ => {}
+        }
+    }
+    bail!("the module exports no function `{name}`")
+}
+
+/// `text` as a value of the type named `ty` (see [`export_params`]): an integer in decimal
+/// (negative, or up to the type's unsigned range) or `0x` hexadecimal, a float as Rust
+/// reads one (`inf`, `NaN` too), a `v128` as one integer.
+pub fn parse_value(ty: &str, text: &str) -> Result<Value> {
+    fn int(text: &str) -> Option<i128> {
+        match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => u128::from_str_radix(hex, 16)
+                .ok()
+                .and_then(|v| i128::try_from(v).ok()),
+            None => text.parse().ok(),
+        }
+    }
+    let fits = |min: i128, max: i128| int(text).filter(|v| (min..=max).contains(v));
+    let value = match ty {
+        "i32" => fits(i32::MIN.into(), u32::MAX.into()).map(|v| Value::I32(v as u32 as i32)),
+        "i64" => fits(i64::MIN.into(), u64::MAX.into()).map(|v| Value::I64(v as u64 as i64)),
+        "f32" => text.parse::<f32>().ok().map(|v| Value::F32(v.to_bits())),
+        "f64" => text.parse::<f64>().ok().map(|v| Value::F64(v.to_bits())),
+        "v128" => match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => u128::from_str_radix(hex, 16).ok(),
+            None => text.parse::<u128>().ok(),
+        }
+        .map(Value::V128),
+        other => bail!("a parameter of type {other} cannot be given on the command line"),
+    };
+    value.ok_or_else(|| anyhow!("`{text}` is not an {ty}"))
+}
+
+/// A result value as `tabi run --invoke` prints it: integers in signed decimal, floats as
+/// Rust writes them, a `v128` in hexadecimal, and `ref` for a reference.
+pub fn show_value(v: &Value) -> String {
+    match *v {
+        Value::I32(x) => x.to_string(),
+        Value::I64(x) => x.to_string(),
+        Value::F32(b) => f32::from_bits(b).to_string(),
+        Value::F64(b) => f64::from_bits(b).to_string(),
+        Value::V128(x) => format!("0x{x:032x}"),
+        Value::Ref => "ref".into(),
+    }
 }
 
 type Cache<M> = Mutex<HashMap<[u8; 32], M>>;
@@ -901,7 +1080,7 @@ enum AnySession {
 }
 
 impl AnySession {
-    fn machine(&mut self) -> &mut dyn tabi_libos::machine::Machine {
+    fn machine(&mut self) -> &mut dyn Machine {
         match self {
             #[cfg(feature = "wasmtime")]
             AnySession::Wasmtime(s) => s,
@@ -990,7 +1169,7 @@ impl tabi_snapshot::MemoryTarget for Loader<'_> {
             }
         }
         self.memories += 1;
-        let name = tabi_libos::machine::memory_export(index);
+        let name = machine::memory_export(index);
         let session = self
             .session
             .as_mut()
@@ -1064,6 +1243,40 @@ pub fn resume_process(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Integers are read over the signed and the unsigned range of their type, in decimal or
+    /// hexadecimal, and no further; floats and vectors as documented; results print back.
+    #[test]
+    fn invoke_arguments_are_read_by_type_and_results_shown() {
+        let ok = |ty: &str, text: &str| parse_value(ty, text).unwrap();
+        assert_eq!(ok("i32", "-1"), Value::I32(-1));
+        assert_eq!(ok("i32", "0xffffffff"), Value::I32(-1));
+        assert_eq!(ok("i32", "2147483648"), Value::I32(i32::MIN));
+        assert_eq!(ok("i64", "18446744073709551615"), Value::I64(-1));
+        assert_eq!(ok("i64", "-9223372036854775808"), Value::I64(i64::MIN));
+        assert_eq!(ok("f32", "1.5"), Value::F32(1.5f32.to_bits()));
+        assert_eq!(ok("f64", "-inf"), Value::F64(f64::NEG_INFINITY.to_bits()));
+        assert_eq!(ok("v128", "0x10"), Value::V128(16));
+        for (ty, text) in [
+            ("i32", "4294967296"),
+            ("i32", "-2147483649"),
+            ("i64", "18446744073709551616"),
+            ("i32", "1.0"),
+            ("f64", "one"),
+            ("v128", "-1"),
+            ("funcref", "0"),
+        ] {
+            assert!(parse_value(ty, text).is_err(), "{ty} {text}");
+        }
+        assert_eq!(show_value(&Value::I32(-7)), "-7");
+        assert_eq!(show_value(&Value::F64(0.25f64.to_bits())), "0.25");
+        assert_eq!(
+            show_value(&Value::V128(255)),
+            format!("0x{}ff", "0".repeat(30))
+        );
+        let nan = show_value(&ok("f32", "NaN"));
+        assert_eq!(nan, "NaN");
+    }
 
     /// A writer for [`write_file`] that writes `bytes`, in pieces of an odd size.
     fn writing(bytes: &[u8]) -> impl FnOnce(&mut FileSink) -> Result<tabi_snapshot::Summary> {

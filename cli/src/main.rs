@@ -21,7 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tabi_cli::checkpoint::{self, CHECKPOINT_EXIT, Setup};
 use tabi_libos::host::Stdio;
-use tabi_libos::machine::{AfterPause, Outcome, PauseControl};
+use tabi_libos::machine::{AfterPause, Outcome, PauseControl, Value};
 use tabi_libos::{Engine, Exit};
 
 #[derive(Parser)]
@@ -209,9 +209,16 @@ struct RunArgs {
     guest: GuestArgs,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    /// Call this function export of a library module (a reactor) instead of `_start`, with
+    /// ARGS as its arguments, and print its results, one a line. The start function and
+    /// `_initialize` run first; checkpoints are taken inside the export only, and `tabi
+    /// resume` finishes the call and prints its results.
+    #[arg(long, value_name = "NAME")]
+    invoke: Option<String>,
     /// The module to run.
     module: PathBuf,
-    /// Arguments passed to the guest after its name.
+    /// Arguments passed to the guest after its name (with --invoke, the export's arguments
+    /// too: integers in decimal or 0x hexadecimal, floats as 1.5, inf or NaN).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
@@ -292,7 +299,8 @@ fn split_mapping(spec: &str) -> (String, String) {
 
 /// How a run ended, for the exit status.
 enum Ended {
-    Exit(Exit),
+    /// The guest exited; a call of a library module's export returned these results.
+    Exit(Exit, Vec<Value>),
     Checkpointed,
 }
 
@@ -303,6 +311,9 @@ fn run(args: RunArgs) -> Result<Ended> {
     let mut setup = args.guest.setup(&args.module, &args.args)?;
     setup.wake = host_io(&args.checkpoint)?.wake;
     let process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
+    if let Some(export) = &args.invoke {
+        return invoke(&args, export, &wasm, &setup.dirs, process);
+    }
     if !args.checkpoint.wanted() {
         let engine: Box<dyn Engine> = match args.backend {
             #[cfg(feature = "wasmtime")]
@@ -314,7 +325,7 @@ fn run(args: RunArgs) -> Result<Ended> {
         let finished = engine
             .run(&wasm, process)
             .with_context(|| format!("cannot run `{}`", args.module.display()))?;
-        return Ok(Ended::Exit(finished.exit));
+        return Ok(Ended::Exit(finished.exit, Vec::new()));
     }
     let instrumented = checkpoint::instrumented(&wasm, args.checkpoint.safepoints)?;
     drive(
@@ -325,6 +336,51 @@ fn run(args: RunArgs) -> Result<Ended> {
         &setup.dirs,
         process,
     )
+}
+
+/// `tabi run --invoke`: calls `export` of the rewritten module with `args.args` read as its
+/// parameters' types, writing snapshots as `args.checkpoint` asks.
+fn invoke(
+    args: &RunArgs,
+    export: &str,
+    wasm: &[u8],
+    dirs: &[(PathBuf, String)],
+    process: tabi_libos::Process,
+) -> Result<Ended> {
+    let params = checkpoint::export_params(wasm, export)
+        .with_context(|| format!("cannot invoke `{export}`"))?;
+    if params.len() != args.args.len() {
+        bail!(
+            "export `{export}` takes {} argument{} ({}), not {}",
+            params.len(),
+            if params.len() == 1 { "" } else { "s" },
+            params.join(", "),
+            args.args.len()
+        );
+    }
+    let values = params
+        .iter()
+        .zip(&args.args)
+        .enumerate()
+        .map(|(i, (ty, text))| {
+            checkpoint::parse_value(ty, text)
+                .with_context(|| format!("argument {} of `{export}`", i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let instrumented = checkpoint::instrumented(wasm, args.checkpoint.safepoints)?;
+    let mut checkpointer = Checkpointer::new(&args.checkpoint, wasm, &instrumented, dirs);
+    let outcome = checkpoint::invoke_with(
+        args.backend.into(),
+        &instrumented,
+        process,
+        control(&args.checkpoint)?,
+        checkpoint::Invoke {
+            export,
+            args: &values,
+        },
+        &mut |view| checkpointer.at_pause(view),
+    );
+    ended(outcome, checkpointer.failure)
 }
 
 /// The flag SIGUSR1 raises, when checkpoints on signal are asked for. Installed once per
@@ -373,7 +429,7 @@ fn ended(outcome: Result<Outcome>, failure: Option<anyhow::Error>) -> Result<End
         return Err(e);
     }
     Ok(match outcome? {
-        Outcome::Finished(f) => Ended::Exit(f.exit),
+        Outcome::Finished(f) => Ended::Exit(f.exit, f.results),
         Outcome::Paused(_) => Ended::Checkpointed,
     })
 }
@@ -699,7 +755,10 @@ fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
 
 fn status(r: Result<Ended>) -> ExitCode {
     match r {
-        Ok(Ended::Exit(exit)) => {
+        Ok(Ended::Exit(exit, results)) => {
+            for v in &results {
+                println!("{}", checkpoint::show_value(v));
+            }
             match &exit {
                 Exit::Trap(reason) => eprintln!("tabi: guest trapped: {reason}"),
                 Exit::Signal(sig) => eprintln!("tabi: guest terminated by signal {sig}"),

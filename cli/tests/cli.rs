@@ -201,3 +201,91 @@ fn instrument_writes_a_module_that_runs_the_same() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tabi: error: cannot instrument"));
 }
+
+/// `--invoke` calls a library module's export with typed arguments and prints its results;
+/// a checkpoint inside the export resumes on the other backend, which finishes the call and
+/// prints the results, and the two parts print what the plain call does.
+#[test]
+fn invoke_calls_an_export_and_a_checkpoint_inside_it_resumes() {
+    let mut want = String::new();
+    let mut sum = 0i64;
+    for i in 1..=4i64 {
+        sum += i * i;
+        want += &format!("square {i} -> {sum}\n");
+    }
+    want += &format!("{sum}\n");
+    for backend in ["wasmtime", "wasmi"] {
+        let out = tabi()
+            .args(["run", "--backend", backend, "--invoke", "squares"])
+            .args([guests::REACTOR, "4"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{backend}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{backend}");
+    }
+    // A float parameter and result; a fresh instance's journal is empty.
+    let out = tabi()
+        .args(["run", "--invoke", "replay", guests::REACTOR, "2.5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+    let dir = tempfile::tempdir().unwrap();
+    for (after, (first, then)) in (1..=4).zip(
+        [("wasmtime", "wasmi"), ("wasmi", "wasmtime")]
+            .iter()
+            .cycle(),
+    ) {
+        let snap = dir.path().join(format!("s{after}.snap"));
+        let part1 = tabi()
+            .args([
+                "run",
+                "--backend",
+                first,
+                "--invoke",
+                "squares",
+                "--checkpoint-after",
+            ])
+            .arg(after.to_string())
+            .arg("--snapshot")
+            .arg(&snap)
+            .args([guests::REACTOR, "4"])
+            .output()
+            .unwrap();
+        assert_eq!(part1.status.code(), Some(75), "after {after}");
+        let part2 = tabi()
+            .args(["resume", "--backend", then])
+            .arg(&snap)
+            .output()
+            .unwrap();
+        assert_eq!(part2.status.code(), Some(0), "after {after}");
+        let both = [part1.stdout, part2.stdout].concat();
+        assert_eq!(String::from_utf8_lossy(&both), want, "after {after}");
+    }
+}
+
+/// What `--invoke` cannot call, or call with the arguments given, is a one-line error.
+#[test]
+fn invoke_refuses_what_it_cannot_call() {
+    for (export, args, says) in [
+        ("squares", &[][..], "takes 1 argument (i32), not 0"),
+        ("squares", &["x"][..], "`x` is not an i32"),
+        ("squares", &["4294967296"][..], "is not an i32"),
+        ("nope", &[][..], "exports no function `nope`"),
+        ("memory", &[][..], "`memory` is not a function"),
+    ] {
+        let out = tabi()
+            .args(["run", "--invoke", export, guests::REACTOR])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{export} {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{export} {args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{export} {args:?}: {err}"
+        );
+    }
+}
