@@ -296,7 +296,8 @@ pub fn invoke_with(
         on_pause: &mut OnPause<'_>,
     ) -> Result<Driven, tabi_libos::EngineError> {
         for init in [START_EXPORT, "_initialize"] {
-            if !m.has_export(init) {
+            // Invoking `_initialize` itself calls it once.
+            if init == invoke.export || !m.has_export(init) {
                 continue;
             }
             let start = Start::Call {
