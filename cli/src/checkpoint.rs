@@ -348,6 +348,30 @@ pub fn invoke_with(
     })
 }
 
+/// The arguments `texts` for function export `export` of `wasm`, read by its parameter types
+/// with [`parse_value`]; an error names the export and the argument that does not fit.
+pub fn invoke_values(wasm: &[u8], export: &str, texts: &[String]) -> Result<Vec<Value>> {
+    let params =
+        export_params(wasm, export).with_context(|| format!("cannot invoke `{export}`"))?;
+    if params.len() != texts.len() {
+        bail!(
+            "export `{export}` takes {} argument{} ({}), not {}",
+            params.len(),
+            if params.len() == 1 { "" } else { "s" },
+            params.join(", "),
+            texts.len()
+        );
+    }
+    params
+        .iter()
+        .zip(texts)
+        .enumerate()
+        .map(|(i, (ty, text))| {
+            parse_value(ty, text).with_context(|| format!("argument {} of `{export}`", i + 1))
+        })
+        .collect()
+}
+
 /// The parameter types of function export `name` of `wasm`, by their text-format names
 /// (`i32`, `i64`, `f32`, `f64`, `v128`, or a reference type).
 pub fn export_params(wasm: &[u8], name: &str) -> Result<Vec<String>> {

@@ -8,6 +8,10 @@
 //! checkpoint it also checks that the output so far is a prefix of the plain run's, so that a
 //! divergence is reported at the migration where it first shows.
 //!
+//! A library module is tested through one of its exports with [`migrate_test_with`]: the
+//! plain run calls it on the instrumented module without pausing (tabi has no plain export
+//! call), the migrated run pauses inside it, and the export's results are compared too.
+//!
 //! Host directories (`Setup::dirs`) are copied to a fresh temporary directory for each run, so
 //! runs neither see nor disturb one another, and their contents are compared at the end. Use
 //! `Setup::deterministic` for guests that read clocks or random numbers.
@@ -17,10 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::Stdio;
-use tabi_libos::machine::{Outcome, PauseControl};
+use tabi_libos::machine::{AfterPause, Outcome, PauseControl, Value};
 use tabi_libos::{Engine, Exit, Kernel};
 
-use crate::checkpoint::{self, Backend, Setup};
+use crate::checkpoint::{self, Backend, Invoke, Setup};
 
 /// A difference between the plain run and a migrated one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +59,8 @@ struct Observed {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     exit: String,
+    /// An invoked export's results, as `tabi run --invoke` prints them.
+    results: Vec<String>,
     memory_files: Vec<(String, String, Vec<u8>)>,
     host_files: Vec<Vec<(String, Vec<u8>)>>,
 }
@@ -130,6 +136,7 @@ fn observe(
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     exit: &Exit,
+    results: &[Value],
     kernel: &Kernel,
 ) -> Result<Observed> {
     let mut host_files = Vec::new();
@@ -146,6 +153,7 @@ fn observe(
         stdout,
         stderr,
         exit: exit_key(exit),
+        results: results.iter().map(checkpoint::show_value).collect(),
         memory_files: if has_memory_files {
             kernel
                 .fs()
@@ -183,6 +191,12 @@ fn describe(expected: &Observed, got: &Observed) -> String {
             expected.exit, got.exit
         ));
     }
+    if expected.results != got.results {
+        parts.push(format!(
+            "results differ: expected {:?}, got {:?}",
+            expected.results, got.results
+        ));
+    }
     if expected.memory_files != got.memory_files {
         parts.push("the in-memory file tree differs".into());
     }
@@ -200,6 +214,20 @@ pub fn migrate_test(
     setup: &Setup,
     every: u64,
     backends: &[Backend],
+) -> Result<Report> {
+    migrate_test_with(original, setup, every, backends, None)
+}
+
+/// [`migrate_test`], or, with `invoke`, the same for a call of a library module's export (as
+/// `tabi run --invoke` makes it): the start function and `_initialize` run first without
+/// pausing, the checkpoints are taken inside the export, and its results are compared too.
+/// The plain run then calls the export on the instrumented module, never pausing.
+pub fn migrate_test_with(
+    original: &[u8],
+    setup: &Setup,
+    every: u64,
+    backends: &[Backend],
+    invoke: Option<Invoke<'_>>,
 ) -> Result<Report> {
     anyhow::ensure!(every > 0, "--every must be at least 1");
     anyhow::ensure!(!backends.is_empty(), "no backends to test on");
@@ -227,13 +255,25 @@ pub fn migrate_test(
     let (out, out_buf) = Stdio::buffer();
     let (err, err_buf) = Stdio::buffer();
     let process = plain_setup.process(out, err)?;
-    let finished = checkpoint::on_guest_stack(|| Ok(plain_engine().run(original, process)?))
-        .context("the plain run failed")?;
+    let finished = match invoke {
+        None => checkpoint::on_guest_stack(|| Ok(plain_engine().run(original, process)?)),
+        Some(call) => {
+            let never = PauseControl::never();
+            let go_on: &mut checkpoint::OnPause<'_> = &mut |_| Ok(AfterPause::Continue);
+            match checkpoint::invoke_with(PLAIN, &instrumented, process, never, call, go_on) {
+                Ok(Outcome::Finished(f)) => Ok(f),
+                Ok(Outcome::Paused(_)) => Err(anyhow!("a run that never pauses paused")),
+                Err(e) => Err(e),
+            }
+        }
+    }
+    .context("the plain run failed")?;
     let expected = observe(
         &plain_setup,
         take(&out_buf),
         take(&err_buf),
         &finished.exit,
+        &finished.results,
         &finished.process.kernel,
     )?;
 
@@ -255,7 +295,13 @@ pub fn migrate_test(
         let backend = backends[turn % backends.len()];
         let control = PauseControl::after(every);
         let outcome = match (process.take(), snapshot.take()) {
-            (Some(p), _) => checkpoint::run(backend, &instrumented, p, control, None)?,
+            (Some(p), _) => match invoke {
+                None => checkpoint::run(backend, &instrumented, p, control, None)?,
+                Some(call) => {
+                    let stop: &mut checkpoint::OnPause<'_> = &mut |_| Ok(AfterPause::Stop);
+                    checkpoint::invoke_with(backend, &instrumented, p, control, call, stop)?
+                }
+            },
             (None, Some(bytes)) => {
                 // Each part writes to buffers of its own host.
                 let (out, ob) = Stdio::buffer();
@@ -283,7 +329,14 @@ pub fn migrate_test(
         stderr.extend(take(&err_buf));
         match outcome {
             Outcome::Finished(f) => {
-                let got = observe(&run_setup, stdout, stderr, &f.exit, &f.process.kernel)?;
+                let got = observe(
+                    &run_setup,
+                    stdout,
+                    stderr,
+                    &f.exit,
+                    &f.results,
+                    &f.process.kernel,
+                )?;
                 if got != expected && report.divergences.is_empty() {
                     report.divergences.push(Divergence {
                         point: report.last_point,
@@ -323,6 +376,13 @@ pub fn migrate_test(
         }
     }
 }
+
+/// The backend of the plain run: wasmtime, or wasmi in a build without it.
+const PLAIN: Backend = if cfg!(feature = "wasmtime") {
+    Backend::Wasmtime
+} else {
+    Backend::Wasmi
+};
 
 /// The engine of the plain run: wasmtime, or wasmi in a build without it.
 fn plain_engine() -> Box<dyn Engine> {

@@ -9,4 +9,4 @@ pub mod harness;
 mod outfile;
 
 pub use checkpoint::{Backend, Setup};
-pub use harness::{Divergence, Report, migrate_test};
+pub use harness::{Divergence, Report, migrate_test, migrate_test_with};

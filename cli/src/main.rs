@@ -92,6 +92,10 @@ struct MigrateTestArgs {
     backends: Vec<Backend>,
     #[command(flatten)]
     guest: GuestArgs,
+    /// Call this function export of a library module instead of `_start`, with ARGS as its
+    /// arguments (as `tabi run --invoke` does), and compare its results too.
+    #[arg(long, value_name = "NAME")]
+    invoke: Option<String>,
     /// The module to test.
     module: PathBuf,
     /// Arguments passed to the guest after its name.
@@ -347,26 +351,7 @@ fn invoke(
     dirs: &[(PathBuf, String)],
     process: tabi_libos::Process,
 ) -> Result<Ended> {
-    let params = checkpoint::export_params(wasm, export)
-        .with_context(|| format!("cannot invoke `{export}`"))?;
-    if params.len() != args.args.len() {
-        bail!(
-            "export `{export}` takes {} argument{} ({}), not {}",
-            params.len(),
-            if params.len() == 1 { "" } else { "s" },
-            params.join(", "),
-            args.args.len()
-        );
-    }
-    let values = params
-        .iter()
-        .zip(&args.args)
-        .enumerate()
-        .map(|(i, (ty, text))| {
-            checkpoint::parse_value(ty, text)
-                .with_context(|| format!("argument {} of `{export}`", i + 1))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let values = checkpoint::invoke_values(wasm, export, &args.args)?;
     let instrumented = checkpoint::instrumented(wasm, args.checkpoint.safepoints)?;
     let mut checkpointer = Checkpointer::new(&args.checkpoint, wasm, &instrumented, dirs);
     let outcome = checkpoint::invoke_with(
@@ -729,7 +714,16 @@ fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
         setup.stdin = input;
     }
     let backends: Vec<checkpoint::Backend> = args.backends.iter().map(|&b| b.into()).collect();
-    let report = tabi_cli::migrate_test(&wasm, &setup, args.every, &backends)?;
+    let values = match &args.invoke {
+        Some(export) => checkpoint::invoke_values(&wasm, export, &args.args)?,
+        None => Vec::new(),
+    };
+    let invoke = args.invoke.as_deref().map(|export| checkpoint::Invoke {
+        export,
+        args: &values,
+    });
+    let report =
+        tabi_cli::harness::migrate_test_with(&wasm, &setup, args.every, &backends, invoke)?;
     let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
     println!(
         "migrate-test: {} checkpoints (every {} migration points, across {}), {} snapshot bytes",
@@ -748,7 +742,14 @@ fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
         );
     }
     if report.divergences.is_empty() {
-        println!("ok: output, exit status and files match the uninterrupted run");
+        println!(
+            "ok: output, exit status{} and files match the uninterrupted run",
+            if args.invoke.is_some() {
+                ", results"
+            } else {
+                ""
+            }
+        );
     }
     Ok(report.divergences.is_empty())
 }

@@ -341,3 +341,27 @@ fn invoke_runs_the_start_function_and_initialize_first() {
         }
     }
 }
+
+/// `tabi migrate-test --invoke` checkpoints inside the export and compares its results.
+#[test]
+fn migrate_test_invokes_an_export() {
+    let out = tabi()
+        .args(["migrate-test", "--every", "1", "--invoke", "squares"])
+        .args([guests::REACTOR, "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("migrate-test: 3 checkpoints"), "{text}");
+    assert!(
+        text.contains("ok: output, exit status, results and files match"),
+        "{text}"
+    );
+    let out = tabi()
+        .args(["migrate-test", "--invoke", "squares", guests::REACTOR])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("takes 1 argument (i32), not 0"), "{err}");
+}

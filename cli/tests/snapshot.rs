@@ -594,3 +594,60 @@ fn a_signal_checkpoint_lets_the_guest_go_on_in_place() {
     assert_eq!(b.status.code(), Some(0), "{b:?}");
     assert!(plain.stdout.ends_with(&b.stdout), "{b:?}");
 }
+
+/// The harness tests a library module through an export: the C reactor's `squares` is
+/// checkpointed at each of its migration points and its result compared. An export whose
+/// result reads the real-time clock diverges in its results unless the clocks are virtual.
+#[test]
+fn migrate_test_checks_an_invoked_export_and_its_results() {
+    use tabi_cli::checkpoint::Invoke;
+    use tabi_libos::machine::Value;
+    let reactor = std::fs::read(guests::REACTOR).unwrap();
+    let call = Invoke {
+        export: "squares",
+        args: &[Value::I32(5)],
+    };
+    for every in [1, 2] {
+        let report = tabi_cli::migrate_test_with(
+            &reactor,
+            &Setup::default(),
+            every,
+            &Backend::ALL,
+            Some(call),
+        )
+        .unwrap();
+        assert!(report.divergences.is_empty(), "{:?}", report.divergences);
+        // One fd_write a line: five points.
+        assert_eq!(report.checkpoints, 5 / every, "every {every}");
+    }
+    let clock = wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "clock_time_get"
+            (func $now (param i32 i64 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "now") (result i64)
+            (drop (call $now (i32.const 0) (i64.const 1) (i32.const 0)))
+            (drop (call $now (i32.const 0) (i64.const 1) (i32.const 8)))
+            (i64.add (i64.load (i32.const 0)) (i64.load (i32.const 8)))))"#,
+    )
+    .unwrap();
+    let call = Invoke {
+        export: "now",
+        args: &[],
+    };
+    let real = tabi_cli::migrate_test_with(&clock, &Setup::default(), 1, &Backend::ALL, Some(call))
+        .unwrap();
+    assert_eq!(real.divergences.len(), 1, "{real:?}");
+    assert!(
+        real.divergences[0].what.starts_with("results differ"),
+        "{real:?}"
+    );
+    let virtual_clocks = Setup {
+        deterministic: Some(0),
+        ..Setup::default()
+    };
+    let report =
+        tabi_cli::migrate_test_with(&clock, &virtual_clocks, 1, &Backend::ALL, Some(call)).unwrap();
+    assert!(report.divergences.is_empty(), "{:?}", report.divergences);
+    assert_eq!(report.checkpoints, 2);
+}
