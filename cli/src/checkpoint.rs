@@ -242,27 +242,12 @@ pub fn run_with(
             Some(state) => Start::Resume(state),
             None => Start::Fresh,
         };
-        Ok(match backend {
-            // A run that ends while its instance is made (a segment that does not fit) ends
-            // as it would in `_start`.
-            #[cfg(feature = "wasmtime")]
-            Backend::Wasmtime => {
-                let (e, m) = compiled_wasmtime(wasm)?;
-                match e.begin(&m, process, control, Points::all())? {
-                    Ok(session) => session.run_with(start, on_pause)?,
-                    Err(finished) => Outcome::Finished(finished),
-                }
-            }
-            #[cfg(not(feature = "wasmtime"))]
-            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
-            Backend::Wasmi => {
-                let (e, m) = compiled_wasmi(wasm)?;
-                match e.begin(&m, process, control, Points::all())? {
-                    Ok(session) => session.run_with(start, on_pause)?,
-                    Err(finished) => Outcome::Finished(finished),
-                }
-            }
-        })
+        // A run that ends while its instance is made (a segment that does not fit) ends as
+        // it would in `_start`.
+        match AnySession::begin(backend, wasm, process, control)? {
+            Ok(session) => session.run_with(start, on_pause),
+            Err(finished) => Ok(Outcome::Finished(finished)),
+        }
     })
 }
 
@@ -320,30 +305,12 @@ pub fn invoke_with(
     // Until the export is called nothing pauses; a checkpoint the guest asks for is let go.
     let quiet = PauseControl::never();
     on_guest_stack(|| {
-        Ok(match backend {
-            #[cfg(feature = "wasmtime")]
-            Backend::Wasmtime => {
-                let (e, m) = compiled_wasmtime(wasm)?;
-                match e.begin(&m, process, quiet, Points::all())? {
-                    Ok(mut session) => {
-                        let driven = go(&mut session, control, invoke, on_pause)?;
-                        Outcome::of(driven, session.points(), session.into_process())
-                    }
-                    Err(finished) => Outcome::Finished(finished),
-                }
+        Ok(match AnySession::begin(backend, wasm, process, quiet)? {
+            Ok(mut session) => {
+                let driven = go(session.machine(), control, invoke, on_pause)?;
+                session.finish(driven)
             }
-            #[cfg(not(feature = "wasmtime"))]
-            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
-            Backend::Wasmi => {
-                let (e, m) = compiled_wasmi(wasm)?;
-                match e.begin(&m, process, quiet, Points::all())? {
-                    Ok(mut session) => {
-                        let driven = go(&mut session, control, invoke, on_pause)?;
-                        Outcome::of(driven, session.points(), session.into_process())
-                    }
-                    Err(finished) => Outcome::Finished(finished),
-                }
-            }
+            Err(finished) => Outcome::Finished(finished),
         })
     })
 }
@@ -1105,6 +1072,41 @@ enum AnySession {
 }
 
 impl AnySession {
+    /// A session of instrumented `wasm` on `backend`; `Ok(Err(finished))` when the guest's
+    /// run ended while its instance was made.
+    fn begin(
+        backend: Backend,
+        wasm: &[u8],
+        process: Process,
+        control: PauseControl,
+    ) -> Result<Result<AnySession, tabi_libos::Finished>> {
+        Ok(match backend {
+            #[cfg(feature = "wasmtime")]
+            Backend::Wasmtime => {
+                let (e, m) = compiled_wasmtime(wasm)?;
+                e.begin(&m, process, control, Points::all())?
+                    .map(AnySession::Wasmtime)
+            }
+            #[cfg(not(feature = "wasmtime"))]
+            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
+            Backend::Wasmi => {
+                let (e, m) = compiled_wasmi(wasm)?;
+                e.begin(&m, process, control, Points::all())?
+                    .map(|s| AnySession::Wasmi(Box::new(s)))
+            }
+        })
+    }
+
+    /// The outcome of the session, which ended with `driven`.
+    fn finish(self, driven: Driven) -> Outcome {
+        let (points, process) = match self {
+            #[cfg(feature = "wasmtime")]
+            AnySession::Wasmtime(s) => (s.points(), s.into_process()),
+            AnySession::Wasmi(s) => (s.points(), s.into_process()),
+        };
+        Outcome::of(driven, points, process)
+    }
+
     fn machine(&mut self) -> &mut dyn Machine {
         match self {
             #[cfg(feature = "wasmtime")]
@@ -1158,19 +1160,8 @@ impl Loader<'_> {
         // memories, has been read and its mounts granted again.
         let process = Process::new(Kernel::new(), StdHost::new());
         let control = self.control.take().unwrap_or_else(PauseControl::never);
-        let session = match self.backend {
-            #[cfg(feature = "wasmtime")]
-            Backend::Wasmtime => {
-                let (e, m) = compiled_wasmtime(&wasm)?;
-                AnySession::Wasmtime(e.session(&m, process, control, Points::all())?)
-            }
-            #[cfg(not(feature = "wasmtime"))]
-            Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
-            Backend::Wasmi => {
-                let (e, m) = compiled_wasmi(&wasm)?;
-                AnySession::Wasmi(Box::new(e.session(&m, process, control, Points::all())?))
-            }
-        };
+        let begun = AnySession::begin(self.backend, &wasm, process, control)?;
+        let session = machine::session_or_error(begun)?;
         self.modules = Some((original, wasm));
         Ok(session)
     }

@@ -334,8 +334,7 @@ fn instrument_with(
     options: &Options,
     threads: Option<usize>,
 ) -> Result<Output, Error> {
-    // A component's header is the Wasm magic, then version 13 and layer 1.
-    if wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [0x0d, 0x00, 0x01, 0x00] {
+    if wasmparser::Parser::is_component(wasm) {
         return Err(Error::Invalid(
             "this is a WebAssembly component (the component model, as WASI 0.2 builds are), \
              not a core module; the rewrite takes core modules"

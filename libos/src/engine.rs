@@ -99,8 +99,9 @@ pub fn component_error(wasm: &[u8]) -> Option<EngineError> {
 }
 
 /// Whether `wasm` starts with a component's header: the Wasm magic, then version 13 and
-/// layer 1 (a core module has version 1, layer 0).
-pub fn is_component(wasm: &[u8]) -> bool {
+/// layer 1 (a core module has version 1, layer 0). The kernel has no Wasm parser; the rewrite
+/// asks `wasmparser::Parser::is_component`.
+fn is_component(wasm: &[u8]) -> bool {
     wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [0x0d, 0x00, 0x01, 0x00]
 }
 
