@@ -9,6 +9,9 @@
 //! - The guest is compiled, then run once to warm up (wasmi translates functions when they
 //!   are first called), then run again inside `measured_run`: the function a counting tool
 //!   should be limited to.
+//! - With `TABI_REPEAT=N` it then times N more runs in the same process and prints their
+//!   median and minimum: compiled code and caches stay warm, so two variants' times compare
+//!   with less of the noise of separate processes (still only roughly on a shared machine).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -101,6 +104,25 @@ fn main() -> ExitCode {
     let t = Instant::now();
     measured_run(&compiled, pausable, &spec);
     eprintln!("measured run: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+    let repeat: usize = std::env::var("TABI_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if repeat > 0 {
+        let mut times: Vec<f64> = (0..repeat)
+            .map(|_| {
+                let t = Instant::now();
+                measured_run(&compiled, pausable, &spec);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{repeat} more runs: median {:.3} ms, minimum {:.3} ms",
+            times[repeat / 2],
+            times[0]
+        );
+    }
     eprintln!("in all: {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
     ExitCode::SUCCESS
 }
