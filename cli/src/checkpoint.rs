@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::{StdHost, Stdio};
 use tabi_libos::machine::{
     self, AfterPause, Driven, Machine, MachineState, Outcome, PauseControl, PauseView, Points,
-    START_EXPORT, Start, Value,
+    Start, Value,
 };
 use tabi_libos::{Kernel, MountKind, Object, Process};
 use tabi_snapshot::{HostMount, Snapshot};
@@ -185,6 +185,40 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     Ok(out.wasm)
 }
 
+/// The module in file `path`: a binary module as it is, or one in the WebAssembly text format
+/// (`.wat`) translated to binary, as `wasmtime run` accepts both. A file that is neither is an
+/// error of one line: text names where it stops parsing, other bytes that they lack the
+/// binary format's header.
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read module `{}`", path.display()))?;
+    if bytes.starts_with(b"\0asm") {
+        return Ok(bytes);
+    }
+    if std::str::from_utf8(&bytes).is_err() {
+        bail!(
+            "invalid module: `{}` is neither a WebAssembly binary (it lacks the `\\0asm` header) \
+             nor WebAssembly text",
+            path.display()
+        );
+    }
+    wat::Parser::new()
+        .parse_bytes(Some(path), &bytes)
+        .map(|wasm| wasm.into_owned())
+        .map_err(|e| {
+            // The parser's message spans lines (the place, then the line of text): keep the
+            // message and the place.
+            let text = e.to_string();
+            let mut lines = text.lines().map(str::trim);
+            let message = lines.next().unwrap_or_default();
+            let place = lines
+                .next()
+                .and_then(|l| l.strip_prefix("--> "))
+                .unwrap_or_default();
+            anyhow!("invalid module: cannot read WebAssembly text: {message} (at {place})")
+        })
+}
+
 /// Runs `f` on a thread with a stack large enough for the engines' deepest guests.
 pub fn on_guest_stack<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|s| {
@@ -274,44 +308,19 @@ pub fn invoke_with(
     invoke: Invoke<'_>,
     on_pause: &mut OnPause<'_>,
 ) -> Result<Outcome> {
-    fn go(
-        m: &mut dyn Machine,
-        control: PauseControl,
-        invoke: Invoke<'_>,
-        on_pause: &mut OnPause<'_>,
-    ) -> Result<Driven, tabi_libos::EngineError> {
-        for init in [START_EXPORT, "_initialize"] {
-            // Invoking `_initialize` itself calls it once.
-            if init == invoke.export || !m.has_export(init) {
-                continue;
-            }
-            let start = Start::Call {
-                export: init,
-                args: &[],
-            };
-            match machine::drive_with(m, start, &mut |_| Ok(AfterPause::Continue))? {
-                Driven::Returned(_) => {}
-                // It exited or trapped: the run ends there.
-                ended => return Ok(ended),
-            }
-        }
-        *m.control() = control;
-        let start = Start::Call {
-            export: invoke.export,
-            args: invoke.args,
-        };
-        machine::drive_with(m, start, on_pause)
-    }
-    // Until the export is called nothing pauses; a checkpoint the guest asks for is let go.
-    let quiet = PauseControl::never();
     on_guest_stack(|| {
-        Ok(match AnySession::begin(backend, wasm, process, quiet)? {
-            Ok(mut session) => {
-                let driven = go(session.machine(), control, invoke, on_pause)?;
-                session.finish(driven)
-            }
-            Err(finished) => Outcome::Finished(finished),
-        })
+        // `machine::invoke` puts `control` in place when it calls the export.
+        Ok(
+            match AnySession::begin(backend, wasm, process, PauseControl::never())? {
+                Ok(mut session) => {
+                    let (export, args) = (invoke.export, invoke.args);
+                    let driven =
+                        machine::invoke(session.machine(), control, export, args, on_pause)?;
+                    session.finish(driven)
+                }
+                Err(finished) => Outcome::Finished(finished),
+            },
+        )
     })
 }
 
@@ -926,9 +935,7 @@ fn modules_for_head(
     module: Option<&Path>,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     let original = match (module, head.module) {
-        (Some(p), _) => {
-            std::fs::read(p).with_context(|| format!("cannot read module `{}`", p.display()))?
-        }
+        (Some(p), _) => read_module(p)?,
         (None, Some(m)) => m.to_vec(),
         (None, None) => bail!("the snapshot does not carry its module; pass it with --module"),
     };

@@ -9,8 +9,8 @@
 //! divergence is reported at the migration where it first shows.
 //!
 //! A library module is tested through one of its exports with [`migrate_test_with`]: the
-//! plain run calls it on the instrumented module without pausing (tabi has no plain export
-//! call), the migrated run pauses inside it, and the export's results are compared too.
+//! plain run calls it on the original module ([`tabi_libos::Engine::invoke`]), the migrated
+//! run pauses inside it, and the export's results are compared too.
 //!
 //! Host directories (`Setup::dirs`) are copied to a fresh temporary directory for each run, so
 //! runs neither see nor disturb one another, and their contents are compared at the end. Use
@@ -221,7 +221,7 @@ pub fn migrate_test(
 /// [`migrate_test`], or, with `invoke`, the same for a call of a library module's export (as
 /// `tabi run --invoke` makes it): the start function and `_initialize` run first without
 /// pausing, the checkpoints are taken inside the export, and its results are compared too.
-/// The plain run then calls the export on the instrumented module, never pausing.
+/// The plain run calls the export of the original module.
 pub fn migrate_test_with(
     original: &[u8],
     setup: &Setup,
@@ -255,18 +255,12 @@ pub fn migrate_test_with(
     let (out, out_buf) = Stdio::buffer();
     let (err, err_buf) = Stdio::buffer();
     let process = plain_setup.process(out, err)?;
-    let finished = match invoke {
-        None => checkpoint::on_guest_stack(|| Ok(plain_engine().run(original, process)?)),
-        Some(call) => {
-            let never = PauseControl::never();
-            let go_on: &mut checkpoint::OnPause<'_> = &mut |_| Ok(AfterPause::Continue);
-            match checkpoint::invoke_with(PLAIN, &instrumented, process, never, call, go_on) {
-                Ok(Outcome::Finished(f)) => Ok(f),
-                Ok(Outcome::Paused(_)) => Err(anyhow!("a run that never pauses paused")),
-                Err(e) => Err(e),
-            }
-        }
-    }
+    let finished = checkpoint::on_guest_stack(|| {
+        Ok(match invoke {
+            None => plain_engine().run(original, process)?,
+            Some(call) => plain_engine().invoke(original, process, call.export, call.args)?,
+        })
+    })
     .context("the plain run failed")?;
     let expected = observe(
         &plain_setup,
@@ -376,13 +370,6 @@ pub fn migrate_test_with(
         }
     }
 }
-
-/// The backend of the plain run: wasmtime, or wasmi in a build without it.
-const PLAIN: Backend = if cfg!(feature = "wasmtime") {
-    Backend::Wasmtime
-} else {
-    Backend::Wasmi
-};
 
 /// The engine of the plain run: wasmtime, or wasmi in a build without it.
 fn plain_engine() -> Box<dyn Engine> {

@@ -156,8 +156,7 @@ struct InstrumentArgs {
 }
 
 fn instrument(args: InstrumentArgs) -> Result<()> {
-    let wasm = std::fs::read(&args.input)
-        .with_context(|| format!("cannot read module `{}`", args.input.display()))?;
+    let wasm = checkpoint::read_module(&args.input)?;
     let mut options = tabi_instrument::Options {
         safepoints: args.safepoints,
         ..Default::default()
@@ -310,8 +309,7 @@ enum Ended {
 
 fn run(args: RunArgs) -> Result<Ended> {
     signal_flag(&args.checkpoint)?;
-    let wasm = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read module `{}`", args.module.display()))?;
+    let wasm = checkpoint::read_module(&args.module)?;
     let mut setup = args.guest.setup(&args.module, &args.args)?;
     setup.wake = host_io(&args.checkpoint)?.wake;
     let process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
@@ -319,14 +317,7 @@ fn run(args: RunArgs) -> Result<Ended> {
         return invoke(&args, export, &wasm, &setup.dirs, process);
     }
     if !args.checkpoint.wanted() {
-        let engine: Box<dyn Engine> = match args.backend {
-            #[cfg(feature = "wasmtime")]
-            Backend::Wasmtime => Box::new(tabi_wasmtime::Wasmtime::new()),
-            #[cfg(not(feature = "wasmtime"))]
-            Backend::Wasmtime => anyhow::bail!(checkpoint::WITHOUT_WASMTIME),
-            Backend::Wasmi => Box::new(tabi_wasmi::Wasmi::new()),
-        };
-        let finished = engine
+        let finished = plain_engine(args.backend)?
             .run(&wasm, process)
             .with_context(|| format!("cannot run `{}`", args.module.display()))?;
         return Ok(Ended::Exit(finished.exit, Vec::new()));
@@ -342,8 +333,20 @@ fn run(args: RunArgs) -> Result<Ended> {
     )
 }
 
-/// `tabi run --invoke`: calls `export` of the rewritten module with `args.args` read as its
-/// parameters' types, writing snapshots as `args.checkpoint` asks.
+/// The engine of `backend`, for a run of a module as it is.
+fn plain_engine(backend: Backend) -> Result<Box<dyn Engine>> {
+    Ok(match backend {
+        #[cfg(feature = "wasmtime")]
+        Backend::Wasmtime => Box::new(tabi_wasmtime::Wasmtime::new()),
+        #[cfg(not(feature = "wasmtime"))]
+        Backend::Wasmtime => anyhow::bail!(checkpoint::WITHOUT_WASMTIME),
+        Backend::Wasmi => Box::new(tabi_wasmi::Wasmi::new()),
+    })
+}
+
+/// `tabi run --invoke`: calls `export` with `args.args` read as its parameters' types. Without
+/// checkpoints that is a call of the module as it is; with them, of its rewrite, writing
+/// snapshots as `args.checkpoint` asks.
 fn invoke(
     args: &RunArgs,
     export: &str,
@@ -352,6 +355,13 @@ fn invoke(
     process: tabi_libos::Process,
 ) -> Result<Ended> {
     let values = checkpoint::invoke_values(wasm, export, &args.args)?;
+    if !args.checkpoint.wanted() {
+        let finished = checkpoint::on_guest_stack(|| {
+            Ok(plain_engine(args.backend)?.invoke(wasm, process, export, &values)?)
+        })
+        .with_context(|| format!("cannot run `{}`", args.module.display()))?;
+        return Ok(Ended::Exit(finished.exit, finished.results));
+    }
     let instrumented = checkpoint::instrumented(wasm, args.checkpoint.safepoints)?;
     let mut checkpointer = Checkpointer::new(&args.checkpoint, wasm, &instrumented, dirs);
     let outcome = checkpoint::invoke_with(
@@ -703,8 +713,7 @@ fn describe_object(o: &tabi_libos::Object) -> String {
 }
 
 fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
-    let wasm = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read module `{}`", args.module.display()))?;
+    let wasm = checkpoint::read_module(&args.module)?;
     let mut setup = args.guest.setup(&args.module, &args.args)?;
     let stdin = std::io::stdin();
     if !std::io::IsTerminal::is_terminal(&stdin) {

@@ -318,28 +318,136 @@ fn invoke_runs_the_start_function_and_initialize_first() {
         print(32, 5),
         print(48, 6)
     );
+    // `tabi run` reads the text format as wasmtime does.
     let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path().join("lib.wasm");
-    std::fs::write(&lib, wat::parse_str(&wat).unwrap()).unwrap();
+    let lib = dir.path().join("lib.wat");
+    std::fs::write(&lib, &wat).unwrap();
+    // Without checkpoints the module runs as it is; with them (a snapshot file to write if
+    // the guest asks for one), its rewrite runs, where the start function is an export.
+    let snapshot = dir.path().join("never.snap");
+    let rewritten = ["--snapshot".as_ref(), snapshot.as_os_str()];
     for (export, args, want) in [
         ("twice", &["21"][..], "start\ninit\ntwice\n42\n"),
         ("_initialize", &[][..], "start\ninit\n"),
     ] {
         for backend in ["wasmtime", "wasmi"] {
-            let out = tabi()
-                .args(["run", "--backend", backend, "--invoke", export])
-                .arg(&lib)
-                .args(args)
-                .output()
-                .unwrap();
-            assert_eq!(out.status.code(), Some(0), "{export} on {backend}");
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                want,
-                "{export} on {backend}"
-            );
+            for form in [&[][..], &rewritten[..]] {
+                let out = tabi()
+                    .args(["run", "--backend", backend, "--invoke", export])
+                    .args(form)
+                    .arg(&lib)
+                    .args(args)
+                    .output()
+                    .unwrap();
+                let what = format!("{export} on {backend} {form:?}");
+                assert_eq!(out.status.code(), Some(0), "{what}");
+                assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{what}");
+            }
         }
     }
+    assert!(!snapshot.exists());
+}
+
+/// Without checkpoints `--invoke` calls the module as it is, so a module the rewrite refuses
+/// (here a migration point in a table) can still be called; asking for checkpoints gives the
+/// rewrite's reason.
+#[test]
+fn invoke_without_checkpoints_calls_the_module_as_it_is() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (type $write (func (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 16) "via a table\n")
+      (table 1 funcref)
+      (elem (i32.const 0) $fd_write)
+      (func (export "next") (param i32) (result i32)
+        (i32.store (i32.const 0) (i32.const 16))
+        (i32.store (i32.const 4) (i32.const 12))
+        (drop (call_indirect (type $write)
+          (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8) (i32.const 0)))
+        (i32.add (local.get 0) (i32.const 1))))"#;
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("table.wasm");
+    std::fs::write(&lib, wat::parse_str(wat).unwrap()).unwrap();
+    for backend in ["wasmtime", "wasmi"] {
+        let out = tabi()
+            .args(["run", "--backend", backend, "--invoke", "next"])
+            .arg(&lib)
+            .arg("41")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{backend}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "via a table\n42\n",
+            "{backend}"
+        );
+    }
+    let out = tabi()
+        .args([
+            "run",
+            "--invoke",
+            "next",
+            "--checkpoint-after",
+            "1",
+            "--snapshot",
+        ])
+        .arg(dir.path().join("never.snap"))
+        .arg(&lib)
+        .arg("41")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("used as a function value"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+/// A module in the text format runs; text that does not parse, and bytes that are neither
+/// format, are errors of one line.
+#[test]
+fn text_modules_run_and_other_files_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("exit.wat");
+    std::fs::write(
+        &good,
+        r#"(module
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (func (export "_start") (call $exit (i32.const 7))))"#,
+    )
+    .unwrap();
+    let broken = dir.path().join("broken.wat");
+    std::fs::write(&broken, "(module\n  (func (export \"_start\")\n").unwrap();
+    let noise = dir.path().join("noise.wasm");
+    std::fs::write(&noise, [0xff_u8, 0xfe, 0x00, 0x13, 0x37, 0x80]).unwrap();
+    for backend in ["wasmtime", "wasmi"] {
+        let run = |path: &std::path::Path| {
+            tabi()
+                .args(["run", "--backend", backend])
+                .arg(path)
+                .output()
+                .unwrap()
+        };
+        assert_eq!(run(&good).status.code(), Some(7), "{backend}");
+        for (path, want) in [
+            (&broken, "cannot read WebAssembly text"),
+            (&noise, "lacks the `\\0asm` header"),
+        ] {
+            let out = run(path);
+            assert_eq!(out.status.code(), Some(1), "{backend} {path:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("invalid module") && err.contains(want),
+                "{err}"
+            );
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
+    }
+    let err = tabi().args(["run"]).arg(&broken).output().unwrap().stderr;
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("broken.wat:3:"), "{err}");
 }
 
 /// `tabi migrate-test --invoke` checkpoints inside the export and compares its results.

@@ -111,4 +111,17 @@ pub trait Engine {
     fn name(&self) -> &'static str;
     /// Compiles (or validates) `wasm` and runs its `_start` to the end.
     fn run(&self, wasm: &[u8], process: Process) -> Result<Finished, EngineError>;
+    /// Compiles (or validates) `wasm` and calls its function export `export` with `args`, as
+    /// a host that uses a module as a library (a WASI reactor) does: on a fresh instance, after
+    /// the module's start function and its `_initialize` export (unless that is `export`).
+    /// The run's results are the export's. Arguments that do not fit the export's parameters
+    /// are an [`EngineError::Link`]. An instrumented module never pauses (see
+    /// [`crate::machine::invoke`]).
+    fn invoke(
+        &self,
+        wasm: &[u8],
+        process: Process,
+        export: &str,
+        args: &[crate::machine::Value],
+    ) -> Result<Finished, EngineError>;
 }

@@ -806,6 +806,53 @@ pub fn session_or_error<S>(begun: Result<S, crate::engine::Finished>) -> Result<
     })
 }
 
+/// The exports a library host calls before the export it wants, in order, each once: the
+/// module's start function (which the rewrite exports as [`START_EXPORT`]) and
+/// `_initialize`, as a WASI reactor asks. Either is skipped when the module lacks it or when it
+/// is the export wanted.
+pub const INITIALIZERS: [&str; 2] = [START_EXPORT, "_initialize"];
+
+/// Calls export `export` of an instrumented module's fresh instance with `args`, the way a
+/// library host does: first the [`INITIALIZERS`], to their end with nothing paused (a
+/// safepoint's yield or a checkpoint the guest asks for goes on at once), then `export` under
+/// `control`, showing each pause to `on_pause` as [`drive_with`] does. A pause inside the
+/// export records it as the state's entry, so the resumed call ends in it with its results.
+pub fn invoke(
+    m: &mut dyn Machine,
+    control: PauseControl,
+    export: &str,
+    args: &[Value],
+    on_pause: &mut dyn FnMut(&PauseView<'_>) -> Result<AfterPause, EngineError>,
+) -> Result<Driven, EngineError> {
+    *m.control() = PauseControl::never();
+    for init in INITIALIZERS {
+        if init == export || !m.has_export(init) {
+            continue;
+        }
+        let start = Start::Call {
+            export: init,
+            args: &[],
+        };
+        match drive_with(m, start, &mut |_| Ok(AfterPause::Continue))? {
+            Driven::Returned(_) => {}
+            // It exited or trapped: the run ends there.
+            ended => return Ok(ended),
+        }
+    }
+    *m.control() = control;
+    drive_with(m, Start::Call { export, args }, on_pause)
+}
+
+/// The run a never-paused [`Outcome`] stands for; an error if it paused.
+pub fn finished(outcome: Outcome) -> Result<crate::engine::Finished, EngineError> {
+    match outcome {
+        Outcome::Finished(f) => Ok(f),
+        Outcome::Paused(_) => Err(EngineError::Engine(
+            "an instrumented guest stopped at a pause nothing asked for".into(),
+        )),
+    }
+}
+
 /// Runs an instrumented guest the way a plain run would: from the start, never pausing on its
 /// own, and going on at once past a safepoint's yield or a checkpoint the guest asks for.
 /// `run_with` is an adapter session's `run_with`.
@@ -815,12 +862,7 @@ pub fn run_through(
         &mut dyn FnMut(&PauseView<'_>) -> Result<AfterPause, EngineError>,
     ) -> Result<Outcome, EngineError>,
 ) -> Result<crate::engine::Finished, EngineError> {
-    match run_with(Start::Fresh, &mut |_| Ok(AfterPause::Continue))? {
-        Outcome::Finished(f) => Ok(f),
-        Outcome::Paused(_) => Err(EngineError::Engine(
-            "an instrumented guest stopped at a pause nothing asked for".into(),
-        )),
-    }
+    finished(run_with(Start::Fresh, &mut |_| Ok(AfterPause::Continue))?)
 }
 
 /// The budget a module with safepoints starts with (that of `tabi-instrument`).

@@ -1593,6 +1593,78 @@ fn a_c_reactor_pauses_inside_its_exports() {
     );
 }
 
+/// `Engine::invoke` calls an export as a library host does: the start function, then
+/// `_initialize`, then the export (`_initialize` itself once), on the module as it is and on
+/// its rewrite with safepoints (driven without pausing, its start function an export), on both
+/// engines, with the same output and results. Arguments that do not fit are a `Link` error
+/// before anything runs.
+#[test]
+fn engine_invoke_initializes_then_calls_the_export() {
+    use tabi_libos::machine::Value;
+    use tabi_libos::{Engine, EngineError, Exit};
+    let print = |at: u32, len: u32| {
+        format!(
+            "(i32.store (i32.const 0) (i32.const {at})) (i32.store (i32.const 4) (i32.const {len}))
+             (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"
+        )
+    };
+    let wat = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "start\n")
+          (data (i32.const 32) "init\n")
+          (data (i32.const 48) "call\n")
+          (global $calls (mut i32) (i32.const 0))
+          (func $start {})
+          (start $start)
+          (func (export "_initialize") {} (global.set $calls (i32.const 100)))
+          (func (export "count") (param i64) (result i32 i64)
+            {}
+            (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+            (global.get $calls) (i64.mul (local.get 0) (i64.const 3))))"#,
+        print(16, 6),
+        print(32, 5),
+        print(48, 5)
+    );
+    let original = wat::parse_str(&wat).unwrap();
+    let safepoints = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    let rewritten = instrument(&original, &safepoints).unwrap().wasm;
+    let engines: [Box<dyn Engine>; 2] = [
+        Box::new(tabi_wasmtime::Wasmtime::new()),
+        Box::new(tabi_wasmi::Wasmi::new()),
+    ];
+    for engine in &engines {
+        for (form, wasm) in [("original", &original), ("rewrite", &rewritten)] {
+            let what = format!("{form} on {}", engine.name());
+            let (process, out, _) = tabi_tests::process_for(&spec());
+            let f = engine
+                .invoke(wasm, process, "count", &[Value::I64(14)])
+                .unwrap();
+            assert_eq!(f.exit, Exit::Code(0), "{what}");
+            assert_eq!(f.results, [Value::I32(101), Value::I64(42)], "{what}");
+            assert_eq!(*out.lock().unwrap(), b"start\ninit\ncall\n", "{what}");
+
+            let (process, out, _) = tabi_tests::process_for(&spec());
+            let f = engine.invoke(wasm, process, "_initialize", &[]).unwrap();
+            assert_eq!((f.exit, f.results), (Exit::Code(0), vec![]), "{what}");
+            assert_eq!(*out.lock().unwrap(), b"start\ninit\n", "{what}");
+
+            let (process, out, _) = tabi_tests::process_for(&spec());
+            match engine.invoke(wasm, process, "count", &[Value::I32(14)]) {
+                Err(EngineError::Link(msg)) => assert!(msg.contains("count"), "{what}: {msg}"),
+                Err(e) => panic!("{what}: {e}"),
+                Ok(f) => panic!("{what}: ran, {:?}", f.exit),
+            }
+            assert!(out.lock().unwrap().is_empty(), "{what}");
+        }
+    }
+}
+
 /// Arguments that do not fit an export's parameters, and a call into an instance that is
 /// paused, are the host's errors, not traps; `run_pausable` resuming a call gives its results.
 #[test]

@@ -352,4 +352,15 @@ impl Engine for Wasmi {
         let module = self.compile(wasm)?;
         self.run_module(&module, process)
     }
+
+    fn invoke(
+        &self,
+        wasm: &[u8],
+        process: Process,
+        export: &str,
+        args: &[tabi_libos::machine::Value],
+    ) -> Result<Finished, EngineError> {
+        let module = self.compile(wasm)?;
+        self.invoke_module(&module, process, export, args)
+    }
 }

@@ -66,6 +66,74 @@ impl Wasmtime {
     }
 }
 
+impl Wasmtime {
+    /// Calls function export `export` of a compiled module with `args`, as
+    /// [`tabi_libos::Engine::invoke`] describes: after its start function and `_initialize`.
+    /// An instrumented module is driven through a session that never pauses.
+    pub fn invoke_module(
+        &self,
+        module: &Module,
+        process: Process,
+        export: &str,
+        args: &[Value],
+    ) -> Result<tabi_libos::Finished, EngineError> {
+        // The export and its arguments are checked before anything runs.
+        let Some(ty) = module.get_export(export).and_then(|e| e.func().cloned()) else {
+            return Err(EngineError::Link(format!("no function export `{export}`")));
+        };
+        let vals = call_args(export, ty.params(), Some(args))?;
+        if module.exports().any(|e| e.name() == STATE_GLOBAL) {
+            let never = PauseControl::never();
+            return match self.begin(module, process, never.clone(), Points::all())? {
+                Ok(mut session) => {
+                    let go_on = &mut |_: &machine::PauseView<'_>| Ok(machine::AfterPause::Continue);
+                    let driven = machine::invoke(&mut session, never, export, args, go_on)?;
+                    machine::finished(session.finish(driven))
+                }
+                Err(finished) => Ok(finished),
+            };
+        }
+        let mut store = self.store(process);
+        let ended = |exit, store: Store<GuestData>| tabi_libos::Finished {
+            exit,
+            results: Vec::new(),
+            process: store.into_data().process,
+        };
+        let instance = match self.instantiate(&mut store, module)? {
+            Ok(instance) => instance,
+            Err(exit) => return Ok(ended(exit, store)),
+        };
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
+        let target = instance
+            .get_func(&mut store, export)
+            .ok_or_else(|| EngineError::Link(format!("no function export `{export}`")))?;
+        for init in machine::INITIALIZERS {
+            // The start function ran as the instance was made.
+            if init == export || init == machine::START_EXPORT {
+                continue;
+            }
+            let Some(f) = instance.get_func(&mut store, init) else {
+                continue;
+            };
+            let ty = f.ty(&store);
+            let none = call_args(init, ty.params(), Some(&[]))?;
+            let mut results = vec![Val::I32(0); ty.results().len()];
+            if let Err(e) = f.call(&mut store, &none, &mut results) {
+                return Ok(ended(exit_of(e), store));
+            }
+        }
+        let mut results = vec![Val::I32(0); ty.results().len()];
+        match target.call(&mut store, &vals, &mut results) {
+            Ok(()) => Ok(tabi_libos::Finished {
+                exit: tabi_libos::Exit::Code(0),
+                results: results.iter().map(to_value).collect(),
+                process: store.into_data().process,
+            }),
+            Err(e) => Ok(ended(exit_of(e), store)),
+        }
+    }
+}
+
 impl Session {
     /// Runs from `start` until the guest finishes or pauses.
     pub fn drive(&mut self, start: machine::Start<'_>) -> Result<Driven, EngineError> {
