@@ -177,10 +177,15 @@ fn instrument(args: InstrumentArgs) -> Result<()> {
         .with_context(|| format!("cannot instrument `{}`", args.input.display()))?;
     std::fs::write(&args.output, &out.wasm)
         .with_context(|| format!("cannot write `{}`", args.output.display()))?;
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     eprintln!(
-        "tabi: instrumented {} functions ({} sites); {} -> {} bytes ({:+.1}%)",
-        out.manifest.instrumented_functions,
-        out.manifest.sites,
+        "tabi: instrumented {} ({}); {} -> {} bytes ({:+.1}%)",
+        count(
+            out.manifest.instrumented_functions.into(),
+            "function",
+            "functions"
+        ),
+        count(out.manifest.sites.into(), "site", "sites"),
         wasm.len(),
         out.wasm.len(),
         (out.wasm.len() as f64 / wasm.len().max(1) as f64 - 1.0) * 100.0
@@ -734,10 +739,14 @@ fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
     let report =
         tabi_cli::harness::migrate_test_with(&wasm, &setup, args.every, &backends, invoke)?;
     let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    let every = match args.every {
+        1 => "at every migration point".to_string(),
+        n => format!("every {n} migration points"),
+    };
     println!(
-        "migrate-test: {} checkpoints (every {} migration points, across {}), {} snapshot bytes",
+        "migrate-test: {} checkpoint{} ({every}, across {}), {} snapshot bytes",
         report.checkpoints,
-        args.every,
+        if report.checkpoints == 1 { "" } else { "s" },
         names.join(", "),
         report.snapshot_bytes
     );
