@@ -294,40 +294,16 @@ fn invoke_refuses_what_it_cannot_call() {
 /// invoked `_initialize` runs once.
 #[test]
 fn invoke_runs_the_start_function_and_initialize_first() {
-    // Each function prints its name through fd_write: iovec at 0, length at 8, text at 16.
-    let print = |at: u32, len: u32| {
-        format!(
-            "(i32.store (i32.const 0) (i32.const {at})) (i32.store (i32.const 4) (i32.const {len}))
-             (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"
-        )
-    };
-    let wat = format!(
-        r#"(module
-          (import "wasi_snapshot_preview1" "fd_write"
-            (func $fd_write (param i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 16) "start\n")
-          (data (i32.const 32) "init\n")
-          (data (i32.const 48) "twice\n")
-          (func $start {})
-          (start $start)
-          (func (export "_initialize") {})
-          (func (export "twice") (param i32) (result i32)
-            {} (i32.mul (local.get 0) (i32.const 2))))"#,
-        print(16, 6),
-        print(32, 5),
-        print(48, 6)
-    );
     // `tabi run` reads the text format as wasmtime does.
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("lib.wat");
-    std::fs::write(&lib, &wat).unwrap();
+    std::fs::write(&lib, tabi_tests::INITIALIZED_LIBRARY).unwrap();
     // Without checkpoints the module runs as it is; with them (a snapshot file to write if
     // the guest asks for one), its rewrite runs, where the start function is an export.
     let snapshot = dir.path().join("never.snap");
     let rewritten = ["--snapshot".as_ref(), snapshot.as_os_str()];
     for (export, args, want) in [
-        ("twice", &["21"][..], "start\ninit\ntwice\n42\n"),
+        ("count", &["14"][..], "start\ninit\ncall\n101\n42\n"),
         ("_initialize", &[][..], "start\ninit\n"),
     ] {
         for backend in ["wasmtime", "wasmi"] {

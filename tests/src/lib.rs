@@ -10,6 +10,33 @@ use std::sync::{Arc, Mutex};
 use tabi_libos::host::{StdHost, Stdio};
 use tabi_libos::{Engine, Exit, Kernel, Process};
 
+/// A library module in the text format whose start function, `_initialize` and export
+/// `count` each print a line (`start`, `init`, `call`) through `fd_write`. `count(n: i64)`
+/// returns `(i32, i64)`: its calls so far plus 100 once `_initialize` ran, and `3 * n`.
+pub const INITIALIZED_LIBRARY: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "start\n")
+  (data (i32.const 32) "init\n")
+  (data (i32.const 48) "call\n")
+  (global $calls (mut i32) (i32.const 0))
+  ;; Prints `len` bytes at `at`: the iovec is at 0, the count written at 8.
+  (func $print (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func $start (call $print (i32.const 16) (i32.const 6)))
+  (start $start)
+  (func (export "_initialize")
+    (call $print (i32.const 32) (i32.const 5))
+    (global.set $calls (i32.const 100)))
+  (func (export "count") (param i64) (result i32 i64)
+    (call $print (i32.const 48) (i32.const 5))
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (global.get $calls)
+    (i64.mul (local.get 0) (i64.const 3))))"#;
+
 /// The guest programs, built by `build.rs`.
 pub mod guests {
     /// The demo guest.

@@ -1602,33 +1602,7 @@ fn a_c_reactor_pauses_inside_its_exports() {
 fn engine_invoke_initializes_then_calls_the_export() {
     use tabi_libos::machine::Value;
     use tabi_libos::{Engine, EngineError, Exit};
-    let print = |at: u32, len: u32| {
-        format!(
-            "(i32.store (i32.const 0) (i32.const {at})) (i32.store (i32.const 4) (i32.const {len}))
-             (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"
-        )
-    };
-    let wat = format!(
-        r#"(module
-          (import "wasi_snapshot_preview1" "fd_write"
-            (func $fd_write (param i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 16) "start\n")
-          (data (i32.const 32) "init\n")
-          (data (i32.const 48) "call\n")
-          (global $calls (mut i32) (i32.const 0))
-          (func $start {})
-          (start $start)
-          (func (export "_initialize") {} (global.set $calls (i32.const 100)))
-          (func (export "count") (param i64) (result i32 i64)
-            {}
-            (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
-            (global.get $calls) (i64.mul (local.get 0) (i64.const 3))))"#,
-        print(16, 6),
-        print(32, 5),
-        print(48, 5)
-    );
-    let original = wat::parse_str(&wat).unwrap();
+    let original = wat::parse_str(tabi_tests::INITIALIZED_LIBRARY).unwrap();
     let safepoints = Options {
         safepoints: true,
         ..Options::default()
