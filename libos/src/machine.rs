@@ -843,6 +843,24 @@ pub fn invoke(
     drive_with(m, Start::Call { export, args }, on_pause)
 }
 
+/// [`invoke`] with nothing paused, on a session an adapter `begun` (or the run that ended as
+/// the instance was made): an engine's [`crate::engine::Engine::invoke`] of an instrumented
+/// module. `finish` ends the session with what the call drove to.
+pub fn invoke_through<M: Machine>(
+    begun: Result<M, crate::engine::Finished>,
+    export: &str,
+    args: &[Value],
+    finish: impl FnOnce(M, Driven) -> Outcome,
+) -> Result<crate::engine::Finished, EngineError> {
+    let mut session = match begun {
+        Ok(session) => session,
+        Err(finished) => return Ok(finished),
+    };
+    let go_on = &mut |_: &PauseView<'_>| Ok(AfterPause::Continue);
+    let driven = invoke(&mut session, PauseControl::never(), export, args, go_on)?;
+    finished(finish(session, driven))
+}
+
 /// The run a never-paused [`Outcome`] stands for; an error if it paused.
 pub fn finished(outcome: Outcome) -> Result<crate::engine::Finished, EngineError> {
     match outcome {

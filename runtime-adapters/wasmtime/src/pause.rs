@@ -83,15 +83,8 @@ impl Wasmtime {
         };
         let vals = call_args(export, ty.params(), Some(args))?;
         if module.exports().any(|e| e.name() == STATE_GLOBAL) {
-            let never = PauseControl::never();
-            return match self.begin(module, process, never.clone(), Points::all())? {
-                Ok(mut session) => {
-                    let go_on = &mut |_: &machine::PauseView<'_>| Ok(machine::AfterPause::Continue);
-                    let driven = machine::invoke(&mut session, never, export, args, go_on)?;
-                    machine::finished(session.finish(driven))
-                }
-                Err(finished) => Ok(finished),
-            };
+            let begun = self.begin(module, process, PauseControl::never(), Points::all())?;
+            return machine::invoke_through(begun, export, args, Session::finish);
         }
         let mut store = self.store(process);
         let ended = |exit, store: Store<GuestData>| tabi_libos::Finished {
