@@ -150,23 +150,27 @@ pub fn options(safepoints: bool) -> tabi_instrument::Options {
     }
 }
 
-/// The instrumented form of `original`, from the cache when it is there (`$TABI_CACHE_DIR`,
-/// else `tabi-cache` in the temporary directory). A cached file is used only if its manifest
-/// names `original`'s hash and the same options; the rewrite is deterministic, so a cache
-/// miss gives the same bytes.
+/// The instrumented form of `original`, from the cache when it is there (see [`cache_dir`]).
+/// A cached file is used only if its manifest names `original`'s hash and the same options;
+/// the rewrite is deterministic, so a cache miss gives the same bytes.
+///
+/// The manifest is the file's own claim, so the cache is only as trustworthy as its
+/// directory: whoever can write there chooses the code that runs with the guest's grants.
+/// That is why it is never a directory shared with other users by default.
 pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     let opts = options(safepoints);
     let hash = tabi_snapshot::sha256(original);
-    let dir = std::env::var_os("TABI_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("tabi-cache"));
-    let file = dir.join(format!(
-        "{}-v{}{}.wasm",
-        tabi_snapshot::hex(&hash),
-        tabi_instrument::FORMAT_VERSION,
-        if safepoints { "-sp" } else { "" }
-    ));
-    if let Ok(bytes) = std::fs::read(&file)
+    let dir = cache_dir();
+    let file = dir.as_ref().map(|dir| {
+        dir.join(format!(
+            "{}-v{}{}.wasm",
+            tabi_snapshot::hex(&hash),
+            tabi_instrument::FORMAT_VERSION,
+            if safepoints { "-sp" } else { "" }
+        ))
+    });
+    if let Some(file) = &file
+        && let Ok(bytes) = std::fs::read(file)
         && let Ok(Some(m)) = tabi_instrument::Manifest::from_module(&bytes)
         && m.original_sha256 == hash
         && m.options == opts
@@ -176,13 +180,41 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     let out = tabi_instrument::instrument(original, &opts)
         .context("cannot instrument the module for checkpointing")?;
     // A cache that cannot be written is not an error; write-then-rename keeps it whole.
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let tmp = dir.join(format!(".{}.{}", std::process::id(), file_name(&file)));
+    if let (Some(dir), Some(file)) = (&dir, &file)
+        && private_dir(dir).is_ok()
+    {
+        let tmp = dir.join(format!(".{}.{}", std::process::id(), file_name(file)));
         if std::fs::write(&tmp, &out.wasm).is_ok() {
-            let _ = std::fs::rename(&tmp, &file);
+            let _ = std::fs::rename(&tmp, file);
         }
     }
     Ok(out.wasm)
+}
+
+/// Where rewritten modules are cached: `$TABI_CACHE_DIR` when set, else `tabi` in the user's
+/// cache directory (`$XDG_CACHE_HOME`, else `$HOME/.cache`), as wasmtime keeps its compiled
+/// code. With none of these there is no cache. The temporary directory is never used: others
+/// can create files there, and a planted file would be run in place of the guest.
+pub fn cache_dir() -> Option<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("TABI_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| Path::new(&home).join(".cache")))?;
+    // A relative path would depend on where tabi is started.
+    base.is_absolute().then(|| base.join("tabi"))
+}
+
+/// Creates `dir` (and its parents) if need be; on Unix a new `dir` is readable by its owner
+/// only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// The module in file `path`: a binary module as it is, or one in the WebAssembly text format

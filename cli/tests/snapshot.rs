@@ -651,3 +651,81 @@ fn migrate_test_checks_an_invoked_export_and_its_results() {
     assert!(report.divergences.is_empty(), "{:?}", report.divergences);
     assert_eq!(report.checkpoints, 2);
 }
+
+/// The rewritten modules' cache is the user's own: a module planted where the cache used to be
+/// (the shared temporary directory), whose manifest claims the guest's hash, is not run in
+/// the guest's place. The same file in a cache directory the user names is used, so the
+/// forgery itself is one the cache would accept.
+#[test]
+fn a_module_planted_in_the_temporary_directory_is_not_run() {
+    let say = |text: &str| {
+        wat::parse_str(format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "fd_write"
+                (func $fd_write (param i32 i32 i32 i32) (result i32)))
+              (memory (export "memory") 1)
+              (data (i32.const 16) "{text}\n")
+              (func (export "_start")
+                (i32.store (i32.const 0) (i32.const 16))
+                (i32.store (i32.const 4) (i32.const {len}))
+                (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+            len = text.len() + 1
+        ))
+        .unwrap()
+    };
+    let (genuine, planted) = (say("genuine"), say("planted"));
+    let (want, other) = (
+        tabi_snapshot::sha256(&genuine),
+        tabi_snapshot::sha256(&planted),
+    );
+    // The planted module's rewrite, its manifest changed to name the genuine module.
+    let mut forged = tabi_instrument::instrument(&planted, &tabi_cli::checkpoint::options(false))
+        .unwrap()
+        .wasm;
+    let at = forged.windows(32).position(|w| w == other).unwrap();
+    forged[at..at + 32].copy_from_slice(&want);
+
+    let root = tempfile::tempdir().unwrap();
+    let (tmp, home) = (root.path().join("tmp"), root.path().join("home"));
+    let shared = tmp.join("tabi-cache");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let name = format!(
+        "{}-v{}.wasm",
+        tabi_snapshot::hex(&want),
+        tabi_instrument::FORMAT_VERSION
+    );
+    std::fs::write(shared.join(&name), &forged).unwrap();
+    let module = root.path().join("genuine.wasm");
+    std::fs::write(&module, &genuine).unwrap();
+
+    let run = |cache: Option<&Path>| {
+        let mut cmd = tabi();
+        cmd.env("TMPDIR", &tmp)
+            .env("HOME", &home)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("TABI_CACHE_DIR");
+        if let Some(dir) = cache {
+            cmd.env("TABI_CACHE_DIR", dir);
+        }
+        let out = cmd
+            .args(["run", "--checkpoint-after", "100", "--snapshot"])
+            .arg(root.path().join("never.snap"))
+            .arg(&module)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(None), "genuine\n");
+    // The rewrite went to the user's cache directory, which only its owner can read.
+    let own = home.join(".cache").join("tabi");
+    assert!(own.join(&name).exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&own).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+    assert_eq!(run(Some(&shared)), "planted\n");
+}
