@@ -518,20 +518,40 @@ pub const DEFAULT_BACKENDS: &str = if cfg!(feature = "wasmtime") {
 pub const WITHOUT_WASMTIME: &str =
     "this build of tabi has no wasmtime (the `wasmtime` feature is off); use `--backend wasmi`";
 
+/// The process's wasmtime engine. Its compiled code is kept in `compiled` under
+/// [`cache_dir`] (created readable by its owner only), so that a module, and above all its
+/// rewrite with safepoints, compiles once rather than at each start; without a cache
+/// directory, or when it cannot be made, nothing is kept.
+#[cfg(feature = "wasmtime")]
+pub fn wasmtime() -> &'static tabi_wasmtime::Wasmtime {
+    static ENGINE: OnceLock<tabi_wasmtime::Wasmtime> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        cache_dir()
+            .map(|dir| dir.join("compiled"))
+            .filter(|dir| private_dir(dir).is_ok())
+            .and_then(|dir| tabi_wasmtime::Wasmtime::with_cache(&dir).ok())
+            .unwrap_or_default()
+    })
+}
+
+/// The process's wasmi engine.
+pub fn wasmi() -> &'static tabi_wasmi::Wasmi {
+    static ENGINE: OnceLock<tabi_wasmi::Wasmi> = OnceLock::new();
+    ENGINE.get_or_init(tabi_wasmi::Wasmi::new)
+}
+
 /// The process's wasmtime engine and its compiled module for `wasm`.
 #[cfg(feature = "wasmtime")]
 fn compiled_wasmtime(wasm: &[u8]) -> Result<(&'static tabi_wasmtime::Wasmtime, wasmtime::Module)> {
-    static ENGINE: OnceLock<tabi_wasmtime::Wasmtime> = OnceLock::new();
     static MODULES: OnceLock<Cache<wasmtime::Module>> = OnceLock::new();
-    let e = ENGINE.get_or_init(tabi_wasmtime::Wasmtime::new);
+    let e = wasmtime();
     Ok((e, cached(&MODULES, wasm, || e.compile(wasm))?))
 }
 
 /// The process's wasmi engine and its compiled module for `wasm`.
 fn compiled_wasmi(wasm: &[u8]) -> Result<(&'static tabi_wasmi::Wasmi, wasmi::Module)> {
-    static ENGINE: OnceLock<tabi_wasmi::Wasmi> = OnceLock::new();
     static MODULES: OnceLock<Cache<wasmi::Module>> = OnceLock::new();
-    let e = ENGINE.get_or_init(tabi_wasmi::Wasmi::new);
+    let e = wasmi();
     Ok((e, cached(&MODULES, wasm, || e.compile(wasm))?))
 }
 

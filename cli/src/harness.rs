@@ -372,9 +372,9 @@ pub fn migrate_test_with(
 }
 
 /// The engine of the plain run: wasmtime, or wasmi in a build without it.
-fn plain_engine() -> Box<dyn Engine> {
+fn plain_engine() -> &'static dyn Engine {
     #[cfg(feature = "wasmtime")]
-    return Box::new(tabi_wasmtime::Wasmtime::new());
+    return checkpoint::wasmtime();
     #[cfg(not(feature = "wasmtime"))]
-    return Box::new(tabi_wasmi::Wasmi::new());
+    return checkpoint::wasmi();
 }

@@ -339,13 +339,13 @@ fn run(args: RunArgs) -> Result<Ended> {
 }
 
 /// The engine of `backend`, for a run of a module as it is.
-fn plain_engine(backend: Backend) -> Result<Box<dyn Engine>> {
+fn plain_engine(backend: Backend) -> Result<&'static dyn Engine> {
     Ok(match backend {
         #[cfg(feature = "wasmtime")]
-        Backend::Wasmtime => Box::new(tabi_wasmtime::Wasmtime::new()),
+        Backend::Wasmtime => checkpoint::wasmtime(),
         #[cfg(not(feature = "wasmtime"))]
         Backend::Wasmtime => anyhow::bail!(checkpoint::WITHOUT_WASMTIME),
-        Backend::Wasmi => Box::new(tabi_wasmi::Wasmi::new()),
+        Backend::Wasmi => checkpoint::wasmi(),
     })
 }
 

@@ -729,3 +729,44 @@ fn a_module_planted_in_the_temporary_directory_is_not_run() {
     }
     assert_eq!(run(Some(&shared)), "planted\n");
 }
+
+/// wasmtime's compiled code is kept in the user's cache directory, beside the rewritten
+/// modules, and a second start reads it back.
+#[test]
+fn compiled_code_is_kept_in_the_users_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let run = || {
+        let out = tabi()
+            .env("HOME", &home)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("TABI_CACHE_DIR")
+            .args(["run", "--deterministic", guests::HELLO, "a"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        out.stdout
+    };
+    let files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if !p.to_string_lossy().contains(".stats") {
+                    found.push(p);
+                }
+            }
+        }
+        found
+    };
+    let compiled = home.join(".cache").join("tabi").join("compiled");
+    let first = run();
+    let kept = files(&compiled.join("modules"));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(run(), first);
+    assert_eq!(files(&compiled.join("modules")), kept);
+}

@@ -156,7 +156,25 @@ impl Wasmtime {
     ///   threads, wide arithmetic, custom page sizes), so both engines accept the same modules
     ///   and a guest that starts on one can always resume on the other.
     pub fn new() -> Self {
+        Self::with(None)
+    }
+
+    /// [`Wasmtime::new`], keeping compiled code in `directory` (wasmtime's own cache, as
+    /// `wasmtime run` uses), so that a module compiled once starts at once the next time. The
+    /// cache holds native code that is run as it is read: `directory` must be writable by its
+    /// user only.
+    pub fn with_cache(directory: &std::path::Path) -> Result<Self, EngineError> {
+        let mut config = wasmtime::CacheConfig::new();
+        config.with_directory(directory);
+        let cache = wasmtime::Cache::new(config).map_err(|e| {
+            EngineError::Engine(format!("cannot use the compiled-code cache: {e:#}"))
+        })?;
+        Ok(Self::with(Some(cache)))
+    }
+
+    fn with(cache: Option<wasmtime::Cache>) -> Self {
         let mut config = wasmtime::Config::new();
+        config.cache(cache);
         config.max_wasm_stack(4 << 20).async_stack_size(5 << 20);
         use wasmtime::WasmFeatures as F;
         config.wasm_features(
