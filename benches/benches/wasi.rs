@@ -112,7 +112,9 @@ fn tabi_binary() -> Option<PathBuf> {
 }
 
 fn spawn(program: &std::path::Path, args: &[&str]) {
+    // tabi would read its compiled code back from its cache; the baseline compiles each time.
     let status = Command::new(program)
+        .env("TABI_CACHE", "off")
         .args(args)
         .stdout(ProcStdio::null())
         .stderr(ProcStdio::null())

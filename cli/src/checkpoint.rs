@@ -193,9 +193,13 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
 
 /// Where rewritten modules are cached: `$TABI_CACHE_DIR` when set, else `tabi` in the user's
 /// cache directory (`$XDG_CACHE_HOME`, else `$HOME/.cache`), as wasmtime keeps its compiled
-/// code. With none of these there is no cache. The temporary directory is never used: others
-/// can create files there, and a planted file would be run in place of the guest.
+/// code. With none of these, or with `TABI_CACHE=off`, there is no cache. The temporary
+/// directory is never used: others can create files there, and a planted file would be run
+/// in place of the guest.
 pub fn cache_dir() -> Option<PathBuf> {
+    if std::env::var_os("TABI_CACHE").is_some_and(|v| v == "off") {
+        return None;
+    }
     let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = non_empty("TABI_CACHE_DIR") {
         return Some(PathBuf::from(dir));

@@ -704,7 +704,8 @@ fn a_module_planted_in_the_temporary_directory_is_not_run() {
         cmd.env("TMPDIR", &tmp)
             .env("HOME", &home)
             .env_remove("XDG_CACHE_HOME")
-            .env_remove("TABI_CACHE_DIR");
+            .env_remove("TABI_CACHE_DIR")
+            .env_remove("TABI_CACHE");
         if let Some(dir) = cache {
             cmd.env("TABI_CACHE_DIR", dir);
         }
@@ -731,17 +732,22 @@ fn a_module_planted_in_the_temporary_directory_is_not_run() {
 }
 
 /// wasmtime's compiled code is kept in the user's cache directory, beside the rewritten
-/// modules, and a second start reads it back.
+/// modules, and a second start reads it back; `TABI_CACHE=off` keeps nothing.
 #[test]
 fn compiled_code_is_kept_in_the_users_cache() {
     let root = tempfile::tempdir().unwrap();
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let run = || {
-        let out = tabi()
-            .env("HOME", &home)
+    let run = |cache: Option<&str>| {
+        let mut cmd = tabi();
+        cmd.env("HOME", &home)
             .env_remove("XDG_CACHE_HOME")
             .env_remove("TABI_CACHE_DIR")
+            .env_remove("TABI_CACHE");
+        if let Some(setting) = cache {
+            cmd.env("TABI_CACHE", setting);
+        }
+        let out = cmd
             .args(["run", "--deterministic", guests::HELLO, "a"])
             .output()
             .unwrap();
@@ -764,9 +770,13 @@ fn compiled_code_is_kept_in_the_users_cache() {
         found
     };
     let compiled = home.join(".cache").join("tabi").join("compiled");
-    let first = run();
+    let first = run(None);
     let kept = files(&compiled.join("modules"));
     assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(run(), first);
+    assert_eq!(run(None), first);
     assert_eq!(files(&compiled.join("modules")), kept);
+    // `TABI_CACHE=off` keeps nothing.
+    std::fs::remove_dir_all(home.join(".cache")).unwrap();
+    assert_eq!(run(Some("off")), first);
+    assert!(!home.join(".cache").exists());
 }
