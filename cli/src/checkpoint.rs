@@ -538,6 +538,17 @@ pub fn wasmtime() -> &'static tabi_wasmtime::Wasmtime {
     })
 }
 
+/// The process's engine of `backend`, for a run of a module as it is.
+pub fn engine(backend: Backend) -> Result<&'static dyn tabi_libos::Engine> {
+    Ok(match backend {
+        #[cfg(feature = "wasmtime")]
+        Backend::Wasmtime => wasmtime(),
+        #[cfg(not(feature = "wasmtime"))]
+        Backend::Wasmtime => bail!(WITHOUT_WASMTIME),
+        Backend::Wasmi => wasmi(),
+    })
+}
+
 /// The process's wasmi engine.
 pub fn wasmi() -> &'static tabi_wasmi::Wasmi {
     static ENGINE: OnceLock<tabi_wasmi::Wasmi> = OnceLock::new();

@@ -257,8 +257,8 @@ pub fn migrate_test_with(
     let process = plain_setup.process(out, err)?;
     let finished = checkpoint::on_guest_stack(|| {
         Ok(match invoke {
-            None => plain_engine().run(original, process)?,
-            Some(call) => plain_engine().invoke(original, process, call.export, call.args)?,
+            None => plain_engine()?.run(original, process)?,
+            Some(call) => plain_engine()?.invoke(original, process, call.export, call.args)?,
         })
     })
     .context("the plain run failed")?;
@@ -372,9 +372,10 @@ pub fn migrate_test_with(
 }
 
 /// The engine of the plain run: wasmtime, or wasmi in a build without it.
-fn plain_engine() -> &'static dyn Engine {
-    #[cfg(feature = "wasmtime")]
-    return checkpoint::wasmtime();
-    #[cfg(not(feature = "wasmtime"))]
-    return checkpoint::wasmi();
+fn plain_engine() -> Result<&'static dyn Engine> {
+    checkpoint::engine(if cfg!(feature = "wasmtime") {
+        Backend::Wasmtime
+    } else {
+        Backend::Wasmi
+    })
 }

@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tabi_cli::checkpoint::{self, CHECKPOINT_EXIT, Setup};
+use tabi_libos::Exit;
 use tabi_libos::host::Stdio;
 use tabi_libos::machine::{AfterPause, Outcome, PauseControl, Value};
-use tabi_libos::{Engine, Exit};
 
 #[derive(Parser)]
 #[command(
@@ -322,7 +322,7 @@ fn run(args: RunArgs) -> Result<Ended> {
         return invoke(&args, export, &wasm, &setup.dirs, process);
     }
     if !args.checkpoint.wanted() {
-        let finished = plain_engine(args.backend)?
+        let finished = checkpoint::engine(args.backend.into())?
             .run(&wasm, process)
             .with_context(|| format!("cannot run `{}`", args.module.display()))?;
         return Ok(Ended::Exit(finished.exit, Vec::new()));
@@ -338,17 +338,6 @@ fn run(args: RunArgs) -> Result<Ended> {
     )
 }
 
-/// The engine of `backend`, for a run of a module as it is.
-fn plain_engine(backend: Backend) -> Result<&'static dyn Engine> {
-    Ok(match backend {
-        #[cfg(feature = "wasmtime")]
-        Backend::Wasmtime => checkpoint::wasmtime(),
-        #[cfg(not(feature = "wasmtime"))]
-        Backend::Wasmtime => anyhow::bail!(checkpoint::WITHOUT_WASMTIME),
-        Backend::Wasmi => checkpoint::wasmi(),
-    })
-}
-
 /// `tabi run --invoke`: calls `export` with `args.args` read as its parameters' types. Without
 /// checkpoints that is a call of the module as it is; with them, of its rewrite, writing
 /// snapshots as `args.checkpoint` asks.
@@ -362,7 +351,7 @@ fn invoke(
     let values = checkpoint::invoke_values(wasm, export, &args.args)?;
     if !args.checkpoint.wanted() {
         let finished = checkpoint::on_guest_stack(|| {
-            Ok(plain_engine(args.backend)?.invoke(wasm, process, export, &values)?)
+            Ok(checkpoint::engine(args.backend.into())?.invoke(wasm, process, export, &values)?)
         })
         .with_context(|| format!("cannot run `{}`", args.module.display()))?;
         return Ok(Ended::Exit(finished.exit, finished.results));

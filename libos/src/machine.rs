@@ -810,7 +810,10 @@ pub fn session_or_error<S>(begun: Result<S, crate::engine::Finished>) -> Result<
 /// module's start function (which the rewrite exports as [`START_EXPORT`]) and
 /// `_initialize`, as a WASI reactor asks. Either is skipped when the module lacks it or when it
 /// is the export wanted.
-pub const INITIALIZERS: [&str; 2] = [START_EXPORT, "_initialize"];
+pub const INITIALIZERS: [&str; 2] = [START_EXPORT, INITIALIZE];
+
+/// The export a WASI reactor's host calls once before any other: `_initialize`.
+pub const INITIALIZE: &str = "_initialize";
 
 /// Calls export `export` of an instrumented module's fresh instance with `args`, the way a
 /// library host does: first the [`INITIALIZERS`], to their end with nothing paused (a

@@ -64,9 +64,7 @@ impl Wasmtime {
         });
         Ok(Ok(Session { store, instance }))
     }
-}
 
-impl Wasmtime {
     /// Calls function export `export` of a compiled module with `args`, as
     /// [`tabi_libos::Engine::invoke`] describes: after its start function and `_initialize`.
     /// An instrumented module is driven through a session that never pauses.
@@ -100,16 +98,12 @@ impl Wasmtime {
         let target = instance
             .get_func(&mut store, export)
             .ok_or_else(|| EngineError::Link(format!("no function export `{export}`")))?;
-        for init in machine::INITIALIZERS {
-            // The start function ran as the instance was made.
-            if init == export || init == machine::START_EXPORT {
-                continue;
-            }
-            let Some(f) = instance.get_func(&mut store, init) else {
-                continue;
-            };
+        // The start function ran as the instance was made; `_initialize` is next.
+        if export != machine::INITIALIZE
+            && let Some(f) = instance.get_func(&mut store, machine::INITIALIZE)
+        {
             let ty = f.ty(&store);
-            let none = call_args(init, ty.params(), Some(&[]))?;
+            let none = call_args(machine::INITIALIZE, ty.params(), Some(&[]))?;
             let mut results = vec![Val::I32(0); ty.results().len()];
             if let Err(e) = f.call(&mut store, &none, &mut results) {
                 return Ok(ended(exit_of(e), store));
