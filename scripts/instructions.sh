@@ -21,14 +21,20 @@ count() { # ENGINE VARIANT GUEST ARGS...
 }
 engines=("$@")
 [ ${#engines[@]} -eq 0 ] && engines=(wasmtime wasmi)
-printf '%-9s %-16s %12s %8s %8s\n' engine guest orig tabi tabi+sp
+printf '%-9s %-16s %12s %8s %8s %8s\n' engine guest orig tabi tabi+sp epoch
 for engine in "${engines[@]}"; do
   while read -r name guest args; do
     o=$(count "$engine" orig "$guest" $args)
     t=$(count "$engine" tabi "$guest" $args)
     s=$(count "$engine" tabi+sp "$guest" $args)
-    awk -v e="$engine" -v n="$name" -v o="$o" -v t="$t" -v s="$s" \
-      'BEGIN { printf "%-9s %-16s %12d %8.3f %8.3f\n", e, n, o, t / o, s / o }'
+    epoch=-
+    if [ "$engine" = wasmtime ] && [ "$guest" = compute ]; then
+      w=$(count wasmtime wasi "$guest" $args)
+      we=$(count wasmtime wasi+epoch "$guest" $args)
+      epoch=$(awk -v w="$w" -v we="$we" 'BEGIN { printf "%.3f", we / w }')
+    fi
+    awk -v e="$engine" -v n="$name" -v o="$o" -v t="$t" -v s="$s" -v p="$epoch" \
+      'BEGIN { printf "%-9s %-16s %12d %8.3f %8.3f %8s\n", e, n, o, t / o, s / o, p }'
   done <<'GUESTS'
 fib compute fib 22
 hash compute hash 2

@@ -1,11 +1,15 @@
 //! Runs one benchmark guest once on one engine, after a warm-up run, so that an outside tool
 //! (callgrind, in `scripts/instructions.sh`) can count what the measured run costs.
 //!
-//! Usage: `one_run wasmtime|wasmi orig|tabi|tabi+sp compute|fs ARGS...`
+//! Usage: `one_run wasmtime|wasmi orig|tabi|tabi+sp|wasi|wasi+epoch compute|fs ARGS...`
 //!
 //! - `orig` runs the guest as built, the way `tabi run` does; `tabi` and `tabi+sp` run its
 //!   rewrite (without and with safepoints) through the pausing driver, never pausing: the
 //!   same variants as the `instrument` bench.
+//! - `wasi` and `wasi+epoch` (wasmtime and the compute guest only) run the guest as built on
+//!   plain wasmtime and wasmtime-wasi, with wasmtime's epoch interruption off and on: what
+//!   the engine's own way of interrupting a guest costs, as a reference for the safepoints
+//!   (`scripts/instructions.sh` prints the ratio of the two).
 //! - The guest is compiled, then run once to warm up (wasmi translates functions when they
 //!   are first called), then run again inside `measured_run`: the function a counting tool
 //!   should be limited to.
@@ -24,6 +28,54 @@ use tabi_tests::{Spec, guests, process_for};
 enum Compiled {
     Wasmtime(tabi_wasmtime::Wasmtime, wasmtime::Module),
     Wasmi(tabi_wasmi::Wasmi, wasmi::Module),
+    /// Plain wasmtime and wasmtime-wasi; `true` with epoch interruption.
+    Wasi(Wasi, bool),
+}
+
+/// The guest on plain wasmtime and wasmtime-wasi.
+struct Wasi {
+    engine: wasmtime::Engine,
+    module: wasmtime::Module,
+    linker: wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx>,
+}
+
+impl Wasi {
+    fn new(wasm: &[u8], epoch: bool) -> Wasi {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(epoch);
+        let engine = wasmtime::Engine::new(&config).expect("a valid configuration");
+        let module = wasmtime::Module::new(&engine, wasm).expect("the module compiles");
+        let mut linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).expect("link preview 1");
+        Wasi {
+            engine,
+            module,
+            linker,
+        }
+    }
+
+    fn run(&self, epoch: bool, spec: &Spec) {
+        let mut argv = vec![spec.program_name()];
+        argv.extend(spec.args.iter().cloned());
+        let ctx = wasmtime_wasi::WasiCtxBuilder::new()
+            .args(&argv)
+            .stdout(wasmtime_wasi::p2::pipe::SinkOutputStream)
+            .build_p1();
+        let mut store = wasmtime::Store::new(&self.engine, ctx);
+        if epoch {
+            // Never reached: the checks run, and never stop the guest.
+            store.set_epoch_deadline(1 << 62);
+        }
+        let result = self
+            .linker
+            .instantiate(&mut store, &self.module)
+            .and_then(|i| i.get_typed_func::<(), ()>(&mut store, "_start"))
+            .and_then(|start| start.call(&mut store, ()));
+        if let Err(e) = result {
+            let exit = e.downcast_ref::<wasmtime_wasi::I32Exit>().map(|x| x.0);
+            assert_eq!(exit, Some(0), "the guest runs: {e:#}");
+        }
+    }
 }
 
 impl Compiled {
@@ -38,6 +90,10 @@ impl Compiled {
             (Compiled::Wasmtime(e, m), false) => e.run_module(m, process).map(drop),
             (Compiled::Wasmi(e, m), true) => e.run_pausable(m, process, never, all, None).map(drop),
             (Compiled::Wasmi(e, m), false) => e.run_module(m, process).map(drop),
+            (Compiled::Wasi(w, epoch), _) => {
+                w.run(*epoch, spec);
+                Ok(())
+            }
         }
         .expect("the guest runs");
     }
@@ -52,7 +108,9 @@ fn measured_run(compiled: &Compiled, pausable: bool, spec: &Spec) {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
-        eprintln!("usage: one_run wasmtime|wasmi orig|tabi|tabi+sp compute|fs ARGS...");
+        eprintln!(
+            "usage: one_run wasmtime|wasmi orig|tabi|tabi+sp|wasi|wasi+epoch compute|fs ARGS..."
+        );
         return ExitCode::from(2);
     }
     let guest = match args[2].as_str() {
@@ -66,15 +124,24 @@ fn main() -> ExitCode {
     let rest: Vec<&str> = args[3..].iter().map(String::as_str).collect();
     let spec = Spec::new(guest).args(&rest);
     let orig = std::fs::read(guest).expect("the guest is built");
+    let plain = match args[1].as_str() {
+        "wasi" => Some(false),
+        "wasi+epoch" => Some(true),
+        _ => None,
+    };
+    if plain.is_some() && (args[0] != "wasmtime" || args[2] != "compute") {
+        eprintln!("`{}` runs the compute guest on wasmtime only", args[1]);
+        return ExitCode::from(2);
+    }
     let options = match args[1].as_str() {
-        "orig" => None,
+        "orig" | "wasi" | "wasi+epoch" => None,
         "tabi" => Some(Options::default()),
         "tabi+sp" => Some(Options {
             safepoints: true,
             ..Options::default()
         }),
         other => {
-            eprintln!("unknown variant `{other}` (orig, tabi or tabi+sp)");
+            eprintln!("unknown variant `{other}` (orig, tabi, tabi+sp, wasi or wasi+epoch)");
             return ExitCode::from(2);
         }
     };
@@ -84,18 +151,19 @@ fn main() -> ExitCode {
         Some(o) => instrument(&orig, &o).expect("the guest instruments").wasm,
     };
     let start = Instant::now();
-    let compiled = match args[0].as_str() {
-        "wasmtime" => {
+    let compiled = match (args[0].as_str(), plain) {
+        (_, Some(epoch)) => Compiled::Wasi(Wasi::new(&wasm, epoch), epoch),
+        ("wasmtime", None) => {
             let e = tabi_wasmtime::Wasmtime::new();
             let m = e.compile(&wasm).expect("the module compiles");
             Compiled::Wasmtime(e, m)
         }
-        "wasmi" => {
+        ("wasmi", None) => {
             let e = tabi_wasmi::Wasmi::new();
             let m = e.compile(&wasm).expect("the module compiles");
             Compiled::Wasmi(e, m)
         }
-        other => {
+        (other, _) => {
             eprintln!("unknown engine `{other}` (wasmtime or wasmi)");
             return ExitCode::from(2);
         }

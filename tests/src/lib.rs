@@ -153,7 +153,8 @@ impl Spec {
         self
     }
 
-    fn program_name(&self) -> String {
+    /// The program name the guest is given as its first argument: the module's file name.
+    pub fn program_name(&self) -> String {
         Path::new(&self.wasm)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
