@@ -4,11 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 # Binaryen's wasm-opt, for the Asyncify comparison.
-if ! command -v wasm-opt >/dev/null; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get install -y -qq binaryen >/dev/null
-fi
+command -v wasm-opt >/dev/null || ./scripts/apt-install.sh binaryen
 cargo build --release -p tabi-cli
 cargo bench -p tabi-benches --bench wasi
 cargo bench -p tabi-benches --bench instrument

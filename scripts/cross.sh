@@ -13,11 +13,8 @@ for tool in aarch64-linux-gnu-gcc s390x-linux-gnu-gcc qemu-aarch64 qemu-s390x; d
   command -v "$tool" >/dev/null || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq gcc-aarch64-linux-gnu gcc-s390x-linux-gnu \
-    libc6-dev-arm64-cross libc6-dev-s390x-cross qemu-user >/dev/null
+  ./scripts/apt-install.sh --update gcc-aarch64-linux-gnu gcc-s390x-linux-gnu \
+    libc6-dev-arm64-cross libc6-dev-s390x-cross qemu-user
 fi
 
 # `tabi` for both architectures in one build (in the `cross` profile), so that the two targets'

@@ -11,11 +11,7 @@
 # Usage: scripts/floor.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v valgrind >/dev/null; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get install -y -qq valgrind >/dev/null
-fi
+command -v valgrind >/dev/null || ./scripts/apt-install.sh valgrind
 cargo build -q --profile bench -p tabi-cli -p tabi-benches --bin tabi --example wasm_text
 tabi=$PWD/target/release/tabi
 text=$PWD/target/release/examples/wasm_text

@@ -5,11 +5,7 @@
 # Usage: scripts/instructions.sh [wasmtime|wasmi ...]  (default: both engines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v valgrind >/dev/null; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get install -y -qq valgrind >/dev/null
-fi
+command -v valgrind >/dev/null || ./scripts/apt-install.sh valgrind
 cargo build -q --profile bench -p tabi-benches --example one_run
 run=target/release/examples/one_run
 out=$(mktemp -d)

@@ -9,8 +9,5 @@ command -v wasm-ld-16 >/dev/null || need_apt=1
 [ -d /usr/lib/wasm32-wasi ] || need_apt=1
 [ -f /usr/lib/llvm-16/lib/clang/16/lib/wasi/libclang_rt.builtins-wasm32.a ] || need_apt=1
 if [ "$need_apt" = 1 ]; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq clang-16 lld-16 wasi-libc libclang-rt-16-dev-wasm32 >/dev/null
+  "$(dirname "$0")/apt-install.sh" --update clang-16 lld-16 wasi-libc libclang-rt-16-dev-wasm32
 fi
