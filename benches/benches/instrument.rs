@@ -195,6 +195,8 @@ fn main() {
     );
     let (mut size_tabi, mut size_async) = (Vec::new(), Vec::new());
     let mut worst = [0f64; 5];
+    // Every guest's ratios, for the geometric means.
+    let mut ratios: [Vec<f64>; 5] = Default::default();
     // Compiled modules are shared by the guests built from one file.
     let only = std::env::var("TABI_BENCH_ONLY").ok();
     for (name, big, small) in &cases {
@@ -278,8 +280,13 @@ fn main() {
         } else {
             (f64::NAN, f64::NAN)
         };
-        for (w, v) in worst.iter_mut().zip([wt_t, wt_sp, wi_t, wt_a, wi_a]) {
+        for ((w, r), v) in worst
+            .iter_mut()
+            .zip(&mut ratios)
+            .zip([wt_t, wt_sp, wi_t, wt_a, wi_a])
+        {
             *w = w.max(v);
+            r.push(v);
         }
         println!(
             "{name:<16} {:>9} {st:>7.3} {ssp:>7.3} {sa:>9.3} | {wt_t:>7.3} {wt_sp:>7.3} {wt_a:>9.3} | {wi_t:>7.3} {wi_a:>9.3}",
@@ -298,6 +305,11 @@ fn main() {
     println!(
         "time, worst guest: wasmtime tabi {:.3} (<= 1.05), tabi+sp {:.3} (<= 1.15), wasmi tabi {:.3} (<= 1.03); asyncify wasmtime {:.3}, wasmi {:.3}",
         worst[0], worst[1], worst[2], worst[3], worst[4]
+    );
+    let g: Vec<f64> = ratios.iter().map(|r| geomean(r)).collect();
+    println!(
+        "time, geometric mean: wasmtime tabi {:.3}, tabi+sp {:.3}, wasmi tabi {:.3}; asyncify wasmtime {:.3}, wasmi {:.3}",
+        g[0], g[1], g[2], g[3], g[4]
     );
 
     // `TABI_BENCH_ONLY=unwind` or `=module` runs only that measure.
