@@ -10,7 +10,10 @@
 //! Sizes are ratios to `orig` (tabi) and to `orig -O` (Asyncify, whose output is optimized);
 //! times are medians of `TABI_BENCH_REPS` runs (default 7) of the guest on tabi, modules
 //! compiled beforehand, variants interleaved; ratios to the same baselines. tabi's variants run
-//! through the pausing driver (`run_pausable`), never pausing. Targets: size ≤ 1.25
+//! through the pausing driver (`run_pausable`), never pausing; `tabi+sp` runs with a request
+//! flag that is never set, as `tabi run --checkpoint-on-signal` does, so the guest yields to
+//! the host each time its budget runs out, and a summary line gives the same rewrite with
+//! nothing able to ask for a pause, which never yields. Targets: size ≤ 1.25
 //! (geometric mean), time ≤ 1.05 on wasmtime and ≤ 1.03 on wasmi, ≤ 1.15 with safepoints on
 //! wasmtime. It also measures an unwind and rewind of a 1,000-frame stack on wasmtime (target
 //! under 1 ms) and the rewrite of a generated 10 MB module (target under 2 s).
@@ -79,7 +82,22 @@ fn wasi_imports(wasm: &[u8]) -> Vec<String> {
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Plain,
+    /// Through the pausing driver, with nothing that can ask for a pause: with safepoints the
+    /// guest then never yields.
     Tabi,
+    /// Through the pausing driver, with a request flag that is never set, as
+    /// `tabi run --checkpoint-on-signal` has: with safepoints the guest yields each time its
+    /// budget runs out, and the frames rewound run on in their resume copies.
+    Interruptible,
+}
+
+/// The pause control of a `kind` run.
+fn control(kind: Kind) -> PauseControl {
+    let mut control = PauseControl::never();
+    if let Kind::Interruptible = kind {
+        control.request = Some(Default::default());
+    }
+    control
 }
 
 struct Variant {
@@ -98,9 +116,9 @@ fn run_wasmtime(
         Kind::Plain => {
             e.run_module(m, process).unwrap();
         }
-        Kind::Tabi => {
+        Kind::Tabi | Kind::Interruptible => {
             let o = e
-                .run_pausable(m, process, PauseControl::never(), Points::all(), None)
+                .run_pausable(m, process, control(kind), Points::all(), None)
                 .unwrap();
             assert!(matches!(o, tabi_libos::machine::Outcome::Finished(_)));
         }
@@ -114,9 +132,9 @@ fn run_wasmi(e: &tabi_wasmi::Wasmi, m: &wasmi::Module, kind: Kind, spec: &Spec) 
         Kind::Plain => {
             e.run_module(m, process).unwrap();
         }
-        Kind::Tabi => {
+        Kind::Tabi | Kind::Interruptible => {
             let o = e
-                .run_pausable(m, process, PauseControl::never(), Points::all(), None)
+                .run_pausable(m, process, control(kind), Points::all(), None)
                 .unwrap();
             assert!(matches!(o, tabi_libos::machine::Outcome::Finished(_)));
         }
@@ -197,6 +215,7 @@ fn main() {
     let mut worst = [0f64; 5];
     // Every guest's ratios, for the geometric means.
     let mut ratios: [Vec<f64>; 5] = Default::default();
+    let mut no_yield_ratios = Vec::new();
     // Compiled modules are shared by the guests built from one file.
     let only = std::env::var("TABI_BENCH_ONLY").ok();
     for (name, big, small) in &cases {
@@ -216,8 +235,8 @@ fn main() {
                 kind: Kind::Tabi,
             },
             Variant {
-                wasm: tabi_sp,
-                kind: Kind::Tabi,
+                wasm: tabi_sp.clone(),
+                kind: Kind::Interruptible,
             },
         ];
         if have_wasm_opt {
@@ -241,6 +260,12 @@ fn main() {
                 kind: Kind::Plain,
             });
         }
+        // The same rewrite with safepoints, run with nothing that can ask for a pause.
+        let no_yields = variants.len();
+        variants.push(Variant {
+            wasm: tabi_sp,
+            kind: Kind::Tabi,
+        });
         let size = |i: usize| variants[i].wasm.len() as f64;
         let st = size(1) / size(0);
         let ssp = size(2) / size(0);
@@ -266,14 +291,17 @@ fn main() {
             .iter()
             .map(|v| wasmi.compile(&v.wasm).unwrap())
             .collect();
-        // wasmi skips the safepoint variant (its target is for wasmtime).
-        let wi_idx: Vec<usize> = (0..variants.len()).filter(|&i| i != 2).collect();
+        // wasmi skips the safepoint variants (their target is for wasmtime).
+        let wi_idx: Vec<usize> = (0..variants.len())
+            .filter(|&i| i != 2 && i != no_yields)
+            .collect();
         let wit_sub = time_all(
             &mut |j| run_wasmi(&wasmi, &wi[wi_idx[j]], variants[wi_idx[j]].kind, small),
             wi_idx.len(),
         );
         let wit = |i: usize| wit_sub[wi_idx.iter().position(|&x| x == i).unwrap()];
         let (wt_t, wt_sp) = (wtt[1] / wtt[0], wtt[2] / wtt[0]);
+        no_yield_ratios.push(wtt[no_yields] / wtt[0]);
         let wi_t = wit(1) / wit(0);
         let (wt_a, wi_a) = if have_wasm_opt {
             (wtt[4] / wtt[3], wit(4) / wit(3))
@@ -310,6 +338,11 @@ fn main() {
     println!(
         "time, geometric mean: wasmtime tabi {:.3}, tabi+sp {:.3}, wasmi tabi {:.3}; asyncify wasmtime {:.3}, wasmi {:.3}",
         g[0], g[1], g[2], g[3], g[4]
+    );
+    println!(
+        "tabi+sp on wasmtime with nothing able to ask for a pause (so no yields): worst guest {:.3}, geometric mean {:.3}",
+        no_yield_ratios.iter().fold(0f64, |a, &b| a.max(b)),
+        geomean(&no_yield_ratios)
     );
 
     // `TABI_BENCH_ONLY=unwind` or `=module` runs only that measure.

@@ -179,8 +179,11 @@ pub struct PauseControl {
     pub after_points: Option<u64>,
     /// When set (from any thread), pause at the next migration point or safepoint yield.
     pub request: Option<Arc<AtomicBool>>,
-    /// Safepoints passed between yields to the host (modules with safepoints only); `None`
-    /// keeps the module's default.
+    /// Safepoints passed between yields to the host (modules with safepoints only). A yield
+    /// is the host's chance to take a [`request`](Self::request), so `None` means the
+    /// module's default ([`DEFAULT_BUDGET`]) when a request can be made, and as many as an
+    /// `i32` holds when none can: a guest that yields and is rewound runs on in its
+    /// functions' resume copies until they return, which costs more than the normal bodies.
     pub budget: Option<i32>,
     points: u64,
     pending: Option<PauseReason>,
@@ -198,6 +201,12 @@ impl PauseControl {
             after_points: Some(n),
             ..PauseControl::default()
         }
+    }
+
+    /// The budget the driver gives the guest, when it sets one (see [`PauseControl::budget`]).
+    fn yield_budget(&self) -> Option<i32> {
+        self.budget
+            .or_else(|| self.request.is_none().then_some(i32::MAX))
     }
 
     /// Migration points passed so far in this run.
@@ -701,7 +710,7 @@ fn rewinding_in(m: &mut dyn Machine, entry: &str) -> Vec<String> {
 /// [`drive`], leaving a pause's memories in the instance.
 fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineError> {
     let has_budget = m.has_export(BUDGET_GLOBAL);
-    if has_budget && let Some(b) = m.control().budget {
+    if has_budget && let Some(b) = m.control().yield_budget() {
         m.set_i32(BUDGET_GLOBAL, b)?;
     }
     let mut entries: Vec<String> = Vec::new();
@@ -729,7 +738,7 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
                 )));
             }
             m.restore_loaded(state, loaded)?;
-            if has_budget && let Some(b) = m.control().budget {
+            if has_budget && let Some(b) = m.control().yield_budget() {
                 m.set_i32(BUDGET_GLOBAL, b)?;
             }
             entries = rewinding_in(m, &state.entry);
@@ -784,7 +793,7 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
                 let state = m.capture_but_memories(entry)?;
                 return Ok(Driven::Paused(state, reason));
             }
-            let budget = m.control().budget.unwrap_or(DEFAULT_BUDGET);
+            let budget = m.control().yield_budget().unwrap_or(DEFAULT_BUDGET);
             m.set_i32(BUDGET_GLOBAL, budget)?;
             m.set_i32(STATE_GLOBAL, REWINDING)?;
         }

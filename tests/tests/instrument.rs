@@ -1714,3 +1714,69 @@ fn library_calls_with_wrong_arguments_or_into_a_paused_instance_are_refused() {
         );
     }
 }
+
+/// A yield is the host's chance to take a request, so a run that cannot be asked to pause
+/// gives the guest a budget that does not run out, and a run that can keeps the module's
+/// default: the budget a pause records shows which. Yielding has a cost beyond the unwind
+/// and rewind: the rewound frames run on in their resume copies.
+#[test]
+fn a_run_nothing_can_interrupt_does_not_yield() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use tabi_libos::machine::{DEFAULT_BUDGET, Outcome, PauseControl, PauseReason};
+
+    const PASSES: i32 = 3_000_000; // three times the default budget
+    let wasm = module(&format!(
+        r#"(func (export "_start")
+            (local $i i32)
+            (loop $again
+              (global.set $counter (i64.add (global.get $counter) (i64.const 1)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $again (i32.lt_u (local.get $i) (i32.const {PASSES}))))
+            (call $out (call $point (i32.const 1)))
+            (call $flush))"#
+    ));
+    let sp = instrument(
+        &wasm,
+        &Options {
+            safepoints: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    // The budget left when the run pauses at its first migration point, after the loop.
+    let budget_left = |backend, request: bool, budget: Option<i32>| {
+        let (p, _, _) = tabi_tests::process_for(&spec());
+        let mut control = PauseControl::after(1);
+        control.budget = budget;
+        if request {
+            control.request = Some(Arc::new(AtomicBool::new(false)));
+        }
+        match tabi_tests::migrate::run_pausable(backend, &sp.wasm, p, control, None) {
+            Outcome::Paused(p) => {
+                assert_eq!(p.reason, PauseReason::AfterPoints);
+                p.state
+                    .budget
+                    .expect("a module with safepoints records its budget")
+            }
+            Outcome::Finished(f) => panic!("finished without pausing: {:?}", f.exit),
+        }
+    };
+    for backend in tabi_tests::Backend::ALL {
+        // Nothing can ask: one safepoint per pass, and no yield.
+        let left = budget_left(backend, false, None);
+        assert!(
+            (i32::MAX - PASSES - 2..=i32::MAX - PASSES + 2).contains(&left),
+            "{backend:?}: {left}"
+        );
+        // A request can come: the guest yields each time the default budget runs out.
+        let left = budget_left(backend, true, None);
+        assert!((0..=DEFAULT_BUDGET).contains(&left), "{backend:?}: {left}");
+        // A budget the host gives is kept either way.
+        let left = budget_left(backend, false, Some(2 * PASSES));
+        assert!(
+            (PASSES - 2..=PASSES + 2).contains(&left),
+            "{backend:?}: {left}"
+        );
+    }
+}
