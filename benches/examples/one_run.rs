@@ -5,7 +5,8 @@
 //!
 //! - `orig` runs the guest as built, the way `tabi run` does; `tabi` and `tabi+sp` run its
 //!   rewrite (without and with safepoints) through the pausing driver, never pausing: the
-//!   same variants as the `instrument` bench.
+//!   same variants as the `instrument` bench (`tabi+sp` with a request flag that is never
+//!   set, so that the guest yields each time its budget runs out).
 //! - `wasi` and `wasi+epoch` (wasmtime and the compute guest only) run the guest as built on
 //!   plain wasmtime and wasmtime-wasi, with wasmtime's epoch interruption off and on: what
 //!   the engine's own way of interrupting a guest costs, as a reference for the safepoints
@@ -79,17 +80,19 @@ impl Wasi {
 }
 
 impl Compiled {
-    /// One run; `pausable` for an instrumented module.
-    fn run(&self, pausable: bool, spec: &Spec) {
+    /// One run; through the pausing driver with `control` for an instrumented module.
+    fn run(&self, control: Option<&PauseControl>, spec: &Spec) {
         let (process, ..) = process_for(spec);
-        let (never, all) = (PauseControl::never(), Points::all());
-        match (self, pausable) {
-            (Compiled::Wasmtime(e, m), true) => {
-                e.run_pausable(m, process, never, all, None).map(drop)
+        let all = Points::all();
+        match (self, control) {
+            (Compiled::Wasmtime(e, m), Some(c)) => {
+                e.run_pausable(m, process, c.clone(), all, None).map(drop)
             }
-            (Compiled::Wasmtime(e, m), false) => e.run_module(m, process).map(drop),
-            (Compiled::Wasmi(e, m), true) => e.run_pausable(m, process, never, all, None).map(drop),
-            (Compiled::Wasmi(e, m), false) => e.run_module(m, process).map(drop),
+            (Compiled::Wasmtime(e, m), None) => e.run_module(m, process).map(drop),
+            (Compiled::Wasmi(e, m), Some(c)) => {
+                e.run_pausable(m, process, c.clone(), all, None).map(drop)
+            }
+            (Compiled::Wasmi(e, m), None) => e.run_module(m, process).map(drop),
             (Compiled::Wasi(w, epoch), _) => {
                 w.run(*epoch, spec);
                 Ok(())
@@ -101,8 +104,8 @@ impl Compiled {
 
 /// The measured run: the function a counting tool is limited to.
 #[inline(never)]
-fn measured_run(compiled: &Compiled, pausable: bool, spec: &Spec) {
-    compiled.run(pausable, spec);
+fn measured_run(compiled: &Compiled, control: Option<&PauseControl>, spec: &Spec) {
+    compiled.run(control, spec);
 }
 
 fn main() -> ExitCode {
@@ -145,7 +148,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let pausable = options.is_some();
+    // With safepoints, a request flag that is never set, as `tabi run --checkpoint-on-signal`
+    // has and the bench gives: the guest yields each time its budget runs out.
+    let control = options.as_ref().map(|o| {
+        let mut c = PauseControl::never();
+        if o.safepoints {
+            c.request = Some(Default::default());
+        }
+        c
+    });
     let wasm = match options {
         None => orig,
         Some(o) => instrument(&orig, &o).expect("the guest instruments").wasm,
@@ -168,9 +179,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    compiled.run(pausable, &spec);
+    compiled.run(control.as_ref(), &spec);
     let t = Instant::now();
-    measured_run(&compiled, pausable, &spec);
+    measured_run(&compiled, control.as_ref(), &spec);
     eprintln!("measured run: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
     let repeat: usize = std::env::var("TABI_REPEAT")
         .ok()
@@ -180,7 +191,7 @@ fn main() -> ExitCode {
         let mut times: Vec<f64> = (0..repeat)
             .map(|_| {
                 let t = Instant::now();
-                measured_run(&compiled, pausable, &spec);
+                measured_run(&compiled, control.as_ref(), &spec);
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect();
