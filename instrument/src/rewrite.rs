@@ -1637,6 +1637,12 @@ impl Emitter<'_, '_, '_> {
     }
 
     /// On rewind: pop this function's frame and reload its locals and site number.
+    ///
+    /// A resume copy reloads no local here: each is loaded where the dispatch first uses
+    /// it ([`Emitter::reload_late`]). A local loaded at the top is an extra definition that
+    /// reaches every nested level's dispatch, so inside each loop that holds one, the code
+    /// generator has to keep the locals the dispatch could pass on alive across the loop's
+    /// back edge, although only the first pass after a rewind takes it.
     fn restore_frame(&mut self) -> Result<(), Error> {
         let (sp, base) = (self.ctx.sp, self.base);
         self.ins(Instruction::GlobalGet(sp));
@@ -1651,12 +1657,40 @@ impl Emitter<'_, '_, '_> {
         self.ins(Instruction::I32Const(1));
         self.ins(Instruction::I32Add);
         self.ins(Instruction::LocalSet(self.site_local));
+        if self.in_copy {
+            return Ok(());
+        }
         for (l, t, off) in self.saved.clone() {
             self.ins(Instruction::LocalGet(base));
             self.load(t, off)?;
             self.ins(Instruction::LocalSet(l));
         }
         Ok(())
+    }
+
+    /// In a resume copy, while rewinding: loads the saved locals for which `wanted` holds
+    /// from the frame [`Emitter::restore_frame`] popped. Nothing is pushed between the pop
+    /// and the dispatch's arms, so the frame starts at `__tabi_sp`, read again here rather
+    /// than kept in a local across the loops the dispatch passes through.
+    fn reload_late(&mut self, wanted: impl Fn(u32) -> bool) -> Result<(), Error> {
+        if !self.in_copy {
+            return Ok(());
+        }
+        for (l, t, off) in self.saved.clone() {
+            if wanted(l) {
+                self.ins(Instruction::GlobalGet(self.ctx.sp));
+                self.load(t, off)?;
+                self.ins(Instruction::LocalSet(l));
+            }
+        }
+        Ok(())
+    }
+
+    /// In a resume copy: loads the locals site `id` needs to go on (see
+    /// [`Emitter::reload_late`]).
+    fn reload_needs(&mut self, id: u32) -> Result<(), Error> {
+        let need = self.needs.get(&id).cloned();
+        self.reload_late(|l| need.as_ref().is_none_or(|n| n.contains(l)))
     }
 
     /// After the unwind label: store the locals at the stack top, then claim the frame,
@@ -2252,6 +2286,7 @@ impl Emitter<'_, '_, '_> {
                     Item::Site(s) => match s.kind {
                         SiteKind::Callee | SiteKind::Indirect { .. } => {
                             self.reached_site();
+                            self.reload_needs(s.id)?;
                             self.reload(&s.below)?;
                             let n = s.args.len();
                             for (i, &a) in s.args.iter().enumerate() {
@@ -2265,6 +2300,7 @@ impl Emitter<'_, '_, '_> {
                         }
                         SiteKind::Point | SiteKind::Safepoint => {
                             self.reached_site();
+                            self.reload_needs(s.id)?;
                             self.reload(&s.saved())?;
                             self.ins(Instruction::I32Const(crate::NORMAL));
                             self.ins(Instruction::GlobalSet(self.ctx.state));
@@ -2273,6 +2309,7 @@ impl Emitter<'_, '_, '_> {
                     Item::Block(b) => {
                         if let Some(sp) = b.lone_safepoint() {
                             self.reached_site();
+                            self.reload_needs(sp.id)?;
                             self.reload(&sp.below)?;
                             self.ins(Instruction::I32Const(crate::NORMAL));
                             self.ins(Instruction::GlobalSet(self.ctx.state));
@@ -2284,6 +2321,8 @@ impl Emitter<'_, '_, '_> {
                             self.ins(Instruction::I32Add);
                             self.ins(Instruction::LocalSet(bl));
                         } else {
+                            let params = b.param_locals.clone();
+                            self.reload_late(|l| params.contains(&l))?;
                             for &l in &b.param_locals {
                                 self.ins(Instruction::LocalGet(l));
                             }
