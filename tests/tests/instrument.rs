@@ -61,6 +61,15 @@ fn spec() -> Spec {
     Spec::new("wat").sandbox(Sandbox::None)
 }
 
+/// `wasm` rewritten with safepoints.
+fn rewrite_with_safepoints(wasm: &[u8]) -> tabi_instrument::Output {
+    let options = Options {
+        safepoints: true,
+        ..Options::default()
+    };
+    instrument(wasm, &options).unwrap()
+}
+
 /// Each construct: plain output equals instrumented output, and every pause point resumes
 /// correctly across engines.
 fn check(body: &str, min_points: u64) {
@@ -71,14 +80,7 @@ fn check(body: &str, min_points: u64) {
     assert_eq!(plain(&spec(), &out.wasm), expected);
     // With safepoints and a budget of 1-3, the guest yields at almost every loop header and
     // recursive call, and each yield is rewound in place.
-    let sp = instrument(
-        &wasm,
-        &Options {
-            safepoints: true,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let sp = rewrite_with_safepoints(&wasm);
     for budget in 1..=3 {
         for backend in tabi_tests::Backend::ALL {
             let (p, out, _) = tabi_tests::process_for(&spec());
@@ -1736,14 +1738,7 @@ fn a_run_nothing_can_interrupt_does_not_yield() {
             (call $out (call $point (i32.const 1)))
             (call $flush))"#
     ));
-    let sp = instrument(
-        &wasm,
-        &Options {
-            safepoints: true,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let sp = rewrite_with_safepoints(&wasm);
     // The budget left when the run pauses at its first migration point, after the loop.
     let budget_left = |backend, request: bool, budget: Option<i32>| {
         let (p, _, _) = tabi_tests::process_for(&spec());
