@@ -700,12 +700,8 @@ fn a_module_planted_in_the_temporary_directory_is_not_run() {
     std::fs::write(&module, &genuine).unwrap();
 
     let run = |cache: Option<&Path>| {
-        let mut cmd = tabi();
-        cmd.env("TMPDIR", &tmp)
-            .env("HOME", &home)
-            .env_remove("XDG_CACHE_HOME")
-            .env_remove("TABI_CACHE_DIR")
-            .env_remove("TABI_CACHE");
+        let mut cmd = tabi_at_home(&home);
+        cmd.env("TMPDIR", &tmp);
         if let Some(dir) = cache {
             cmd.env("TABI_CACHE_DIR", dir);
         }
@@ -731,6 +727,17 @@ fn a_module_planted_in_the_temporary_directory_is_not_run() {
     assert_eq!(run(Some(&shared)), "planted\n");
 }
 
+/// `tabi` with `home` as its user's home and none of the cache settings of the environment it
+/// runs in: its caches go under `home/.cache/tabi` unless the test sets otherwise.
+fn tabi_at_home(home: &Path) -> Command {
+    let mut cmd = tabi();
+    cmd.env("HOME", home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("TABI_CACHE_DIR")
+        .env_remove("TABI_CACHE");
+    cmd
+}
+
 /// wasmtime's compiled code is kept in the user's cache directory, beside the rewritten
 /// modules; a second start adds no second copy, and `TABI_CACHE=off` keeps nothing. (That the
 /// second start is faster is measured, not tested: see the README.)
@@ -740,11 +747,7 @@ fn compiled_code_is_kept_in_the_users_cache() {
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let run = |cache: Option<&str>| {
-        let mut cmd = tabi();
-        cmd.env("HOME", &home)
-            .env_remove("XDG_CACHE_HOME")
-            .env_remove("TABI_CACHE_DIR")
-            .env_remove("TABI_CACHE");
+        let mut cmd = tabi_at_home(&home);
         if let Some(setting) = cache {
             cmd.env("TABI_CACHE", setting);
         }
