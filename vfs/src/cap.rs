@@ -1,11 +1,18 @@
-//! Host mounts over cap-std, and importing a host directory into memory.
+//! Host mounts over cap-std, walks of host trees, and importing a host directory into memory.
 //!
 //! [`CapStdFs`] grants whole host directories. Every lookup goes through a `cap_std::fs::Dir`
 //! handle, which refuses `..` past it, absolute paths and symlinks that lead out, so a guest
 //! cannot reach the host outside what it was granted. Handles are cached by the kernel's key and
 //! reopened by path when missing (after a restore).
+//!
+//! [`walk_host_dir`] visits a host tree through directory handles, a name at a time and on a
+//! stack of its own, so that a tree deeper than a path can name (which a guest can make in a
+//! directory it was granted) is walked, or refused past [`MAX_HOST_DEPTH`], but never
+//! overflows the host's stack. [`import_host_dir`] (`--copy-dir`) and the CLI's fingerprint
+//! of a host mount use it.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::Path;
 use std::string::{String, ToString};
@@ -467,12 +474,230 @@ impl HostFs for CapStdFs {
     }
 }
 
+/// How many directories below its start a walk of a host tree ([`walk_host_dir`]) goes: one
+/// deeper is an error. `--copy-dir` copies no deeper, and a host mount is fingerprinted no
+/// deeper. That is far beyond what a path can name (Linux's `PATH_MAX` is 4096 bytes, so two
+/// bytes a level), yet a tree a guest makes through its descriptors can be deeper still.
+pub const MAX_HOST_DEPTH: usize = 4096;
+
+/// The levels nearest the start of a walk whose directories stay open while the walk is
+/// below them.
+const KEEP_ALL: usize = 16;
+
+/// Past [`KEEP_ALL`], one level in so many keeps its directory open while the walk is below
+/// it; the levels between are opened again, a name at a time from the nearest one kept, when
+/// the walk comes back to them. A walk so holds at most `KEEP_ALL + MAX_HOST_DEPTH /
+/// KEEP_EVERY` descriptors however deep it goes, not one a level, which a deep tree would
+/// make more than a process may have.
+const KEEP_EVERY: usize = 32;
+
+/// What a walk of a host tree ([`walk_host_dir`]) does with what it meets.
+pub trait HostVisitor {
+    /// What the visitor keeps for a directory while the walk is inside it.
+    type Dir;
+
+    /// Meets the entry `name` of the directory whose handle is `dir` and whose state is
+    /// `parent`; `meta` is the entry's own metadata (a symbolic link's, not its target's).
+    /// For a directory, returns the state to walk into it with, or `None` to pass it by.
+    fn entry(
+        &mut self,
+        parent: &mut Self::Dir,
+        dir: &Dir,
+        name: &OsStr,
+        meta: &Metadata,
+    ) -> io::Result<Option<Self::Dir>>;
+
+    /// Leaves a directory after its last entry; the start directory is left last.
+    fn leave(&mut self, dir: Self::Dir) -> io::Result<()>;
+}
+
+/// A directory a walk is inside.
+struct Frame<D> {
+    /// Its handle, while it is kept open (see [`KEEP_EVERY`]).
+    handle: Option<Dir>,
+    /// Its name in its parent (empty for the start).
+    name: OsString,
+    /// The visitor's state for it.
+    state: D,
+    /// Its entries not met yet, in name order, with their metadata.
+    entries: std::vec::IntoIter<(OsString, Metadata)>,
+}
+
+/// Walks the tree under `root` depth first, each directory's entries in name order, showing
+/// each entry to `visitor` and walking into the directories it asks for, with `state` the
+/// visitor's state for `root`. Symbolic links are met, never followed.
+///
+/// Every directory is reached through its parent's handle, a name at a time, so no path is
+/// ever longer than a name and nothing outside `root` is reached. The walk keeps its place in
+/// a stack of its own, not in the host's: a tree deeper than [`MAX_HOST_DEPTH`] is an error
+/// naming where, and never a stack overflow. An error on the way says at which path it was.
+pub fn walk_host_dir<V: HostVisitor>(root: &Dir, state: V::Dir, visitor: &mut V) -> io::Result<()> {
+    let mut stack = std::vec![Frame {
+        handle: Some(root.try_clone()?),
+        name: OsString::new(),
+        state,
+        entries: entries_of(root)?.into_iter(),
+    }];
+    loop {
+        let Some(top) = stack.last_mut() else {
+            return Ok(());
+        };
+        let Some((name, meta)) = top.entries.next() else {
+            if let Some(done) = stack.pop() {
+                visitor
+                    .leave(done.state)
+                    .map_err(|e| at(e, &stack, Some(&done.name)))?;
+            }
+            continue;
+        };
+        step(&mut stack, visitor, name, &meta).map_err(|e| match e {
+            Step::Deep(name) => io::Error::other(std::format!(
+                "the tree is deeper than {MAX_HOST_DEPTH} levels at `{}`; tabi walks no deeper",
+                shown(&stack, Some(&name))
+            )),
+            Step::Io(e, name) => at(e, &stack, Some(&name)),
+        })?;
+    }
+}
+
+/// Why a step of a walk failed, with the name of the entry it was at.
+enum Step {
+    /// The entry is a directory one level deeper than [`MAX_HOST_DEPTH`].
+    Deep(OsString),
+    /// The host or the visitor failed.
+    Io(io::Error, OsString),
+}
+
+/// Shows the entry `name` of the directory on top of `stack` to `visitor`, and walks into it
+/// when it asks.
+fn step<V: HostVisitor>(
+    stack: &mut Vec<Frame<V::Dir>>,
+    visitor: &mut V,
+    name: OsString,
+    meta: &Metadata,
+) -> Result<(), Step> {
+    if let Err(e) = reopen(stack) {
+        return Err(Step::Io(e, name));
+    }
+    let depth = stack.len();
+    let Some(Frame {
+        handle: Some(dir),
+        state,
+        ..
+    }) = stack.last_mut()
+    else {
+        return Err(Step::Io(io::Error::other("the walk lost its place"), name));
+    };
+    let sub = match visitor.entry(state, dir, &name, meta) {
+        Ok(Some(sub)) => sub,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(Step::Io(e, name)),
+    };
+    if depth > MAX_HOST_DEPTH {
+        return Err(Step::Deep(name));
+    }
+    let opened = dir
+        .open_dir_nofollow(&name)
+        .and_then(|d| Ok((entries_of(&d)?, d)));
+    let (entries, handle) = match opened {
+        Ok(o) => o,
+        Err(e) => return Err(Step::Io(e, name)),
+    };
+    if !kept(depth - 1)
+        && let Some(top) = stack.last_mut()
+    {
+        top.handle = None;
+    }
+    stack.push(Frame {
+        handle: Some(handle),
+        name,
+        state: sub,
+        entries: entries.into_iter(),
+    });
+    Ok(())
+}
+
+/// Whether the directory at `depth` below the start stays open while the walk is below it.
+fn kept(depth: usize) -> bool {
+    depth < KEEP_ALL || depth.is_multiple_of(KEEP_EVERY)
+}
+
+/// Opens the directory on top of `stack` again if it was closed, a name at a time from the
+/// nearest directory below it that was kept open.
+fn reopen<D>(stack: &mut [Frame<D>]) -> io::Result<()> {
+    let Some((top, below)) = stack.split_last_mut() else {
+        return Ok(());
+    };
+    if top.handle.is_some() {
+        return Ok(());
+    }
+    let Some(from) = below.iter().rposition(|f| f.handle.is_some()) else {
+        return Err(io::Error::other("the walk lost its place"));
+    };
+    let mut names = below[from + 1..].iter().map(|f| &f.name).chain([&top.name]);
+    let (Some(start), Some(first)) = (&below[from].handle, names.next()) else {
+        return Err(io::Error::other("the walk lost its place"));
+    };
+    let mut dir = start.open_dir_nofollow(first)?;
+    for name in names {
+        dir = dir.open_dir_nofollow(name)?;
+    }
+    top.handle = Some(dir);
+    Ok(())
+}
+
+/// The entries of `dir` in name order, each with its own metadata.
+fn entries_of(dir: &Dir) -> io::Result<Vec<(OsString, Metadata)>> {
+    let mut names = dir
+        .entries()?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let meta = dir.symlink_metadata(&name)?;
+            Ok((name, meta))
+        })
+        .collect()
+}
+
+/// `e`, saying that it happened at `name` in the directory on top of `stack`.
+fn at<D>(e: io::Error, stack: &[Frame<D>], name: Option<&OsStr>) -> io::Error {
+    io::Error::new(e.kind(), std::format!("`{}`: {e}", shown(stack, name)))
+}
+
+/// The path of `name` in the directory on top of `stack`, relative to the start of the walk,
+/// shortened in the middle when it is long.
+fn shown<D>(stack: &[Frame<D>], name: Option<&OsStr>) -> String {
+    const ENDS: usize = 4;
+    let names: Vec<_> = stack
+        .iter()
+        .skip(1)
+        .map(|f| f.name.as_os_str())
+        .chain(name)
+        .filter(|n| !n.is_empty())
+        .map(|n| n.to_string_lossy())
+        .collect();
+    if names.len() <= 2 * ENDS + 1 {
+        return names.join("/");
+    }
+    std::format!(
+        "{}/…({} more)…/{}",
+        names[..ENDS].join("/"),
+        names.len() - 2 * ENDS,
+        names[names.len() - ENDS..].join("/")
+    )
+}
+
 /// Copies the host directory `path` into a new root of `fs` (for `--copy-dir`), keeping files,
-/// directories, symlinks and modification times; returns the root.
+/// directories, symlinks and modification times; returns the root. It walks through
+/// directory handles with [`walk_host_dir`], so a tree deeper than [`MAX_HOST_DEPTH`] is an
+/// error that says so.
 pub fn import_host_dir(fs: &mut MemFs, path: &Path, now: u64) -> io::Result<Ino> {
     let dir = Dir::open_ambient_dir(path, ambient_authority())?;
     let root = fs.new_root(now);
-    copy_into(fs, &dir, root)?;
+    walk_host_dir(&dir, (root, None), &mut Import { fs })?;
     Ok(root)
 }
 
@@ -480,42 +705,61 @@ fn to_io(e: FsError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn copy_into(fs: &mut MemFs, dir: &Dir, into: Ino) -> io::Result<()> {
-    let mut entries: Vec<_> = dir.entries()?.collect::<io::Result<_>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|n| io::Error::other(std::format!("file name is not UTF-8: {n:?}")))?;
-        let ft = entry.file_type()?;
-        let meta = dir.symlink_metadata(&name)?;
-        let mtim = nanos(meta.modified());
-        let ino = if ft.is_dir() {
-            let sub = dir.open_dir(&name)?;
-            let ino = fs.mkdir(into, &name, mtim).map_err(to_io)?;
-            copy_into(fs, &sub, ino)?;
-            ino
-        } else if ft.is_symlink() {
-            let target = dir.read_link_contents(&name)?;
+/// The visitor that copies a host tree into a [`MemFs`].
+struct Import<'a> {
+    fs: &'a mut MemFs,
+}
+
+impl HostVisitor for Import<'_> {
+    /// A directory's inode, and its access and modification times on the host, set once its
+    /// entries are in (none for the root, which keeps its own).
+    type Dir = (Ino, Option<(u64, u64)>);
+
+    fn entry(
+        &mut self,
+        parent: &mut Self::Dir,
+        dir: &Dir,
+        name: &OsStr,
+        meta: &Metadata,
+    ) -> io::Result<Option<Self::Dir>> {
+        let fs = &mut *self.fs;
+        let into = parent.0;
+        let name = name
+            .to_str()
+            .ok_or_else(|| io::Error::other(std::format!("file name is not UTF-8: {name:?}")))?;
+        let (atim, mtim) = (nanos(meta.accessed()), nanos(meta.modified()));
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            let ino = fs.mkdir(into, name, mtim).map_err(to_io)?;
+            return Ok(Some((ino, Some((atim, mtim)))));
+        }
+        let ino = if ft.is_symlink() {
+            let target = dir.read_link_contents(name)?;
             let target = target
                 .into_os_string()
                 .into_string()
                 .map_err(|_| io::Error::other("symlink target is not UTF-8"))?;
-            fs.symlink(into, &name, &target, mtim).map_err(to_io)?
+            fs.symlink(into, name, &target, mtim).map_err(to_io)?
         } else {
-            let data = dir.read(&name)?;
-            let ino = fs.create_file(into, &name, mtim).map_err(to_io)?;
+            let data = dir.read(name)?;
+            let ino = fs.create_file(into, name, mtim).map_err(to_io)?;
             fs.write_at(ino, 0, &data, mtim).map_err(to_io)?;
             ino
         };
-        fs.set_times(
-            ino,
-            SetTime::At(nanos(meta.accessed())),
-            SetTime::At(mtim),
-            mtim,
-        )
-        .map_err(to_io)?;
+        set_times(fs, ino, atim, mtim)?;
+        Ok(None)
     }
-    Ok(())
+
+    fn leave(&mut self, (ino, times): Self::Dir) -> io::Result<()> {
+        match times {
+            Some((atim, mtim)) => set_times(self.fs, ino, atim, mtim),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Gives `ino` the times a host entry had.
+fn set_times(fs: &mut MemFs, ino: Ino, atim: u64, mtim: u64) -> io::Result<()> {
+    fs.set_times(ino, SetTime::At(atim), SetTime::At(mtim), mtim)
+        .map_err(to_io)
 }

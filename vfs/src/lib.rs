@@ -50,4 +50,4 @@ pub use mem::{Directory, Inode, MEM_DEV, MemFs, Node, Resolved};
 pub use types::{DirEntry, FileType, Ino, MAX_SYMLINKS, NAME_MAX, SetTime, Stat};
 
 #[cfg(feature = "std")]
-pub use cap::{CapStdFs, import_host_dir};
+pub use cap::{CapStdFs, HostVisitor, MAX_HOST_DEPTH, import_host_dir, walk_host_dir};
