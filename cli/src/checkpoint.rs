@@ -577,15 +577,26 @@ fn file_name(path: &Path) -> String {
 }
 
 /// A digest of a host directory's tree: each entry's path, type, size and modification time,
-/// in name order. Symbolic links are not followed.
+/// in name order, depth first. Symbolic links are not followed.
+///
+/// The tree is walked through directory handles ([`tabi_vfs::walk_host_dir`]), so a tree
+/// deeper than a path can name, which a guest can make in its own directory, is
+/// fingerprinted, up to [`tabi_vfs::MAX_HOST_DEPTH`] levels; deeper is an error that says so.
 pub fn fingerprint(dir: &Path) -> Result<[u8; 32]> {
     use sha2::Digest;
-    fn walk(dir: &Path, rel: &str, h: &mut sha2::Sha256) -> std::io::Result<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let meta = std::fs::symlink_metadata(e.path())?;
-            let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+    /// Hashes each entry; a directory's state is its path from the top, as `/a/b`.
+    struct Hashing(sha2::Sha256);
+    impl tabi_vfs::HostVisitor for Hashing {
+        type Dir = String;
+        fn entry(
+            &mut self,
+            rel: &mut String,
+            _: &cap_std::fs::Dir,
+            name: &std::ffi::OsStr,
+            meta: &cap_std::fs::Metadata,
+        ) -> std::io::Result<Option<String>> {
+            let h = &mut self.0;
+            let name = format!("{rel}/{}", name.to_string_lossy());
             let kind = if meta.is_dir() {
                 b'd'
             } else if meta.file_type().is_symlink() {
@@ -596,23 +607,26 @@ pub fn fingerprint(dir: &Path) -> Result<[u8; 32]> {
             let mtime = meta
                 .modified()
                 .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|t| t.into_std().duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
             h.update((name.len() as u64).to_le_bytes());
             h.update(name.as_bytes());
             h.update([kind]);
             h.update(meta.len().to_le_bytes());
             h.update(mtime.to_le_bytes());
-            if meta.is_dir() {
-                walk(&e.path(), &name, h)?;
-            }
+            Ok(meta.is_dir().then_some(name))
         }
-        Ok(())
+        fn leave(&mut self, _: String) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    let mut h = sha2::Sha256::new();
-    walk(dir, "", &mut h)
-        .with_context(|| format!("cannot read host directory `{}`", dir.display()))?;
-    Ok(h.finalize().into())
+    let read = || {
+        let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())?;
+        let mut hashing = Hashing(sha2::Sha256::new());
+        tabi_vfs::walk_host_dir(&root, String::new(), &mut hashing)?;
+        Ok::<_, std::io::Error>(hashing.0.finalize().into())
+    };
+    read().with_context(|| format!("cannot read host directory `{}`", dir.display()))
 }
 
 /// Writes a snapshot of the pause `view` to `path` (through a temporary file and a rename, so that a

@@ -1,0 +1,125 @@
+//! A host that works against tabi, and snapshots that do: files planted where tabi writes,
+//! a cache directory others can write, names with terminal escapes, and directory trees
+//! deeper than a path can name.
+
+use std::path::Path;
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use tabi_cli::checkpoint;
+
+/// A chain of `levels` directories `d/d/…/d` under `root`, with `leaf.txt` at its bottom,
+/// made through directory handles: its path is longer than the host lets a path be.
+fn deep_chain(root: &Path, levels: usize) {
+    let mut dir = Dir::open_ambient_dir(root, ambient_authority()).unwrap();
+    for _ in 0..levels {
+        dir.create_dir("d").unwrap();
+        dir = dir.open_dir("d").unwrap();
+    }
+    dir.write("leaf.txt", b"at the bottom").unwrap();
+}
+
+/// Removes the chain `deep_chain` made under `root`, a level at a time from the top, so that
+/// nothing needs a path or a descriptor per level.
+fn remove_chain(root: &Path) {
+    let dir = Dir::open_ambient_dir(root, ambient_authority()).unwrap();
+    while dir.open_dir("d").unwrap().exists("d") {
+        dir.rename("d/d", &dir, "next").unwrap();
+        dir.remove_dir_all("d").unwrap();
+        dir.rename("next", &dir, "d").unwrap();
+    }
+    dir.remove_dir_all("d").unwrap();
+}
+
+/// The fingerprint as it was computed before it walked through directory handles: each entry's
+/// path, type, size and modification time, in name order, depth first. Snapshots written then
+/// must still verify.
+fn reference_fingerprint(dir: &Path) -> [u8; 32] {
+    use sha2::Digest;
+    fn walk(dir: &Path, rel: &str, h: &mut sha2::Sha256) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+            let kind = if meta.is_dir() {
+                b'd'
+            } else if meta.file_type().is_symlink() {
+                b'l'
+            } else {
+                b'f'
+            };
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update([kind]);
+            h.update(meta.len().to_le_bytes());
+            h.update(mtime.to_le_bytes());
+            if meta.is_dir() {
+                walk(&e.path(), &name, h);
+            }
+        }
+    }
+    let mut h = sha2::Sha256::new();
+    walk(dir, "", &mut h);
+    h.finalize().into()
+}
+
+/// The fingerprint of a tree of files, directories and links is the one it had before it
+/// walked through handles.
+#[test]
+fn the_fingerprint_is_the_one_snapshots_already_hold() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("b/c/d")).unwrap();
+    std::fs::create_dir_all(r.join("a/empty")).unwrap();
+    std::fs::write(r.join("z.txt"), b"zz").unwrap();
+    std::fs::write(r.join("a/one.txt"), b"1").unwrap();
+    std::fs::write(r.join("b/c/d/deep.txt"), b"deeper").unwrap();
+    std::fs::write(r.join("b/c/two.txt"), b"22").unwrap();
+    std::os::unix::fs::symlink("../z.txt", r.join("a/link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", r.join("b/dangling")).unwrap();
+    let got = checkpoint::fingerprint(r).unwrap();
+    assert_eq!(got, reference_fingerprint(r));
+    // And it sees a change.
+    std::fs::write(r.join("b/c/d/deep.txt"), b"changed").unwrap();
+    assert_ne!(checkpoint::fingerprint(r).unwrap(), got);
+
+    // Deeper, with a file after the directory at every level, which the walk comes back for
+    // once the levels below are done (and which a path can still name, for the reference).
+    let mut dir = Dir::open_ambient_dir(r.join("a"), ambient_authority()).unwrap();
+    for level in 0..300 {
+        dir.create_dir("d").unwrap();
+        dir.write("e.txt", level.to_string()).unwrap();
+        dir = dir.open_dir("d").unwrap();
+    }
+    assert_eq!(
+        checkpoint::fingerprint(r).unwrap(),
+        reference_fingerprint(r)
+    );
+}
+
+/// A host directory holding a tree deeper than a path can name (which a guest can make
+/// through its descriptors) is fingerprinted; one deeper than tabi walks is refused with an
+/// error that says so, not with the host's "file name too long".
+#[test]
+fn a_tree_deeper_than_a_path_is_fingerprinted() {
+    let root = tempfile::tempdir().unwrap();
+    deep_chain(root.path(), 2_500);
+    let first = checkpoint::fingerprint(root.path()).unwrap();
+    assert_eq!(checkpoint::fingerprint(root.path()).unwrap(), first);
+    remove_chain(root.path());
+
+    deep_chain(root.path(), 5_000);
+    let e = checkpoint::fingerprint(root.path()).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("deeper than 4096"), "{e}");
+    remove_chain(root.path());
+}
