@@ -936,20 +936,45 @@ where
 /// has open on host mount `index` (the directory `host`) must still be found at the path the
 /// kernel knows it by. The kernel follows the guest's own renames and keeps the files it
 /// unlinks; this catches what was moved or removed from outside the guest while it was open.
+///
+/// The paths come from the kernel state, which a resumed snapshot supplied: each is looked up
+/// inside `host` only (see [`metadata_within`]), so a forged one learns nothing of the host
+/// outside it.
 fn open_host_paths_exist(kernel: &Kernel, index: u32, host: &Path, guest_path: &str) -> Result<()> {
+    let mut root = None;
     for (fd, d) in kernel.descriptors() {
         let (Object::HostFile { mount, path, .. } | Object::HostDir { mount, path, .. }) =
             &d.object
         else {
             continue;
         };
-        if *mount == index && std::fs::metadata(host.join(path)).is_err() {
+        if *mount != index {
+            continue;
+        }
+        let root = match &mut root {
+            Some(root) => root,
+            None => root.insert(
+                cap_std::fs::Dir::open_ambient_dir(host, cap_std::ambient_authority())
+                    .with_context(|| format!("cannot open host directory `{}`", host.display()))?,
+            ),
+        };
+        if let Err(e) = metadata_within(root, path) {
             bail!(
-                "descriptor {fd} of the guest is `{guest_path}/{path}`, which was moved or removed outside the guest while open; a resume could not reopen it"
+                "descriptor {fd} of the guest is `{guest_path}/{path}`, which was moved or removed outside the guest while open; a resume could not reopen it ({e})"
             );
         }
     }
     Ok(())
+}
+
+/// The metadata of what `path` names inside the host directory `root`, looked up through its
+/// handle as the guest's own lookups are: `..` above it, an absolute path, or a symbolic link
+/// that leads out of it is an error, whatever is there on the host.
+fn metadata_within(root: &cap_std::fs::Dir, path: &str) -> std::io::Result<cap_std::fs::Metadata> {
+    match path {
+        "" | "." => root.dir_metadata(),
+        path => root.metadata(path),
+    }
 }
 
 /// Reads a chain of snapshot files: a full snapshot, then incremental ones, each against the
@@ -1418,6 +1443,49 @@ mod tests {
         assert!(e.contains(&format!("descriptor {theirs}")), "{e}");
         assert!(e.contains("/data/theirs.txt"), "{e}");
         assert!(e.contains("outside the guest"), "{e}");
+    }
+
+    /// The host paths of a snapshot's kernel state are looked up inside their host directory
+    /// only. A forged state whose descriptor names `../secret`, an absolute path, or a link
+    /// in the directory that leads out of it, learns nothing of the file outside, which
+    /// exists: each is refused as not found.
+    #[cfg(unix)]
+    #[test]
+    fn forged_host_paths_are_not_looked_up_outside_their_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let granted = root.path().join("granted");
+        std::fs::create_dir(&granted).unwrap();
+        let secret = root.path().join("secret");
+        std::fs::write(&secret, b"outside").unwrap();
+        std::os::unix::fs::symlink(&secret, granted.join("out")).unwrap();
+        let absolute = secret.to_str().unwrap().to_string();
+        for forged in ["../secret", absolute.as_str(), "out"] {
+            // A descriptor on a file of the directory named as long as the forged path, then
+            // renamed in the encoded state.
+            let placeholder = "p".repeat(forged.len());
+            std::fs::write(granted.join(&placeholder), b"inside").unwrap();
+            let mut host = StdHost::new();
+            host.fs.grant(&granted).unwrap();
+            let mut k = Kernel::new();
+            let dir = k.mount_host("/data", 0).unwrap();
+            let opts = tabi_libos::OpenOptions {
+                rights: tabi_libos::abi::rights::FILE,
+                ..Default::default()
+            };
+            let fd = k.open_at(dir, &placeholder, opts, &mut host).unwrap();
+            open_host_paths_exist(&k, 0, &granted, "/data").unwrap();
+            let mut state = tabi_libos::encode_state(&k).unwrap();
+            let at = state
+                .windows(placeholder.len())
+                .position(|w| w == placeholder.as_bytes())
+                .unwrap();
+            state[at..at + forged.len()].copy_from_slice(forged.as_bytes());
+            let k = tabi_libos::decode_state(&state).unwrap();
+            let e = open_host_paths_exist(&k, 0, &granted, "/data").unwrap_err();
+            let e = e.to_string();
+            assert!(e.contains(&format!("descriptor {fd}")), "{forged}: {e}");
+            assert!(e.contains(&format!("/data/{forged}")), "{forged}: {e}");
+        }
     }
 
     /// A snapshot that replaces a file takes its name whole: a reader holding the old file
