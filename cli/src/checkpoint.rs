@@ -183,12 +183,22 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     if let (Some(dir), Some(file)) = (&dir, &file)
         && private_dir(dir).is_ok()
     {
-        let tmp = dir.join(format!(".{}.{}", std::process::id(), file_name(file)));
-        if std::fs::write(&tmp, &out.wasm).is_ok() {
-            let _ = std::fs::rename(&tmp, file);
-        }
+        let _ = replace_whole(file, &out.wasm);
     }
     Ok(out.wasm)
+}
+
+/// Writes `bytes` to a new file beside `path` and renames it over `path`.
+fn replace_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (mut file, tmp) = crate::outfile::create_beside(path)?;
+    let written = std::io::Write::write_all(&mut file, bytes).and_then(|()| {
+        drop(file);
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Where rewritten modules are cached: `$TABI_CACHE_DIR` when set, else `tabi` in the user's
@@ -570,12 +580,6 @@ fn compiled_wasmi(wasm: &[u8]) -> Result<(&'static tabi_wasmi::Wasmi, wasmi::Mod
     Ok((e, cached(&MODULES, wasm, || e.compile(wasm))?))
 }
 
-/// The last component of `path`, for naming a temporary file beside it.
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| "tabi".into(), |n| n.to_string_lossy().into_owned())
-}
-
 /// A digest of a host directory's tree: each entry's path, type, size and modification time,
 /// in name order, depth first. Symbolic links are not followed.
 ///
@@ -652,9 +656,8 @@ fn write_file(
     path: &Path,
     write: impl FnOnce(&mut FileSink) -> Result<tabi_snapshot::Summary>,
 ) -> Result<tabi_snapshot::Summary> {
-    let tmp = path.with_file_name(format!(".{}.{}", std::process::id(), file_name(path)));
-    let out = crate::outfile::Output::create(&tmp)
-        .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    let (out, tmp) = crate::outfile::Output::create_beside(path)
+        .with_context(|| format!("cannot create a temporary file beside `{}`", path.display()))?;
     let mut sink = tabi_snapshot::IoSink(out);
     let written = write(&mut sink).and_then(|summary| {
         sink.0

@@ -7,10 +7,15 @@
 //! threads compress the rest: nothing is copied into the page cache, nothing is left dirty
 //! for the kernel to write back, and the final sync has only the device's cache, the last
 //! block and the file's length left to flush.
+//!
+//! The file is made beside the one it will replace, under a name no one can foresee, and
+//! made new: whatever someone planted beside it (a symbolic link to another file, say) is
+//! neither followed nor written over (see [`create_beside`]).
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -89,17 +94,19 @@ impl Io {
 const SMALL: u64 = 4 << 20;
 
 impl Output {
-    /// Creates (or truncates) the file.
-    pub(crate) fn create(path: &Path) -> io::Result<Output> {
-        let file = File::create(path)?;
-        Ok(Output {
+    /// Creates a new file beside `dest`, to be renamed over it once finished (see
+    /// [`create_beside`]); gives it with its path.
+    pub(crate) fn create_beside(dest: &Path) -> io::Result<(Output, PathBuf)> {
+        let (file, path) = create_beside(dest)?;
+        let out = Output {
             current: Aligned::new(),
             total: 0,
             file: Some(file),
             refused: false,
             made: 1,
             io: None,
-        })
+        };
+        Ok((out, path))
     }
 
     /// Writes the current buffer: here while the file is small (or cannot go direct),
@@ -257,4 +264,127 @@ fn buffered(file: &File) -> io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn buffered(_: &File) -> io::Result<()> {
     Ok(())
+}
+
+/// How many names [`create_beside`] tries. Each is new and random, so a name is taken only
+/// when someone planted a file under it, which takes foreseeing the random part.
+const ATTEMPTS: usize = 16;
+
+/// Creates a new, empty file in the directory of `dest`, to be written and then renamed over
+/// `dest`; gives it with its path.
+///
+/// Its name is hidden and made of `dest`'s, the process id, a counter and 64 random bits, so
+/// that it cannot be foreseen. The file is created exclusively (`O_CREAT | O_EXCL`), which
+/// fails on any entry already under the name, a symbolic link too (POSIX: an exclusive create
+/// never follows one, dangling or not, and Linux's `O_NOFOLLOW` would add nothing): so
+/// nothing planted under a name is written through or over. A name that is taken is passed
+/// over for the next.
+pub(crate) fn create_beside(dest: &Path) -> io::Result<(File, PathBuf)> {
+    create_first((0..ATTEMPTS).map(|_| dest.with_file_name(temporary_name(dest))))
+}
+
+/// Creates the first of `paths` that is free, exclusively (see [`create_beside`]).
+fn create_first(paths: impl IntoIterator<Item = PathBuf>) -> io::Result<(File, PathBuf)> {
+    for path in paths {
+        match File::options().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((file, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "every name tried for a temporary file beside it was taken",
+    ))
+}
+
+/// A new hidden name for a temporary file beside `dest` (see [`create_beside`]). `dest`'s own
+/// name is cut to its first 64 bytes, so that the whole stays well within a file name's
+/// 255.
+fn temporary_name(dest: &Path) -> String {
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let n = MADE.fetch_add(1, Ordering::Relaxed);
+    let mut stem = dest
+        .file_name()
+        .map_or_else(|| "tabi".into(), |n| n.to_string_lossy().into_owned());
+    if stem.len() > 64 {
+        let cut = (0..=64)
+            .rev()
+            .find(|&i| stem.is_char_boundary(i))
+            .unwrap_or(0);
+        stem.truncate(cut);
+    }
+    format!(
+        ".{stem}.{}.{n}.{:016x}.tmp",
+        std::process::id(),
+        unforeseeable(n)
+    )
+}
+
+/// 64 bits that no one outside the process can foresee: the standard library keys its hasher
+/// from the operating system's random source (once per thread, and each `RandomState` after
+/// the first differs from the one before), and the hash of the counter `n` and the time under
+/// a secret key tells nothing of the key.
+fn unforeseeable(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name under which something was planted, a symbolic link to another file (dangling
+    /// or not) or a file, is passed over: nothing is written through it or over it, and the
+    /// next free name is used. When none is free, nothing is written at all.
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_name_is_passed_over_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = d.join(".a.tmp");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let dangling = d.join(".b.tmp");
+        std::os::unix::fs::symlink(d.join("made"), &dangling).unwrap();
+        let planted = d.join(".c.tmp");
+        std::fs::write(&planted, b"theirs").unwrap();
+        let free = d.join(".d.tmp");
+
+        let names = [&link, &dangling, &planted, &free].map(|p| p.to_path_buf());
+        let (mut file, path) = create_first(names).unwrap();
+        assert_eq!(path, free);
+        file.write_all(b"mine").unwrap();
+        assert_eq!(std::fs::read(&free).unwrap(), b"mine");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!d.join("made").exists());
+        assert_eq!(std::fs::read(&planted).unwrap(), b"theirs");
+
+        let e = create_first([link, dangling, planted]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!d.join("made").exists());
+    }
+
+    /// Each temporary name is new, hidden, beside the file and not the file's name, and
+    /// stays short for a long name.
+    #[test]
+    fn temporary_names_differ_and_stay_short() {
+        let dest = Path::new("/some/dir/s.snap");
+        let (a, b) = (temporary_name(dest), temporary_name(dest));
+        assert_ne!(a, b);
+        assert!(a.starts_with(".s.snap."), "{a}");
+        let random = |name: &str| name.rsplit('.').nth(1).map(str::to_owned);
+        assert_ne!(random(&a), random(&b));
+        let long = "é".repeat(200);
+        let name = temporary_name(Path::new(&long));
+        assert!(name.len() < 128, "{name}");
+    }
 }

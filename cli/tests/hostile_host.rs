@@ -2,11 +2,18 @@
 //! a cache directory others can write, names with terminal escapes, and directory trees
 //! deeper than a path can name.
 
+mod common;
+
 use std::path::Path;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
+use common::setup;
+use tabi_cli::Backend;
 use tabi_cli::checkpoint;
+use tabi_libos::host::Stdio;
+use tabi_libos::machine::{Outcome, PauseControl};
+use tabi_tests::guests;
 
 /// A chain of `levels` directories `d/d/…/d` under `root`, with `leaf.txt` at its bottom,
 /// made through directory handles: its path is longer than the host lets a path be.
@@ -122,4 +129,54 @@ fn a_tree_deeper_than_a_path_is_fingerprinted() {
     let e = format!("{e:#}");
     assert!(e.contains("deeper than 4096"), "{e}");
     remove_chain(root.path());
+}
+
+/// A symbolic link planted at the name tabi used to write a snapshot's temporary file under
+/// (`.PID.NAME` beside it) does not lead the checkpoint to the file it points at: that file
+/// is left as it was, and the snapshot lands whole under its own name, as a file.
+#[test]
+fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let victim = root.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let snaps = root.path().join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let path = snaps.join("s.snap");
+    let planted = snaps.join(format!(".{}.s.snap", std::process::id()));
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+
+    let original = std::fs::read(guests::HELLO).unwrap();
+    let instrumented = tabi_instrument::instrument(&original, &checkpoint::options(false))
+        .unwrap()
+        .wasm;
+    let process = setup(guests::HELLO, &["a"])
+        .process(Stdio::Null, Stdio::Null)
+        .unwrap();
+    let outcome = checkpoint::run(
+        Backend::Wasmi,
+        &instrumented,
+        process,
+        PauseControl::after(1),
+        None,
+    )
+    .unwrap();
+    let Outcome::Paused(p) = outcome else {
+        panic!("the guest did not pause");
+    };
+    checkpoint::write_snapshot(&path, &p.view(&p.memories()), &original, &instrumented, &[])
+        .unwrap();
+
+    assert!(
+        std::fs::read(&victim).unwrap() == b"precious",
+        "the checkpoint wrote through the planted link"
+    );
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    checkpoint::read_snapshot(&path).unwrap();
+    // The planted link is still there, and still a link: nothing was written through it.
+    assert!(
+        std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
