@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -156,11 +156,13 @@ pub fn options(safepoints: bool) -> tabi_instrument::Options {
 ///
 /// The manifest is the file's own claim, so the cache is only as trustworthy as its
 /// directory: whoever can write there chooses the code that runs with the guest's grants.
-/// That is why it is never a directory shared with other users by default.
+/// That is why it is never a directory shared with other users by default, and why a cache
+/// directory that others can write to, or that is a symbolic link, is not used at all (see
+/// [`private_dir`]).
 pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     let opts = options(safepoints);
     let hash = tabi_snapshot::sha256(original);
-    let dir = cache_dir();
+    let dir = usable_cache_dir();
     let file = dir.as_ref().map(|dir| {
         dir.join(format!(
             "{}-v{}{}.wasm",
@@ -180,9 +182,7 @@ pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     let out = tabi_instrument::instrument(original, &opts)
         .context("cannot instrument the module for checkpointing")?;
     // A cache that cannot be written is not an error; write-then-rename keeps it whole.
-    if let (Some(dir), Some(file)) = (&dir, &file)
-        && private_dir(dir).is_ok()
-    {
+    if let Some(file) = &file {
         let _ = replace_whole(file, &out.wasm);
     }
     Ok(out.wasm)
@@ -221,14 +221,80 @@ pub fn cache_dir() -> Option<PathBuf> {
     base.is_absolute().then(|| base.join("tabi"))
 }
 
-/// Creates `dir` (and its parents) if need be; on Unix a new `dir` is readable by its owner
-/// only.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+/// [`cache_dir`], made if need be, when it is fit to hold code that runs (see
+/// [`private_dir`]). One that is not fit is not used, and tabi says so on its standard error,
+/// once a process; one that cannot be made is not used either, in silence.
+fn usable_cache_dir() -> Option<PathBuf> {
+    usable(cache_dir()?)
+}
+
+/// `dir` when [`private_dir`] takes it; see [`usable_cache_dir`].
+fn usable(dir: PathBuf) -> Option<PathBuf> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    match private_dir(&dir) {
+        Ok(()) => Some(dir),
+        Err(CacheRefusal::Unusable) => None,
+        Err(CacheRefusal::Untrusted(why)) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "tabi: warning: not using the cache directory `{}`, as {why}; running \
+                     without a cache",
+                    dir.display()
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Why a cache directory is not used.
+#[derive(Debug)]
+enum CacheRefusal {
+    /// It cannot be made or looked at.
+    Unusable,
+    /// It could hold files that someone other than the user put there: this says why.
+    Untrusted(String),
+}
+
+/// Creates `dir` (and its parents) if need be, on Unix readable by its owner only; then checks
+/// that it is fit to hold code that runs with a guest's grants (see [`owned_by_me_alone`]).
+fn private_dir(dir: &Path) -> Result<(), CacheRefusal> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    builder.create(dir).map_err(|_| CacheRefusal::Unusable)?;
+    owned_by_me_alone(dir)
+}
+
+/// Whether `dir` is a directory itself (not a symbolic link to one, which whoever can change
+/// the link chooses), owned by the user tabi runs as, and that no one else can write to.
+#[cfg(unix)]
+fn owned_by_me_alone(dir: &Path) -> Result<(), CacheRefusal> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|_| CacheRefusal::Unusable)?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if meta.file_type().is_symlink() {
+        "it is a symbolic link".to_string()
+    } else if !meta.is_dir() {
+        "it is not a directory".to_string()
+    } else if meta.uid() != me {
+        format!(
+            "it belongs to user {}, not to the user tabi runs as ({me})",
+            meta.uid()
+        )
+    } else if meta.mode() & 0o022 != 0 {
+        format!("others can write to it (mode {:o})", meta.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(CacheRefusal::Untrusted(why))
+}
+
+/// Elsewhere there are no owners and modes to check.
+#[cfg(not(unix))]
+fn owned_by_me_alone(_: &Path) -> Result<(), CacheRefusal> {
+    Ok(())
 }
 
 /// The module in file `path`: a binary module as it is, or one in the WebAssembly text format
@@ -540,9 +606,8 @@ pub const WITHOUT_WASMTIME: &str =
 pub fn wasmtime() -> &'static tabi_wasmtime::Wasmtime {
     static ENGINE: OnceLock<tabi_wasmtime::Wasmtime> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        cache_dir()
-            .map(|dir| dir.join("compiled"))
-            .filter(|dir| private_dir(dir).is_ok())
+        usable_cache_dir()
+            .and_then(|dir| usable(dir.join("compiled")))
             .and_then(|dir| tabi_wasmtime::Wasmtime::with_cache(&dir).ok())
             .unwrap_or_default()
     })

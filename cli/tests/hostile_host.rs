@@ -4,11 +4,12 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use common::setup;
+use common::{setup, tabi};
 use tabi_cli::Backend;
 use tabi_cli::checkpoint;
 use tabi_libos::host::Stdio;
@@ -179,4 +180,120 @@ fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
             .file_type()
             .is_symlink()
     );
+}
+
+/// A module that prints `text`.
+fn saying(text: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "{text}\n")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 16))
+            (i32.store (i32.const 4) (i32.const {len}))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        len = text.len() + 1
+    ))
+    .unwrap()
+}
+
+/// `tabi` with `cache` as its cache directory and its own home.
+fn tabi_with_cache(home: &Path, cache: &Path) -> Command {
+    let mut cmd = tabi();
+    cmd.env("HOME", home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("TABI_CACHE")
+        .env("TABI_CACHE_DIR", cache);
+    cmd
+}
+
+/// The files under `dir`, however deep, without following links.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A cache directory that others can write to, or that is a symbolic link, is not used: a
+/// rewritten module planted in it (its manifest claiming the guest's hash) is not run, tabi
+/// runs without a cache and writes nothing there, and says so once.
+#[test]
+fn a_cache_directory_others_could_have_written_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let (genuine, planted) = (saying("genuine"), saying("planted"));
+    let (want, other) = (
+        tabi_snapshot::sha256(&genuine),
+        tabi_snapshot::sha256(&planted),
+    );
+    let mut forged = tabi_instrument::instrument(&planted, &checkpoint::options(false))
+        .unwrap()
+        .wasm;
+    let at = forged.windows(32).position(|w| w == other).unwrap();
+    forged[at..at + 32].copy_from_slice(&want);
+    let name = format!(
+        "{}-v{}.wasm",
+        tabi_snapshot::hex(&want),
+        tabi_instrument::FORMAT_VERSION
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let module = root.path().join("genuine.wasm");
+    std::fs::write(&module, &genuine).unwrap();
+    let run = |cache: &Path, checkpointed: bool| -> Output {
+        let mut cmd = tabi_with_cache(&home, cache);
+        cmd.arg("run");
+        if checkpointed {
+            cmd.args(["--checkpoint-after", "100", "--snapshot"])
+                .arg(root.path().join("never.snap"));
+        }
+        let out = cmd.arg(&module).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        out
+    };
+
+    // Writable by all.
+    let open = root.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(open.join(&name), &forged).unwrap();
+    // A link to a directory of the user's own, as private as a cache should be.
+    let private = root.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(private.join(&name), &forged).unwrap();
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&private, &link).unwrap();
+
+    for (cache, real) in [(&open, &open), (&link, &private)] {
+        let before = files_under(real);
+        for checkpointed in [true, false] {
+            let out = run(cache, checkpointed);
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "genuine\n", "{out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let warnings = stderr.lines().filter(|l| l.contains("cache")).count();
+            assert_eq!(warnings, 1, "{}: {stderr}", cache.display());
+            assert!(stderr.contains(&cache.display().to_string()), "{stderr}");
+        }
+        assert_eq!(files_under(real), before, "{}", cache.display());
+    }
+    // The same forgery in a cache directory that passes the checks is used: what was refused
+    // above is the directory, not the file.
+    let out = run(&private, true);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "planted\n", "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
 }
