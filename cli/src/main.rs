@@ -618,7 +618,11 @@ fn inspect(args: InspectArgs) -> Result<()> {
     let file = chain.last().unwrap_or(&args.file);
     let s = checkpoint::read_chain(&chain)?;
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-    println!("snapshot {} (format version {})", file.display(), s.version);
+    println!(
+        "snapshot {} (format version {})",
+        shown(&file.display().to_string()),
+        s.version
+    );
     println!("  content hash   {}", tabi_snapshot::hex(&s.hash));
     println!(
         "  original       sha256 {}",
@@ -630,14 +634,15 @@ fn inspect(args: InspectArgs) -> Result<()> {
     );
     println!(
         "  options        {}",
-        String::from_utf8_lossy(&s.identity.options)
+        shown(&String::from_utf8_lossy(&s.identity.options))
     );
     if let Some(p) = s.identity.parent {
         println!("  parent         {}", tabi_snapshot::hex(&p));
     }
     println!(
         "  entry          {}, after migration point {}",
-        s.entry, s.points
+        shown(&s.entry),
+        s.points
     );
     println!("sections:");
     let (mut stored, mut raw) = (0u64, 0u64);
@@ -678,12 +683,29 @@ fn inspect(args: InspectArgs) -> Result<()> {
     if !s.mounts.is_empty() {
         println!("host mounts (grant again with --dir HOST::GUEST when resuming):");
         for m in &s.mounts {
-            println!("  {}", m.guest_path);
+            println!("  {}", shown(&m.guest_path));
         }
     }
     Ok(())
 }
 
+/// `text`, a name from a snapshot, as `tabi inspect` prints it: control characters and the
+/// others that do not print (which could move the cursor, clear the terminal or hide what
+/// follows) escaped as Rust writes them (`\u{1b}`), and backslashes doubled so that the
+/// escapes read back unambiguously; quotes are left as they are.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' | '\'' => out.push(c),
+            c => out.extend(c.escape_debug()),
+        }
+    }
+    out
+}
+
+/// A descriptor's object as `tabi inspect` prints it; its path is written as Rust debugs a
+/// string, quoted and with control characters escaped.
 fn describe_object(o: &tabi_libos::Object) -> String {
     use tabi_libos::Object;
     match o {

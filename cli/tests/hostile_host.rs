@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use common::{setup, tabi};
+use common::{run, setup, tabi};
 use tabi_cli::Backend;
 use tabi_cli::checkpoint;
 use tabi_libos::host::Stdio;
@@ -296,4 +296,52 @@ fn a_cache_directory_others_could_have_written_is_not_trusted() {
     let out = run(&private, true);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "planted\n", "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+/// A module that writes `hi` from its export `go<ESC>[2J`, which a checkpoint names.
+const ESCAPING: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hi\n")
+  (func (export "go\1b[2J")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+/// `tabi inspect` prints the names a snapshot holds (its entry, its host mounts' guest paths)
+/// with their control characters escaped: a snapshot cannot clear or rewrite the terminal it
+/// is inspected on.
+#[test]
+fn inspect_prints_no_terminal_escape_from_a_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let module = root.path().join("escaping.wasm");
+    std::fs::write(&module, wat::parse_str(ESCAPING).unwrap()).unwrap();
+    let granted = root.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    let file = root.path().join("s.snap");
+    let dir = format!("{}::/da\x1b[2Jta", granted.display());
+    let out = run(&[
+        "run",
+        "--backend",
+        "wasmi",
+        "--dir",
+        &dir,
+        "--invoke",
+        "go\x1b[2J",
+        "--checkpoint-after",
+        "1",
+        "--snapshot",
+        file.to_str().unwrap(),
+        module.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let info = run(&["inspect", file.to_str().unwrap()]);
+    assert!(info.status.success(), "{info:?}");
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(!info.stdout.contains(&0x1b), "{text:?}");
+    // The names are still there, escaped.
+    assert!(text.contains("go\\u{1b}[2J"), "{text}");
+    assert!(text.contains("/da\\u{1b}[2Jta"), "{text}");
 }
