@@ -181,9 +181,9 @@ pub struct PauseControl {
     pub request: Option<Arc<AtomicBool>>,
     /// Safepoints passed between yields to the host (modules with safepoints only). A yield
     /// is the host's chance to take a [`request`](Self::request), so `None` means the
-    /// module's default ([`DEFAULT_BUDGET`]) when a request can be made, and as many as an
-    /// `i32` holds when none can: a guest that yields and is rewound runs on in its
-    /// functions' resume copies until they return, which costs more than the normal bodies.
+    /// module's default ([`DEFAULT_BUDGET`]) when a request can be made, and
+    /// [`UNINTERRUPTIBLE_BUDGET`] when none can: a guest that yields and is rewound runs on in
+    /// its functions' resume copies until they return, which costs more than the normal bodies.
     pub budget: Option<i32>,
     points: u64,
     pending: Option<PauseReason>,
@@ -206,7 +206,7 @@ impl PauseControl {
     /// The budget the driver gives the guest, when it sets one (see [`PauseControl::budget`]).
     fn yield_budget(&self) -> Option<i32> {
         self.budget
-            .or_else(|| self.request.is_none().then_some(i32::MAX))
+            .or_else(|| self.request.is_none().then_some(UNINTERRUPTIBLE_BUDGET))
     }
 
     /// Migration points passed so far in this run.
@@ -558,8 +558,14 @@ pub fn is_zero(bytes: &[u8]) -> bool {
 /// zeroed allocation stays unmapped, so copying a mostly empty memory costs its contents, not
 /// its size. Blocks the host never backed (see [`crate::resident`]) are not even read.
 pub fn sparse_copy(src: &[u8]) -> Vec<u8> {
+    sparse_copy_len(src, src.len())
+}
+
+/// [`sparse_copy`] into a zeroed buffer of `len` bytes (at least `src.len()`): what lies past
+/// `src` stays unmapped until written.
+pub fn sparse_copy_len(src: &[u8], len: usize) -> Vec<u8> {
     let touched = crate::resident::touched_or_all(src);
-    let mut v = alloc::vec![0u8; src.len()];
+    let mut v = alloc::vec![0u8; len.max(src.len())];
     for (i, (d, s)) in v.chunks_mut(4096).zip(src.chunks(4096)).enumerate() {
         if touched.block(i) && !is_zero(s) {
             d.copy_from_slice(s);
@@ -897,6 +903,12 @@ pub fn run_through(
 
 /// The budget a module with safepoints starts with (that of `tabi-instrument`).
 pub const DEFAULT_BUDGET: i32 = 1 << 20;
+
+/// The budget of a run nothing can ask to pause: a billion safepoints between yields. Not
+/// `i32::MAX`: a resume copy rewinding into a loop adds one unit so that the loop's check does
+/// not fire at once, and `i32::MAX + 1` wrapped to a negative budget that yielded at every
+/// safepoint, so a resumed run made no progress.
+pub const UNINTERRUPTIBLE_BUDGET: i32 = i32::MAX / 2;
 
 /// How a pausable run ended.
 pub enum Outcome {

@@ -802,75 +802,104 @@ fn only_functions_entered_from_outside_hand_over_to_their_copies() {
     }
 }
 
-/// With safepoints, a guest looping without any call can be paused by the host from another
-/// thread, and the paused state resumes on the other engine with the same result.
+/// A loop with no migration point in it pauses at a safepoint's yield when another thread
+/// asks, and goes on, on the other engine, to the output of an uninterrupted run. The request
+/// is made before the loop can end (the guest makes no call before it), so the test waits for
+/// no timer; the resumed run, which nothing can interrupt, does not yield again (it yielded
+/// at every safepoint when its budget was `i32::MAX`: the rewind's extra unit wrapped it).
 #[test]
 fn safepoints_let_the_host_pause_a_loop() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use tabi_libos::machine::{Outcome, PauseControl, PauseReason};
+    use tabi_libos::machine::{Outcome, PauseControl, PauseReason, UNINTERRUPTIBLE_BUDGET, Value};
     use tabi_tests::migrate::run_pausable;
-    use tabi_tests::{Backend, guests, process_for};
+    use tabi_tests::{Backend, process_for};
 
-    let spec = Spec::new(guests::COMPUTE).args(&["hash", "60"]);
-    let (original, wasm) = with_safepoints(&spec);
-    let expected = plain(&spec, &original);
+    const PASSES: i32 = 300_000;
+    const BUDGET: i32 = 10_000;
+    let original = module(&format!(
+        r#"(func (export "_start")
+            (local $i i32)
+            (loop $again
+              (global.set $counter (i64.add (global.get $counter) (i64.const 1)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $again (i32.lt_u (local.get $i) (i32.const {PASSES}))))
+            (call $out (i32.wrap_i64 (global.get $counter)))
+            (call $flush))"#
+    ));
+    let wasm = rewrite_with_safepoints(&original).wasm;
+    let expected = plain(&spec(), &original);
+    assert_eq!(expected.outcome.stdout, format!("{}\n", 7 + PASSES));
 
-    // A small budget: the guest yields often, and each yield is rewound in place.
-    let (process, out, _) = process_for(&spec);
-    let mut control = PauseControl::never();
-    control.budget = Some(1000);
-    match run_pausable(Backend::Wasmtime, &wasm, process, control, None) {
-        Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
-        Outcome::Paused(_) => panic!("paused without a request"),
-    }
-    assert_eq!(
-        String::from_utf8_lossy(&out.lock().unwrap()),
-        expected.outcome.stdout
-    );
-
-    // A request from another thread while the hash loop runs. The request comes after a
-    // fixed delay, so on a fast or a loaded machine the loop may end first: then a longer
-    // input is tried.
-    for (attempt, n) in ["60", "600", "6000"].into_iter().enumerate() {
-        let spec = Spec::new(guests::COMPUTE).args(&["hash", n]);
-        let expected = plain(&spec, &original);
+    for (first, then) in [
+        (Backend::Wasmtime, Backend::Wasmi),
+        (Backend::Wasmi, Backend::Wasmtime),
+    ] {
         let flag = Arc::new(AtomicBool::new(false));
-        let setter = {
+        std::thread::spawn({
             let flag = flag.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                flag.store(true, Ordering::Release);
-            })
-        };
-        let (process, out1, _) = process_for(&spec);
+            move || flag.store(true, Ordering::Release)
+        })
+        .join()
+        .unwrap();
+        let (process, out1, _) = process_for(&spec());
         let mut control = PauseControl::never();
         control.request = Some(flag);
-        control.budget = Some(10_000);
-        let outcome = run_pausable(Backend::Wasmtime, &wasm, process, control, None);
-        setter.join().unwrap();
-        let paused = match outcome {
+        control.budget = Some(BUDGET);
+        let paused = match run_pausable(first, &wasm, process, control, None) {
             Outcome::Paused(p) => p,
-            Outcome::Finished(_) if attempt < 2 => continue,
-            Outcome::Finished(_) => panic!("the loop finished before the request"),
+            Outcome::Finished(f) => panic!("{first:?}: finished without pausing: {:?}", f.exit),
         };
         assert_eq!(paused.reason, PauseReason::Requested);
-        let (mut process, out2, _) = process_for(&spec);
+        // Inside the loop: the counter (global 1) has moved, by one budget's worth at most.
+        let Value::I64(counter) = paused.state.globals[1] else {
+            panic!("{first:?}: global 1 is {:?}", paused.state.globals[1]);
+        };
+        assert!(
+            (8..=7 + i64::from(BUDGET) + 1).contains(&counter),
+            "{first:?}: paused with the counter at {counter}"
+        );
+
+        // Resumed with nothing able to interrupt it: it runs to the loop's end without a
+        // yield, and pauses at the migration point after it with the budget nearly whole.
+        let (mut process, out2, _) = process_for(&spec());
+        process.kernel = paused.process.kernel.clone();
+        let left = match run_pausable(
+            then,
+            &wasm,
+            process,
+            PauseControl::after(1),
+            Some(&paused.state),
+        ) {
+            Outcome::Paused(p) => p.state.budget.expect("a budget is recorded"),
+            Outcome::Finished(f) => panic!("{then:?}: finished without pausing: {:?}", f.exit),
+        };
+        assert!(
+            left > UNINTERRUPTIBLE_BUDGET - PASSES - 2,
+            "{then:?}: the resumed run yielded (budget left {left})"
+        );
+
+        let (mut process, out3, _) = process_for(&spec());
         process.kernel = paused.process.kernel;
         match run_pausable(
-            Backend::Wasmi,
+            then,
             &wasm,
             process,
             PauseControl::never(),
             Some(&paused.state),
         ) {
             Outcome::Finished(f) => assert_eq!(f.exit, tabi_libos::Exit::Code(0)),
-            Outcome::Paused(_) => panic!("paused again"),
+            Outcome::Paused(_) => panic!("{then:?}: paused again"),
         }
-        let got = String::from_utf8_lossy(&out1.lock().unwrap()).into_owned()
-            + &String::from_utf8_lossy(&out2.lock().unwrap());
-        assert_eq!(got, expected.outcome.stdout);
-        return;
+        assert!(out1.lock().unwrap().is_empty());
+        assert_eq!(
+            String::from_utf8_lossy(&out2.lock().unwrap()),
+            expected.outcome.stdout
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out3.lock().unwrap()),
+            expected.outcome.stdout
+        );
     }
 }
 
@@ -1725,7 +1754,9 @@ fn library_calls_with_wrong_arguments_or_into_a_paused_instance_are_refused() {
 fn a_run_nothing_can_interrupt_does_not_yield() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    use tabi_libos::machine::{DEFAULT_BUDGET, Outcome, PauseControl, PauseReason};
+    use tabi_libos::machine::{
+        DEFAULT_BUDGET, Outcome, PauseControl, PauseReason, UNINTERRUPTIBLE_BUDGET,
+    };
 
     const PASSES: i32 = 3_000_000; // three times the default budget
     let wasm = module(&format!(
@@ -1761,7 +1792,8 @@ fn a_run_nothing_can_interrupt_does_not_yield() {
         // Nothing can ask: one safepoint per pass, and no yield.
         let left = budget_left(backend, false, None);
         assert!(
-            (i32::MAX - PASSES - 2..=i32::MAX - PASSES + 2).contains(&left),
+            (UNINTERRUPTIBLE_BUDGET - PASSES - 2..=UNINTERRUPTIBLE_BUDGET - PASSES + 2)
+                .contains(&left),
             "{backend:?}: {left}"
         );
         // A request can come: the guest yields each time the default budget runs out.
