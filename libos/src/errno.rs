@@ -162,6 +162,10 @@ pub enum Trap {
     Exit(u32),
     /// The guest raised a signal whose default action ends the process.
     Signal(u8),
+    /// The host failed inside an import in a way the guest cannot be told about (a panic in
+    /// tabi or in the embedder's host): the guest is stopped, and the rest of the process
+    /// goes on.
+    HostFault(alloc::string::String),
 }
 
 impl fmt::Display for Trap {
@@ -169,6 +173,7 @@ impl fmt::Display for Trap {
         match self {
             Trap::Exit(code) => write!(f, "guest exited with status {code}"),
             Trap::Signal(sig) => write!(f, "guest terminated by signal {sig}"),
+            Trap::HostFault(why) => write!(f, "host fault: {why}"),
         }
     }
 }

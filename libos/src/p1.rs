@@ -94,8 +94,10 @@ macro_rules! define_entry_points {
                 mem: &mut [u8],
                 $($arg: $ty),*
             ) -> Result<i32, Trap> {
-                k.settle(h);
-                finish(imp::$name(k, h, mem, $($arg),*))
+                guarded(stringify!($name), || {
+                    k.settle(h);
+                    finish(imp::$name(k, h, mem, $($arg),*))
+                })
             }
         )*
 
@@ -105,6 +107,27 @@ macro_rules! define_entry_points {
 }
 
 for_each_function!(define_entry_points);
+
+/// Runs one import's body; with `std`, a panic inside it (a bug in tabi or in the caller's
+/// [`Host`]) stops the guest with [`Trap::HostFault`] instead of unwinding into the engine,
+/// which on some engines aborts the whole process.
+#[cfg(feature = "std")]
+fn guarded(name: &str, body: impl FnOnce() -> Result<i32, Trap>) -> Result<i32, Trap> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| String::from(*s))
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| String::from("(no message)"));
+        Err(Trap::HostFault(alloc::format!("`{name}` panicked: {why}")))
+    })
+}
+
+/// Without `std` there is no unwinding to catch: a panic is the embedder's panic handler's.
+#[cfg(not(feature = "std"))]
+fn guarded(_: &str, body: impl FnOnce() -> Result<i32, Trap>) -> Result<i32, Trap> {
+    body()
+}
 
 fn finish(r: Result<(), CallError>) -> Result<i32, Trap> {
     match r {
@@ -208,7 +231,20 @@ fn read_into(
     Ok(total)
 }
 
-/// Writes the guest's ciovecs to `fd`, at `at` or the stream offset, in one kernel call.
+/// Most bytes one `fd_write` gathers from several small ciovecs into one host buffer before
+/// handing them to the kernel: a larger ciovec is written straight from guest memory.
+const GATHER: usize = 64 << 10;
+
+/// Most bytes one call transfers, as Linux's `MAX_RW_COUNT`: the rest is a short write.
+const MAX_TRANSFER: u64 = 0x7fff_f000;
+
+/// Writes the guest's ciovecs to `fd`, at `at` or the stream offset.
+///
+/// Small ciovecs are gathered into one bounded buffer (at most [`GATHER`] bytes, however the
+/// guest's ciovecs overlap or repeat), so that a line `printf` built from pieces reaches the
+/// host in one write; a large one is written from guest memory as it is. The pieces go out in
+/// order, and a short write or an error after some bytes ends the call with the count so far,
+/// as `writev` does.
 fn write_from(
     k: &mut Kernel,
     h: &mut dyn Host,
@@ -219,21 +255,61 @@ fn write_from(
     at: Option<u64>,
 ) -> Result<u32, Errno> {
     let list = mem.read_iovecs(iovs, n)?;
-    let written = match list.as_slice() {
-        [] => k.write(fd, &[], at, h)?,
-        [(ptr, len)] => {
-            let data = mem.slice(*ptr, *len)?;
-            k.write(fd, data, at, h)?
-        }
-        many => {
-            let mut data = Vec::new();
-            for &(ptr, len) in many {
-                data.extend_from_slice(mem.slice(ptr, len)?);
+    // Every slice is checked before anything is written: a bad pointer anywhere is `EFAULT`
+    // with nothing written, as for one ciovec.
+    for &(ptr, len) in &list {
+        mem.slice(ptr, len)?;
+    }
+    let mem: &[u8] = mem;
+    let mut sent: u64 = 0;
+    let mut gathered: Vec<u8> = Vec::new();
+    // Writes `piece` at the position after what went before; `Ok(false)` on a short write.
+    let put = |k: &mut Kernel, h: &mut dyn Host, piece: &[u8], sent: &mut u64| {
+        let pos = at.map(|a| a.saturating_add(*sent));
+        let result = k.write(fd, piece, pos, h);
+        match result {
+            Ok(w) => {
+                *sent += w as u64;
+                Ok(w == piece.len())
             }
-            k.write(fd, &data, at, h)?
+            // Bytes already written are reported; the error shows at the next call.
+            Err(_) if *sent > 0 => Ok(false),
+            Err(e) => Err(e),
         }
     };
-    Ok(written as u32)
+    if list.is_empty() {
+        k.write(fd, &[], at, h)?;
+        return Ok(0);
+    }
+    let mut budget = MAX_TRANSFER;
+    for (ptr, len) in list {
+        if budget == 0 {
+            break;
+        }
+        let take = u64::from(len).min(budget) as u32;
+        budget -= u64::from(take);
+        let piece = mem.slice(ptr, take)?;
+        if gathered.len() + piece.len() <= GATHER {
+            gathered.extend_from_slice(piece);
+            continue;
+        }
+        if !gathered.is_empty() {
+            let whole = put(k, h, &gathered, &mut sent)?;
+            gathered.clear();
+            if !whole {
+                return Ok(sent as u32);
+            }
+        }
+        if piece.len() <= GATHER {
+            gathered.extend_from_slice(piece);
+        } else if !put(k, h, piece, &mut sent)? {
+            return Ok(sent as u32);
+        }
+    }
+    if !gathered.is_empty() || sent == 0 {
+        put(k, h, &gathered, &mut sent)?;
+    }
+    Ok(sent as u32)
 }
 
 fn path(mem: &[u8], ptr: i32, len: i32) -> Result<String, Errno> {
@@ -1005,6 +1081,7 @@ mod poll {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
 
     #[test]
     fn every_import_is_named_once() {
@@ -1013,5 +1090,103 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), NAMES.len());
         assert_eq!(NAMES.len(), 46);
+    }
+
+    /// Counts what reaches standard output, keeping none of it.
+    #[derive(Default)]
+    struct Counting {
+        bytes: u64,
+        writes: u64,
+        largest: usize,
+        fail_after: Option<u64>,
+    }
+
+    impl Host for Counting {
+        fn wall_clock_ns(&mut self) -> u64 {
+            0
+        }
+        fn monotonic_ns(&mut self) -> u64 {
+            0
+        }
+        fn random_bytes(&mut self, _: &mut [u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn stdin_read(&mut self, _: &mut [u8]) -> Result<usize, Errno> {
+            Ok(0)
+        }
+        fn stdout_write(&mut self, buf: &[u8]) -> Result<(), Errno> {
+            if self.fail_after.is_some_and(|n| self.writes >= n) {
+                return Err(Errno::Io);
+            }
+            self.bytes += buf.len() as u64;
+            self.writes += 1;
+            self.largest = self.largest.max(buf.len());
+            Ok(())
+        }
+        fn stderr_write(&mut self, _: &[u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn sleep_ns(&mut self, _: u64) {}
+    }
+
+    /// Puts `iovecs` at `at` in `mem`.
+    fn put_iovecs(mem: &mut [u8], at: usize, iovecs: &[(u32, u32)]) {
+        for (i, (p, l)) in iovecs.iter().enumerate() {
+            mem[at + 8 * i..at + 8 * i + 4].copy_from_slice(&p.to_le_bytes());
+            mem[at + 8 * i + 4..at + 8 * i + 8].copy_from_slice(&l.to_le_bytes());
+        }
+    }
+
+    /// 131,072 ciovecs that all name the same MiB ask for 128 GiB: the call streams it in
+    /// pieces of at most a ciovec and stops at Linux's per-call maximum, instead of gathering
+    /// everything into one host buffer.
+    #[test]
+    fn overlapping_ciovecs_are_written_in_bounded_pieces() {
+        const MIB: u32 = 1 << 20;
+        let mut mem = vec![0u8; 2 * MIB as usize];
+        let n = MIB / 8;
+        put_iovecs(&mut mem, MIB as usize, &vec![(0, MIB); n as usize]);
+        let mut k = Kernel::new();
+        let mut host = Counting::default();
+        let errno = fd_write(&mut k, &mut host, &mut mem, 1, MIB as i32, n as i32, 0).unwrap();
+        assert_eq!(errno, 0);
+        let written = u32::from_le_bytes(mem[..4].try_into().unwrap());
+        assert_eq!(u64::from(written), MAX_TRANSFER);
+        assert_eq!(host.bytes, MAX_TRANSFER);
+        assert!(host.largest <= MIB as usize, "{}", host.largest);
+    }
+
+    /// Small ciovecs still reach the host as one write; a bad pointer in any of them is
+    /// `EFAULT` with nothing written; a host error after some pieces is a short write.
+    #[test]
+    fn ciovecs_are_gathered_checked_and_cut_short() {
+        let mut mem = vec![0u8; 4 << 20];
+        mem[100..105].copy_from_slice(b"hello");
+        mem[200] = b'\n';
+        put_iovecs(&mut mem, 1000, &[(100, 5), (200, 1), (100, 5)]);
+        let mut k = Kernel::new();
+        let mut host = Counting::default();
+        assert_eq!(fd_write(&mut k, &mut host, &mut mem, 1, 1000, 3, 0), Ok(0));
+        assert_eq!((host.bytes, host.writes), (11, 1));
+
+        put_iovecs(&mut mem, 1000, &[(100, 5), (u32::MAX - 2, 8)]);
+        let mut host = Counting::default();
+        let errno = fd_write(&mut k, &mut host, &mut mem, 1, 1000, 2, 0).unwrap();
+        assert_eq!(errno, Errno::Fault.raw() as i32);
+        assert_eq!(host.writes, 0);
+
+        // Two large pieces, the second refused by the host: the first one's bytes are
+        // reported.
+        put_iovecs(
+            &mut mem,
+            1000,
+            &[(0x10_0000, 0x10_0000), (0x20_0000, 0x10_0000)],
+        );
+        let mut host = Counting {
+            fail_after: Some(1),
+            ..Counting::default()
+        };
+        assert_eq!(fd_write(&mut k, &mut host, &mut mem, 1, 1000, 2, 0), Ok(0));
+        assert_eq!(u32::from_le_bytes(mem[..4].try_into().unwrap()), 0x10_0000);
     }
 }

@@ -428,3 +428,57 @@ fn both_engines_accept_the_same_proposals() {
         }
     }
 }
+
+/// A host whose standard output panics (a bug in an embedder's `Host`, or in tabi): on either
+/// engine the guest stops with a trap that names the import, and the host process goes on.
+/// On wasmi the panic used to unwind into the interpreter and abort the whole process.
+#[test]
+fn a_panic_in_the_host_stops_the_guest_not_the_process() {
+    use tabi_libos::errno::Errno;
+
+    struct Panicking;
+    impl tabi_libos::Host for Panicking {
+        fn wall_clock_ns(&mut self) -> u64 {
+            0
+        }
+        fn monotonic_ns(&mut self) -> u64 {
+            0
+        }
+        fn random_bytes(&mut self, _: &mut [u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn stdin_read(&mut self, _: &mut [u8]) -> Result<usize, Errno> {
+            Ok(0)
+        }
+        fn stdout_write(&mut self, _: &[u8]) -> Result<(), Errno> {
+            panic!("the embedder's stdout broke")
+        }
+        fn stderr_write(&mut self, _: &[u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn sleep_ns(&mut self, _: u64) {}
+    }
+
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 100) "hi\0a")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 100))
+            (i32.store (i32.const 4) (i32.const 3))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    )
+    .unwrap();
+    for backend in Backend::ALL {
+        let process = tabi_libos::Process::new(tabi_libos::Kernel::new(), Panicking);
+        let finished = backend.engine().run(&wasm, process).unwrap();
+        match finished.exit {
+            tabi_libos::Exit::Trap(why) => {
+                assert!(why.contains("fd_write"), "{backend:?}: {why}");
+                assert!(why.contains("stdout broke"), "{backend:?}: {why}");
+            }
+            other => panic!("{backend:?}: {other:?}"),
+        }
+    }
+}

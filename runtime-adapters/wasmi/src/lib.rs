@@ -48,6 +48,7 @@ fn exit_of(e: wasmi::Error) -> Exit {
     match e.downcast_ref::<KernelTrap>() {
         Some(KernelTrap(Trap::Exit(code))) => Exit::Code(*code),
         Some(KernelTrap(Trap::Signal(sig))) => Exit::Signal(*sig),
+        Some(KernelTrap(t @ Trap::HostFault(_))) => Exit::Trap(t.to_string()),
         None => Exit::Trap(e.to_string()),
     }
 }

@@ -47,6 +47,7 @@ fn exit_of(e: wasmtime::Error) -> Exit {
     match e.downcast_ref::<KernelTrap>() {
         Some(KernelTrap(Trap::Exit(code))) => Exit::Code(*code),
         Some(KernelTrap(Trap::Signal(sig))) => Exit::Signal(*sig),
+        Some(KernelTrap(t @ Trap::HostFault(_))) => Exit::Trap(t.to_string()),
         None => Exit::Trap(format!("{e:#}")),
     }
 }
