@@ -225,7 +225,7 @@ fn a_files_bytes_are_stored_once() {
         )
         .unwrap();
     assert_ne!(fd, again);
-    assert_eq!(k.fs().used_bytes(), data.len() as u64);
+    assert_eq!(k.fs().file_bytes(), data.len() as u64);
     let encoded = encode_state(&k).unwrap().len();
     assert!(
         encoded < data.len() + 4096,

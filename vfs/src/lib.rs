@@ -46,8 +46,11 @@ mod cap;
 
 pub use error::{FsError, FsResult};
 pub use host::{HostDirEntry, HostFs, HostObj, HostOpen};
-pub use mem::{Directory, Inode, MEM_DEV, MemFs, Node, Resolved};
-pub use types::{DirEntry, FileType, Ino, MAX_SYMLINKS, NAME_MAX, SetTime, Stat};
+pub use mem::{
+    Directory, ENTRY_COST, INODE_COST, Inode, InvalidFs, MAX_INODES, MEM_DEV, MemFs, Node,
+    RESERVED_INODES, Resolved,
+};
+pub use types::{DirEntry, FileType, Ino, MAX_SYMLINKS, NAME_MAX, PATH_MAX, SetTime, Stat};
 
 #[cfg(feature = "std")]
 pub use cap::{CapStdFs, HostVisitor, MAX_HOST_DEPTH, import_host_dir, walk_host_dir};

@@ -13,13 +13,45 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FsError, FsResult};
-use crate::types::{DirEntry, FileType, Ino, MAX_SYMLINKS, NAME_MAX, SetTime, Stat};
+use crate::types::{DirEntry, FileType, Ino, MAX_SYMLINKS, NAME_MAX, PATH_MAX, SetTime, Stat};
 
 /// Device number reported for in-memory objects.
 pub const MEM_DEV: u64 = 0x7461_6269; // "tabi"
 
 /// Cookie of the first entry after `.` and `..`.
 const FIRST_ENTRY_SEQ: u64 = 3;
+
+/// Most inodes one file system holds, as tmpfs' `nr_inodes`: a guest's create past
+/// [`MAX_INODES`] less [`RESERVED_INODES`] is `ENOSPC`, and a decoded file system with more is
+/// refused.
+pub const MAX_INODES: usize = 1 << 20;
+
+/// Inodes kept for the kernel's own use (roots of memory mounts, the in-memory homes of host
+/// files unlinked while open): at most one for each descriptor.
+pub const RESERVED_INODES: usize = 1 << 15;
+
+/// Bytes an inode is charged against [`MemFs::limit_bytes`] besides its contents, for its
+/// metadata.
+pub const INODE_COST: u64 = 128;
+
+/// Bytes a directory entry is charged against [`MemFs::limit_bytes`] besides its name.
+pub const ENTRY_COST: u64 = 64;
+
+/// What a directory entry named `name` is charged.
+fn entry_cost(name: &str) -> u64 {
+    ENTRY_COST + name.len() as u64
+}
+
+/// What an inode holding `node` is charged: its metadata and what it stores (a file's bytes, a
+/// symlink's target). A directory's entries are charged on their own.
+fn node_cost(node: &Node) -> u64 {
+    INODE_COST
+        + match node {
+            Node::File(d) => d.len() as u64,
+            Node::Symlink(t) => t.len() as u64,
+            Node::Dir(_) => 0,
+        }
+}
 
 /// A directory's entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,15 +193,32 @@ impl Resolved {
     }
 }
 
+/// Why a decoded [`MemFs`] cannot be used: the first invariant [`MemFs::check`] found broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidFs(pub String);
+
+impl core::fmt::Display for InvalidFs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "the in-memory file system is inconsistent: {}", self.0)
+    }
+}
+
+impl core::error::Error for InvalidFs {}
+
+fn invalid<T>(what: impl Into<String>) -> Result<T, InvalidFs> {
+    Err(InvalidFs(what.into()))
+}
+
 /// An in-memory file system: a table of inodes, each directory tree rooted at an inode made by
 /// [`MemFs::new_root`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemFs {
     nodes: Vec<Option<Inode>>,
     free: Vec<Ino>,
-    /// Bytes held by all files together.
+    /// Bytes charged for everything the file system stores: file contents, symlink targets,
+    /// names, and [`INODE_COST`] and [`ENTRY_COST`] for each inode and entry.
     used_bytes: u64,
-    /// Most bytes all files together may hold.
+    /// Most bytes [`MemFs::used_bytes`] may reach.
     limit_bytes: u64,
 }
 
@@ -193,20 +242,40 @@ impl MemFs {
         }
     }
 
-    /// Sets the most bytes all files together may hold; writes past it fail with
-    /// [`FsError::NoSpace`].
+    /// Sets the most bytes the file system may hold (contents, names, symlink targets and the
+    /// metadata of each inode and entry); a change past it fails with [`FsError::NoSpace`].
     pub fn set_limit_bytes(&mut self, limit: u64) {
         self.limit_bytes = limit;
     }
 
-    /// Most bytes all files together may hold.
+    /// Most bytes the file system may hold.
     pub fn limit_bytes(&self) -> u64 {
         self.limit_bytes
     }
 
-    /// Bytes held by all files together.
+    /// Bytes charged for everything the file system holds (see [`MemFs::set_limit_bytes`]).
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes
+    }
+
+    /// Bytes held in regular files.
+    pub fn file_bytes(&self) -> u64 {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|i| match &i.node {
+                Node::File(d) => d.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Fails with [`FsError::NoSpace`] unless `more` bytes fit under the limit.
+    fn fits(&self, more: u64) -> FsResult<()> {
+        if self.used_bytes.saturating_add(more) > self.limit_bytes {
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
     }
 
     /// Number of live inodes.
@@ -214,7 +283,10 @@ impl MemFs {
         self.nodes.len() - self.free.len()
     }
 
+    /// Puts `inode` in a free slot and charges it. The callers that a guest drives check
+    /// [`MemFs::fits`] and the inode count first.
     fn alloc(&mut self, inode: Inode) -> Ino {
+        self.used_bytes = self.used_bytes.saturating_add(node_cost(&inode.node));
         if let Some(ino) = self.free.pop() {
             self.nodes[ino as usize] = Some(inode);
             ino
@@ -270,6 +342,12 @@ impl MemFs {
             .ok_or(FsError::BadDescriptor)
     }
 
+    /// Whether `ino` is a root: a live directory that is its own parent (made by
+    /// [`MemFs::new_root`], or a directory removed while open).
+    pub fn is_root(&self, ino: Ino) -> bool {
+        self.dir(ino).is_ok_and(|d| d.parent == ino)
+    }
+
     /// The directory at `ino`, or [`FsError::NotDir`].
     pub fn dir(&self, ino: Ino) -> FsResult<&Directory> {
         match &self.inode(ino)?.node {
@@ -316,9 +394,7 @@ impl MemFs {
             return;
         };
         if inode.nlink == 0 && inode.open == 0 {
-            if let Node::File(data) = &inode.node {
-                self.used_bytes -= data.len() as u64;
-            }
+            self.used_bytes = self.used_bytes.saturating_sub(node_cost(&inode.node));
             self.nodes[ino as usize] = None;
             self.free.push(ino);
         }
@@ -353,6 +429,9 @@ impl MemFs {
     pub fn resolve(&self, start: Ino, path: &str, follow: bool) -> FsResult<Resolved> {
         if path.is_empty() {
             return Err(FsError::NoEntry);
+        }
+        if path.len() > PATH_MAX {
+            return Err(FsError::NameTooLong);
         }
         if path.starts_with('/') {
             return Err(FsError::Escape);
@@ -456,9 +535,11 @@ impl MemFs {
         Ok(())
     }
 
+    /// Adds the entry `name` → `ino` to `dir`, charging it; the caller checked that it fits.
     fn link_into(&mut self, dir: Ino, name: &str, ino: Ino, now: u64) -> FsResult<()> {
         let d = self.live_dir_mut(dir)?;
         d.insert(name.to_string(), ino);
+        self.used_bytes = self.used_bytes.saturating_add(entry_cost(name));
         let parent = self.inode_mut(dir)?;
         parent.mtim = now;
         parent.ctim = now;
@@ -471,6 +552,10 @@ impl MemFs {
         if d.get(name).is_some() {
             return Err(FsError::Exists);
         }
+        if self.inode_count() >= MAX_INODES - RESERVED_INODES {
+            return Err(FsError::NoSpace);
+        }
+        self.fits(node_cost(&node) + entry_cost(name))?;
         let ino = self.alloc(Inode::new(node, now));
         self.link_into(dir, name, ino, now)?;
         Ok(ino)
@@ -491,6 +576,9 @@ impl MemFs {
         if target.is_empty() {
             return Err(FsError::NoEntry);
         }
+        if target.len() > PATH_MAX {
+            return Err(FsError::NameTooLong);
+        }
         self.create(dir, name, Node::Symlink(target.to_string()), now)
     }
 
@@ -507,6 +595,7 @@ impl MemFs {
         if self.live_dir_mut(dir)?.get(name).is_some() {
             return Err(FsError::Exists);
         }
+        self.fits(entry_cost(name))?;
         self.link_into(dir, name, ino, now)?;
         let inode = self.inode_mut(ino)?;
         inode.nlink += 1;
@@ -537,6 +626,7 @@ impl MemFs {
     /// Takes `name` out of `dir` and drops one link of what it named.
     fn detach(&mut self, dir: Ino, name: &str, now: u64) -> FsResult<Ino> {
         let ino = self.dir_mut(dir)?.remove(name).ok_or(FsError::NoEntry)?;
+        self.used_bytes = self.used_bytes.saturating_sub(entry_cost(name));
         let parent = self.inode_mut(dir)?;
         parent.mtim = now;
         parent.ctim = now;
@@ -599,10 +689,14 @@ impl MemFs {
         if src_is_dir && self.is_ancestor(src, to_dir)? {
             return Err(FsError::Invalid);
         }
+        // The new name is charged, the old one's charge given back (and the replaced entry's).
+        let freed = entry_cost(from) + existing.map_or(0, |_| entry_cost(to));
+        self.fits(entry_cost(to).saturating_sub(freed))?;
         if existing.is_some() {
             self.detach(to_dir, to, now)?;
         }
         self.dir_mut(from_dir)?.remove(from);
+        self.used_bytes = self.used_bytes.saturating_sub(entry_cost(from));
         self.link_into(to_dir, to, src, now)?;
         if from_dir != to_dir {
             let parent = self.inode_mut(from_dir)?;
@@ -657,9 +751,7 @@ impl MemFs {
         let old = self.file(ino)?.len() as u64;
         if len > old {
             let grow = len - old;
-            if self.used_bytes.saturating_add(grow) > self.limit_bytes {
-                return Err(FsError::NoSpace);
-            }
+            self.fits(grow)?;
             let len = usize::try_from(len).map_err(|_| FsError::TooBig)?;
             let Node::File(data) = &mut self.inode_mut(ino)?.node else {
                 return Err(FsError::Invalid);
@@ -771,6 +863,163 @@ impl MemFs {
         Ok(out)
     }
 
+    /// Checks every invariant the operations rely on, for a file system that came from
+    /// outside (a snapshot): the free list names exactly the empty slots; each directory's two
+    /// maps agree and name live inodes by valid names; a directory is named once, by its
+    /// parent, and every directory's parents lead to a root; link counts match the entries;
+    /// `held` (the inodes open descriptors hold, once per descriptor) matches the open counts;
+    /// nothing is both unnamed and unheld; symlink targets are short enough.
+    ///
+    /// Then the charge is counted again from what the tree holds (the stored one is not
+    /// trusted) and the limit set to `limit_bytes`, the resumer's: a tree over it is refused.
+    /// Runs in time linear in the size of the tree, with no recursion.
+    pub fn check(&mut self, held: &[Ino], limit_bytes: u64) -> Result<(), InvalidFs> {
+        let n = self.nodes.len();
+        if n > MAX_INODES {
+            return invalid(alloc::format!(
+                "{n} inode slots, over the most of {MAX_INODES}"
+            ));
+        }
+        let mut in_free = vec![false; n];
+        for &ino in &self.free {
+            match self.nodes.get(ino as usize) {
+                Some(None) if !in_free[ino as usize] => in_free[ino as usize] = true,
+                _ => {
+                    return invalid(alloc::format!(
+                        "free list entry {ino} is live, repeated or out of range"
+                    ));
+                }
+            }
+        }
+        let empty = self.nodes.iter().filter(|s| s.is_none()).count();
+        if empty != self.free.len() {
+            return invalid(alloc::format!(
+                "{empty} empty inode slots but {} on the free list",
+                self.free.len()
+            ));
+        }
+        let live = |ino: Ino| -> Option<&Inode> { self.nodes.get(ino as usize)?.as_ref() };
+        let mut named = vec![0u64; n];
+        let mut used = 0u64;
+        for (i, slot) in self.nodes.iter().enumerate() {
+            let Some(inode) = slot else { continue };
+            used = used.saturating_add(node_cost(&inode.node));
+            match &inode.node {
+                Node::Dir(d) => {
+                    if d.entries.len() != d.order.len() || d.next_seq < FIRST_ENTRY_SEQ {
+                        return invalid(alloc::format!(
+                            "directory {i}: its entries and order disagree"
+                        ));
+                    }
+                    if !matches!(live(d.parent).map(|p| &p.node), Some(Node::Dir(_))) {
+                        return invalid(alloc::format!(
+                            "directory {i}: its parent is not a live directory"
+                        ));
+                    }
+                    for (name, &(ino, seq)) in &d.entries {
+                        if Self::check_name(name).is_err()
+                            || !(FIRST_ENTRY_SEQ..d.next_seq).contains(&seq)
+                            || d.order.get(&seq) != Some(name)
+                        {
+                            return invalid(alloc::format!(
+                                "directory {i}: entry {name:?} is malformed"
+                            ));
+                        }
+                        let Some(child) = live(ino) else {
+                            return invalid(alloc::format!(
+                                "directory {i}: entry {name:?} names a free inode"
+                            ));
+                        };
+                        if let Node::Dir(c) = &child.node
+                            && c.parent as usize != i
+                        {
+                            return invalid(alloc::format!(
+                                "directory {i}: entry {name:?} is a directory whose parent is another"
+                            ));
+                        }
+                        named[ino as usize] += 1;
+                        used = used.saturating_add(entry_cost(name));
+                    }
+                }
+                Node::Symlink(t) if t.is_empty() || t.len() > PATH_MAX => {
+                    return invalid(alloc::format!("symlink {i}: target of {} bytes", t.len()));
+                }
+                _ => {}
+            }
+        }
+        let mut open = vec![0u64; n];
+        for &ino in held {
+            match open.get_mut(ino as usize) {
+                Some(c) if live(ino).is_some() => *c += 1,
+                _ => {
+                    return invalid(alloc::format!(
+                        "a descriptor holds inode {ino}, which is not live"
+                    ));
+                }
+            }
+        }
+        for (i, slot) in self.nodes.iter().enumerate() {
+            let Some(inode) = slot else { continue };
+            if u64::from(inode.open) != open[i] {
+                return invalid(alloc::format!(
+                    "inode {i} counts {} open descriptors, {} hold it",
+                    inode.open,
+                    open[i]
+                ));
+            }
+            let ok = match &inode.node {
+                Node::Dir(d) if named[i] == 0 => d.parent as usize == i && inode.nlink <= 1,
+                Node::Dir(d) => named[i] == 1 && inode.nlink == 1 && d.parent as usize != i,
+                _ => u64::from(inode.nlink) == named[i],
+            };
+            if !ok {
+                return invalid(alloc::format!(
+                    "inode {i} has {} links and {} entries naming it",
+                    inode.nlink,
+                    named[i]
+                ));
+            }
+            if inode.nlink == 0 && inode.open == 0 {
+                return invalid(alloc::format!("inode {i} is neither named nor open"));
+            }
+        }
+        // Every directory reaches a root through its parents: walk each chain once, marking
+        // what is done (2) and what is on the current walk (1), so a cycle shows as a 1.
+        let mut mark = vec![0u8; n];
+        let mut walk = Vec::new();
+        for start in 0..n {
+            let mut at = start;
+            while let Some(Inode {
+                node: Node::Dir(d), ..
+            }) = self.nodes[at].as_ref()
+            {
+                match mark[at] {
+                    2 => break,
+                    1 => return invalid(alloc::format!("directory {at} is its own ancestor")),
+                    _ => {}
+                }
+                mark[at] = 1;
+                walk.push(at);
+                if d.parent as usize == at {
+                    break;
+                }
+                at = d.parent as usize;
+            }
+            for &w in &walk {
+                mark[w] = 2;
+            }
+            walk.clear();
+        }
+        if used > limit_bytes {
+            return invalid(alloc::format!(
+                "it holds {used} bytes, over the limit of {limit_bytes}"
+            ));
+        }
+        self.used_bytes = used;
+        self.limit_bytes = limit_bytes;
+        Ok(())
+    }
+
     /// Lists every object under `root` as `(path, kind, contents)`, paths sorted: a canonical view
     /// of a tree for comparing two runs. Directory contents are empty; a symlink's are its target.
     pub fn tree(&self, root: Ino) -> FsResult<Vec<(String, FileType, Vec<u8>)>> {
@@ -797,5 +1046,161 @@ impl MemFs {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small tree: `/d/f` (a file with 3 bytes), `/d/l` (a hard link to it), `/s` (a
+    /// symlink), and a freed slot on the free list.
+    fn tree() -> (MemFs, Ino) {
+        let mut fs = MemFs::new();
+        let root = fs.new_root(0);
+        let d = fs.mkdir(root, "d", 0).unwrap();
+        let f = fs.create_file(d, "f", 0).unwrap();
+        fs.write_at(f, 0, b"abc", 0).unwrap();
+        fs.link(d, "l", f, 0).unwrap();
+        fs.symlink(root, "s", "d/f", 0).unwrap();
+        let gone = fs.create_file(root, "gone", 0).unwrap();
+        fs.unlink(root, "gone", 0).unwrap();
+        assert!(fs.inode(gone).is_err());
+        (fs, root)
+    }
+
+    fn refused(fs: &MemFs, why: &str) {
+        let mut fs = fs.clone();
+        let err = fs.check(&[], MemFs::DEFAULT_LIMIT_BYTES).unwrap_err();
+        assert!(err.0.contains(why), "{err} (wanted {why:?})");
+    }
+
+    #[test]
+    fn a_tree_the_operations_made_passes_and_its_charge_is_counted_again() {
+        let (mut fs, _) = tree();
+        let charged = fs.used_bytes();
+        // Four inodes, three entries in `/d` and the root, three bytes, a 3-byte target.
+        assert_eq!(
+            charged,
+            4 * INODE_COST
+                + 3
+                + 3
+                + entry_cost("d")
+                + entry_cost("f")
+                + entry_cost("l")
+                + entry_cost("s")
+        );
+        fs.used_bytes = 0;
+        fs.limit_bytes = 1;
+        fs.check(&[], 1 << 20).unwrap();
+        assert_eq!((fs.used_bytes(), fs.limit_bytes()), (charged, 1 << 20));
+        // The resumer's limit, not the snapshot's, decides.
+        assert!(fs.clone().check(&[], charged - 1).is_err());
+    }
+
+    #[test]
+    fn each_broken_invariant_is_refused() {
+        let (fs, root) = tree();
+        let d = fs.dir(root).unwrap().get("d").unwrap();
+        let f = fs.dir(d).unwrap().get("f").unwrap();
+
+        // The free list names a live inode: the next create would overwrite it.
+        let mut bad = fs.clone();
+        bad.free.push(f);
+        refused(&bad, "free list");
+        // An empty slot the free list does not name.
+        let mut bad = fs.clone();
+        bad.free.clear();
+        refused(&bad, "empty inode slots");
+        // An entry naming a freed inode.
+        let mut bad = fs.clone();
+        let freed = bad.free[0];
+        if let Some(Some(Inode {
+            node: Node::Dir(dir),
+            ..
+        })) = bad.nodes.get_mut(d as usize)
+        {
+            dir.entries.insert("f".into(), (freed, 3));
+        }
+        refused(&bad, "free inode");
+        // The name and order maps disagree.
+        let mut bad = fs.clone();
+        if let Some(Some(Inode {
+            node: Node::Dir(dir),
+            ..
+        })) = bad.nodes.get_mut(d as usize)
+        {
+            dir.order.clear();
+        }
+        refused(&bad, "disagree");
+        // A link count that the entries do not bear out.
+        let mut bad = fs.clone();
+        bad.nodes[f as usize].as_mut().unwrap().nlink = 1;
+        refused(&bad, "links");
+        // An open count no descriptor holds.
+        let mut bad = fs.clone();
+        bad.nodes[f as usize].as_mut().unwrap().open = 1;
+        refused(&bad, "open descriptors");
+        // A directory that is its own grandparent.
+        let mut bad = fs.clone();
+        let e = bad.mkdir(d, "e", 0).unwrap();
+        if let Some(Some(Inode {
+            node: Node::Dir(dir),
+            ..
+        })) = bad.nodes.get_mut(d as usize)
+        {
+            dir.parent = e;
+        }
+        refused(&bad, "parent");
+        // A symlink target past PATH_MAX.
+        let mut bad = fs.clone();
+        let s = bad.dir(root).unwrap().get("s").unwrap();
+        bad.nodes[s as usize].as_mut().unwrap().node = Node::Symlink("a/".repeat(PATH_MAX));
+        refused(&bad, "target");
+        // More slots than any file system may have.
+        let mut bad = fs.clone();
+        bad.free
+            .extend((bad.nodes.len()..=MAX_INODES).map(|i| i as Ino));
+        bad.nodes.resize(MAX_INODES + 1, None);
+        refused(&bad, "slots");
+        // A descriptor's hold on a freed inode.
+        assert!(fs.clone().check(&[freed], 1 << 20).is_err());
+    }
+
+    /// Symlink targets and names are charged like file contents, so a guest cannot grow the
+    /// host past the limit through them; over-long paths and targets fail before any work.
+    #[test]
+    fn names_and_targets_are_charged_and_long_paths_refused_early() {
+        let mut fs = MemFs::new();
+        let root = fs.new_root(0);
+        fs.set_limit_bytes(64 << 10);
+        let target = "x".repeat(PATH_MAX);
+        let mut made = 0;
+        let err = loop {
+            match fs.symlink(root, &alloc::format!("link{made}"), &target, 0) {
+                Ok(_) => made += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, FsError::NoSpace);
+        assert!(made < 16, "{made} links of 4 KiB fit in 64 KiB");
+        assert!(fs.used_bytes() <= 64 << 10);
+        assert_eq!(
+            fs.symlink(root, "long", &"x".repeat(PATH_MAX + 1), 0),
+            Err(FsError::NameTooLong)
+        );
+        let huge = "a/".repeat(32 << 20);
+        assert_eq!(fs.resolve(root, &huge, true), Err(FsError::NameTooLong));
+        // Renaming to a longer name is charged the difference.
+        let mut fs = MemFs::new();
+        let root = fs.new_root(0);
+        fs.create_file(root, "a", 0).unwrap();
+        fs.set_limit_bytes(fs.used_bytes() + 10);
+        assert_eq!(
+            fs.rename(root, "a", root, &"b".repeat(20), 0),
+            Err(FsError::NoSpace)
+        );
+        fs.rename(root, "a", root, &"b".repeat(11), 0).unwrap();
+        assert_eq!(fs.used_bytes(), fs.limit_bytes());
     }
 }

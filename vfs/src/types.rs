@@ -71,6 +71,10 @@ pub struct DirEntry {
 /// Longest name one path component may have, in bytes.
 pub const NAME_MAX: usize = 255;
 
+/// Longest path one resolution takes, and longest symlink target stored, in bytes (Linux's
+/// `PATH_MAX`): longer ones are `ENAMETOOLONG` before any work is done on them.
+pub const PATH_MAX: usize = 4096;
+
 /// Most symbolic links one path resolution may follow before failing with [`FsError::Loop`].
 ///
 /// [`FsError::Loop`]: crate::FsError::Loop

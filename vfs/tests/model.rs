@@ -253,6 +253,11 @@ proptest! {
             fs = back;
         }
         let live: u64 = model.0.values().map(|m| match m { M::File(b) => b.len() as u64, M::Dir => 0 }).sum();
-        prop_assert_eq!(fs.used_bytes(), live, "byte accounting");
+        prop_assert_eq!(fs.file_bytes(), live, "file bytes");
+        // What the operations charged is what a check counts again from the tree, and every
+        // invariant holds.
+        let mut checked = fs.clone();
+        prop_assert_eq!(checked.check(&[], MemFs::DEFAULT_LIMIT_BYTES), Ok(()));
+        prop_assert_eq!(checked.used_bytes(), fs.used_bytes(), "byte accounting");
     }
 }
