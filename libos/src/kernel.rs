@@ -282,6 +282,48 @@ const OTHER_NAME_SEARCH: usize = 100_000;
 /// Most descriptors a guest may hold open at once.
 pub const MAX_DESCRIPTORS: usize = 16 * 1024;
 
+/// What whoever runs or resumes a guest allows its kernel state. A snapshot never sets these:
+/// [`Kernel::check`] applies the resumer's to a decoded state, and refuses one that needs more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Most bytes the in-memory file system may hold (see [`MemFs::set_limit_bytes`]).
+    pub fs_bytes: u64,
+    /// Longest sleep a resumed guest may still owe, in nanoseconds (see [`Kernel::settle`]).
+    pub owed_sleep_ns: u64,
+}
+
+impl Default for StateLimits {
+    /// The in-memory file system's default limit, and a day of owed sleep.
+    fn default() -> Self {
+        StateLimits {
+            fs_bytes: MemFs::DEFAULT_LIMIT_BYTES,
+            owed_sleep_ns: 24 * 3600 * 1_000_000_000,
+        }
+    }
+}
+
+/// Why a kernel state from outside (a snapshot) cannot be run: the first broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidState(pub String);
+
+impl core::fmt::Display for InvalidState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl core::error::Error for InvalidState {}
+
+/// Whether `path` is a path below a mount root as the kernel records it: `.` for the root,
+/// else relative components that are neither empty, `.` nor `..`, within the length limits.
+fn is_mount_path(path: &str) -> bool {
+    path == "."
+        || (path.len() <= tabi_vfs::PATH_MAX
+            && path.split('/').all(|c| {
+                !c.is_empty() && c != "." && c != ".." && c.len() <= NAME_MAX && !c.contains('\0')
+            }))
+}
+
 /// The whole state of one guest process outside its linear memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kernel {
@@ -427,11 +469,11 @@ impl Kernel {
 
     /// Preopens host mount `index` (granted to the [`Host`]) as `guest_path`.
     pub fn mount_host(&mut self, guest_path: &str, index: u32) -> Result<u32, Errno> {
+        let key = self.new_key()?;
         self.mounts.push(Mount {
             guest_path: guest_path.to_string(),
             kind: MountKind::Host { index },
         });
-        let key = self.new_key();
         self.preopen(
             guest_path,
             Object::HostDir {
@@ -442,13 +484,148 @@ impl Kernel {
         )
     }
 
-    fn new_key(&mut self) -> u64 {
+    /// A key no open host object has; `ENFILE` once the counter is spent (only a state
+    /// from outside can start it that high).
+    fn new_key(&mut self) -> Result<u64, Errno> {
         let k = self.next_key;
-        self.next_key += 1;
-        k
+        self.next_key = k.checked_add(1).ok_or(Errno::Nfile)?;
+        Ok(k)
     }
 
     // ---- descriptor table ------------------------------------------------------------------
+
+    /// Checks a state that came from outside (a snapshot) before a guest runs on it, and
+    /// applies the resumer's `limits`: every descriptor names a live object of its kind, with
+    /// rights and flags its kind can have; host objects name a host mount, by a normalized path
+    /// below it, under distinct keys the key counter has passed; memory mounts name roots;
+    /// a sleep still owed is within the limit; and the file system passes [`MemFs::check`]
+    /// (its limit becomes `limits.fs_bytes`). Nothing the guest or the host does later can
+    /// then reach an inconsistent state through this one.
+    pub fn check(&mut self, limits: &StateLimits) -> Result<(), InvalidState> {
+        let bad = |what: String| Err(InvalidState(what));
+        if self.fds.len() > MAX_DESCRIPTORS {
+            return bad(format!(
+                "{} descriptors, over the most of {MAX_DESCRIPTORS}",
+                self.fds.len()
+            ));
+        }
+        for a in &self.args {
+            if a.contains('\0') {
+                return bad("an argument holds a NUL byte".into());
+            }
+        }
+        for (k, v) in &self.env {
+            if k.contains(['\0', '=']) || v.contains('\0') {
+                return bad(
+                    "an environment variable's name holds `=` or NUL, or its value NUL".into(),
+                );
+            }
+        }
+        let mut host_indices = Vec::new();
+        for m in &self.mounts {
+            match m.kind {
+                MountKind::Memory { root } => {
+                    if !self.fs.is_root(root) {
+                        return bad(format!(
+                            "memory mount {:?} does not name a root directory",
+                            m.guest_path
+                        ));
+                    }
+                }
+                MountKind::Host { index } => {
+                    if host_indices.contains(&index) {
+                        return bad(format!("host mount {index} is mounted twice"));
+                    }
+                    host_indices.push(index);
+                }
+            }
+        }
+        let mut held = Vec::new();
+        let mut keys = Vec::new();
+        for (fd, d) in self.fds.iter().enumerate() {
+            let Some(d) = d else { continue };
+            let (allowed, inheriting) = match &d.object {
+                Object::Stdin | Object::Stdout | Object::Stderr => (rights::STDIO, 0),
+                Object::MemDir { .. } | Object::HostDir { .. } => {
+                    (rights::DIRECTORY, rights::DIRECTORY | rights::FILE)
+                }
+                Object::MemFile { .. } | Object::HostFile { .. } => (rights::FILE, 0),
+            };
+            if d.rights & !allowed != 0
+                || d.inheriting & !inheriting != 0
+                || d.flags & !fdflags::ALL != 0
+            {
+                return bad(format!(
+                    "descriptor {fd} has rights or flags its kind cannot have"
+                ));
+            }
+            match &d.object {
+                Object::MemDir { ino } => {
+                    if self.fs.dir(*ino).is_err() {
+                        return bad(format!(
+                            "descriptor {fd} names inode {ino}, not a directory"
+                        ));
+                    }
+                    held.push(*ino);
+                }
+                Object::MemFile { ino, .. } => {
+                    if !self
+                        .fs
+                        .inode(*ino)
+                        .is_ok_and(|i| !matches!(i.node, tabi_vfs::Node::Dir(_)))
+                    {
+                        return bad(format!("descriptor {fd} names inode {ino}, not a file"));
+                    }
+                    held.push(*ino);
+                }
+                Object::HostDir { mount, key, path }
+                | Object::HostFile {
+                    mount, key, path, ..
+                } => {
+                    if !host_indices.contains(mount) {
+                        return bad(format!(
+                            "descriptor {fd} names host mount {mount}, which is not mounted"
+                        ));
+                    }
+                    if !is_mount_path(path) {
+                        return bad(format!(
+                            "descriptor {fd} has a malformed path below its mount"
+                        ));
+                    }
+                    if *key >= self.next_key {
+                        return bad(format!("descriptor {fd} has a key not yet given"));
+                    }
+                    keys.push(*key);
+                }
+                Object::Stdin | Object::Stdout | Object::Stderr => {}
+            }
+            if let Some(p) = &d.preopen
+                && (!d.is_dir() || !self.mounts.iter().any(|m| &m.guest_path == p))
+            {
+                return bad(format!("descriptor {fd} is a preopen of no mount"));
+            }
+        }
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return bad("two host objects share a key".into());
+        }
+        if let Clocks::HostCarried {
+            last_ns,
+            owed_until: Some(until),
+            ..
+        } = self.clocks
+            && until.saturating_sub(last_ns) > limits.owed_sleep_ns
+        {
+            return bad(format!(
+                "the guest owes a sleep of {} ns, over the limit of {} ns",
+                until.saturating_sub(last_ns),
+                limits.owed_sleep_ns
+            ));
+        }
+        self.fs
+            .check(&held, limits.fs_bytes)
+            .map_err(|e| InvalidState(e.to_string()))
+    }
 
     /// The descriptor `fd`, or `Badf`.
     pub fn get(&self, fd: u32) -> Result<&Descriptor, Errno> {
@@ -671,13 +848,25 @@ impl Kernel {
         };
         let mut now = self.monotonic_now(host);
         while now < until {
-            host.sleep_ns(until - now);
+            let slept_all = host.sleep_unless_woken_ns(until - now);
             let later = self.monotonic_now(host);
             if later <= now {
                 // A host whose clock does not move while it sleeps: it slept what it could.
                 break;
             }
             now = later;
+            if !slept_all && now < until {
+                // A checkpoint is due and cannot wait for the rest: the guest's clock moves
+                // on to the end of the sleep instead, so nothing it observes comes early.
+                if let Clocks::HostCarried {
+                    offset_ns, last_ns, ..
+                } = &mut self.clocks
+                {
+                    *offset_ns = offset_ns.wrapping_add(until - now);
+                    *last_ns = until;
+                }
+                break;
+            }
         }
         if let Clocks::HostCarried { owed_until, .. } = &mut self.clocks {
             *owed_until = None;
@@ -1199,7 +1388,10 @@ impl Kernel {
         }
         if stat.nlink != 0 {
             let mount = *mount;
-            let keys = [self.new_key(), self.new_key()];
+            let (Ok(a), Ok(b)) = (self.new_key(), self.new_key()) else {
+                return;
+            };
+            let keys = [a, b];
             if let Some(other) = Self::other_name(fs, mount, &stat, keys) {
                 for fd in fds {
                     if let Some(Descriptor {
@@ -1484,7 +1676,7 @@ impl Kernel {
                 key,
                 path: ref dir_path,
             } => {
-                let new_key = self.new_key();
+                let new_key = self.new_key()?;
                 let fs = host.host_fs().ok_or(Errno::Badf)?;
                 let obj = HostObj {
                     mount,

@@ -49,6 +49,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod abi;
+pub mod budget;
 pub mod engine;
 pub mod errno;
 pub mod host;
@@ -62,7 +63,9 @@ pub mod written;
 pub use engine::{Engine, EngineError, Exit, Finished, Process};
 pub use errno::{CallError, Errno, Trap};
 pub use host::Host;
-pub use kernel::{Descriptor, Kernel, Mount, MountKind, Object, OpenOptions};
+pub use kernel::{
+    Descriptor, InvalidState, Kernel, Mount, MountKind, Object, OpenOptions, StateLimits,
+};
 pub use memory::GuestMemory;
 pub use tabi_vfs as vfs;
 
@@ -71,7 +74,87 @@ pub fn encode_state(kernel: &Kernel) -> Result<alloc::vec::Vec<u8>, postcard::Er
     postcard::to_allocvec(kernel)
 }
 
-/// Decodes a kernel's state written by [`encode_state`]; malformed input is an error.
+/// Bytes of structure (collection elements, map entries) a decoded state may take whatever its
+/// encoding: enough for the descriptor table and a small file system.
+pub const STRUCTURE_FLOOR: u64 = 4 << 20;
+
+/// Most bytes of structure a decoded state may take per byte of the input that justifies it
+/// (see [`budget`]): a legitimate state takes well under half of this even when it is mostly
+/// freed descriptors and inodes, which are one byte each in postcard.
+pub const STRUCTURE_RATIO: u64 = 64;
+
+/// Decodes a kernel's state written by [`encode_state`], in a memory budget relative to its
+/// own length ([`STRUCTURE_FLOOR`] plus [`STRUCTURE_RATIO`] per byte); malformed input, or
+/// input that would take more, is an error. The state is not checked: see [`Kernel::check`]
+/// and [`decode_checked`].
 pub fn decode_state(bytes: &[u8]) -> Result<Kernel, postcard::Error> {
-    postcard::from_bytes(bytes)
+    let budget = STRUCTURE_FLOOR.saturating_add(STRUCTURE_RATIO.saturating_mul(bytes.len() as u64));
+    decode_state_within(bytes, budget).map_err(|e| match e {
+        DecodeError::Postcard(e) => e,
+        _ => postcard::Error::DeserializeBadEncoding,
+    })
+}
+
+/// Why a kernel state from outside was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes are not a postcard kernel state.
+    Postcard(postcard::Error),
+    /// Decoding would take more memory than the budget.
+    OverBudget {
+        /// The budget, in bytes.
+        budget: u64,
+    },
+    /// Bytes are left over after the state.
+    Trailing(usize),
+    /// The state decodes but breaks an invariant or the resumer's limits.
+    Invalid(InvalidState),
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::Postcard(e) => write!(f, "{e}"),
+            DecodeError::OverBudget { budget } => {
+                write!(f, "{} (budget {budget} bytes)", budget::OVER_BUDGET)
+            }
+            DecodeError::Trailing(n) => write!(f, "{n} bytes after the state"),
+            DecodeError::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Decodes a kernel state, taking at most `budget` bytes of memory for its structure (see
+/// [`budget`]); what the state holds as content (file bytes, strings) is at most the input's
+/// length on top. The state is not checked.
+pub fn decode_state_within(bytes: &[u8], budget: u64) -> Result<Kernel, DecodeError> {
+    use serde::Deserialize;
+    let b = budget::Budget::new(budget);
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let kernel = Kernel::deserialize(budget::Budgeted::new(&mut de, &b)).map_err(|e| {
+        if b.spent() {
+            DecodeError::OverBudget { budget }
+        } else {
+            DecodeError::Postcard(e)
+        }
+    })?;
+    let rest = de.finalize().map_err(DecodeError::Postcard)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing(rest.len()));
+    }
+    Ok(kernel)
+}
+
+/// [`decode_state_within`], then [`Kernel::check`] with the resumer's `limits`: a state from
+/// outside that a guest can run on.
+pub fn decode_checked(
+    bytes: &[u8],
+    budget: u64,
+    limits: &StateLimits,
+) -> Result<Kernel, DecodeError> {
+    let mut kernel = decode_state_within(bytes, budget)?;
+    kernel.check(limits).map_err(DecodeError::Invalid)?;
+    Ok(kernel)
 }

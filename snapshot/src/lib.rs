@@ -31,8 +31,8 @@ mod read;
 mod write;
 
 pub use format::{CHUNK_PAGES, MAGIC, PAGE, SectionId, VERSION};
-pub use read::{Head, Limits, MemoryTarget, SectionInfo, Snapshot, read, read_into};
-pub use write::{Base, Contents, Prior, Summary, WriteError, write};
+pub use read::{Head, Limits, MemoryTarget, SectionInfo, Snapshot, kernel_state, read, read_into};
+pub use write::{Base, Contents, Prior, Summary, WriteError, write, write_unchecked, write_within};
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -25,12 +25,60 @@ pub struct Limits {
     pub globals: u32,
     /// Tables.
     pub tables: u32,
-    /// Bytes of any other section (module, save stack, kernel state).
+    /// Bytes of any other section (module, save stack, kernel state), stored or decompressed.
     pub section: u32,
+    /// What the kernel state may hold and ask for: the resumer's, never the snapshot's.
+    pub state: tabi_libos::StateLimits,
+}
+
+impl Limits {
+    /// These limits with at most `bytes` of guest memory in all (rounded down to whole pages):
+    /// a resumer's cap on what a snapshot may make it allocate.
+    pub fn with_memory_bytes(mut self, bytes: u64) -> Self {
+        let pages = bytes / PAGE as u64;
+        self.total_pages = self.total_pages.min(pages);
+        self.pages = self.pages.min(u32::try_from(pages).unwrap_or(u32::MAX));
+        self
+    }
+}
+
+/// Most bytes an LZ4 block of `compressed` bytes can decompress to: each byte of a match's
+/// length extension stands for at most 255 bytes of output.
+fn lz4_max(compressed: usize) -> u64 {
+    (compressed as u64).saturating_mul(255).saturating_add(16)
+}
+
+/// Decompresses the LZ4 block `data` that declares `len` bytes, refusing before any allocation
+/// a length over `limit` or over what `data` can expand to.
+fn lz4_block(data: &[u8], len: u64, limit: u32, what: &str) -> Result<Vec<u8>, Error> {
+    if len > u64::from(limit) {
+        return Err(Error::TooLarge {
+            what: what.into(),
+            size: len,
+            limit: limit.into(),
+        });
+    }
+    if len > lz4_max(data.len()) {
+        return Err(Error::Malformed {
+            what: format!(
+                "{what} declares {len} bytes, more than {} compressed bytes can hold",
+                data.len()
+            ),
+        });
+    }
+    let out = lz4_flex::block::decompress(data, len as usize).map_err(|e| Error::Malformed {
+        what: format!("{what} does not decompress: {e}"),
+    })?;
+    if out.len() as u64 != len {
+        return Err(Error::Malformed {
+            what: format!("{what} decompresses to another size"),
+        });
+    }
+    Ok(out)
 }
 
 impl Default for Limits {
-    /// 4 GiB of memory in all, 256 MiB per other section.
+    /// 4 GiB of memory in all, 256 MiB per other section, the kernel's default state limits.
     fn default() -> Self {
         Limits {
             memories: 64,
@@ -39,6 +87,7 @@ impl Default for Limits {
             globals: 1 << 20,
             tables: 1 << 16,
             section: 256 << 20,
+            state: tabi_libos::StateLimits::default(),
         }
     }
 }
@@ -381,22 +430,7 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
             what: "module",
         };
         let len = c.u64()?;
-        if len > u64::from(limits.section) {
-            return Err(Error::TooLarge {
-                what: "the module".into(),
-                size: len,
-                limit: limits.section.into(),
-            });
-        }
-        let m =
-            lz4_flex::block::decompress(c.bytes, len as usize).map_err(|e| Error::Malformed {
-                what: format!("the module does not decompress: {e}"),
-            })?;
-        if m.len() as u64 != len {
-            return Err(Error::Malformed {
-                what: "the module decompresses to another size".into(),
-            });
-        }
+        let m = lz4_block(c.bytes, len, limits.section, "the module")?;
         sections.push(SectionInfo {
             id: SectionId::Module,
             stored,
@@ -584,10 +618,9 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
             Dest::Owned(_) => {
                 let m = match base.and_then(|b| b.memories.get(index as usize)) {
                     Some(old) if old.len() <= bytes => {
-                        // Only the blocks the parent's memory ever backed are copied.
-                        let mut m = tabi_libos::machine::sparse_copy(old);
-                        m.resize(bytes, 0);
-                        m
+                        // Only the blocks the parent's memory ever backed are copied; the
+                        // rest, the part it grew by included, stays unbacked zeroes.
+                        tabi_libos::machine::sparse_copy_len(old, bytes)
                     }
                     Some(_) => {
                         return Err(Error::Malformed {
@@ -658,35 +691,24 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         return Err(out_of_order(id, "kernel"));
     }
     let (p, stored) = input.section(SectionId::Kernel, limits.section)?;
-    let kernel_bytes = match p.split_first() {
-        Some((&KERNEL_RAW, rest)) => rest.to_vec(),
+    let (kernel_bytes, kernel) = match p.split_first() {
+        Some((&KERNEL_RAW, rest)) => {
+            let k = kernel_state(rest, rest.len(), limits)?;
+            (rest.to_vec(), k)
+        }
         Some((&KERNEL_LZ4, rest)) if version >= 3 => {
             let mut c = Cursor {
                 bytes: rest,
                 what: "kernel state",
             };
             let len = c.u64()?;
-            if len > u64::from(limits.section) {
-                return Err(Error::TooLarge {
-                    what: "the kernel state".into(),
-                    size: len,
-                    limit: limits.section.into(),
-                });
-            }
-            let k = lz4_flex::block::decompress(c.bytes, len as usize).map_err(|e| {
-                Error::Malformed {
-                    what: format!("the kernel state does not decompress: {e}"),
-                }
-            })?;
-            if k.len() as u64 != len {
-                return Err(Error::Malformed {
-                    what: "the kernel state decompresses to another size".into(),
-                });
-            }
-            k
+            let bytes = lz4_block(c.bytes, len, limits.section, "the kernel state")?;
+            let k = kernel_state(&bytes, c.bytes.len(), limits)?;
+            (bytes, k)
         }
-        // `base` is the checked parent whenever the snapshot is incremental.
-        Some((0, [])) if let Some(b) = base => b.kernel_bytes.clone(),
+        // `base` is the checked parent whenever the snapshot is incremental: its state was
+        // decoded and checked under these limits already.
+        Some((0, [])) if let Some(b) = base => (b.kernel_bytes.clone(), b.kernel.clone()),
         _ => {
             return Err(Error::Malformed {
                 what: "kernel section tag".into(),
@@ -698,8 +720,6 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         stored,
         raw: kernel_bytes.len() as u64,
     });
-    let kernel = tabi_libos::decode_state(&kernel_bytes)
-        .map_err(|e| Error::BadKernelState(e.to_string()))?;
 
     // Host mounts.
     let id = section_id(&mut input)?;
@@ -775,6 +795,17 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         hash,
         sections,
     })
+}
+
+/// Decodes and checks the kernel state `bytes`, which `stored` bytes of the file hold: its
+/// structure may take [`tabi_libos::STRUCTURE_FLOOR`] plus [`tabi_libos::STRUCTURE_RATIO`]
+/// bytes per stored byte (what it holds as content is at most `bytes` on top), and it must
+/// pass [`tabi_libos::Kernel::check`] under the resumer's limits.
+pub fn kernel_state(bytes: &[u8], stored: usize, limits: &Limits) -> Result<Kernel, Error> {
+    let budget = tabi_libos::STRUCTURE_FLOOR
+        .saturating_add(tabi_libos::STRUCTURE_RATIO.saturating_mul(stored as u64));
+    tabi_libos::decode_checked(bytes, budget, &limits.state)
+        .map_err(|e| Error::BadKernelState(e.to_string()))
 }
 
 /// The chunks of one memory, as the reader decodes them.
@@ -1037,5 +1068,32 @@ impl Chunks<'_> {
                 block.fill(0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A declared length LZ4 cannot reach from the bytes given is refused before the buffer
+    /// for it is allocated; one within reach decodes.
+    #[test]
+    fn an_lz4_length_the_data_cannot_reach_is_refused() {
+        let block = [0x1f, 0, 1, 0, 0, 0, 0, 0];
+        match lz4_block(&block, 200 << 20, u32::MAX, "the kernel state") {
+            Err(Error::Malformed { what }) => assert!(what.contains("more than"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            lz4_block(&block, 300 << 20, 256 << 20, "the module"),
+            Err(Error::TooLarge { .. })
+        ));
+        let mut data = Vec::new();
+        crate::lz4::compress(&[7u8; 100_000], &mut data, &mut Vec::new());
+        assert!(lz4_max(data.len()) >= 100_000, "{}", data.len());
+        assert_eq!(
+            lz4_block(&data, 100_000, u32::MAX, "x").unwrap(),
+            [7u8; 100_000]
+        );
     }
 }

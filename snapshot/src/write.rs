@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use tabi_libos::machine::{TableImage, Value};
 
 use crate::format::*;
-use crate::{Identity, Sink};
+use crate::{Identity, Limits, Sink};
 
 /// What a snapshot holds, borrowed from wherever it lives (a live engine memory, or a captured
 /// [`tabi_libos::machine::MachineState`]).
@@ -151,16 +151,59 @@ enum Old<'a> {
 
 /// Writes a snapshot of `contents` to `sink`. With a `base`, the snapshot is incremental: it
 /// holds only the pages that differ from the base's, and the kernel state only if it changed.
+///
+/// A snapshot the reader would refuse under the default [`Limits`] is not written: see
+/// [`write_within`].
 pub fn write<S: Sink>(
     sink: &mut S,
     contents: &Contents<'_>,
     base: Option<&Base<'_>>,
 ) -> Result<Summary, WriteError<S::Error>> {
-    let mut out = Out {
-        sink,
-        digest: Sha256::new(),
-        summary: Summary::default(),
+    write_within(sink, contents, base, &Limits::default())
+}
+
+/// [`write`], refusing before anything is written a snapshot that [`crate::read`] would refuse
+/// under `limits`: too many or too large memories, globals or tables, a section over
+/// [`Limits::section`], or a kernel state that does not decode within its budget or fails
+/// [`tabi_libos::Kernel::check`]. The writer and the reader thus share one set of limits, and
+/// a guest whose state could not be resumed is told so while it still runs.
+pub fn write_within<S: Sink>(
+    sink: &mut S,
+    contents: &Contents<'_>,
+    base: Option<&Base<'_>>,
+    limits: &Limits,
+) -> Result<Summary, WriteError<S::Error>> {
+    write_impl(sink, contents, base, Some(limits))
+}
+
+/// [`write`] without any of the checks of [`write_within`]: frames whatever it is given, a
+/// kernel state that does not decode included, with valid checksums and hash. For tests and
+/// fuzzing of the reader, which must refuse what this writes.
+pub fn write_unchecked<S: Sink>(
+    sink: &mut S,
+    contents: &Contents<'_>,
+    base: Option<&Base<'_>>,
+) -> Result<Summary, WriteError<S::Error>> {
+    write_impl(sink, contents, base, None)
+}
+
+fn write_impl<S: Sink>(
+    sink: &mut S,
+    contents: &Contents<'_>,
+    base: Option<&Base<'_>>,
+    limits: Option<&Limits>,
+) -> Result<Summary, WriteError<S::Error>> {
+    let unlimited = Limits {
+        memories: u32::MAX,
+        pages: u32::MAX,
+        total_pages: u64::MAX,
+        globals: u32::MAX,
+        tables: u32::MAX,
+        section: u32::MAX,
+        state: tabi_libos::StateLimits::default(),
     };
+    let check = limits.is_some();
+    let limits = limits.unwrap_or(&unlimited);
     if let Some(b) = base
         && b.memories.len() != contents.memories.len()
     {
@@ -168,6 +211,115 @@ pub fn write<S: Sink>(
             "the base has another number of memories".into(),
         ));
     }
+    let refused = |what: String| {
+        WriteError::Invalid(alloc::format!(
+            "a resume would refuse this snapshot: {what}"
+        ))
+    };
+    let over = |what: &str, size: u64, limit: u64| {
+        refused(alloc::format!(
+            "{what} is {size}, over the limit of {limit}"
+        ))
+    };
+    if contents.memories.len() as u64 > u64::from(limits.memories) {
+        return Err(over(
+            "the number of memories",
+            contents.memories.len() as u64,
+            limits.memories.into(),
+        ));
+    }
+    let mut total_pages = 0u64;
+    for (i, m) in contents.memories.iter().enumerate() {
+        let pages = (m.len() / PAGE) as u64;
+        if pages > u64::from(limits.pages) {
+            return Err(over(
+                &alloc::format!("memory {i} (in pages)"),
+                pages,
+                limits.pages.into(),
+            ));
+        }
+        total_pages += pages;
+    }
+    if total_pages > limits.total_pages {
+        return Err(over(
+            "all memories (in pages)",
+            total_pages,
+            limits.total_pages,
+        ));
+    }
+    if contents.globals.len() as u64 > u64::from(limits.globals) {
+        return Err(over(
+            "the number of globals",
+            contents.globals.len() as u64,
+            limits.globals.into(),
+        ));
+    }
+    if contents.tables.len() as u64 > u64::from(limits.tables) {
+        return Err(over(
+            "the number of tables",
+            contents.tables.len() as u64,
+            limits.tables.into(),
+        ));
+    }
+    let section = u64::from(limits.section);
+    // The module, compressed whole.
+    let module = contents.module.map(|m| {
+        let mut p = Vec::with_capacity(m.len() / 2 + 16);
+        p.extend_from_slice(&(m.len() as u64).to_le_bytes());
+        let (mut block, mut table) = (Vec::new(), Vec::new());
+        crate::lz4::compress(m, &mut block, &mut table);
+        p.extend_from_slice(&block);
+        p
+    });
+    if let (Some(m), Some(p)) = (contents.module, &module)
+        && (m.len() as u64 > section || p.len() as u64 > section)
+    {
+        return Err(over("the module", m.len() as u64, section));
+    }
+    if contents.stack.len() as u64 > section {
+        return Err(over("the save stack", contents.stack.len() as u64, section));
+    }
+    // Kernel: 2, its length and one LZ4 block of it (the in-memory files are in it); 1 and
+    // the bytes when that is no smaller; or 0 when an incremental snapshot's kernel state is
+    // unchanged. A state that changed must pass what the reader asks of it.
+    let same = base.is_some_and(|b| b.kernel == contents.kernel);
+    let mut kernel = Vec::with_capacity(contents.kernel.len() / 2 + 16);
+    if same {
+        kernel.push(0);
+    } else {
+        if contents.kernel.len() as u64 > section {
+            return Err(over(
+                "the kernel state",
+                contents.kernel.len() as u64,
+                section,
+            ));
+        }
+        let (mut block, mut table) = (Vec::new(), Vec::new());
+        crate::lz4::compress(contents.kernel, &mut block, &mut table);
+        let stored = if block.len() + 8 < contents.kernel.len() {
+            kernel.push(KERNEL_LZ4);
+            kernel.extend_from_slice(&(contents.kernel.len() as u64).to_le_bytes());
+            kernel.extend_from_slice(&block);
+            block.len()
+        } else {
+            kernel.push(KERNEL_RAW);
+            kernel.extend_from_slice(contents.kernel);
+            contents.kernel.len()
+        };
+        if kernel.len() as u64 > section {
+            return Err(over("the kernel section", kernel.len() as u64, section));
+        }
+        if check {
+            crate::read::kernel_state(contents.kernel, stored, limits)
+                .map_err(|e| refused(alloc::format!("{e}")))?;
+        }
+    }
+
+    let mut out = Out {
+        sink,
+        digest: Sha256::new(),
+        summary: Summary::default(),
+    };
     // Header.
     let mut h = Vec::with_capacity(16);
     h.extend_from_slice(&MAGIC);
@@ -194,14 +346,8 @@ pub fn write<S: Sink>(
     p.extend_from_slice(&contents.identity.options);
     out.section(SectionId::Identity, &p)?;
 
-    // The module, compressed whole.
-    if let Some(m) = contents.module {
-        let mut p = Vec::with_capacity(m.len() / 2 + 16);
-        p.extend_from_slice(&(m.len() as u64).to_le_bytes());
-        let (mut block, mut table) = (Vec::new(), Vec::new());
-        crate::lz4::compress(m, &mut block, &mut table);
-        p.extend_from_slice(&block);
-        out.section(SectionId::Module, &p)?;
+    if let Some(p) = &module {
+        out.section(SectionId::Module, p)?;
     }
 
     // Machine.
@@ -308,26 +454,7 @@ pub fn write<S: Sink>(
     // Save stack.
     out.section(SectionId::Stack, contents.stack)?;
 
-    // Kernel: 2, its length and one LZ4 block of it (the in-memory files are in it); 1 and
-    // the bytes when that is no smaller; or 0 when an incremental snapshot's kernel state is
-    // unchanged.
-    let same = base.is_some_and(|b| b.kernel == contents.kernel);
-    let mut p = Vec::with_capacity(contents.kernel.len() / 2 + 16);
-    if same {
-        p.push(0);
-    } else {
-        let (mut block, mut table) = (Vec::new(), Vec::new());
-        crate::lz4::compress(contents.kernel, &mut block, &mut table);
-        if block.len() + 8 < contents.kernel.len() {
-            p.push(KERNEL_LZ4);
-            p.extend_from_slice(&(contents.kernel.len() as u64).to_le_bytes());
-            p.extend_from_slice(&block);
-        } else {
-            p.push(KERNEL_RAW);
-            p.extend_from_slice(contents.kernel);
-        }
-    }
-    out.section(SectionId::Kernel, &p)?;
+    out.section(SectionId::Kernel, &kernel)?;
 
     // Host mounts.
     let mut p = Vec::new();
