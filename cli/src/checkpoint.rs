@@ -156,9 +156,9 @@ pub fn options(safepoints: bool) -> tabi_instrument::Options {
 ///
 /// The manifest is the file's own claim, so the cache is only as trustworthy as its
 /// directory: whoever can write there chooses the code that runs with the guest's grants.
-/// That is why it is never a directory shared with other users by default, and why a cache
-/// directory that others can write to, or that is a symbolic link, is not used at all (see
-/// [`private_dir`]).
+/// That is why it is never a directory shared with other users by default, and why, on
+/// Unix, a cache directory that is a symbolic link, belongs to another user or that others
+/// can write to is not used at all: tabi then runs without a cache, and says so once.
 pub fn instrumented(original: &[u8], safepoints: bool) -> Result<Vec<u8>> {
     let opts = options(safepoints);
     let hash = tabi_snapshot::sha256(original);
