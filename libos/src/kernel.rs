@@ -243,11 +243,17 @@ impl DirAt {
     }
 
     /// For a host directory, its mount and the path below the mount root that `rel` names
-    /// from it (lexically).
-    fn host_target(&self, rel: &str) -> Option<(u32, String)> {
+    /// from it: as the host resolves the directories on the way when it can tell, else
+    /// lexically.
+    fn host_target(&self, rel: &str, host: &mut dyn Host) -> Option<(u32, String)> {
         match self {
             DirAt::Mem(_) => None,
-            DirAt::Host { mount, path, .. } => Some((*mount, Kernel::join(path, rel))),
+            DirAt::Host { mount, path, .. } => {
+                let located = self
+                    .host_obj()
+                    .and_then(|obj| host.host_fs()?.locate(obj, rel));
+                Some((*mount, located.unwrap_or_else(|| Kernel::join(path, rel))))
+            }
         }
     }
 }
@@ -1693,7 +1699,11 @@ impl Kernel {
                     write: wants_write,
                 };
                 let kind = fs.open_at(obj, path, how, new_key)?;
-                let path = Self::join(dir_path, path);
+                // The path the host reached, symlinks resolved: `link/../x` with `link` a
+                // link to `deep/dir` is `deep/x`, where a lexical join would say `x`.
+                let path = fs
+                    .reached(mount, new_key)
+                    .unwrap_or_else(|| Self::join(dir_path, path));
                 if kind == FileType::Directory {
                     Object::HostDir {
                         mount,
@@ -1846,7 +1856,7 @@ impl Kernel {
                     _ => {}
                 }
                 let held = at
-                    .host_target(path)
+                    .host_target(path, host)
                     .map(|(mount, full)| self.host_fds_at(mount, &full, true))
                     .unwrap_or_default();
                 let obj = at.host_obj().ok_or(Errno::Badf)?;
@@ -1909,7 +1919,7 @@ impl Kernel {
             }
             at @ DirAt::Host { .. } => {
                 let held = at
-                    .host_target(path)
+                    .host_target(path, host)
                     .map(|(mount, full)| self.hold_host_files(mount, &full, host))
                     .unwrap_or_default();
                 let obj = at.host_obj().ok_or(Errno::Badf)?;
@@ -2085,7 +2095,9 @@ impl Kernel {
                 let (Some(oo), Some(no)) = (o.host_obj(), n.host_obj()) else {
                     return Err(Errno::Badf);
                 };
-                let targets = o.host_target(old_path).zip(n.host_target(new_path));
+                let targets = o
+                    .host_target(old_path, host)
+                    .zip(n.host_target(new_path, host));
                 let held = targets
                     .as_ref()
                     .map(|((mount, _), (_, to))| self.hold_host_files(*mount, to, host))

@@ -462,6 +462,43 @@ fn host_files_renamed_or_unlinked_while_open_survive_a_restore() {
     );
 }
 
+/// A path through a symlink and `..` is recorded as the host resolved it: with `link` a link
+/// to `deep/dir`, `link/../x` is `deep/x` on the host (the kernel used to record `x`, and after
+/// a restore the same descriptor wrote a top-level `x`). The same holds for the bookkeeping of
+/// a rename through such a path.
+#[test]
+fn a_path_through_a_symlink_and_dotdot_is_recorded_as_resolved() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("deep/dir")).unwrap();
+    std::os::unix::fs::symlink("deep/dir", tmp.path().join("link")).unwrap();
+    let mut host = granting(tmp.path());
+    let mut k = Kernel::new();
+    let dir = k.mount_host("/h", 0).unwrap();
+    let opts = OpenOptions {
+        create: true,
+        rights: rights::FILE,
+        ..Default::default()
+    };
+    let fd = k.open_at(dir, "link/../x", opts, &mut host).unwrap();
+    k.write(fd, b"one", None, &mut host).unwrap();
+    assert_eq!(std::fs::read(tmp.path().join("deep/x")).unwrap(), b"one");
+    let other = k.open_at(dir, "link/../y", opts, &mut host).unwrap();
+    k.rename_at(dir, "link/../y", dir, "link/z", &mut host)
+        .unwrap();
+    drop(host);
+
+    let mut k = roundtrip(&k);
+    let mut host = granting(tmp.path());
+    k.write(fd, b" two", None, &mut host).unwrap();
+    k.write(other, b"moved", None, &mut host).unwrap();
+    assert_eq!(std::fs::read(tmp.path().join("deep/x")).unwrap(), b"one two");
+    assert!(!tmp.path().join("x").exists(), "a top-level x was written");
+    assert_eq!(
+        std::fs::read(tmp.path().join("deep/dir/z")).unwrap(),
+        b"moved"
+    );
+}
+
 /// Two more host objects that lose their path while open: a file unlinked under one name that
 /// keeps another (it is known by that other name from then on), and a directory the guest
 /// removes (it becomes an empty, removed in-memory directory). Both survive a restore on a new

@@ -214,6 +214,27 @@ fn without_trailing_slashes(path: &str) -> &str {
     }
 }
 
+/// The path of an open host object on Linux, from `/proc/self/fd`.
+#[cfg(target_os = "linux")]
+fn fd_path(fd: &impl std::os::fd::AsRawFd) -> Option<std::path::PathBuf> {
+    let link = std::format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let path = std::fs::read_link(link).ok()?;
+    // A name that was removed reads "… (deleted)": it no longer names the object.
+    (!path.to_string_lossy().ends_with(" (deleted)")).then_some(path)
+}
+
+/// `path` below `root`, as the kernel records it (`.` for the root itself).
+#[cfg(target_os = "linux")]
+fn below(root: &Dir, path: &Path) -> Option<String> {
+    let root = fd_path(root)?;
+    let rel = path.strip_prefix(&root).ok()?.to_str()?;
+    Some(if rel.is_empty() {
+        ".".into()
+    } else {
+        rel.into()
+    })
+}
+
 fn check_rel(path: &str) -> FsResult<()> {
     if path.starts_with('/') {
         return Err(FsError::Escape);
@@ -272,6 +293,44 @@ impl HostFs for CapStdFs {
 
     fn close(&mut self, key: u64) {
         self.open.remove(&key);
+    }
+
+    #[cfg(target_os = "linux")]
+    fn reached(&mut self, mount: u32, key: u64) -> Option<String> {
+        let path = match self.open.get(&key)? {
+            Handle::Dir(d) => fd_path(d)?,
+            Handle::File(f) => fd_path(f)?,
+        };
+        below(self.mount(mount).ok()?, &path)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn locate(&mut self, dir: HostObj<'_>, path: &str) -> Option<String> {
+        check_rel(path).ok()?;
+        let root = self.mount(dir.mount).ok()?.try_clone().ok()?;
+        let from = self.dir(dir).ok()?;
+        let trimmed = path.trim_end_matches('/');
+        let (parent, last) = match trimmed.rsplit_once('/') {
+            Some((p, l)) => (p, l),
+            None => ("", trimmed),
+        };
+        // A final `.` or `..` (or nothing) names a directory: resolve all of it.
+        let (parent, last) = if matches!(last, "" | "." | "..") {
+            (trimmed, "")
+        } else {
+            (parent, last)
+        };
+        let dir_path = if parent.is_empty() {
+            fd_path(from)?
+        } else {
+            fd_path(&from.open_dir(parent).ok()?)?
+        };
+        let at = below(&root, &dir_path)?;
+        Some(match (at.as_str(), last) {
+            (at, "") => at.into(),
+            (".", last) => last.into(),
+            (at, last) => std::format!("{at}/{last}"),
+        })
     }
 
     fn read_at(&mut self, file: HostObj<'_>, offset: u64, buf: &mut [u8]) -> FsResult<usize> {

@@ -67,6 +67,21 @@ pub trait HostFs {
     ) -> FsResult<FileType>;
     /// Forgets the handle under `key`.
     fn close(&mut self, key: u64);
+    /// The path below the root of mount `mount` of the object opened under `key`, as the host reached
+    /// it (symlinks on the way resolved), when the host can tell. The kernel records it to
+    /// reopen the object after a restore; without it, the kernel joins paths lexically, which
+    /// is wrong when a symlink is followed by `..`.
+    fn reached(&mut self, mount: u32, key: u64) -> Option<String> {
+        let _ = (mount, key);
+        None
+    }
+    /// Where `path`, from `dir`, leads below the mount's root: the directories on the way
+    /// resolved as the host resolves them, the final component kept as it is (not followed).
+    /// `None` when the host cannot tell or the directories do not exist.
+    fn locate(&mut self, dir: HostObj<'_>, path: &str) -> Option<String> {
+        let _ = (dir, path);
+        None
+    }
     /// Reads from a file at `offset`.
     fn read_at(&mut self, file: HostObj<'_>, offset: u64, buf: &mut [u8]) -> FsResult<usize>;
     /// Writes to a file at `offset`.
