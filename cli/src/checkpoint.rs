@@ -997,7 +997,8 @@ where
         kernel,
         mounts: &mounts,
     };
-    tabi_snapshot::write(sink, &contents, base).map_err(|e| anyhow!("{e}"))
+    tabi_snapshot::write_within(sink, &contents, base, &snapshot_limits())
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// Refuses a checkpoint that a resume could not reopen: every host file or directory the guest
@@ -1076,6 +1077,22 @@ fn chain_hint(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// The limits of the snapshots this process reads and writes (see
+/// [`set_snapshot_limits`]).
+static SNAPSHOT_LIMITS: OnceLock<tabi_snapshot::Limits> = OnceLock::new();
+
+/// Sets, once, the limits every snapshot this process reads or writes is held to (the
+/// command line's `--max-memory`, `--max-fs`, `--key-file`); later calls change nothing.
+/// Without it the defaults hold.
+pub fn set_snapshot_limits(limits: tabi_snapshot::Limits) {
+    let _ = SNAPSHOT_LIMITS.set(limits);
+}
+
+/// The limits snapshots are read and written under.
+pub fn snapshot_limits() -> tabi_snapshot::Limits {
+    SNAPSHOT_LIMITS.get().copied().unwrap_or_default()
+}
+
 /// Reads and checks a snapshot file.
 pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
     read_file(path, None)
@@ -1086,7 +1103,7 @@ fn read_file(path: &Path, base: Option<&Snapshot>) -> Result<Snapshot> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
     let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
-    tabi_snapshot::read(&mut src, &tabi_snapshot::Limits::default(), base)
+    tabi_snapshot::read(&mut src, &snapshot_limits(), base)
         .with_context(|| format!("`{}` is not a valid snapshot", path.display()))
 }
 
@@ -1191,7 +1208,7 @@ pub fn load<S: tabi_snapshot::Source>(
         memories: 0,
         failure: None,
     };
-    let read = tabi_snapshot::read_into(src, &tabi_snapshot::Limits::default(), &mut loader);
+    let read = tabi_snapshot::read_into(src, &snapshot_limits(), &mut loader);
     if let Some(e) = loader.failure.take() {
         return Err(e);
     }

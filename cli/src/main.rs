@@ -72,6 +72,8 @@ struct ResumeArgs {
 
 #[derive(Parser)]
 struct InspectArgs {
+    #[command(flatten)]
+    limits: LimitArgs,
     /// The snapshot.
     file: PathBuf,
     /// Incremental snapshots applied to it, in order; the last is described.
@@ -103,9 +105,79 @@ struct MigrateTestArgs {
     args: Vec<String>,
 }
 
+/// What a snapshot may make tabi do: the same limits for the snapshots a run writes and for
+/// those it reads, so that a checkpoint a resume with these flags would refuse is refused when
+/// it is taken, with the guest still running.
+#[derive(Parser, Default)]
+struct LimitArgs {
+    /// Most guest memory a snapshot may hold, over all its memories (bytes, or with a K, M or
+    /// G suffix, powers of 1024). A larger claim is refused before anything is allocated.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Most bytes the guest's in-memory file system may hold (names, links and metadata
+    /// counted); the snapshot's own limit is never used.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_fs: Option<u64>,
+    /// Authenticate snapshots with a key derived from this file's contents: those written
+    /// carry a MAC, and one read without a valid MAC is refused.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+}
+
+impl LimitArgs {
+    /// Makes these the limits of every snapshot this process reads or writes.
+    fn apply(&self) -> Result<()> {
+        let mut limits = tabi_snapshot::Limits::default();
+        if let Some(bytes) = self.max_memory {
+            limits = limits.with_memory_bytes(bytes);
+        }
+        if let Some(bytes) = self.max_fs {
+            limits.state.fs_bytes = bytes;
+        }
+        if let Some(path) = &self.key_file {
+            let secret = std::fs::read(path)
+                .with_context(|| format!("cannot read the key file `{}`", path.display()))?;
+            if secret.len() < 16 {
+                bail!(
+                    "the key file `{}` holds {} bytes; a key needs at least 16",
+                    path.display(),
+                    secret.len()
+                );
+            }
+            limits.key = Some(tabi_snapshot::Key::derive(&secret));
+        }
+        checkpoint::set_snapshot_limits(limits);
+        Ok(())
+    }
+}
+
+/// A size in bytes: a number, optionally followed by K, M or G (powers of 1024, an optional
+/// `iB` or `B` after it).
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (a number, optionally with K, M or G)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 /// When to write a snapshot.
 #[derive(Parser, Default)]
 struct CheckpointArgs {
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Pause at the N-th migration point (WASI call), write the snapshot and exit with status 75.
     #[arg(long, value_name = "N", requires = "snapshot")]
     checkpoint_after: Option<u64>,
@@ -313,11 +385,22 @@ enum Ended {
 }
 
 fn run(args: RunArgs) -> Result<Ended> {
+    args.checkpoint.limits.apply()?;
     signal_flag(&args.checkpoint)?;
     let wasm = checkpoint::read_module(&args.module)?;
     let mut setup = args.guest.setup(&args.module, &args.args)?;
     setup.wake = host_io(&args.checkpoint)?.wake;
-    let process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
+    let mut process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
+    if args.checkpoint.limits.max_fs.is_some() {
+        let limit = checkpoint::snapshot_limits().state.fs_bytes;
+        if process.kernel.fs().used_bytes() > limit {
+            bail!(
+                "the in-memory files take {} bytes, over --max-fs {limit}",
+                process.kernel.fs().used_bytes()
+            );
+        }
+        process.kernel.fs_mut().set_limit_bytes(limit);
+    }
     if let Some(export) = &args.invoke {
         return invoke(&args, export, &wasm, &setup.dirs, process);
     }
@@ -554,6 +637,7 @@ fn control(cp: &CheckpointArgs) -> Result<PauseControl> {
 }
 
 fn resume(args: ResumeArgs) -> Result<Ended> {
+    args.checkpoint.limits.apply()?;
     signal_flag(&args.checkpoint)?;
     let dirs: Vec<(PathBuf, String)> = args
         .dirs
@@ -614,6 +698,7 @@ fn chain_paths(file: &std::path::Path, incremental: &[PathBuf]) -> Vec<PathBuf> 
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
+    args.limits.apply()?;
     let chain = chain_paths(&args.file, &args.links);
     let file = chain.last().unwrap_or(&args.file);
     let s = checkpoint::read_chain(&chain)?;

@@ -7,7 +7,7 @@ use tabi_libos::machine::Value;
 /// The first 8 bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TABISNAP";
 /// The format version this crate writes (and the newest it reads).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// A table kind: as the module's instantiation leaves it (every version).
 pub(crate) const TABLE_AS_INSTANTIATED: u8 = 0;
 /// A table kind: its entries as function indices (version 2 on).
@@ -23,6 +23,20 @@ pub(crate) const KERNEL_LZ4: u8 = 2;
 
 /// Header flag: the snapshot is incremental.
 pub(crate) const FLAG_INCREMENTAL: u16 = 1;
+/// Header flag (version 4 on): a MAC follows the content hash.
+pub(crate) const FLAG_AUTHENTICATED: u16 = 2;
+
+/// A buffered section's header from version 4: id, length, and the BLAKE3 of both and the
+/// payload ([`section_digest`]).
+pub(crate) const SECTION_HEADER: usize = 37;
+/// A memory chunk's header from version 4: first page, pages, kind, length, the data's BLAKE3.
+pub(crate) const CHUNK_HEADER: usize = 45;
+
+/// The first format version whose checksums and content hash are BLAKE3 over every byte.
+pub(crate) const BLAKE3_VERSION: u16 = 4;
+
+/// The context of the key derived from a passphrase or key file, for [`crate::Key`].
+pub(crate) const KEY_CONTEXT: &str = "tabi snapshot 2026-12 MAC key";
 /// A chunk's first page that ends a memory section.
 pub(crate) const CHUNK_END: u32 = u32::MAX;
 
@@ -172,6 +186,16 @@ pub(crate) fn crc(bytes: &[u8]) -> u32 {
 /// CRC-32 of a buffered section: over its id, its length and its payload.
 pub(crate) fn section_crc(id: u8, len: u32, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
+    h.update(&[id]);
+    h.update(&len.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// BLAKE3 of a buffered section (version 4 on): over its id, its length and its payload, as
+/// the CRC-32 of earlier versions.
+pub(crate) fn section_digest(id: u8, len: u32, payload: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
     h.update(&[id]);
     h.update(&len.to_le_bytes());
     h.update(payload);

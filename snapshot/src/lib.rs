@@ -127,6 +127,34 @@ impl<R: std::io::Read> Source for IoSource<R> {
     }
 }
 
+/// The secret that authenticates snapshots: whoever writes with it appends a MAC (keyed
+/// BLAKE3 of the content hash), and a reader given it refuses a snapshot without a valid one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// A key of these 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Key {
+        Key(bytes)
+    }
+
+    /// A key derived from any secret (a key file's contents), with BLAKE3's key derivation.
+    pub fn derive(secret: &[u8]) -> Key {
+        Key(blake3::derive_key(format::KEY_CONTEXT, secret))
+    }
+
+    /// The MAC of a content hash.
+    pub(crate) fn mac(&self, hash: &[u8; 32]) -> blake3::Hash {
+        blake3::keyed_hash(&self.0, hash)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(…)")
+    }
+}
+
 /// Why a snapshot could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -185,6 +213,12 @@ pub enum Error {
         /// What differs.
         what: String,
     },
+    /// The reader was given a key and the snapshot carries no MAC, or one that does not
+    /// match: it was not written by a holder of the key, or it was changed since.
+    Unauthenticated {
+        /// What is wrong.
+        what: String,
+    },
     /// The source failed.
     Io(String),
 }
@@ -224,6 +258,9 @@ impl fmt::Display for Error {
             },
             Error::ModuleMismatch { what } => {
                 write!(f, "the snapshot was taken from another module: {what}")
+            }
+            Error::Unauthenticated { what } => {
+                write!(f, "the snapshot is not authenticated: {what}")
             }
             Error::Io(e) => write!(f, "cannot read the snapshot: {e}"),
         }

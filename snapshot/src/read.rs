@@ -5,7 +5,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tabi_libos::Kernel;
 use tabi_libos::machine::{MachineState, TableImage, Value};
 
@@ -29,6 +29,9 @@ pub struct Limits {
     pub section: u32,
     /// What the kernel state may hold and ask for: the resumer's, never the snapshot's.
     pub state: tabi_libos::StateLimits,
+    /// When set, only a snapshot authenticated with this key is read (and a writer given it
+    /// authenticates what it writes).
+    pub key: Option<crate::Key>,
 }
 
 impl Limits {
@@ -88,6 +91,7 @@ impl Default for Limits {
             tables: 1 << 16,
             section: 256 << 20,
             state: tabi_libos::StateLimits::default(),
+            key: None,
         }
     }
 }
@@ -178,10 +182,52 @@ impl Identity {
     }
 }
 
+/// The content hash as it is read: SHA-256 of the framing up to version 3, BLAKE3 of the
+/// framing (which holds every payload's BLAKE3) from version 4.
+#[derive(Clone)]
+enum Digest {
+    Sha(Sha256),
+    Blake(alloc::boxed::Box<blake3::Hasher>),
+}
+
+impl Digest {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Digest::Sha(h) => h.update(bytes),
+            Digest::Blake(h) => {
+                h.update(bytes);
+            }
+        }
+    }
+    fn finalize(&self) -> [u8; 32] {
+        match self {
+            Digest::Sha(h) => h.clone().finalize().into(),
+            Digest::Blake(h) => *h.finalize().as_bytes(),
+        }
+    }
+}
+
+/// A payload's check: CRC-32 up to version 3, BLAKE3 from version 4.
+#[derive(Clone, Copy, Debug)]
+enum Sum {
+    Crc(u32),
+    Blake([u8; 32]),
+}
+
+impl Sum {
+    fn matches(&self, data: &[u8]) -> bool {
+        match self {
+            Sum::Crc(c) => crc(data) == *c,
+            Sum::Blake(h) => blake3::hash(data) == *h,
+        }
+    }
+}
+
 struct In<'s, S: Source> {
     src: &'s mut S,
-    digest: Sha256,
+    digest: Digest,
     offset: u64,
+    version: u16,
 }
 
 impl<S: Source> In<'_, S> {
@@ -225,12 +271,15 @@ impl<S: Source> In<'_, S> {
         v.truncate(len);
         Ok(())
     }
-    /// A buffered section's payload, checked against its CRC and `limit`.
+    /// A buffered section's payload, checked against its CRC (or BLAKE3) and `limit`.
     fn section(&mut self, id: SectionId, limit: u32) -> Result<(Vec<u8>, u64), Error> {
         let what = id.name();
-        let h = self.frame_array::<8>(what)?;
-        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        let sum = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let len = u32::from_le_bytes(self.frame_array::<4>(what)?);
+        let sum = if self.version >= BLAKE3_VERSION {
+            Sum::Blake(self.frame_array::<32>(what)?)
+        } else {
+            Sum::Crc(u32::from_le_bytes(self.frame_array::<4>(what)?))
+        };
         if len > limit {
             return Err(Error::TooLarge {
                 what: format!("the {what} section"),
@@ -239,12 +288,21 @@ impl<S: Source> In<'_, S> {
             });
         }
         let payload = self.bytes(len as usize, &format!("the {what} section"))?;
-        if section_crc(id as u8, len, &payload) != sum {
+        let good = match sum {
+            Sum::Crc(c) => section_crc(id as u8, len, &payload) == c,
+            Sum::Blake(h) => section_digest(id as u8, len, &payload) == h,
+        };
+        if !good {
             return Err(Error::BadChecksum {
                 what: format!("the {what} section"),
             });
         }
-        Ok((payload, 9 + u64::from(len)))
+        let header = if self.version >= BLAKE3_VERSION {
+            SECTION_HEADER
+        } else {
+            9
+        };
+        Ok((payload, header as u64 + u64::from(len)))
     }
 }
 
@@ -314,8 +372,9 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
     };
     let mut input = In {
         src,
-        digest: Sha256::new(),
+        digest: Digest::Sha(Sha256::new()),
         offset: 0,
+        version: 0,
     };
     let mut sections = Vec::new();
 
@@ -332,12 +391,12 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
             },
         );
     }
-    input.digest.update(magic);
     input.offset = 8;
     if magic != MAGIC {
         return Err(Error::BadMagic);
     }
-    let rest = input.frame_array::<8>("the header")?;
+    let mut rest = [0u8; 8];
+    input.data(&mut rest, "the header")?;
     let version = u16::from_le_bytes([rest[0], rest[1]]);
     let flags = u16::from_le_bytes([rest[2], rest[3]]);
     let sum = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
@@ -354,12 +413,30 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
             newest: VERSION,
         });
     }
-    if flags & !FLAG_INCREMENTAL != 0 {
+    let known = if version >= BLAKE3_VERSION {
+        FLAG_INCREMENTAL | FLAG_AUTHENTICATED
+    } else {
+        FLAG_INCREMENTAL
+    };
+    if flags & !known != 0 {
         return Err(Error::Malformed {
             what: format!("unknown header flags {flags:#x}"),
         });
     }
     let incremental = flags & FLAG_INCREMENTAL != 0;
+    let authenticated = flags & FLAG_AUTHENTICATED != 0;
+    if limits.key.is_some() && !authenticated {
+        return Err(Error::Unauthenticated {
+            what: "it carries no MAC, and a key was given".into(),
+        });
+    }
+    // The header is framing too: hashed once the version says with what.
+    input.version = version;
+    if version >= BLAKE3_VERSION {
+        input.digest = Digest::Blake(alloc::boxed::Box::new(blake3::Hasher::new()));
+    }
+    input.digest.update(&magic);
+    input.digest.update(&rest);
 
     // Identity.
     let id = section_id(&mut input)?;
@@ -764,13 +841,25 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
     if id != SectionId::End as u8 {
         return Err(out_of_order(id, "end"));
     }
-    let expected: [u8; 32] = input.digest.clone().finalize().into();
+    let expected: [u8; 32] = input.digest.finalize();
     let mut hash = [0u8; 32];
     input.data(&mut hash, "the end marker")?;
     if hash != expected {
         return Err(Error::BadChecksum {
             what: "the end marker's content hash".into(),
         });
+    }
+    if authenticated {
+        let mut mac = [0u8; 32];
+        input.data(&mut mac, "the MAC")?;
+        // `blake3::Hash`'s comparison takes the same time whatever the bytes.
+        if let Some(key) = &limits.key
+            && key.mac(&hash) != mac
+        {
+            return Err(Error::Unauthenticated {
+                what: "its MAC does not match the key given".into(),
+            });
+        }
     }
     let mut extra = [0u8; 1];
     if input.src.read_exact_or_eof(&mut extra)? {
@@ -822,7 +911,7 @@ struct Job<'m> {
     first: u32,
     n: u32,
     kind: u8,
-    sum: u32,
+    sum: Sum,
     data: Vec<u8>,
     dst: &'m mut [u8],
 }
@@ -830,7 +919,7 @@ struct Job<'m> {
 impl Job<'_> {
     fn run(&mut self, index: u32) -> Result<(), Error> {
         let (first, n) = (self.first, self.n);
-        if crc(&self.data) != self.sum {
+        if !self.sum.matches(&self.data) {
             return Err(Error::BadChecksum {
                 what: format!("pages {first}..{} of memory {index}", first + n),
             });
@@ -991,6 +1080,8 @@ impl Chunks<'_> {
         let (index, pages) = (self.index, self.pages);
         let mut spare: Option<Vec<u8>> = None;
         let mut carver = Carver { rest: mem, at: 0 };
+        let v4 = input.version >= BLAKE3_VERSION;
+        let header = if v4 { CHUNK_HEADER as u64 } else { 17 };
         let mut stored = 13u64;
         let mut raw = 0u64;
         let mut next = 0u32;
@@ -1003,11 +1094,17 @@ impl Chunks<'_> {
                 self.zero_gap(gap, at);
                 return Ok((stored, raw));
             }
-            let ch = input.frame_array::<13>("a memory chunk")?;
+            let ch = input.frame_array::<9>("a memory chunk")?;
             let n = u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
             let kind = ch[4];
             let len = u32::from_le_bytes([ch[5], ch[6], ch[7], ch[8]]);
-            let sum = u32::from_le_bytes([ch[9], ch[10], ch[11], ch[12]]);
+            let sum = if v4 {
+                Sum::Blake(input.frame_array::<32>("a memory chunk")?)
+            } else {
+                Sum::Crc(u32::from_le_bytes(
+                    input.frame_array::<4>("a memory chunk")?,
+                ))
+            };
             if first < next
                 || n == 0
                 || n > CHUNK_PAGES
@@ -1050,7 +1147,7 @@ impl Chunks<'_> {
                 data,
                 dst,
             })?;
-            stored += 17 + u64::from(len);
+            stored += header - 4 + u64::from(len);
             raw += raw_len as u64;
             next = first + n;
         }

@@ -3,7 +3,6 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use sha2::{Digest, Sha256};
 use tabi_libos::machine::{TableImage, Value};
 
 use crate::format::*;
@@ -102,7 +101,7 @@ impl<E: core::fmt::Debug + core::fmt::Display> std::error::Error for WriteError<
 
 struct Out<'s, S: Sink> {
     sink: &'s mut S,
-    digest: Sha256,
+    digest: blake3::Hasher,
     summary: Summary,
 }
 
@@ -117,15 +116,14 @@ impl<S: Sink> Out<'_, S> {
         self.summary.bytes += b.len() as u64;
         self.sink.write_all(b).map_err(WriteError::Sink)
     }
-    /// A section whose payload is built in memory: id, length, CRC, payload.
+    /// A section whose payload is built in memory: id, length, BLAKE3 (of the three), payload.
     fn section(&mut self, id: SectionId, payload: &[u8]) -> Result<(), WriteError<S::Error>> {
         let len = u32::try_from(payload.len())
             .map_err(|_| WriteError::Invalid(alloc::format!("{} section over 4 GiB", id.name())))?;
-        let mut h = [0u8; 9];
+        let mut h = [0u8; SECTION_HEADER];
         h[0] = id as u8;
         h[1..5].copy_from_slice(&len.to_le_bytes());
-        let sum = section_crc(id as u8, len, payload);
-        h[5..9].copy_from_slice(&sum.to_le_bytes());
+        h[5..].copy_from_slice(section_digest(id as u8, len, payload).as_bytes());
         self.frame(&h)?;
         self.data(payload)
     }
@@ -201,6 +199,7 @@ fn write_impl<S: Sink>(
         tables: u32::MAX,
         section: u32::MAX,
         state: tabi_libos::StateLimits::default(),
+        key: None,
     };
     let check = limits.is_some();
     let limits = limits.unwrap_or(&unlimited);
@@ -317,14 +316,17 @@ fn write_impl<S: Sink>(
 
     let mut out = Out {
         sink,
-        digest: Sha256::new(),
+        digest: blake3::Hasher::new(),
         summary: Summary::default(),
     };
     // Header.
     let mut h = Vec::with_capacity(16);
     h.extend_from_slice(&MAGIC);
     h.extend_from_slice(&VERSION.to_le_bytes());
-    let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
+    let mut flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
+    if limits.key.is_some() {
+        flags |= FLAG_AUTHENTICATED;
+    }
     h.extend_from_slice(&flags.to_le_bytes());
     let c = crc(&h);
     h.extend_from_slice(&c.to_le_bytes());
@@ -471,8 +473,11 @@ fn write_impl<S: Sink>(
 
     // End: the id, then the content hash of everything before.
     out.frame(&[SectionId::End as u8])?;
-    let hash: [u8; 32] = out.digest.clone().finalize().into();
+    let hash: [u8; 32] = *out.digest.finalize().as_bytes();
     out.data(&hash)?;
+    if let Some(key) = &limits.key {
+        out.data(key.mac(&hash).as_bytes())?;
+    }
     out.summary.hash = hash;
     Ok(out.summary)
 }
@@ -496,7 +501,7 @@ struct Scratch {
 /// The chunks of one range: headers, and their data in one buffer.
 #[derive(Default)]
 struct Encoded {
-    chunks: Vec<([u8; 17], core::ops::Range<usize>)>,
+    chunks: Vec<([u8; CHUNK_HEADER], core::ops::Range<usize>)>,
     data: Vec<u8>,
     pages: u64,
     stored: u64,
@@ -692,12 +697,12 @@ fn encode_range(
             }
         };
         let data = &e.data[at..];
-        let mut ch = [0u8; 17];
+        let mut ch = [0u8; CHUNK_HEADER];
         ch[0..4].copy_from_slice(&p.to_le_bytes());
         ch[4..8].copy_from_slice(&n.to_le_bytes());
         ch[8] = kind;
         ch[9..13].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        ch[13..17].copy_from_slice(&crc(data).to_le_bytes());
+        ch[13..].copy_from_slice(blake3::hash(data).as_bytes());
         if kind != CHUNK_ZERO {
             e.pages += u64::from(n);
             e.stored += data.len() as u64;

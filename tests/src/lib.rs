@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub mod hostile;
+
 use tabi_libos::host::{StdHost, Stdio};
 use tabi_libos::{Engine, Exit, Kernel, Process};
 

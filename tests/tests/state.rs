@@ -491,7 +491,10 @@ fn a_path_through_a_symlink_and_dotdot_is_recorded_as_resolved() {
     let mut host = granting(tmp.path());
     k.write(fd, b" two", None, &mut host).unwrap();
     k.write(other, b"moved", None, &mut host).unwrap();
-    assert_eq!(std::fs::read(tmp.path().join("deep/x")).unwrap(), b"one two");
+    assert_eq!(
+        std::fs::read(tmp.path().join("deep/x")).unwrap(),
+        b"one two"
+    );
     assert!(!tmp.path().join("x").exists(), "a top-level x was written");
     assert_eq!(
         std::fs::read(tmp.path().join("deep/dir/z")).unwrap(),

@@ -1,0 +1,193 @@
+//! Hostile snapshots given to the `tabi` binary: each is refused with a clear error, and no
+//! `tabi inspect` or `tabi resume` of one grows past a small peak of resident memory (the
+//! bound `docs/snapshot-format.md` states). Authenticated snapshots: a key given to `run` and
+//! `resume`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tabi_snapshot::{Contents, Limits, Snapshot};
+use tabi_tests::guests;
+use tabi_tests::hostile::{Many, encode, sandbox, with_many};
+
+fn tabi() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tabi"))
+}
+
+/// The largest peak resident memory of any child this process has waited for, in bytes.
+#[allow(
+    unsafe_code,
+    reason = "getrusage through libc; the struct is plain data"
+)]
+fn children_peak() -> u64 {
+    // SAFETY: `getrusage` writes a `rusage` into the zeroed one we own and reads nothing else;
+    // RUSAGE_CHILDREN is a valid `who`.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut u), 0);
+        u
+    };
+    u64::try_from(usage.ru_maxrss).unwrap() << 10
+}
+
+/// A real snapshot: the hello guest paused at its second migration point.
+fn real_snapshot(dir: &Path) -> (std::path::PathBuf, Snapshot) {
+    let path = dir.join("real.snap");
+    let out = tabi()
+        .args(["run", "--checkpoint-after", "2", "--snapshot"])
+        .arg(&path)
+        .arg(guests::HELLO)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let snap = tabi_snapshot::read(&mut &bytes[..], &Limits::default(), None).unwrap();
+    (path, snap)
+}
+
+/// `snap` written again, whole, with `kernel` as its kernel state and its first memory
+/// `pages` long (as it is when `None`), framed validly whatever they hold.
+fn rewritten(snap: &Snapshot, kernel: &[u8], pages: Option<usize>) -> Vec<u8> {
+    // A zeroed allocation stays unbacked where nothing is written (the writer skips those
+    // pages unread), so a 4 GiB memory costs this process, and its forked children, nothing.
+    let old = &snap.memories[0];
+    let mut memory = vec![0u8; pages.map_or(old.len(), |p| p * tabi_snapshot::PAGE)];
+    memory[..old.len()].copy_from_slice(old);
+    let contents = Contents {
+        identity: snap.identity.clone(),
+        module: snap.module.as_deref(),
+        entry: &snap.entry,
+        budget: snap.budget,
+        points: snap.points,
+        globals: &snap.globals,
+        tables: &snap.tables,
+        memories: vec![&memory],
+        stack: &snap.stack,
+        kernel,
+        mounts: &snap.mounts,
+    };
+    let mut out = Vec::new();
+    tabi_snapshot::write_unchecked(&mut out, &contents, None).unwrap();
+    out
+}
+
+fn refused(out: &Output, why: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {err}");
+    assert_ne!(out.status.code(), Some(134), "aborted: {err}");
+    assert!(err.contains(why), "wanted {why:?} in: {err}");
+}
+
+/// Class 1 and 2 through the binary: a kernel state of ten million one-byte `None`s, one whose
+/// free list names a live inode, and a memory claimed at 4 GiB over a resumer's cap. Each
+/// `inspect` and `resume` (on both engines) refuses it, and none of them grew past 96 MiB.
+#[test]
+fn hostile_snapshots_are_refused_within_a_small_peak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, snap) = real_snapshot(tmp.path());
+    // Made without building them: the test process stays small, and so do the children it
+    // forks (a forked child's peak counts the parent's pages until it runs `tabi`).
+    let nones = with_many(&sandbox(), Many::Descriptors, 10_000_000);
+    let mut broken = sandbox();
+    broken.fs.free.push(0);
+    let cases = [
+        (
+            "nones.snap",
+            rewritten(&snap, &nones, None),
+            "more memory",
+            vec![],
+        ),
+        (
+            "broken.snap",
+            rewritten(&snap, &encode(&broken), None),
+            "free list",
+            vec![],
+        ),
+        (
+            "huge.snap",
+            rewritten(&snap, &snap.kernel_bytes, Some(65536)),
+            "over the limit",
+            vec!["--max-memory", "256M"],
+        ),
+    ];
+    for (name, bytes, why, flags) in &cases {
+        assert!(bytes.len() < 1 << 20, "{name}: {} bytes", bytes.len());
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = tabi()
+            .arg("inspect")
+            .args(flags)
+            .arg(&path)
+            .output()
+            .unwrap();
+        refused(&out, why);
+        for backend in ["wasmtime", "wasmi"] {
+            let out = tabi()
+                .args(["resume", "--backend", backend])
+                .args(flags)
+                .arg(&path)
+                .output()
+                .unwrap();
+            refused(&out, why);
+        }
+    }
+    let peak = children_peak();
+    eprintln!(
+        "peak resident memory of inspect and resume: {} MiB",
+        peak >> 20
+    );
+    assert!(peak < 96 << 20, "a child grew to {} MiB", peak >> 20);
+}
+
+/// Class 4 through the binary: with `--key-file`, `run` writes a MAC and `resume` refuses a
+/// snapshot without a valid one.
+#[test]
+fn a_key_file_authenticates_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    std::fs::write(&key, b"thirty-two bytes of shared secret").unwrap();
+    let other = tmp.path().join("other");
+    std::fs::write(&other, b"another secret, also long enough").unwrap();
+    let signed = tmp.path().join("signed.snap");
+    let out = tabi()
+        .args(["run", "--checkpoint-after", "2", "--snapshot"])
+        .arg(&signed)
+        .arg("--key-file")
+        .arg(&key)
+        .arg(guests::HELLO)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (plain, _) = real_snapshot(tmp.path());
+
+    let resume = |file: &Path, key: &Path| {
+        tabi()
+            .args(["resume", "--key-file"])
+            .arg(key)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let ok = resume(&signed, &key);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("hello"));
+    refused(&resume(&signed, &other), "not authenticated");
+    refused(&resume(&plain, &key), "not authenticated");
+    let short = tmp.path().join("short");
+    std::fs::write(&short, b"tiny").unwrap();
+    refused(&resume(&signed, &short), "at least 16");
+}
