@@ -516,7 +516,7 @@ struct Checkpointer<'a> {
     original: &'a [u8],
     instrumented: &'a [u8],
     dirs: &'a [(PathBuf, String)],
-    /// A checkpoint that could not be written (the run stops there).
+    /// Why the run had to stop at a pause (a pause with nowhere to write it).
     failure: Option<anyhow::Error>,
 }
 
@@ -595,8 +595,15 @@ impl<'a> Checkpointer<'a> {
                 }
             ),
             Err(e) => {
-                self.failure = Some(e);
-                return Ok(AfterPause::Stop);
+                // The guest is not lost to a checkpoint that cannot be written (a limit a
+                // resume would refuse, a full disk): it goes on, as a process CRIU fails to
+                // dump does, and ends with its own status.
+                eprintln!(
+                    "tabi: the checkpoint at migration point {} was not written, and the guest \
+                     goes on: {e:#}",
+                    view.points
+                );
+                return Ok(AfterPause::Continue);
             }
         }
         let stop = match view.reason {
@@ -875,7 +882,7 @@ fn status(r: Result<Ended>) -> ExitCode {
                 println!("{}", checkpoint::show_value(v));
             }
             match &exit {
-                Exit::Trap(reason) => eprintln!("tabi: guest trapped: {reason}"),
+                Exit::Trap(reason) => eprintln!("tabi: guest trapped: {}", escaped(reason)),
                 Exit::Signal(sig) => eprintln!("tabi: guest terminated by signal {sig}"),
                 Exit::Code(_) => {}
             }
@@ -884,16 +891,30 @@ fn status(r: Result<Ended>) -> ExitCode {
         }
         Ok(Ended::Checkpointed) => ExitCode::from(CHECKPOINT_EXIT),
         Err(e) => {
-            eprintln!("tabi: error: {e:#}");
+            eprintln!("tabi: error: {}", escaped(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
 }
 
+/// `text` with control characters other than line breaks escaped: an error may quote what a
+/// snapshot says (a guest path, a name), which must not reach the terminal as escape sequences.
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let fail = |e: anyhow::Error| {
-        eprintln!("tabi: error: {e:#}");
+        eprintln!("tabi: error: {}", escaped(&format!("{e:#}")));
         ExitCode::from(1)
     };
     match cli.command {

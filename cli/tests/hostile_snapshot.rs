@@ -191,3 +191,38 @@ fn a_key_file_authenticates_checkpoints() {
     std::fs::write(&short, b"tiny").unwrap();
     refused(&resume(&signed, &short), "at least 16");
 }
+
+/// Class 5 through the binary: a checkpoint that a resume with the same limits would refuse
+/// (here, a guest memory over `--max-memory`) is not written, and the guest is not lost: it
+/// goes on to its own end and output.
+#[test]
+fn a_checkpoint_a_resume_would_refuse_is_not_taken_and_the_guest_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("s.snap");
+    let out = tabi()
+        .args([
+            "run",
+            "--max-memory",
+            "64K",
+            "--checkpoint-after",
+            "2",
+            "--snapshot",
+        ])
+        .arg(&snap)
+        .arg(guests::HELLO)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("was not written") && err.contains("over the limit"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+    assert!(!snap.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "a temporary file was left"
+    );
+}

@@ -1536,6 +1536,11 @@ impl Kernel {
     }
 
     fn check_path(path: &str) -> Result<(), Errno> {
+        // As Linux past PATH_MAX: refused before anything is split or looked up, on memory
+        // and host mounts alike.
+        if path.len() > tabi_vfs::PATH_MAX {
+            return Err(Errno::NameTooLong);
+        }
         if path.contains('\0') {
             return Err(Errno::Inval);
         }
