@@ -70,26 +70,40 @@ fn incremental_head() -> &'static [u8] {
         let len = payload.len() as u32;
         b.push(id);
         b.extend_from_slice(&len.to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&[id]);
-        crc.update(&len.to_le_bytes());
-        crc.update(&payload);
-        b.extend_from_slice(&crc.finalize().to_le_bytes());
+        let mut digest = blake3::Hasher::new();
+        digest.update(&[id]);
+        digest.update(&len.to_le_bytes());
+        digest.update(&payload);
+        b.extend_from_slice(digest.finalize().as_bytes());
         b.extend_from_slice(&payload);
         b
     })
 }
 
+#[global_allocator]
+static ALLOC: tabi_tests::hostile::PeakAlloc = tabi_tests::hostile::PeakAlloc::new();
+
+/// Pages of memory a snapshot may claim here: claims are allocated (lazily), so they are kept
+/// small; every other limit is the real one.
+const PAGES: u32 = 64;
+
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
-        pages: 64,
-        total_pages: 64,
-        section: 1 << 20,
+        pages: PAGES,
+        total_pages: PAGES.into(),
         ..Default::default()
     };
+    parent();
+    incremental_head();
+    let before = ALLOC.reset();
     let _ = tabi_snapshot::read(&mut &data[..], &limits, None);
     let _ = tabi_snapshot::read(&mut &with_header(0, data)[..], &limits, None);
     let mut b = incremental_head().to_vec();
     b.extend_from_slice(data);
     let _ = tabi_snapshot::read(&mut &b[..], &limits, Some(parent()));
+    // What `docs/snapshot-format.md` bounds a read by: the memories claimed, and a small
+    // multiple of the file (decompressed sections, the kernel state's structure and content).
+    let grown = ALLOC.peak().saturating_sub(before);
+    let bound = 2 * PAGES as usize * tabi_snapshot::PAGE + (16 << 20) + 1024 * b.len();
+    assert!(grown <= bound, "a read of {} bytes took {grown}", b.len());
 });
