@@ -226,3 +226,61 @@ fn a_checkpoint_a_resume_would_refuse_is_not_taken_and_the_guest_goes_on() {
         "a temporary file was left"
     );
 }
+
+/// Class 1: a memory claim is checked against the module's declared limits on both engines. A
+/// module whose memory may grow to 2 pages, checkpointed, then claimed at 3 pages (framed
+/// validly): the resume is refused, saying the memory does not fit the module.
+#[test]
+fn a_memory_claim_past_the_modules_maximum_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let module = tmp.path().join("small.wat");
+    std::fs::write(
+        &module,
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1 2)
+          (data (i32.const 100) "hi\0a")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 100))
+            (i32.store (i32.const 4) (i32.const 3))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    )
+    .unwrap();
+    let snap = tmp.path().join("s.snap");
+    let out = tabi()
+        .args(["run", "--checkpoint-after", "1", "--snapshot"])
+        .arg(&snap)
+        .arg(&module)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&snap).unwrap();
+    let real = tabi_snapshot::read(&mut &bytes[..], &Limits::default(), None).unwrap();
+    let claimed = tmp.path().join("claimed.snap");
+    std::fs::write(&claimed, rewritten(&real, &real.kernel_bytes, Some(3))).unwrap();
+    for backend in ["wasmtime", "wasmi"] {
+        let out = tabi()
+            .args(["resume", "--backend", backend])
+            .arg(&claimed)
+            .output()
+            .unwrap();
+        refused(&out, "does not fit the module");
+        let out = tabi()
+            .args(["resume", "--backend", backend])
+            .arg(&snap)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    }
+}
