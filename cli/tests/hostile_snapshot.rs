@@ -3,6 +3,7 @@
 //! bound `docs/snapshot-format.md` states). Authenticated snapshots: a key given to `run` and
 //! `resume`.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -12,6 +13,24 @@ use tabi_tests::hostile::{Many, encode, sandbox, with_many};
 
 fn tabi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tabi"))
+}
+
+/// Runs `module` with a checkpoint at migration point `after` written to `snap`, with
+/// `flags` before the module; asserts that the run checkpointed and stopped (status 75).
+fn checkpointed(module: &OsStr, after: &str, snap: &Path, flags: &[&OsStr]) {
+    let out = tabi()
+        .args(["run", "--checkpoint-after", after, "--snapshot"])
+        .arg(snap)
+        .args(flags)
+        .arg(module)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The largest peak resident memory of any child this process has waited for, in bytes.
@@ -33,18 +52,7 @@ fn children_peak() -> u64 {
 /// A real snapshot: the hello guest paused at its second migration point.
 fn real_snapshot(dir: &Path) -> (std::path::PathBuf, Snapshot) {
     let path = dir.join("real.snap");
-    let out = tabi()
-        .args(["run", "--checkpoint-after", "2", "--snapshot"])
-        .arg(&path)
-        .arg(guests::HELLO)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(75),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    checkpointed(OsStr::new(guests::HELLO), "2", &path, &[]);
     let bytes = std::fs::read(&path).unwrap();
     let snap = tabi_snapshot::read(&mut &bytes[..], &Limits::default(), None).unwrap();
     (path, snap)
@@ -154,19 +162,11 @@ fn a_key_file_authenticates_checkpoints() {
     let other = tmp.path().join("other");
     std::fs::write(&other, b"another secret, also long enough").unwrap();
     let signed = tmp.path().join("signed.snap");
-    let out = tabi()
-        .args(["run", "--checkpoint-after", "2", "--snapshot"])
-        .arg(&signed)
-        .arg("--key-file")
-        .arg(&key)
-        .arg(guests::HELLO)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(75),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    checkpointed(
+        OsStr::new(guests::HELLO),
+        "2",
+        &signed,
+        &[OsStr::new("--key-file"), key.as_ref()],
     );
     let (plain, _) = real_snapshot(tmp.path());
 
@@ -248,18 +248,7 @@ fn a_memory_claim_past_the_modules_maximum_is_refused() {
     )
     .unwrap();
     let snap = tmp.path().join("s.snap");
-    let out = tabi()
-        .args(["run", "--checkpoint-after", "1", "--snapshot"])
-        .arg(&snap)
-        .arg(&module)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(75),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    checkpointed(module.as_os_str(), "1", &snap, &[]);
     let bytes = std::fs::read(&snap).unwrap();
     let real = tabi_snapshot::read(&mut &bytes[..], &Limits::default(), None).unwrap();
     let claimed = tmp.path().join("claimed.snap");

@@ -148,14 +148,10 @@ pub fn encode(k: &K) -> Vec<u8> {
     postcard::to_allocvec(k).unwrap()
 }
 
-/// A snapshot with one memory of `pages` pages (the first byte set) and the kernel state
-/// `kernel`, framed validly whatever the state is.
-pub fn framed(kernel: &[u8], pages: usize) -> Vec<u8> {
-    let mut mem = vec![0u8; pages * PAGE];
-    if let Some(b) = mem.first_mut() {
-        *b = 1;
-    }
-    let contents = Contents {
+/// The contents of a snapshot of a guest with the memory `memory` and the kernel state
+/// `kernel`, and nothing else (no module, globals, tables or stack).
+pub fn contents<'a>(memory: &'a [u8], kernel: &'a [u8]) -> Contents<'a> {
+    Contents {
         identity: Identity {
             original_sha256: [1; 32],
             module_sha256: [2; 32],
@@ -168,13 +164,22 @@ pub fn framed(kernel: &[u8], pages: usize) -> Vec<u8> {
         points: 1,
         globals: &[],
         tables: &[],
-        memories: vec![&mem],
+        memories: vec![memory],
         stack: &[],
         kernel,
         mounts: &[],
-    };
+    }
+}
+
+/// A snapshot with one memory of `pages` pages (the first byte set) and the kernel state
+/// `kernel`, framed validly whatever the state is.
+pub fn framed(kernel: &[u8], pages: usize) -> Vec<u8> {
+    let mut mem = vec![0u8; pages * PAGE];
+    if let Some(b) = mem.first_mut() {
+        *b = 1;
+    }
     let mut out = Vec::new();
-    write_unchecked(&mut out, &contents, None).unwrap();
+    write_unchecked(&mut out, &contents(&mem, kernel), None).unwrap();
     out
 }
 

@@ -9,7 +9,7 @@
 use tabi_libos::kernel::Clocks;
 use tabi_libos::{Descriptor, Kernel, Mount, MountKind, Object};
 use tabi_snapshot::{Contents, Error, Identity, Limits, PAGE, read, write};
-use tabi_tests::hostile::{I, K, Many, N, encode, framed, sandbox, with_many};
+use tabi_tests::hostile::{I, K, Many, N, contents, encode, framed, sandbox, with_many};
 
 fn read_with(bytes: &[u8], limits: &Limits) -> Result<tabi_snapshot::Snapshot, Error> {
     read(&mut &bytes[..], limits, None)
@@ -203,16 +203,8 @@ fn memory_claims_are_capped_and_growth_costs_nothing_until_written() {
     let kernel = encode(&sandbox());
     let contents = Contents {
         identity: parent.identity.clone(),
-        module: None,
-        entry: "_start",
-        budget: None,
         points: 2,
-        globals: &[],
-        tables: &[],
-        memories: vec![&grown],
-        stack: &[],
-        kernel: &kernel,
-        mounts: &[],
+        ..contents(&grown, &kernel)
     };
     let base = tabi_snapshot::Base {
         hash: parent.hash,
@@ -242,16 +234,8 @@ fn the_writer_refuses_what_the_reader_would() {
     let mem = vec![0u8; PAGE];
     let contents = Contents {
         identity: Identity::default(),
-        module: None,
-        entry: "_start",
-        budget: None,
         points: 0,
-        globals: &[],
-        tables: &[],
-        memories: vec![&mem],
-        stack: &[],
-        kernel: &state,
-        mounts: &[],
+        ..contents(&mem, &state)
     };
     let mut out = Vec::new();
     let err = write(&mut out, &contents, None).unwrap_err();
@@ -321,40 +305,19 @@ fn a_forged_parent_is_not_the_parent() {
     let mut mem = vec![0u8; 2 * PAGE];
     mem[..11].copy_from_slice(b"the parent!");
     let kernel = encode(&sandbox());
-    let contents = |mem: &[u8]| -> Vec<u8> {
-        let c = Contents {
-            identity: Identity::default(),
-            module: None,
-            entry: "_start",
-            budget: None,
-            points: 1,
-            globals: &[],
-            tables: &[],
-            memories: vec![mem],
-            stack: &[],
-            kernel: &kernel,
-            mounts: &[],
-        };
-        let mut out = Vec::new();
-        write(&mut out, &c, None).unwrap();
-        out
+    let c = Contents {
+        identity: Identity::default(),
+        ..contents(&mem, &kernel)
     };
-    let parent_bytes = contents(&mem);
+    let mut parent_bytes = Vec::new();
+    write(&mut parent_bytes, &c, None).unwrap();
     let parent = read_with(&parent_bytes, &Limits::default()).unwrap();
     let mut later = mem.clone();
     later[PAGE] = 9;
     let c = Contents {
         identity: Identity::default(),
-        module: None,
-        entry: "_start",
-        budget: None,
         points: 2,
-        globals: &[],
-        tables: &[],
-        memories: vec![&later],
-        stack: &[],
-        kernel: &kernel,
-        mounts: &[],
+        ..contents(&later, &kernel)
     };
     let base = tabi_snapshot::Base {
         hash: parent.hash,
@@ -396,16 +359,8 @@ fn a_key_authenticates_snapshots() {
     let kernel = encode(&sandbox());
     let c = Contents {
         identity: Identity::default(),
-        module: None,
-        entry: "_start",
-        budget: None,
         points: 1,
-        globals: &[],
-        tables: &[],
-        memories: vec![&mem],
-        stack: &[],
-        kernel: &kernel,
-        mounts: &[],
+        ..contents(&mem, &kernel)
     };
     let key = tabi_snapshot::Key::derive(b"a secret shared by the two nodes");
     let with_key = Limits {
