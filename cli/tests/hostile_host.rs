@@ -182,23 +182,6 @@ fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
     );
 }
 
-/// A module that prints `text`.
-fn saying(text: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-          (import "wasi_snapshot_preview1" "fd_write"
-            (func $fd_write (param i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 16) "{text}\n")
-          (func (export "_start")
-            (i32.store (i32.const 0) (i32.const 16))
-            (i32.store (i32.const 4) (i32.const {len}))
-            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-        len = text.len() + 1
-    ))
-    .unwrap()
-}
-
 /// `tabi` with `cache` as its cache directory and its own home.
 fn tabi_with_cache(home: &Path, cache: &Path) -> Command {
     let mut cmd = tabi();
@@ -233,7 +216,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_cache_directory_others_could_have_written_is_not_trusted() {
     use std::os::unix::fs::PermissionsExt;
-    let (genuine, planted) = (saying("genuine"), saying("planted"));
+    let (genuine, planted) = (
+        tabi_tests::module_saying("genuine"),
+        tabi_tests::module_saying("planted"),
+    );
     let (want, other) = (
         tabi_snapshot::sha256(&genuine),
         tabi_snapshot::sha256(&planted),

@@ -658,22 +658,10 @@ fn migrate_test_checks_an_invoked_export_and_its_results() {
 /// forgery itself is one the cache would accept.
 #[test]
 fn a_module_planted_in_the_temporary_directory_is_not_run() {
-    let say = |text: &str| {
-        wat::parse_str(format!(
-            r#"(module
-              (import "wasi_snapshot_preview1" "fd_write"
-                (func $fd_write (param i32 i32 i32 i32) (result i32)))
-              (memory (export "memory") 1)
-              (data (i32.const 16) "{text}\n")
-              (func (export "_start")
-                (i32.store (i32.const 0) (i32.const 16))
-                (i32.store (i32.const 4) (i32.const {len}))
-                (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-            len = text.len() + 1
-        ))
-        .unwrap()
-    };
-    let (genuine, planted) = (say("genuine"), say("planted"));
+    let (genuine, planted) = (
+        tabi_tests::module_saying("genuine"),
+        tabi_tests::module_saying("planted"),
+    );
     let (want, other) = (
         tabi_snapshot::sha256(&genuine),
         tabi_snapshot::sha256(&planted),

@@ -64,6 +64,24 @@ pub mod guests {
     pub const TAIL_CALLS: &str = env!("GUEST_TAIL_CALLS");
 }
 
+/// A module in the text format's binary form whose `_start` prints `text` and a line break
+/// through `fd_write`: small stand-ins for a guest, told apart by what they print.
+pub fn module_saying(text: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "{text}\n")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 16))
+            (i32.store (i32.const 4) (i32.const {len}))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        len = text.len() + 1
+    ))
+    .unwrap()
+}
+
 /// Which engine tabi runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
