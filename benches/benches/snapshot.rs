@@ -7,7 +7,7 @@
 //!
 //! - checkpoint: from the guest paused in its instance to the snapshot file written and
 //!   synced and renamed into place, its directory synced, compressed straight from the
-//!   instance's memory (`checkpoint::run_with`). Each run replaces the previous run's file, as
+//!   instance's memory (`Guest::run_with`). Each run replaces the previous run's file, as
 //!   periodic checkpoints to one path do; the replaced file is released on a thread of its own,
 //!   so freeing its blocks is not counted (`tabi` does the same), and the runs are spaced as
 //!   periodic checkpoints would be, each starting once the file system has settled what the
@@ -27,9 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use tabi_cli::checkpoint;
-use tabi_libos::host::Stdio;
-use tabi_libos::machine::{AfterPause, Outcome, PauseControl, Paused};
+use tabi::{AfterPause, Ended, Engine, GuestBuilder, PausedGuest, Resume, Stdio};
 
 const PAGE: usize = 65536;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -101,40 +99,41 @@ fn settle(dir: &std::path::Path) {
     std::fs::File::open(dir).unwrap().sync_all().unwrap();
 }
 
-fn setup() -> checkpoint::Setup {
-    checkpoint::Setup {
-        args: vec!["bench".into()],
-        deterministic: Some(1),
-        ..Default::default()
-    }
+/// The engine every run uses, made once (with its compiled modules).
+fn engine() -> Engine {
+    static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    ENGINE.get_or_init(Engine::wasmtime).clone()
 }
 
-fn pause(wasm: &[u8], after: u64) -> Paused {
-    let process = setup().process(Stdio::Null, Stdio::Null).unwrap();
-    match checkpoint::run(
-        checkpoint::Backend::Wasmtime,
-        wasm,
-        process,
-        PauseControl::after(after),
-        None,
-    )
-    .unwrap()
-    {
-        Outcome::Paused(p) => p,
-        Outcome::Finished(_) => panic!("the guest did not pause"),
+/// The guest, set up to be checkpointed, its rewrite made once.
+fn setup(original: &[u8]) -> GuestBuilder {
+    static CACHE: std::sync::OnceLock<tabi::RewriteCache> = std::sync::OnceLock::new();
+    GuestBuilder::of_binary(&engine(), original.to_vec())
+        .program_name("bench")
+        .deterministic(1)
+        .stdin(Stdio::Null)
+        .stdout(Stdio::Null)
+        .stderr(Stdio::Null)
+        .rewrite(tabi::rewrite_options(false))
+        .rewrite_cache(CACHE.get_or_init(Default::default).clone())
+}
+
+fn pause(original: &[u8], after: u64) -> PausedGuest {
+    match setup(original).pause_after(after).build().unwrap().run().unwrap() {
+        Ended::Paused(p) => p,
+        Ended::Exited(_) => panic!("the guest did not pause"),
     }
 }
 
 fn main() {
     let original = guest();
-    let wasm = checkpoint::instrumented(&original, false).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bench.snap");
     let n = reps();
 
     // The pages the guest touched, for the floor.
-    let paused = pause(&wasm, 1);
-    let mem = &paused.state.memories[0];
+    let paused = pause(&original, 1);
+    let mem = &paused.state().memories[0];
     let touched: Vec<&[u8]> = mem
         .chunks_exact(PAGE)
         .filter(|p| p.iter().any(|&b| b != 0))
@@ -178,19 +177,14 @@ fn main() {
     let mut encode_times = Vec::new();
     let mut fresh_times = Vec::new();
     let mut size = 0;
-    let process = setup().process(Stdio::Null, Stdio::Null).unwrap();
     let mut sink = Vec::with_capacity(64 << 20);
-    let o = checkpoint::run_with(
-        checkpoint::Backend::Wasmtime,
-        &wasm,
-        process,
-        PauseControl::after(1),
-        None,
-        &mut |view| {
+    let guest = setup(&original).pause_after(1).build().unwrap();
+    let o = guest
+        .run_with(|view| {
             for _ in 0..n {
                 settle(dir.path());
                 let t = Instant::now();
-                let s = checkpoint::write_snapshot(&file, view, &original, &wasm, &[]).unwrap();
+                let s = view.write_file(&file).unwrap();
                 write_times.push(t.elapsed());
                 size = s.bytes;
             }
@@ -199,7 +193,7 @@ fn main() {
                 let fresh = dir.path().join(format!("fresh-{i}.snap"));
                 settle(dir.path());
                 let t = Instant::now();
-                checkpoint::write_snapshot(&fresh, view, &original, &wasm, &[]).unwrap();
+                view.write_file(&fresh).unwrap();
                 fresh_times.push(t.elapsed());
                 std::fs::remove_file(&fresh).unwrap();
             }
@@ -207,14 +201,13 @@ fn main() {
             for _ in 0..n {
                 sink.clear();
                 let t = Instant::now();
-                checkpoint::write_to(&mut sink, view, &original, &wasm, &[]).unwrap();
+                view.write_to(&mut sink).unwrap();
                 encode_times.push(t.elapsed());
             }
             Ok(AfterPause::Stop)
-        },
-    )
-    .unwrap();
-    assert!(matches!(o, Outcome::Paused(_)));
+        })
+        .unwrap();
+    assert!(matches!(o, Ended::Paused(_)));
     let mut capture_times = Vec::new();
     for _ in 0..n {
         // Copying the instance's memory out, as a run that stops does (only its non-zero
@@ -234,31 +227,28 @@ fn main() {
     for _ in 0..n {
         // The old path, for comparison: the file read into buffers of its own first.
         let t = Instant::now();
-        let s = checkpoint::read_snapshot(&file).unwrap();
+        let s = tabi::read_snapshot(&file, &tabi::Limits::default()).unwrap();
         read_times.push(t.elapsed());
         drop(s);
         let t = Instant::now();
-        let f = std::fs::File::open(&file).unwrap();
-        let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, f));
-        let r = checkpoint::resume_from(
-            checkpoint::Backend::Wasmtime,
-            &mut src,
-            None,
-            &[],
-            checkpoint::HostIo::output(Stdio::Null, Stdio::Null),
-            PauseControl::never(),
-        )
-        .unwrap();
+        let r = Resume::new(&engine())
+            .stdin(Stdio::Null)
+            .stdout(Stdio::Null)
+            .stderr(Stdio::Null)
+            .from_file(&file)
+            .unwrap()
+            .run()
+            .unwrap();
         resume_times.push(t.elapsed());
-        assert!(matches!(r.outcome, Outcome::Finished(_)));
+        assert!(matches!(r, Ended::Exited(_)));
     }
     let resume = median(resume_times);
     let read_only = median(read_times);
 
     // Incremental: the second pause against the first.
-    let base_snapshot = checkpoint::read_snapshot(&file).unwrap();
-    let second = pause(&wasm, 2);
-    let kernel = tabi_libos::encode_state(&second.process.kernel).unwrap();
+    let base_snapshot = tabi::read_snapshot(&file, &tabi::Limits::default()).unwrap();
+    let second = pause(&original, 2);
+    let kernel = tabi_libos::encode_state(second.kernel()).unwrap();
     let base_kernel = base_snapshot.kernel_bytes.clone();
     let mut inc_times = Vec::new();
     let mut inc_size = 0;
@@ -271,13 +261,13 @@ fn main() {
                 parent: None,
             },
             module: None,
-            entry: &second.state.entry,
-            budget: second.state.budget,
-            points: second.points,
-            globals: &second.state.globals,
+            entry: &second.state().entry,
+            budget: second.state().budget,
+            points: second.points(),
+            globals: &second.state().globals,
             tables: &[],
-            memories: second.state.memories.iter().map(Vec::as_slice).collect(),
-            stack: &second.state.stack,
+            memories: second.state().memories.iter().map(Vec::as_slice).collect(),
+            stack: &second.state().stack,
             kernel: &kernel,
             mounts: &[],
         };
@@ -306,50 +296,39 @@ fn main() {
     let mut tracked_times = Vec::new();
     let (mut tracked_size, mut tracked_incremental) = (0, true);
     for _ in 0..n {
-        let request = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut control = PauseControl::after(1);
-        control.request = Some(request.clone());
-        let process = setup().process(Stdio::Null, Stdio::Null).unwrap();
-        let mut chain = checkpoint::Chain::new();
+        let request = tabi::PauseHandle::new();
+        let guest = setup(&original)
+            .pause_after(1)
+            .pause_handle(&request)
+            .build()
+            .unwrap();
+        let mut chain = tabi::Chain::new();
         // The chain starts at a path of its own: releasing a replaced 41 MiB file on the
         // background thread would otherwise overlap the timed link that follows at once.
         let first = dir.path().join("chain.snap");
         let _ = std::fs::remove_file(&first);
         let mut links = 0;
-        let o = checkpoint::run_with(
-            checkpoint::Backend::Wasmtime,
-            &wasm,
-            process,
-            control,
-            None,
-            &mut |view| {
+        let o = guest
+            .run_with(|view| {
                 links += 1;
                 if links == 1 {
-                    chain
-                        .write(&first, view, &original, &wasm, &[])
+                    view.write_incremental(&mut chain, &first)
                         .expect("full checkpoint");
                     // Pause again at the next point.
-                    request.store(true, std::sync::atomic::Ordering::Release);
+                    request.request();
                     return Ok(AfterPause::Continue);
                 }
                 let t = Instant::now();
-                let w = chain
-                    .write(
-                        &dir.path().join("tracked.snap"),
-                        view,
-                        &original,
-                        &wasm,
-                        &[],
-                    )
+                let w = view
+                    .write_incremental(&mut chain, &dir.path().join("tracked.snap"))
                     .expect("incremental checkpoint");
                 tracked_times.push(t.elapsed());
                 tracked_size = w.summary.bytes;
                 tracked_incremental &= w.parent.is_some();
                 Ok(AfterPause::Stop)
-            },
-        )
-        .unwrap();
-        assert!(matches!(o, Outcome::Paused(_)));
+            })
+            .unwrap();
+        assert!(matches!(o, Ended::Paused(_)));
     }
     let tracked = median(tracked_times);
     // The incremental snapshot applies to its parent and gives the second state.
@@ -360,7 +339,7 @@ fn main() {
         Some(&base_snapshot),
     )
     .unwrap();
-    assert_eq!(applied.memories, second.state.memories);
+    assert_eq!(applied.memories, second.state().memories);
 
     let gbs = |d: Duration| touched_bytes as f64 / d.as_secs_f64() / 1e9;
     println!("guest: 256 MiB of memory, 64 MiB touched (half compressible); medians of {n} runs");

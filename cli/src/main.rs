@@ -17,12 +17,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tabi_cli::checkpoint::{self, CHECKPOINT_EXIT, Setup};
-use tabi_libos::Exit;
-use tabi_libos::host::Stdio;
-use tabi_libos::machine::{AfterPause, Outcome, PauseControl, Value};
+use tabi::{
+    AfterPause, CHECKPOINT_EXIT, CheckpointFiles, Engine, Exit, GuestBuilder, PauseHandle,
+    PauseReason, Stdio, Value,
+};
 
 #[derive(Parser)]
 #[command(
@@ -52,7 +52,7 @@ enum Command {
 #[derive(Parser)]
 struct ResumeArgs {
     /// The engine to resume on.
-    #[arg(long, value_enum, default_value = checkpoint::DEFAULT_BACKEND)]
+    #[arg(long, value_enum, default_value = DEFAULT_BACKEND)]
     backend: Backend,
     /// Grant a host directory the guest had mounted, as HOST::GUEST.
     #[arg(long = "dir", value_name = "HOST::GUEST")]
@@ -90,7 +90,7 @@ struct MigrateTestArgs {
     #[arg(long, default_value_t = 1)]
     every: u64,
     /// Backends to move between, in turn.
-    #[arg(long, value_delimiter = ',', default_value = checkpoint::DEFAULT_BACKENDS)]
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BACKENDS)]
     backends: Vec<Backend>,
     #[command(flatten)]
     guest: GuestArgs,
@@ -125,8 +125,8 @@ struct LimitArgs {
 }
 
 impl LimitArgs {
-    /// Makes these the limits of every snapshot this process reads or writes.
-    fn apply(&self) -> Result<()> {
+    /// The limits of every snapshot this command reads or writes.
+    fn limits(&self) -> Result<tabi::Limits> {
         let mut limits = tabi_snapshot::Limits::default();
         if let Some(bytes) = self.max_memory {
             limits = limits.with_memory_bytes(bytes);
@@ -146,8 +146,7 @@ impl LimitArgs {
             }
             limits.key = Some(tabi_snapshot::Key::derive(&secret));
         }
-        checkpoint::set_snapshot_limits(limits);
-        Ok(())
+        Ok(limits)
     }
 }
 
@@ -228,11 +227,8 @@ struct InstrumentArgs {
 }
 
 fn instrument(args: InstrumentArgs) -> Result<()> {
-    let wasm = checkpoint::read_module(&args.input)?;
-    let mut options = tabi_instrument::Options {
-        safepoints: args.safepoints,
-        ..Default::default()
-    };
+    let wasm = tabi::read_module(&args.input)?;
+    let mut options = tabi::rewrite_options(args.safepoints);
     if args.no_default_points {
         options.points.clear();
     }
@@ -241,11 +237,9 @@ fn instrument(args: InstrumentArgs) -> Result<()> {
             Some((m, n)) => (m.to_string(), Some(n.to_string())),
             None => (p.clone(), None),
         };
-        options
-            .points
-            .push(tabi_instrument::PointRule { module, name });
+        options.points.push(tabi::PointRule { module, name });
     }
-    let out = tabi_instrument::instrument(&wasm, &options)
+    let out = tabi::instrument::instrument(&wasm, &options)
         .with_context(|| format!("cannot instrument `{}`", args.input.display()))?;
     std::fs::write(&args.output, &out.wasm)
         .with_context(|| format!("cannot write `{}`", args.output.display()))?;
@@ -271,19 +265,34 @@ enum Backend {
     Wasmi,
 }
 
-impl From<Backend> for checkpoint::Backend {
+impl From<Backend> for tabi::Backend {
     fn from(b: Backend) -> Self {
         match b {
-            Backend::Wasmtime => checkpoint::Backend::Wasmtime,
-            Backend::Wasmi => checkpoint::Backend::Wasmi,
+            Backend::Wasmtime => tabi::Backend::Wasmtime,
+            Backend::Wasmi => tabi::Backend::Wasmi,
         }
     }
 }
 
+/// The backend `tabi run` and `tabi resume` use unless told: wasmtime, or wasmi in a build
+/// without it.
+const DEFAULT_BACKEND: &str = if cfg!(feature = "wasmtime") {
+    "wasmtime"
+} else {
+    "wasmi"
+};
+
+/// The backends `tabi migrate-test` moves a guest between unless told.
+const DEFAULT_BACKENDS: &str = if cfg!(feature = "wasmtime") {
+    "wasmtime,wasmi"
+} else {
+    "wasmi"
+};
+
 #[derive(Parser)]
 struct RunArgs {
     /// The engine to run on.
-    #[arg(long, value_enum, default_value = checkpoint::DEFAULT_BACKEND)]
+    #[arg(long, value_enum, default_value = DEFAULT_BACKEND)]
     backend: Backend,
     #[command(flatten)]
     guest: GuestArgs,
@@ -331,42 +340,46 @@ struct GuestArgs {
 }
 
 impl GuestArgs {
-    fn setup(&self, module: &std::path::Path, args: &[String]) -> Result<Setup> {
-        let mut argv = vec![module.display().to_string()];
-        argv.extend(args.iter().cloned());
-        let mut env: Vec<(String, String)> = Vec::new();
+    /// A builder of the guest these options describe, on `engine`, named after `module`.
+    fn builder(
+        &self,
+        engine: &Engine,
+        wasm: Vec<u8>,
+        module: &std::path::Path,
+        args: &[String],
+    ) -> Result<GuestBuilder> {
+        let mut b = GuestBuilder::of_binary(engine, wasm)
+            .program_name(module.display().to_string())
+            .args(args.iter().cloned());
         if self.inherit_env {
-            env.extend(std::env::vars());
-        }
-        for e in &self.envs {
-            match e.split_once('=') {
-                Some((k, v)) => env.push((k.to_string(), v.to_string())),
-                None => match std::env::var(e) {
-                    Ok(v) => env.push((e.clone(), v)),
-                    Err(_) => bail!("--env {e}: no such variable in the host environment"),
-                },
+            for (k, v) in std::env::vars() {
+                b = b.env(k, v);
             }
         }
-        Ok(Setup {
-            args: argv,
-            env,
-            dirs: self
-                .dirs
-                .iter()
-                .map(|d| split_mapping(d))
-                .map(|(h, g)| (h.into(), g))
-                .collect(),
-            copy_dirs: self
-                .copy_dirs
-                .iter()
-                .map(|d| split_mapping(d))
-                .map(|(h, g)| (h.into(), g))
-                .collect(),
-            memory_dirs: self.mem_dirs.clone(),
-            deterministic: self.deterministic.then_some(self.seed),
-            stdin: Stdio::Inherit,
-            wake: None,
-        })
+        for e in &self.envs {
+            b = match e.split_once('=') {
+                Some((k, v)) => b.env(k, v),
+                None => match std::env::var(e) {
+                    Ok(v) => b.env(e.clone(), v),
+                    Err(_) => bail!("--env {e}: no such variable in the host environment"),
+                },
+            };
+        }
+        for d in &self.dirs {
+            let (h, g) = split_mapping(d);
+            b = b.dir(h, g);
+        }
+        for d in &self.copy_dirs {
+            let (h, g) = split_mapping(d);
+            b = b.copy_dir(h, g);
+        }
+        for g in &self.mem_dirs {
+            b = b.memory_dir(g.clone());
+        }
+        if self.deterministic {
+            b = b.deterministic(self.seed);
+        }
+        Ok(b)
     }
 }
 
@@ -384,212 +397,142 @@ enum Ended {
     Checkpointed,
 }
 
-fn run(args: RunArgs) -> Result<Ended> {
-    args.checkpoint.limits.apply()?;
-    signal_flag(&args.checkpoint)?;
-    let wasm = checkpoint::read_module(&args.module)?;
-    let mut setup = args.guest.setup(&args.module, &args.args)?;
-    setup.wake = host_io(&args.checkpoint)?.wake;
-    let mut process = setup.process(Stdio::Inherit, Stdio::Inherit)?;
-    if args.checkpoint.limits.max_fs.is_some() {
-        let limit = checkpoint::snapshot_limits().state.fs_bytes;
-        if process.kernel.fs().used_bytes() > limit {
-            bail!(
-                "the in-memory files take {} bytes, over --max-fs {limit}",
-                process.kernel.fs().used_bytes()
-            );
-        }
-        process.kernel.fs_mut().set_limit_bytes(limit);
+/// Says once a process that a cache directory is not used, and why.
+fn warn_untrusted(dir: &std::path::Path, refusal: &tabi::CacheRefusal) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let tabi::CacheRefusal::Untrusted(why) = refusal
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!(
+            "tabi: warning: not using the cache directory `{}`, as {why}; running without a \
+             cache",
+            dir.display()
+        );
     }
-    if let Some(export) = &args.invoke {
-        return invoke(&args, export, &wasm, &setup.dirs, process);
-    }
-    if !args.checkpoint.wanted() {
-        let finished = checkpoint::engine(args.backend.into())?
-            .run(&wasm, process)
-            .with_context(|| format!("cannot run `{}`", args.module.display()))?;
-        return Ok(Ended::Exit(finished.exit, Vec::new()));
-    }
-    let instrumented = checkpoint::instrumented(&wasm, args.checkpoint.safepoints)?;
-    drive(
-        args.backend.into(),
-        &args.checkpoint,
-        &wasm,
-        &instrumented,
-        &setup.dirs,
-        process,
-    )
 }
 
-/// `tabi run --invoke`: calls `export` with `args.args` read as its parameters' types. Without
-/// checkpoints that is a call of the module as it is; with them, of its rewrite, writing
-/// snapshots as `args.checkpoint` asks.
-fn invoke(
-    args: &RunArgs,
-    export: &str,
-    wasm: &[u8],
-    dirs: &[(PathBuf, String)],
-    process: tabi_libos::Process,
-) -> Result<Ended> {
-    let values = checkpoint::invoke_values(wasm, export, &args.args)?;
-    if !args.checkpoint.wanted() {
-        let finished = checkpoint::on_guest_stack(|| {
-            Ok(checkpoint::engine(args.backend.into())?.invoke(wasm, process, export, &values)?)
-        })
-        .with_context(|| format!("cannot run `{}`", args.module.display()))?;
-        return Ok(Ended::Exit(finished.exit, finished.results));
-    }
-    let instrumented = checkpoint::instrumented(wasm, args.checkpoint.safepoints)?;
-    let mut checkpointer = Checkpointer::new(&args.checkpoint, wasm, &instrumented, dirs);
-    let outcome = checkpoint::invoke_with(
-        args.backend.into(),
-        &instrumented,
-        process,
-        control(&args.checkpoint)?,
-        checkpoint::Invoke {
-            export,
-            args: &values,
-        },
-        &mut |view| checkpointer.at_pause(view),
-    );
-    ended(outcome, checkpointer.failure)
-}
-
-/// The flag SIGUSR1 raises, when checkpoints on signal are asked for. Installed once per
-/// process, as early as possible: before it is, SIGUSR1 would end the process.
-fn signal_flag(cp: &CheckpointArgs) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
-        std::sync::OnceLock::new();
-    let flag = FLAG.get_or_init(Default::default).clone();
-    if cp.checkpoint_on_signal {
-        static INSTALLED: std::sync::Once = std::sync::Once::new();
-        let mut result = Ok(());
-        INSTALLED.call_once(|| {
-            result = signal_hook::flag::register(signal_hook::consts::SIGUSR1, flag.clone())
-                .map(|_| ())
-                .context("cannot install the SIGUSR1 handler");
-        });
-        result?;
-    }
-    Ok(flag)
-}
-
-/// Runs (or resumes) an instrumented guest, writing snapshots as `cp` asks.
-fn drive(
-    backend: checkpoint::Backend,
-    cp: &CheckpointArgs,
-    original: &[u8],
-    instrumented: &[u8],
-    dirs: &[(PathBuf, String)],
-    process: tabi_libos::Process,
-) -> Result<Ended> {
-    let mut checkpointer = Checkpointer::new(cp, original, instrumented, dirs);
-    let outcome = checkpoint::run_with(
-        backend,
-        instrumented,
-        process,
-        control(cp)?,
-        None,
-        &mut |view| checkpointer.at_pause(view),
-    );
-    ended(outcome, checkpointer.failure)
-}
-
-/// How a run that wrote its checkpoints with a [`Checkpointer`] ended.
-fn ended(outcome: Result<Outcome>, failure: Option<anyhow::Error>) -> Result<Ended> {
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(match outcome? {
-        Outcome::Finished(f) => Ended::Exit(f.exit, f.results),
-        Outcome::Paused(_) => Ended::Checkpointed,
+/// The cache of rewritten modules: in the user's cache directory (see
+/// [`tabi::user_cache_dir`]) when it is fit to hold code that runs, else in memory only.
+fn rewrite_cache() -> tabi::RewriteCache {
+    const KEPT: usize = 8;
+    let Some(dir) = tabi::user_cache_dir() else {
+        return tabi::RewriteCache::in_memory(KEPT);
+    };
+    tabi::RewriteCache::in_directory(&dir, KEPT).unwrap_or_else(|refusal| {
+        warn_untrusted(&dir, &refusal);
+        tabi::RewriteCache::in_memory(KEPT)
     })
 }
 
-/// Writes a snapshot at each pause, straight from the paused instance, then lets the guest go
-/// on in it or stops the run.
-struct Checkpointer<'a> {
-    path: Option<PathBuf>,
-    stop_after_checkpoint: bool,
-    /// With `--incremental`: the chain, and how many checkpoints it wrote.
-    chain: Option<(checkpoint::Chain, u64)>,
-    original: &'a [u8],
-    instrumented: &'a [u8],
-    dirs: &'a [(PathBuf, String)],
-    /// Why the run had to stop at a pause (a pause with nowhere to write it).
-    failure: Option<anyhow::Error>,
-}
-
-impl<'a> Checkpointer<'a> {
-    fn new(
-        cp: &CheckpointArgs,
-        original: &'a [u8],
-        instrumented: &'a [u8],
-        dirs: &'a [(PathBuf, String)],
-    ) -> Self {
-        Checkpointer {
-            path: cp.snapshot.clone(),
-            stop_after_checkpoint: cp.stop_after_checkpoint,
-            chain: cp.incremental.then(|| (checkpoint::Chain::new(), 0)),
-            original,
-            instrumented,
-            dirs,
-            failure: None,
+/// The engine of `backend`. wasmtime keeps its compiled code in `compiled` under the user's
+/// cache directory (created readable by its owner only), so that a module, and above all its
+/// rewrite with safepoints, compiles once rather than at each start; without a cache
+/// directory fit for it, nothing is kept.
+fn engine(backend: tabi::Backend) -> Result<Engine> {
+    #[cfg(feature = "wasmtime")]
+    if backend == tabi::Backend::Wasmtime {
+        let compiled = tabi::user_cache_dir().and_then(|dir| {
+            let check = |d: &std::path::Path| {
+                tabi::private_dir(d).map_err(|refusal| warn_untrusted(d, &refusal))
+            };
+            check(&dir).ok()?;
+            let compiled = dir.join("compiled");
+            check(&compiled).ok()?;
+            Some(compiled)
+        });
+        if let Some(dir) = compiled
+            && let Ok(engine) = Engine::wasmtime_with_code_cache(&dir)
+        {
+            return Ok(engine);
         }
     }
+    Ok(Engine::new(backend)?)
+}
 
-    fn at_pause(
-        &mut self,
-        view: &tabi_libos::machine::PauseView<'_>,
-    ) -> Result<AfterPause, tabi_libos::EngineError> {
-        let Some(path) = &self.path else {
-            if view.reason == tabi_libos::machine::PauseReason::Guest {
+fn run(args: RunArgs) -> Result<Ended> {
+    let limits = args.checkpoint.limits.limits()?;
+    let handle = pause_handle(&args.checkpoint)?;
+    let wasm = tabi::read_module(&args.module)?;
+    let engine = engine(args.backend.into())?;
+    let mut builder = args
+        .guest
+        .builder(&engine, wasm.clone(), &args.module, &args.args)?
+        .snapshot_limits(limits);
+    if args.checkpoint.limits.max_fs.is_some() {
+        builder = builder.max_fs_bytes(limits.state.fs_bytes);
+    }
+    if let Some(export) = &args.invoke {
+        builder = builder.invoke(export, tabi::invoke_values(&wasm, export, &args.args)?);
+    }
+    if args.checkpoint.wanted() {
+        builder = builder
+            .rewrite(tabi::rewrite_options(args.checkpoint.safepoints))
+            .rewrite_cache(rewrite_cache());
+        if let Some(n) = args.checkpoint.checkpoint_after {
+            builder = builder.pause_after(n);
+        }
+        if let Some(h) = &handle {
+            builder = builder.pause_handle(h);
+        }
+    }
+    let guest = builder.build()?;
+    drive(guest, &args.checkpoint)
+        .with_context(|| format!("cannot run `{}`", args.module.display()))
+}
+
+/// The pause handle SIGUSR1 sets, when checkpoints on signal are asked for. The handler is
+/// installed once per process, as early as possible: before it is, SIGUSR1 would end the
+/// process.
+fn pause_handle(cp: &CheckpointArgs) -> Result<Option<PauseHandle>> {
+    if !cp.checkpoint_on_signal {
+        return Ok(None);
+    }
+    static HANDLE: std::sync::OnceLock<PauseHandle> = std::sync::OnceLock::new();
+    let handle = HANDLE.get_or_init(PauseHandle::new).clone();
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    INSTALLED.call_once(|| {
+        result = signal_hook::flag::register(signal_hook::consts::SIGUSR1, handle.flag())
+            .map(|_| ())
+            .context("cannot install the SIGUSR1 handler");
+    });
+    result?;
+    Ok(Some(handle))
+}
+
+/// Runs `guest`, writing a checkpoint at each pause as `cp` asks, and printing what it wrote.
+fn drive(guest: tabi::Guest, cp: &CheckpointArgs) -> Result<Ended> {
+    let mut files = cp.snapshot.as_ref().map(|path| {
+        if cp.incremental {
+            CheckpointFiles::incremental(path)
+        } else {
+            CheckpointFiles::new(path)
+        }
+    });
+    let ended = guest.run_with(|pause| {
+        let Some(files) = &mut files else {
+            if pause.reason() == PauseReason::Guest {
                 // A checkpoint the guest asks for when none is to be written: as in a run
                 // that is not instrumented, the request does nothing.
                 return Ok(AfterPause::Continue);
             }
-            self.failure = Some(anyhow!(
-                "the guest paused, but no --snapshot file was given"
+            return Err(tabi::Error::Config(
+                "the guest paused, but no --snapshot file was given".into(),
             ));
-            return Ok(AfterPause::Stop);
         };
-        let written = match &mut self.chain {
-            None => {
-                checkpoint::write_snapshot(path, view, self.original, self.instrumented, self.dirs)
-                    .map(|summary| (path.clone(), summary, None))
-            }
-            Some((chain, n)) => {
-                // The first checkpoint goes to FILE; each later one to FILE.N, incremental
-                // when the chain can make it so (else full, and the chain starts again).
-                let target = match *n {
-                    0 => path.clone(),
-                    n => {
-                        let mut name = path.as_os_str().to_owned();
-                        name.push(format!(".{n}"));
-                        PathBuf::from(name)
-                    }
-                };
-                chain
-                    .write(&target, view, self.original, self.instrumented, self.dirs)
-                    .map(|w| {
-                        *n += 1;
-                        (target, w.summary, w.parent)
-                    })
-            }
-        };
-        match written {
-            Ok((target, summary, parent)) => eprintln!(
+        match files.write(pause) {
+            Ok(w) => eprintln!(
                 "tabi: {} at migration point {} ({:?}) written to {} ({} bytes{})",
-                if parent.is_some() {
+                if w.parent.is_some() {
                     "incremental checkpoint"
                 } else {
                     "checkpoint"
                 },
-                view.points,
-                view.reason,
-                target.display(),
-                summary.bytes,
-                match parent {
+                pause.points(),
+                pause.reason(),
+                w.path.display(),
+                w.summary.bytes,
+                match w.parent {
                     Some(p) => format!(", parent {}", &tabi_snapshot::hex(&p)[..16]),
                     None => String::new(),
                 }
@@ -600,101 +543,55 @@ impl<'a> Checkpointer<'a> {
                 // dump does, and ends with its own status.
                 eprintln!(
                     "tabi: the checkpoint at migration point {} was not written, and the guest \
-                     goes on: {e:#}",
-                    view.points
+                     goes on: {e}",
+                    pause.points()
                 );
                 return Ok(AfterPause::Continue);
             }
         }
-        let stop = match view.reason {
-            tabi_libos::machine::PauseReason::AfterPoints => true,
-            _ => self.stop_after_checkpoint,
-        };
+        let stop = pause.reason() == PauseReason::AfterPoints || cp.stop_after_checkpoint;
         Ok(if stop {
             AfterPause::Stop
         } else {
             AfterPause::Continue
         })
-    }
-}
-
-/// The process's own streams, and the signal flag as the wake flag when checkpoints on signal
-/// are asked for (a sleeping guest then reaches its migration point at once).
-fn host_io(cp: &CheckpointArgs) -> Result<checkpoint::HostIo> {
-    let flag = signal_flag(cp)?;
-    Ok(checkpoint::HostIo {
-        stdin: Stdio::Inherit,
-        stdout: Stdio::Inherit,
-        stderr: Stdio::Inherit,
-        wake: cp.checkpoint_on_signal.then_some(flag),
+    })?;
+    Ok(match ended {
+        tabi::Ended::Exited(e) => Ended::Exit(e.exit, e.results),
+        tabi::Ended::Paused(_) => Ended::Checkpointed,
     })
 }
 
-/// The pause policy of a run.
-fn control(cp: &CheckpointArgs) -> Result<PauseControl> {
-    let flag = signal_flag(cp)?;
-    let mut control = PauseControl::never();
-    if let Some(n) = cp.checkpoint_after {
-        control = PauseControl::after(n);
-    }
-    if cp.checkpoint_on_signal {
-        control.request = Some(flag);
-    }
-    Ok(control)
-}
-
 fn resume(args: ResumeArgs) -> Result<Ended> {
-    args.checkpoint.limits.apply()?;
-    signal_flag(&args.checkpoint)?;
-    let dirs: Vec<(PathBuf, String)> = args
-        .dirs
-        .iter()
-        .map(|d| split_mapping(d))
-        .map(|(h, g)| (h.into(), g))
-        .collect();
-    if !args.links.is_empty() {
-        return resume_chain(&args, &dirs);
+    let limits = args.checkpoint.limits.limits()?;
+    let handle = pause_handle(&args.checkpoint)?;
+    let mut resume = tabi::Resume::new(&engine(args.backend.into())?)
+        .limits(limits)
+        .rewrite_cache(rewrite_cache());
+    for d in &args.dirs {
+        let (h, g) = split_mapping(d);
+        resume = resume.dir(h, g);
     }
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("cannot open `{}`", args.file.display()))?;
-    let mut src = tabi_snapshot::IoSource(std::io::BufReader::with_capacity(1 << 20, file));
-    let loaded = checkpoint::load(
-        args.backend.into(),
-        &mut src,
-        args.module.as_deref(),
-        &dirs,
-        host_io(&args.checkpoint)?,
-        control(&args.checkpoint)?,
-    )
-    .with_context(|| format!("cannot resume `{}`", args.file.display()))?;
-    let (original, instrumented) = (loaded.original.clone(), loaded.instrumented.clone());
-    let mut checkpointer = Checkpointer::new(&args.checkpoint, &original, &instrumented, &dirs);
-    let outcome = loaded
-        .run(Some(&mut |view| checkpointer.at_pause(view)))
-        .map(|(_, o)| o);
-    ended(outcome, checkpointer.failure)
-}
-
-/// Resumes from a full snapshot and the incremental ones after it.
-fn resume_chain(args: &ResumeArgs, dirs: &[(PathBuf, String)]) -> Result<Ended> {
-    let chain = chain_paths(&args.file, &args.links);
-    let last = chain.last().unwrap_or(&args.file);
-    let mut snapshot = checkpoint::read_chain(&chain)?;
-    let (original, instrumented) = checkpoint::modules_for(&snapshot, args.module.as_deref())
-        .with_context(|| format!("cannot resume `{}`", last.display()))?;
-    let process = checkpoint::resume_process(&snapshot, dirs, host_io(&args.checkpoint)?)
-        .with_context(|| format!("cannot resume `{}`", last.display()))?;
-    let state = snapshot.take_machine_state();
-    let mut checkpointer = Checkpointer::new(&args.checkpoint, &original, &instrumented, dirs);
-    let outcome = checkpoint::run_with(
-        args.backend.into(),
-        &instrumented,
-        process,
-        control(&args.checkpoint)?,
-        Some(&state),
-        &mut |view| checkpointer.at_pause(view),
-    );
-    ended(outcome, checkpointer.failure)
+    if let Some(m) = &args.module {
+        resume = resume.module(tabi::read_module(m)?);
+    }
+    if let Some(n) = args.checkpoint.checkpoint_after {
+        resume = resume.pause_after(n);
+    }
+    if let Some(h) = &handle {
+        resume = resume.pause_handle(h);
+    }
+    let guest = if args.links.is_empty() {
+        resume.from_file(&args.file)?
+    } else {
+        let chain = chain_paths(&args.file, &args.links);
+        let last = chain.last().unwrap_or(&args.file);
+        let snapshot = tabi::read_chain(&chain, &limits)?;
+        resume
+            .from_snapshot(snapshot)
+            .with_context(|| format!("cannot resume `{}`", last.display()))?
+    };
+    drive(guest, &args.checkpoint)
 }
 
 /// A full snapshot's path followed by its incremental ones'.
@@ -705,31 +602,23 @@ fn chain_paths(file: &std::path::Path, incremental: &[PathBuf]) -> Vec<PathBuf> 
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    args.limits.apply()?;
+    let limits = args.limits.limits()?;
     let chain = chain_paths(&args.file, &args.links);
     let file = chain.last().unwrap_or(&args.file);
-    let s = checkpoint::read_chain(&chain)?;
+    let s = tabi::Inspection::of(&tabi::read_chain(&chain, &limits)?);
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let hex = tabi_snapshot::hex;
     println!(
         "snapshot {} (format version {})",
         shown(&file.display().to_string()),
         s.version
     );
-    println!("  content hash   {}", tabi_snapshot::hex(&s.hash));
-    println!(
-        "  original       sha256 {}",
-        tabi_snapshot::hex(&s.identity.original_sha256)
-    );
-    println!(
-        "  instrumented   sha256 {}",
-        tabi_snapshot::hex(&s.identity.module_sha256)
-    );
-    println!(
-        "  options        {}",
-        shown(&String::from_utf8_lossy(&s.identity.options))
-    );
-    if let Some(p) = s.identity.parent {
-        println!("  parent         {}", tabi_snapshot::hex(&p));
+    println!("  content hash   {}", hex(&s.hash));
+    println!("  original       sha256 {}", hex(&s.original_sha256));
+    println!("  instrumented   sha256 {}", hex(&s.module_sha256));
+    println!("  options        {}", shown(&s.options));
+    if let Some(p) = s.parent {
+        println!("  parent         {}", hex(&p));
     }
     println!(
         "  entry          {}, after migration point {}",
@@ -738,44 +627,35 @@ fn inspect(args: InspectArgs) -> Result<()> {
     );
     println!("sections:");
     let (mut stored, mut raw) = (0u64, 0u64);
-    for sec in &s.sections {
-        println!(
-            "  {:<9} {:>12} bytes stored {:>12} bytes raw",
-            sec.id.name(),
-            sec.stored,
-            sec.raw
-        );
-        stored += sec.stored;
-        raw += sec.raw;
+    for (name, st, r) in &s.sections {
+        println!("  {name:<9} {st:>12} bytes stored {r:>12} bytes raw");
+        stored += st;
+        raw += r;
     }
-    let mem: u64 = s.memories.iter().map(|m| m.len() as u64).sum();
     println!(
-        "total: {size} bytes on disk; {raw} bytes of contents ({:.2}x); memories {mem} bytes in all",
-        raw as f64 / stored.max(1) as f64
+        "total: {size} bytes on disk; {raw} bytes of contents ({:.2}x); memories {} bytes in all",
+        raw as f64 / stored.max(1) as f64,
+        s.memory_bytes
     );
     if !s.tables.is_empty() {
         println!("tables:");
         for (i, t) in s.tables.iter().enumerate() {
             match t {
-                tabi_libos::machine::TableImage::AsInstantiated => {
-                    println!("  {i:>3} as instantiated")
+                None => println!("  {i:>3} as instantiated"),
+                Some((entries, nulls)) => {
+                    println!("  {i:>3} {entries} entries as written, {nulls} of them null")
                 }
-                tabi_libos::machine::TableImage::Funcs(e) => println!(
-                    "  {i:>3} {} entries as written, {} of them null",
-                    e.len(),
-                    e.iter().filter(|f| f.is_none()).count()
-                ),
             }
         }
     }
     println!("descriptors:");
-    for (fd, d) in s.kernel.descriptors() {
-        println!("  {fd:>3} {}", describe_object(&d.object));
+    for (fd, d) in &s.descriptors {
+        println!("  {fd:>3} {d}");
     }
-    if !s.mounts.is_empty() {
+    if !s.host_mounts.is_empty() {
         println!("host mounts (grant again with --dir HOST::GUEST when resuming):");
-        for m in &s.mounts {
-            println!("  {}", shown(&m.guest_path));
+        for m in &s.host_mounts {
+            println!("  {}", shown(m));
         }
     }
     Ok(())
@@ -796,51 +676,36 @@ fn shown(text: &str) -> String {
     out
 }
 
-/// A descriptor's object as `tabi inspect` prints it; its path is written as Rust debugs a
-/// string, quoted and with control characters escaped.
-fn describe_object(o: &tabi_libos::Object) -> String {
-    use tabi_libos::Object;
-    match o {
-        Object::Stdin => "stdin".into(),
-        Object::Stdout => "stdout".into(),
-        Object::Stderr => "stderr".into(),
-        Object::MemDir { ino } => format!("in-memory directory (inode {ino})"),
-        Object::MemFile { ino, offset } => {
-            format!("in-memory file (inode {ino}) at offset {offset}")
-        }
-        Object::HostDir { mount, path, .. } => format!("host directory {path:?} of mount {mount}"),
-        Object::HostFile {
-            mount,
-            path,
-            offset,
-            ..
-        } => {
-            format!("host file {path:?} of mount {mount} at offset {offset}")
-        }
-    }
-}
-
 fn migrate_test(args: MigrateTestArgs) -> Result<bool> {
-    let wasm = checkpoint::read_module(&args.module)?;
-    let mut setup = args.guest.setup(&args.module, &args.args)?;
+    let wasm = tabi::read_module(&args.module)?;
+    let backends: Vec<tabi::Backend> = args.backends.iter().map(|&b| b.into()).collect();
+    let mut engines = tabi::Engines::of(
+        backends
+            .iter()
+            .chain([&tabi::Backend::preferred()])
+            .map(|&b| engine(b))
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let mut builder = args
+        .guest
+        .builder(
+            &engines.get(tabi::Backend::preferred())?,
+            wasm.clone(),
+            &args.module,
+            &args.args,
+        )?
+        .rewrite_cache(rewrite_cache());
     let stdin = std::io::stdin();
     if !std::io::IsTerminal::is_terminal(&stdin) {
         let (input, buf) = Stdio::buffer();
         std::io::Read::read_to_end(&mut stdin.lock(), &mut buf.lock().expect("a new buffer"))
             .context("cannot read standard input")?;
-        setup.stdin = input;
+        builder = builder.stdin(input);
     }
-    let backends: Vec<checkpoint::Backend> = args.backends.iter().map(|&b| b.into()).collect();
-    let values = match &args.invoke {
-        Some(export) => checkpoint::invoke_values(&wasm, export, &args.args)?,
-        None => Vec::new(),
-    };
-    let invoke = args.invoke.as_deref().map(|export| checkpoint::Invoke {
-        export,
-        args: &values,
-    });
-    let report =
-        tabi_cli::harness::migrate_test_with(&wasm, &setup, args.every, &backends, invoke)?;
+    if let Some(export) = &args.invoke {
+        builder = builder.invoke(export, tabi::invoke_values(&wasm, export, &args.args)?);
+    }
+    let report = tabi::migrate_test(&builder, args.every, &backends, &mut engines)?;
     let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
     let every = match args.every {
         1 => "at every migration point".to_string(),
@@ -879,7 +744,7 @@ fn status(r: Result<Ended>) -> ExitCode {
     match r {
         Ok(Ended::Exit(exit, results)) => {
             for v in &results {
-                println!("{}", checkpoint::show_value(v));
+                println!("{}", tabi::show_value(v));
             }
             match &exit {
                 Exit::Trap(reason) => eprintln!("tabi: guest trapped: {}", escaped(reason)),

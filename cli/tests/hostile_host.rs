@@ -10,10 +10,8 @@ use std::process::{Command, Output};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use common::{run, setup, tabi};
-use tabi_cli::Backend;
-use tabi_cli::checkpoint;
+use tabi::Backend;
 use tabi_libos::host::Stdio;
-use tabi_libos::machine::{Outcome, PauseControl};
 use tabi_tests::guests;
 
 /// A chain of `levels` directories `d/d/…/d` under `root`, with `leaf.txt` at its bottom,
@@ -94,11 +92,11 @@ fn the_fingerprint_is_the_one_snapshots_already_hold() {
     std::fs::write(r.join("b/c/two.txt"), b"22").unwrap();
     std::os::unix::fs::symlink("../z.txt", r.join("a/link")).unwrap();
     std::os::unix::fs::symlink("/nowhere", r.join("b/dangling")).unwrap();
-    let got = checkpoint::fingerprint(r).unwrap();
+    let got = tabi::fingerprint(r).unwrap();
     assert_eq!(got, reference_fingerprint(r));
     // And it sees a change.
     std::fs::write(r.join("b/c/d/deep.txt"), b"changed").unwrap();
-    assert_ne!(checkpoint::fingerprint(r).unwrap(), got);
+    assert_ne!(tabi::fingerprint(r).unwrap(), got);
 
     // Deeper, with a file after the directory at every level, which the walk comes back for
     // once the levels below are done (and which a path can still name, for the reference).
@@ -109,7 +107,7 @@ fn the_fingerprint_is_the_one_snapshots_already_hold() {
         dir = dir.open_dir("d").unwrap();
     }
     assert_eq!(
-        checkpoint::fingerprint(r).unwrap(),
+        tabi::fingerprint(r).unwrap(),
         reference_fingerprint(r)
     );
 }
@@ -121,12 +119,12 @@ fn the_fingerprint_is_the_one_snapshots_already_hold() {
 fn a_tree_deeper_than_a_path_is_fingerprinted() {
     let root = tempfile::tempdir().unwrap();
     deep_chain(root.path(), 2_500);
-    let first = checkpoint::fingerprint(root.path()).unwrap();
-    assert_eq!(checkpoint::fingerprint(root.path()).unwrap(), first);
+    let first = tabi::fingerprint(root.path()).unwrap();
+    assert_eq!(tabi::fingerprint(root.path()).unwrap(), first);
     remove_chain(root.path());
 
     deep_chain(root.path(), 5_000);
-    let e = checkpoint::fingerprint(root.path()).unwrap_err();
+    let e = tabi::fingerprint(root.path()).unwrap_err();
     let e = format!("{e:#}");
     assert!(e.contains("deeper than 4096"), "{e}");
     remove_chain(root.path());
@@ -147,32 +145,24 @@ fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
     std::os::unix::fs::symlink(&victim, &planted).unwrap();
 
     let original = std::fs::read(guests::HELLO).unwrap();
-    let instrumented = tabi_instrument::instrument(&original, &checkpoint::options(false))
-        .unwrap()
-        .wasm;
-    let process = setup(guests::HELLO, &["a"])
-        .process(Stdio::Null, Stdio::Null)
+    let guest = setup(guests::HELLO, &["a"])
+        .builder(&tabi_tests::harness::engine(Backend::Wasmi), &original)
+        .stdout(Stdio::Null)
+        .stderr(Stdio::Null)
+        .pause_after(1)
+        .build()
         .unwrap();
-    let outcome = checkpoint::run(
-        Backend::Wasmi,
-        &instrumented,
-        process,
-        PauseControl::after(1),
-        None,
-    )
-    .unwrap();
-    let Outcome::Paused(p) = outcome else {
+    let tabi::Ended::Paused(p) = guest.run().unwrap() else {
         panic!("the guest did not pause");
     };
-    checkpoint::write_snapshot(&path, &p.view(&p.memories()), &original, &instrumented, &[])
-        .unwrap();
+    p.write_file(&path).unwrap();
 
     assert!(
         std::fs::read(&victim).unwrap() == b"precious",
         "the checkpoint wrote through the planted link"
     );
     assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
-    checkpoint::read_snapshot(&path).unwrap();
+    tabi::read_snapshot(&path, &tabi::Limits::default()).unwrap();
     // The planted link is still there, and still a link: nothing was written through it.
     assert!(
         std::fs::symlink_metadata(&planted)
@@ -224,7 +214,7 @@ fn a_cache_directory_others_could_have_written_is_not_trusted() {
         tabi_snapshot::sha256(&genuine),
         tabi_snapshot::sha256(&planted),
     );
-    let mut forged = tabi_instrument::instrument(&planted, &checkpoint::options(false))
+    let mut forged = tabi_instrument::instrument(&planted, &tabi::rewrite_options(false))
         .unwrap()
         .wasm;
     let at = forged.windows(32).position(|w| w == other).unwrap();

@@ -4,16 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{run, setup};
-use tabi_cli::Setup;
-use tabi_cli::checkpoint::{self, Backend, Chain};
-use tabi_libos::host::Stdio;
-use tabi_libos::machine::{AfterPause, Outcome, PauseControl};
+use tabi::{AfterPause, Backend, Chain, Ended, PauseHandle, Resume, Stdio};
 use tabi_snapshot::{Limits, Snapshot};
 use tabi_tests::guests;
+use tabi_tests::harness::{Setup, engine};
 
 /// Whether this host tracks writes to memory (Linux 6.7 and later with userfaultfd); where
 /// it does not, every checkpoint of a chain is a full one.
@@ -22,12 +18,17 @@ fn host_tracks() -> bool {
     tabi_libos::written::Tracker::start(&v).is_some()
 }
 
-/// The guest's standard output when it runs without pausing.
+/// The guest's standard output when its rewrite runs without pausing.
 fn plain_output(backend: Backend, wasm: &[u8], s: &Setup) -> Vec<u8> {
     let (out, buf) = Stdio::buffer();
-    let process = s.process(out, Stdio::Null).unwrap();
-    let o = checkpoint::run(backend, wasm, process, PauseControl::never(), None).unwrap();
-    assert!(matches!(o, Outcome::Finished(_)));
+    let guest = s
+        .builder(&engine(backend), wasm)
+        .stdout(out)
+        .stderr(Stdio::Null)
+        .rewrite(tabi::rewrite_options(false))
+        .build()
+        .unwrap();
+    assert!(matches!(guest.run().unwrap(), Ended::Exited(_)));
     buf.lock().unwrap().clone()
 }
 
@@ -44,30 +45,32 @@ fn a_chain_of_incremental_checkpoints_holds_every_state() {
     ];
     for (path, args) in cases {
         let original = std::fs::read(path).unwrap();
-        let wasm = checkpoint::instrumented(&original, false).unwrap();
         let s = setup(path, args);
         for backend in Backend::ALL {
-            let plain = plain_output(backend, &wasm, &s);
-            let request = Arc::new(AtomicBool::new(true));
-            let mut control = PauseControl::never();
-            control.request = Some(request.clone());
+            let plain = plain_output(backend, &original, &s);
+            let request = PauseHandle::new();
+            request.request();
             let (out, buf) = Stdio::buffer();
-            let process = s.process(out, Stdio::Null).unwrap();
+            let guest = s
+                .builder(&engine(backend), &original)
+                .stdout(out)
+                .stderr(Stdio::Null)
+                .pause_handle(&request)
+                .build()
+                .unwrap();
             let mut chain = Chain::new();
             // Per link: the state it gives and the output so far.
             let mut states: Vec<(Snapshot, usize)> = Vec::new();
             let mut incremental = 0;
-            let o = checkpoint::run_with(backend, &wasm, process, control, None, &mut |view| {
+            let o = guest.run_with(|view| {
                 let mut bytes = Vec::new();
-                let w = chain
-                    .write_to(&mut bytes, view, &original, &wasm, &[])
-                    .unwrap();
+                let w = view.write_incremental_to(&mut chain, &mut bytes).unwrap();
                 let before = states.last().map(|(s, _)| s);
                 let state = tabi_snapshot::read(&mut &bytes[..], &Limits::default(), before)
                     .unwrap_or_else(|e| panic!("link {}: {e}", states.len()));
                 let now: Vec<&[u8]> = state.memories.iter().map(Vec::as_slice).collect();
                 assert!(
-                    now == view.memories,
+                    now == view.memories(),
                     "{path} {args:?} on {backend:?}: link {} gives other memories",
                     states.len()
                 );
@@ -76,11 +79,11 @@ fn a_chain_of_incremental_checkpoints_holds_every_state() {
                     incremental += 1;
                 }
                 states.push((state, buf.lock().unwrap().len()));
-                request.store(true, Ordering::Release);
+                request.request();
                 Ok(AfterPause::Continue)
             })
             .unwrap();
-            assert!(matches!(o, Outcome::Finished(_)));
+            assert!(matches!(o, Ended::Exited(_)));
             assert_eq!(
                 *buf.lock().unwrap(),
                 plain,
@@ -110,19 +113,14 @@ fn a_chain_of_incremental_checkpoints_holds_every_state() {
             };
             for k in [links / 2, links - 1] {
                 let (state, printed) = &states[k];
-                let mut state = state.clone();
                 let (out, rest) = Stdio::buffer();
-                let process = checkpoint::resume_process(
-                    &state,
-                    &[],
-                    checkpoint::HostIo::output(out, Stdio::Null),
-                )
-                .unwrap();
-                let machine = state.take_machine_state();
-                let o =
-                    checkpoint::run(other, &wasm, process, PauseControl::never(), Some(&machine))
-                        .unwrap();
-                assert!(matches!(o, Outcome::Finished(_)));
+                let resumed = Resume::new(&engine(other))
+                    .stdin(Stdio::Null)
+                    .stdout(out)
+                    .stderr(Stdio::Null)
+                    .from_snapshot(state.clone())
+                    .unwrap();
+                assert!(matches!(resumed.run().unwrap(), Ended::Exited(_)));
                 assert_eq!(
                     *rest.lock().unwrap(),
                     plain[*printed..],

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{run, setup, tabi};
-use tabi_cli::{Backend, Setup, migrate_test};
+use tabi::Backend;
+use tabi_tests::harness::{Setup, migrate_test};
 use tabi_tests::guests;
 
 /// Every guest of the kernel and instrument issues survives a checkpoint at every migration
@@ -600,15 +601,11 @@ fn a_signal_checkpoint_lets_the_guest_go_on_in_place() {
 /// result reads the real-time clock diverges in its results unless the clocks are virtual.
 #[test]
 fn migrate_test_checks_an_invoked_export_and_its_results() {
-    use tabi_cli::checkpoint::Invoke;
     use tabi_libos::machine::Value;
     let reactor = std::fs::read(guests::REACTOR).unwrap();
-    let call = Invoke {
-        export: "squares",
-        args: &[Value::I32(5)],
-    };
+    let call = ("squares", &[Value::I32(5)][..]);
     for every in [1, 2] {
-        let report = tabi_cli::migrate_test_with(
+        let report = tabi_tests::harness::migrate_test_with(
             &reactor,
             &Setup::default(),
             every,
@@ -631,11 +628,8 @@ fn migrate_test_checks_an_invoked_export_and_its_results() {
             (i64.add (i64.load (i32.const 0)) (i64.load (i32.const 8)))))"#,
     )
     .unwrap();
-    let call = Invoke {
-        export: "now",
-        args: &[],
-    };
-    let real = tabi_cli::migrate_test_with(&clock, &Setup::default(), 1, &Backend::ALL, Some(call))
+    let call = ("now", &[][..]);
+    let real = tabi_tests::harness::migrate_test_with(&clock, &Setup::default(), 1, &Backend::ALL, Some(call))
         .unwrap();
     assert_eq!(real.divergences.len(), 1, "{real:?}");
     assert!(
@@ -647,7 +641,7 @@ fn migrate_test_checks_an_invoked_export_and_its_results() {
         ..Setup::default()
     };
     let report =
-        tabi_cli::migrate_test_with(&clock, &virtual_clocks, 1, &Backend::ALL, Some(call)).unwrap();
+        tabi_tests::harness::migrate_test_with(&clock, &virtual_clocks, 1, &Backend::ALL, Some(call)).unwrap();
     assert!(report.divergences.is_empty(), "{:?}", report.divergences);
     assert_eq!(report.checkpoints, 2);
 }
@@ -667,7 +661,7 @@ fn a_module_planted_in_the_temporary_directory_is_not_run() {
         tabi_snapshot::sha256(&planted),
     );
     // The planted module's rewrite, its manifest changed to name the genuine module.
-    let mut forged = tabi_instrument::instrument(&planted, &tabi_cli::checkpoint::options(false))
+    let mut forged = tabi_instrument::instrument(&planted, &tabi::rewrite_options(false))
         .unwrap()
         .wasm;
     let at = forged.windows(32).position(|w| w == other).unwrap();

@@ -4,14 +4,12 @@
 //! panics).
 #![no_main]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tabi_cli::checkpoint::{self, Backend, Chain, Setup};
-use tabi_libos::host::Stdio;
-use tabi_libos::machine::{AfterPause, PauseControl};
+use tabi::{AfterPause, Backend, Chain, Engine, PauseHandle, Resume, Stdio};
 use tabi_snapshot::{Limits, Snapshot};
+use tabi_tests::harness::Setup;
 
 struct Seed {
     /// The full snapshot's bytes, and the snapshot they give.
@@ -20,39 +18,51 @@ struct Seed {
     /// The next link of the chain: incremental where the host tracks writes, else full.
     link: Vec<u8>,
     wasm: Vec<u8>,
+    engine: Engine,
 }
 
 fn seed() -> &'static Seed {
     static SEED: OnceLock<Seed> = OnceLock::new();
     SEED.get_or_init(|| {
         let original = std::fs::read(tabi_tests::guests::STD_FS).unwrap();
-        let wasm = checkpoint::instrumented(&original, false).unwrap();
+        let options = tabi::rewrite_options(false);
+        let wasm = tabi::RewriteCache::default()
+            .rewrite(&original, &options)
+            .unwrap()
+            .to_vec();
         let setup = Setup {
             args: vec!["std_fs".into()],
             memory_dirs: vec!["/sandbox".into()],
             deterministic: Some(1),
+            stdin: Stdio::Null,
             ..Setup::default()
         };
-        let p = setup.process(Stdio::Null, Stdio::Null).unwrap();
-        let request = Arc::new(AtomicBool::new(false));
-        let mut control = PauseControl::after(10);
-        control.request = Some(request.clone());
+        let engine = Engine::new(Backend::Wasmi).unwrap();
+        let request = PauseHandle::new();
+        let guest = setup
+            .builder(&engine, &original)
+            .stdout(Stdio::Null)
+            .stderr(Stdio::Null)
+            .rewrite(options)
+            .pause_after(10)
+            .pause_handle(&request)
+            .build()
+            .unwrap();
         let mut chain = Chain::new();
         let mut links: Vec<Vec<u8>> = Vec::new();
-        checkpoint::run_with(Backend::Wasmi, &wasm, p, control, None, &mut |view| {
-            let mut bytes = Vec::new();
-            chain
-                .write_to(&mut bytes, view, &original, &wasm, &[])
-                .unwrap();
-            links.push(bytes);
-            if links.len() == 1 {
-                request.store(true, Ordering::Release);
-                Ok(AfterPause::Continue)
-            } else {
-                Ok(AfterPause::Stop)
-            }
-        })
-        .unwrap();
+        let _ = guest
+            .run_with(|pause| {
+                let mut bytes = Vec::new();
+                pause.write_incremental_to(&mut chain, &mut bytes).unwrap();
+                links.push(bytes);
+                if links.len() == 1 {
+                    request.request();
+                    Ok(AfterPause::Continue)
+                } else {
+                    Ok(AfterPause::Stop)
+                }
+            })
+            .unwrap();
         assert_eq!(links.len(), 2, "the seed run paused twice");
         let link = links.pop().unwrap();
         let full = links.pop().unwrap();
@@ -62,6 +72,7 @@ fn seed() -> &'static Seed {
             base,
             link,
             wasm,
+            engine,
         }
     })
 }
@@ -83,25 +94,19 @@ fuzz_target!(|data: &[u8]| {
         b[at] ^= m[4];
     }
     let base = incremental.then_some(&seed.base);
-    let Ok(mut snapshot) = tabi_snapshot::read(&mut &b[..], &Limits::default(), base) else {
+    let Ok(snapshot) = tabi_snapshot::read(&mut &b[..], &Limits::default(), base) else {
         return;
     };
     if snapshot.check_module(None, &seed.wasm).is_err() {
         return;
     }
-    let Ok(process) = checkpoint::resume_process(
-        &snapshot,
-        &[],
-        checkpoint::HostIo::output(Stdio::Null, Stdio::Null),
-    ) else {
+    let Ok(guest) = Resume::new(&seed.engine)
+        .stdin(Stdio::Null)
+        .stdout(Stdio::Null)
+        .stderr(Stdio::Null)
+        .from_snapshot(snapshot)
+    else {
         return;
     };
-    let state = snapshot.take_machine_state();
-    let _ = checkpoint::run(
-        Backend::Wasmi,
-        &seed.wasm,
-        process,
-        PauseControl::never(),
-        Some(&state),
-    );
+    let _ = guest.run();
 });

@@ -125,3 +125,75 @@ pub trait Engine {
         args: &[crate::machine::Value],
     ) -> Result<Finished, EngineError>;
 }
+
+/// A bounded cache of compiled modules, keyed by their bytes: what an adapter keeps so that a
+/// module resumed many times in one process (the migration harness, a node receiving the same
+/// guest again) is compiled once. The least recently used entry goes when it is full.
+#[cfg(feature = "std")]
+pub struct ModuleCache<M> {
+    entries: std::sync::Mutex<alloc::vec::Vec<(alloc::sync::Arc<[u8]>, M)>>,
+    capacity: usize,
+}
+
+#[cfg(feature = "std")]
+impl<M: Clone> ModuleCache<M> {
+    /// The capacity adapters use unless told: a handful of guests at once.
+    pub const DEFAULT_CAPACITY: usize = 8;
+
+    /// A cache of at most `capacity` modules (0: nothing is kept).
+    pub fn new(capacity: usize) -> Self {
+        ModuleCache {
+            entries: std::sync::Mutex::new(alloc::vec::Vec::new()),
+            capacity,
+        }
+    }
+
+    /// The module compiled from `wasm`: from the cache, or by `compile` (and kept).
+    pub fn get_or_compile(
+        &self,
+        wasm: &[u8],
+        compile: impl FnOnce() -> Result<M, EngineError>,
+    ) -> Result<M, EngineError> {
+        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut entries = lock();
+            if let Some(i) = entries.iter().position(|(k, _)| **k == *wasm) {
+                let hit = entries.remove(i);
+                let m = hit.1.clone();
+                entries.push(hit);
+                return Ok(m);
+            }
+        }
+        // Compiled without the lock held: another thread may compile another module meanwhile.
+        let m = compile()?;
+        if self.capacity > 0 {
+            let mut entries = lock();
+            if !entries.iter().any(|(k, _)| **k == *wasm) {
+                if entries.len() >= self.capacity {
+                    entries.remove(0);
+                }
+                entries.push((alloc::sync::Arc::from(wasm), m.clone()));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Modules held now.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(feature = "std")]
+impl<M> fmt::Debug for ModuleCache<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModuleCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}

@@ -64,8 +64,13 @@ mod std_host {
     use std::vec::Vec;
     use tabi_vfs::{CapStdFs, HostFs};
 
+    /// A reader shared by the hosts of one guest's runs (a migrated run has several).
+    pub type SharedReader = Arc<Mutex<dyn Read + Send>>;
+    /// A writer shared by the hosts of one guest's runs.
+    pub type SharedWriter = Arc<Mutex<dyn Write + Send>>;
+
     /// Where a standard stream goes.
-    #[derive(Debug, Clone, Default)]
+    #[derive(Clone, Default)]
     pub enum Stdio {
         /// The host process's own stream.
         #[default]
@@ -76,6 +81,24 @@ mod std_host {
         /// read returns is gone, so hosts that share the buffer (the parts of a migrated run)
         /// each read on where the last one stopped.
         Buffer(Arc<Mutex<Vec<u8>>>),
+        /// Input read from the caller's reader (for standard input; as output, writes fail
+        /// with `EBADF`).
+        Reader(SharedReader),
+        /// Output written to the caller's writer (for standard output and error; as input,
+        /// reads fail with `EBADF`).
+        Writer(SharedWriter),
+    }
+
+    impl core::fmt::Debug for Stdio {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                Stdio::Inherit => f.write_str("Inherit"),
+                Stdio::Null => f.write_str("Null"),
+                Stdio::Buffer(b) => f.debug_tuple("Buffer").field(b).finish(),
+                Stdio::Reader(_) => f.write_str("Reader(..)"),
+                Stdio::Writer(_) => f.write_str("Writer(..)"),
+            }
+        }
     }
 
     impl Stdio {
@@ -83,6 +106,16 @@ mod std_host {
         pub fn buffer() -> (Stdio, Arc<Mutex<Vec<u8>>>) {
             let buf = Arc::new(Mutex::new(Vec::new()));
             (Stdio::Buffer(buf.clone()), buf)
+        }
+
+        /// Input from `reader`.
+        pub fn reader(reader: impl Read + Send + 'static) -> Stdio {
+            Stdio::Reader(Arc::new(Mutex::new(reader)))
+        }
+
+        /// Output to `writer`.
+        pub fn writer(writer: impl Write + Send + 'static) -> Stdio {
+            Stdio::Writer(Arc::new(Mutex::new(writer)))
         }
 
         fn write(&self, data: &[u8], stderr: bool) -> Result<(), Errno> {
@@ -101,6 +134,13 @@ mod std_host {
                     b.lock().map_err(|_| Errno::Io)?.extend_from_slice(data);
                     Ok(())
                 }
+                Stdio::Writer(w) => {
+                    let mut w = w.lock().map_err(|_| Errno::Io)?;
+                    w.write_all(data)
+                        .and_then(|()| w.flush())
+                        .map_err(|_| Errno::Io)
+                }
+                Stdio::Reader(_) => Err(Errno::Badf),
             }
         }
     }
@@ -170,6 +210,8 @@ mod std_host {
                     data.drain(..n);
                     Ok(n)
                 }
+                Stdio::Reader(r) => r.lock().map_err(|_| Errno::Io)?.read(buf).map_err(|_| Errno::Io),
+                Stdio::Writer(_) => Err(Errno::Badf),
             }
         }
 

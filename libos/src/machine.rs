@@ -810,6 +810,73 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
     })
 }
 
+/// A live instance of an instrumented module, on any engine: what each adapter's session is.
+/// The engine is a value behind this trait, so code that runs, pauses and resumes guests
+/// (the `tabi` library) is written once for all of them.
+pub trait Session: Machine + Send {
+    /// Migration points passed so far in this session.
+    fn points(&self) -> u64;
+    /// The process (kernel and host).
+    fn process(&self) -> &crate::engine::Process;
+    /// Ends the session, giving back the process.
+    fn into_process(self: alloc::boxed::Box<Self>) -> crate::engine::Process;
+}
+
+/// A session an engine began, or the run that ended while its instance was made (its start
+/// function exited or trapped, or a segment did not fit).
+pub type Begun = Result<alloc::boxed::Box<dyn Session>, crate::engine::Finished>;
+
+/// What a run does at each pause: shown the paused instance in place, it continues or stops
+/// the run (see [`drive_with`]).
+pub type OnPause<'a> = dyn FnMut(&PauseView<'_>) -> Result<AfterPause, EngineError> + 'a;
+
+/// An engine that can begin pausable sessions of instrumented modules: what both adapters
+/// implement, so that the engine choice is a value (`Box<dyn Pausable>`).
+pub trait Pausable: crate::engine::Engine + Send + Sync {
+    /// Compiles (or takes from the engine's cache) instrumented `wasm` and instantiates it for
+    /// a pausable run under `control`; `points` must match the options it was rewritten with.
+    fn begin_wasm(
+        &self,
+        wasm: &[u8],
+        process: crate::engine::Process,
+        control: PauseControl,
+        points: Points,
+    ) -> Result<Begun, EngineError>;
+}
+
+/// Runs `session` from `start` until the guest finishes or pauses, and ends it; with
+/// `on_pause`, each pause is shown to it in place first (see [`drive_with`]).
+pub fn run_session(
+    mut session: alloc::boxed::Box<dyn Session>,
+    start: Start<'_>,
+    on_pause: Option<&mut OnPause<'_>>,
+) -> Result<Outcome, EngineError> {
+    let driven = match on_pause {
+        Some(f) => drive_with(&mut *session, start, f)?,
+        None => drive(&mut *session, start)?,
+    };
+    Ok(end_session(session, driven))
+}
+
+/// The outcome of `session`, which ended with `driven`.
+pub fn end_session(session: alloc::boxed::Box<dyn Session>, driven: Driven) -> Outcome {
+    let points = session.points();
+    Outcome::of(driven, points, session.into_process())
+}
+
+/// [`run_session`] on what an engine [`Pausable::begin_wasm`] gave: a run that ended as its
+/// instance was made ends as it would have in `_start`.
+pub fn run_begun(
+    begun: Begun,
+    start: Start<'_>,
+    on_pause: Option<&mut OnPause<'_>>,
+) -> Result<Outcome, EngineError> {
+    match begun {
+        Ok(session) => run_session(session, start, on_pause),
+        Err(finished) => Ok(Outcome::Finished(finished)),
+    }
+}
+
 /// A session asked for, when the guest's run already ended as its instance was made (in its
 /// start function): the error both adapters' `session` give.
 pub fn session_or_error<S>(begun: Result<S, crate::engine::Finished>) -> Result<S, EngineError> {

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub mod harness;
 pub mod hostile;
 
 use tabi_libos::host::{StdHost, Stdio};

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use tabi_cli::Setup;
+use tabi_tests::harness::Setup;
 
 /// The `tabi` binary under test.
 pub fn tabi() -> Command {

@@ -222,6 +222,7 @@ fn add_grow_helpers(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error> 
 #[derive(Clone)]
 pub struct Wasmi {
     engine: wasmi::Engine,
+    modules: std::sync::Arc<tabi_libos::engine::ModuleCache<Module>>,
 }
 
 impl Default for Wasmi {
@@ -235,12 +236,33 @@ impl Wasmi {
     /// (100,000 frames instead of 1,000) and on the value stack, so that deep recursion such as a
     /// 10,000-frame unwind fits.
     pub fn new() -> Self {
+        Self::from_engine(wasmi::Engine::new(&Self::default_config()))
+    }
+
+    /// The configuration [`Wasmi::new`] uses, for an embedder to start from.
+    pub fn default_config() -> wasmi::Config {
         let mut config = wasmi::Config::default();
         config.set_max_recursion_depth(100_000);
         config.set_max_stack_height(16 << 20);
+        config
+    }
+
+    /// tabi on an engine the embedder configured (for instance from
+    /// [`Wasmi::default_config`]). Its recursion limits must leave room for the guest's
+    /// deepest unwind.
+    pub fn from_engine(engine: wasmi::Engine) -> Self {
         Wasmi {
-            engine: wasmi::Engine::new(&config),
+            engine,
+            modules: std::sync::Arc::new(tabi_libos::engine::ModuleCache::new(
+                tabi_libos::engine::ModuleCache::<Module>::DEFAULT_CAPACITY,
+            )),
         }
+    }
+
+    /// Compiles a module, or takes it from this engine's cache of the last few modules it
+    /// compiled (shared by its clones).
+    pub fn compile_cached(&self, wasm: &[u8]) -> Result<Module, EngineError> {
+        self.modules.get_or_compile(wasm, || self.compile(wasm))
     }
 
     fn store(&self, process: Process) -> Store<GuestData> {
@@ -312,7 +334,7 @@ impl Wasmi {
         {
             return match self.begin(module, process, PauseControl::never(), Points::all())? {
                 Ok(session) => tabi_libos::machine::run_through(|start, on_pause| {
-                    session.run_with(start, on_pause)
+                    tabi_libos::machine::run_session(Box::new(session), start, Some(on_pause))
                 }),
                 Err(finished) => Ok(finished),
             };
@@ -350,7 +372,7 @@ impl Engine for Wasmi {
     }
 
     fn run(&self, wasm: &[u8], process: Process) -> Result<Finished, EngineError> {
-        let module = self.compile(wasm)?;
+        let module = self.compile_cached(wasm)?;
         self.run_module(&module, process)
     }
 
@@ -361,7 +383,22 @@ impl Engine for Wasmi {
         export: &str,
         args: &[tabi_libos::machine::Value],
     ) -> Result<Finished, EngineError> {
-        let module = self.compile(wasm)?;
+        let module = self.compile_cached(wasm)?;
         self.invoke_module(&module, process, export, args)
+    }
+}
+
+impl tabi_libos::machine::Pausable for Wasmi {
+    fn begin_wasm(
+        &self,
+        wasm: &[u8],
+        process: Process,
+        control: PauseControl,
+        points: Points,
+    ) -> Result<tabi_libos::machine::Begun, EngineError> {
+        let module = self.compile_cached(wasm)?;
+        Ok(self
+            .begin(&module, process, control, points)?
+            .map(|s| Box::new(s) as Box<dyn tabi_libos::machine::Session>))
     }
 }

@@ -140,6 +140,7 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> wasmtime::Result<()> {
 pub struct Wasmtime {
     engine: wasmtime::Engine,
     linker: Linker<GuestData>,
+    modules: std::sync::Arc<tabi_libos::engine::ModuleCache<Module>>,
 }
 
 impl Default for Wasmtime {
@@ -174,8 +175,16 @@ impl Wasmtime {
     }
 
     fn with(cache: Option<wasmtime::Cache>) -> Self {
-        let mut config = wasmtime::Config::new();
+        let mut config = Self::default_config();
         config.cache(cache);
+        Self::from_engine(wasmtime::Engine::new(&config).expect("a valid configuration"))
+    }
+
+    /// The configuration [`Wasmtime::new`] uses, for an embedder to start from: change what
+    /// it needs and pass the engine to [`Wasmtime::from_engine`]. Turning on a proposal that
+    /// wasmi lacks makes guests that use it unable to resume there.
+    pub fn default_config() -> wasmtime::Config {
+        let mut config = wasmtime::Config::new();
         config.max_wasm_stack(4 << 20).async_stack_size(5 << 20);
         use wasmtime::WasmFeatures as F;
         config.wasm_features(
@@ -190,10 +199,28 @@ impl Wasmtime {
                 | F::STACK_SWITCHING,
             false,
         );
-        let engine = wasmtime::Engine::new(&config).expect("a valid configuration");
+        config
+    }
+
+    /// tabi on an engine the embedder configured (for instance from
+    /// [`Wasmtime::default_config`], with its own cache, limits or compiler settings). Its
+    /// native stack limit must leave room for the guest's deepest unwind.
+    pub fn from_engine(engine: wasmtime::Engine) -> Self {
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker).expect("each import is registered once");
-        Wasmtime { engine, linker }
+        Wasmtime {
+            engine,
+            linker,
+            modules: std::sync::Arc::new(tabi_libos::engine::ModuleCache::new(
+                tabi_libos::engine::ModuleCache::<Module>::DEFAULT_CAPACITY,
+            )),
+        }
+    }
+
+    /// Compiles a module, or takes it from this engine's cache of the last few modules it
+    /// compiled (shared by its clones).
+    pub fn compile_cached(&self, wasm: &[u8]) -> Result<Module, EngineError> {
+        self.modules.get_or_compile(wasm, || self.compile(wasm))
     }
 
     /// The underlying wasmtime engine.
@@ -247,7 +274,7 @@ impl Wasmtime {
         {
             return match self.begin(module, process, PauseControl::never(), Points::all())? {
                 Ok(session) => tabi_libos::machine::run_through(|start, on_pause| {
-                    session.run_with(start, on_pause)
+                    tabi_libos::machine::run_session(Box::new(session), start, Some(on_pause))
                 }),
                 Err(finished) => Ok(finished),
             };
@@ -285,7 +312,7 @@ impl Engine for Wasmtime {
     }
 
     fn run(&self, wasm: &[u8], process: Process) -> Result<Finished, EngineError> {
-        let module = self.compile(wasm)?;
+        let module = self.compile_cached(wasm)?;
         self.run_module(&module, process)
     }
 
@@ -296,7 +323,22 @@ impl Engine for Wasmtime {
         export: &str,
         args: &[tabi_libos::machine::Value],
     ) -> Result<Finished, EngineError> {
-        let module = self.compile(wasm)?;
+        let module = self.compile_cached(wasm)?;
         self.invoke_module(&module, process, export, args)
+    }
+}
+
+impl tabi_libos::machine::Pausable for Wasmtime {
+    fn begin_wasm(
+        &self,
+        wasm: &[u8],
+        process: Process,
+        control: PauseControl,
+        points: Points,
+    ) -> Result<tabi_libos::machine::Begun, EngineError> {
+        let module = self.compile_cached(wasm)?;
+        Ok(self
+            .begin(&module, process, control, points)?
+            .map(|s| Box::new(s) as Box<dyn tabi_libos::machine::Session>))
     }
 }

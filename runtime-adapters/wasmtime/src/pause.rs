@@ -394,10 +394,10 @@ impl Wasmtime {
             Some(state) => machine::Start::Resume(state),
             None => machine::Start::Fresh,
         };
-        match self.begin(module, process, control, points)? {
-            Ok(session) => session.run(start),
-            Err(finished) => Ok(machine::Outcome::Finished(finished)),
-        }
+        let begun = self
+            .begin(module, process, control, points)?
+            .map(|s| Box::new(s) as Box<dyn machine::Session>);
+        machine::run_begun(begun, start, None)
     }
 }
 
@@ -408,26 +408,35 @@ impl Session {
     }
 
     /// Runs from `start` until the guest finishes or pauses, and ends the session.
-    pub fn run(mut self, start: machine::Start<'_>) -> Result<machine::Outcome, EngineError> {
-        let driven = self.drive(start)?;
-        Ok(self.finish(driven))
+    pub fn run(self, start: machine::Start<'_>) -> Result<machine::Outcome, EngineError> {
+        machine::run_session(Box::new(self), start, None)
     }
 
     /// [`Session::run`], showing each pause to `on_pause` with the memories in place (see
     /// [`machine::drive_with`]): it continues in this instance or stops.
     pub fn run_with(
-        mut self,
+        self,
         start: machine::Start<'_>,
-        on_pause: &mut dyn FnMut(
-            &machine::PauseView<'_>,
-        ) -> Result<machine::AfterPause, EngineError>,
+        on_pause: &mut machine::OnPause<'_>,
     ) -> Result<machine::Outcome, EngineError> {
-        let driven = machine::drive_with(&mut self, start, on_pause)?;
-        Ok(self.finish(driven))
+        machine::run_session(Box::new(self), start, Some(on_pause))
     }
 
     fn finish(self, driven: Driven) -> machine::Outcome {
-        let points = self.points();
-        machine::Outcome::of(driven, points, self.into_process())
+        machine::end_session(Box::new(self), driven)
+    }
+}
+
+impl machine::Session for Session {
+    fn points(&self) -> u64 {
+        Session::points(self)
+    }
+
+    fn process(&self) -> &Process {
+        &self.store.data().process
+    }
+
+    fn into_process(self: Box<Self>) -> Process {
+        Session::into_process(*self)
     }
 }

@@ -8,23 +8,24 @@
 //! checkpoint it also checks that the output so far is a prefix of the plain run's, so that a
 //! divergence is reported at the migration where it first shows.
 //!
-//! A library module is tested through one of its exports with [`migrate_test_with`]: the
-//! plain run calls it on the original module ([`tabi_libos::Engine::invoke`]), the migrated
-//! run pauses inside it, and the export's results are compared too.
+//! A library module is tested through one of its exports when the builder names one
+//! ([`crate::GuestBuilder::invoke`]): the plain run calls it on the original module, the
+//! migrated run pauses inside it, and the export's results are compared too.
 //!
-//! Host directories (`Setup::dirs`) are copied to a fresh temporary directory for each run, so
-//! runs neither see nor disturb one another, and their contents are compared at the end. Use
-//! `Setup::deterministic` for guests that read clocks or random numbers.
+//! Host directories ([`crate::GuestBuilder::dir`]) are copied to a fresh temporary directory
+//! for each run, so runs neither see nor disturb one another, and their contents are compared
+//! at the end. Use [`crate::GuestBuilder::deterministic`] for guests that read clocks or random
+//! numbers.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, anyhow, bail};
 use tabi_libos::host::Stdio;
-use tabi_libos::machine::{AfterPause, Outcome, PauseControl, Value};
-use tabi_libos::{Engine, Exit, Kernel};
+use tabi_libos::machine::Value;
+use tabi_libos::{Exit, Kernel};
 
-use crate::checkpoint::{self, Backend, Invoke, Setup};
+use crate::error::{Context as _, Error, Result};
+use crate::{Backend, Ended, Engines, GuestBuilder, Resume};
 
 /// A difference between the plain run and a migrated one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,12 +107,12 @@ fn read_tree(dir: &Path, rel: &str, out: &mut Vec<(String, Vec<u8>)>) -> std::io
     Ok(())
 }
 
-/// A copy of the setup whose host directories are fresh copies under `scratch`.
-fn isolated(setup: &Setup, scratch: &Path) -> Result<Setup> {
+/// A copy of the builder whose host directories are fresh copies under `scratch`.
+fn isolated(setup: &GuestBuilder, scratch: &Path) -> Result<GuestBuilder> {
     let mut s = setup.clone();
     for (i, (h, _)) in s.dirs.iter_mut().enumerate() {
         let copy = scratch.join(format!("dir{i}"));
-        copy_tree(h, &copy).with_context(|| format!("cannot copy `{}`", h.display()))?;
+        copy_tree(h, &copy).map_err(Error::io(format!("cannot copy `{}`", h.display())))?;
         *h = copy;
     }
     Ok(s)
@@ -132,7 +133,7 @@ fn exit_key(exit: &Exit) -> String {
 }
 
 fn observe(
-    setup: &Setup,
+    setup: &GuestBuilder,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     exit: &Exit,
@@ -142,7 +143,7 @@ fn observe(
     let mut host_files = Vec::new();
     for (h, _) in &setup.dirs {
         let mut v = Vec::new();
-        read_tree(h, "", &mut v)?;
+        read_tree(h, "", &mut v).map_err(Error::io(format!("cannot read `{}`", h.display())))?;
         host_files.push(v);
     }
     let has_memory_files = kernel
@@ -153,12 +154,12 @@ fn observe(
         stdout,
         stderr,
         exit: exit_key(exit),
-        results: results.iter().map(checkpoint::show_value).collect(),
+        results: results.iter().map(crate::show_value).collect(),
         memory_files: if has_memory_files {
             kernel
                 .fs()
                 .tree(0)
-                .map_err(|e| anyhow!("cannot list the in-memory files: {e:?}"))?
+                .map_err(|e| Error::Checkpoint(format!("cannot list the in-memory files: {e:?}")))?
                 .into_iter()
                 .map(|(p, t, d)| (p, format!("{t:?}"), d))
                 .collect()
@@ -206,62 +207,52 @@ fn describe(expected: &Observed, got: &Observed) -> String {
     parts.join("; ")
 }
 
-/// Runs `original` with `setup` plainly, then migrating after every `every`-th migration point
-/// across `backends` in turn (the first run starts on `backends[0]`), and reports how the
-/// migrated run differs, if it does.
+/// Runs the guest `setup` describes plainly, then migrating after every `every`-th migration
+/// point across `backends` in turn (the first run starts on `backends[0]`), and reports how
+/// the migrated run differs, if it does. `engines` gives the engine of each backend (the
+/// plain run's is wasmtime's, or wasmi's in a build without it); the builder's own engine is
+/// not used. The guest's standard streams are the harness's buffers: what the builder's
+/// standard input holds ([`Stdio::Buffer`]) is given to each run whole.
 pub fn migrate_test(
-    original: &[u8],
-    setup: &Setup,
+    setup: &GuestBuilder,
     every: u64,
     backends: &[Backend],
+    engines: &mut Engines,
 ) -> Result<Report> {
-    migrate_test_with(original, setup, every, backends, None)
-}
-
-/// [`migrate_test`], or, with `invoke`, the same for a call of a library module's export (as
-/// `tabi run --invoke` makes it): the start function and `_initialize` run first without
-/// pausing, the checkpoints are taken inside the export, and its results are compared too.
-/// The plain run calls the export of the original module.
-pub fn migrate_test_with(
-    original: &[u8],
-    setup: &Setup,
-    every: u64,
-    backends: &[Backend],
-    invoke: Option<Invoke<'_>>,
-) -> Result<Report> {
-    anyhow::ensure!(every > 0, "--every must be at least 1");
-    anyhow::ensure!(!backends.is_empty(), "no backends to test on");
-    let instrumented = checkpoint::instrumented(original, false)?;
+    if every == 0 {
+        return Err(Error::Config("--every must be at least 1".into()));
+    }
+    if backends.is_empty() {
+        return Err(Error::Config("no backends to test on".into()));
+    }
     // Each run reads the same input, from a buffer of its own that the migrated run's parts
     // share; the harness never reads its own standard input.
-    let input = match &setup.stdin {
+    let input = match &setup.host.stdin {
         Stdio::Buffer(b) => b
             .lock()
-            .map_err(|_| anyhow!("input buffer poisoned"))?
+            .map_err(|_| Error::Config("input buffer poisoned".into()))?
             .clone(),
-        Stdio::Inherit | Stdio::Null => Vec::new(),
+        _ => Vec::new(),
     };
-    let input_for = |setup: &mut Setup| {
+    let input_for = || {
         let (stdin, buf) = Stdio::buffer();
-        buf.lock().expect("a new buffer").extend_from_slice(&input);
-        setup.stdin = stdin.clone();
+        buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&input);
         stdin
     };
 
     // The plain run: the original module on wasmtime (on wasmi in a build without it).
-    let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
-    let mut plain_setup = isolated(setup, &scratch.path().join("plain"))?;
-    input_for(&mut plain_setup);
+    let scratch = tempfile::tempdir().map_err(Error::io("cannot create a scratch directory"))?;
+    let plain_setup = isolated(setup, &scratch.path().join("plain"))?;
     let (out, out_buf) = Stdio::buffer();
     let (err, err_buf) = Stdio::buffer();
-    let process = plain_setup.process(out, err)?;
-    let finished = checkpoint::on_guest_stack(|| {
-        Ok(match invoke {
-            None => plain_engine()?.run(original, process)?,
-            Some(call) => plain_engine()?.invoke(original, process, call.export, call.args)?,
-        })
-    })
-    .context("the plain run failed")?;
+    let mut plain = plain_setup.clone().stdin(input_for()).stdout(out).stderr(err);
+    plain.engine = engines.get(Backend::preferred())?;
+    plain.rewrite = None;
+    plain.pause_after = None;
+    plain.pause = None;
+    let Ended::Exited(finished) = plain.build()?.run().context("the plain run failed")? else {
+        return Err(Error::Config("the plain run paused".into()));
+    };
     let expected = observe(
         &plain_setup,
         take(&out_buf),
@@ -273,12 +264,23 @@ pub fn migrate_test_with(
 
     // The migrated run: each part runs until `every` more points, is checkpointed through the
     // snapshot format, and the next part resumes it on the next backend.
-    let mut run_setup = isolated(setup, &scratch.path().join("migrated"))?;
-    let run_stdin = input_for(&mut run_setup);
+    let run_setup = isolated(setup, &scratch.path().join("migrated"))?;
+    let run_stdin = input_for();
     let mut report = Report::default();
     let (out, mut out_buf) = Stdio::buffer();
     let (err, mut err_buf) = Stdio::buffer();
-    let mut process = Some(run_setup.process(out, err)?);
+    let mut first = run_setup
+        .clone()
+        .stdin(run_stdin.clone())
+        .stdout(out)
+        .stderr(err)
+        .pause_after(every);
+    first.engine = engines.get(backends[0])?;
+    first.pause = None;
+    if first.rewrite.is_none() {
+        first.rewrite = Some(crate::rewrite_options(false));
+    }
+    let mut guest = Some(first.build()?);
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     // The snapshot the next part resumes from, as bytes.
     let mut snapshot: Option<Vec<u8>> = None;
@@ -287,42 +289,34 @@ pub fn migrate_test_with(
     let previous = |turn: usize| backends[(turn + backends.len() - 1) % backends.len()];
     loop {
         let backend = backends[turn % backends.len()];
-        let control = PauseControl::after(every);
-        let outcome = match (process.take(), snapshot.take()) {
-            (Some(p), _) => match invoke {
-                None => checkpoint::run(backend, &instrumented, p, control, None)?,
-                Some(call) => {
-                    let stop: &mut checkpoint::OnPause<'_> = &mut |_| Ok(AfterPause::Stop);
-                    checkpoint::invoke_with(backend, &instrumented, p, control, call, stop)?
-                }
-            },
+        let ended = match (guest.take(), snapshot.take()) {
+            (Some(g), _) => g.run()?,
             (None, Some(bytes)) => {
                 // Each part writes to buffers of its own host.
                 let (out, ob) = Stdio::buffer();
                 let (err, eb) = Stdio::buffer();
                 (out_buf, err_buf) = (ob, eb);
-                let resumed = checkpoint::resume_from(
-                    backend,
-                    &mut &bytes[..],
-                    None,
-                    &run_setup.dirs,
-                    checkpoint::HostIo {
-                        stdin: run_stdin.clone(),
-                        stdout: out,
-                        stderr: err,
-                        wake: None,
-                    },
-                    control,
-                )
-                .context("a snapshot the harness wrote does not resume")?;
-                resumed.outcome
+                let mut resume = Resume::new(&engines.get(backend)?)
+                    .stdin(run_stdin.clone())
+                    .stdout(out)
+                    .stderr(err)
+                    .limits(run_setup.limits)
+                    .rewrite_cache(run_setup.cache.clone())
+                    .pause_after(every);
+                for (h, g) in &run_setup.dirs {
+                    resume = resume.dir(h.clone(), g.clone());
+                }
+                resume
+                    .from_reader(&bytes[..])
+                    .and_then(crate::Guest::run)
+                    .context("a snapshot the harness wrote does not resume")?
             }
-            (None, None) => bail!("nothing to run"),
+            (None, None) => return Err(Error::Config("nothing to run".into())),
         };
         stdout.extend(take(&out_buf));
         stderr.extend(take(&err_buf));
-        match outcome {
-            Outcome::Finished(f) => {
+        match ended {
+            Ended::Exited(f) => {
                 let got = observe(
                     &run_setup,
                     stdout,
@@ -341,18 +335,11 @@ pub fn migrate_test_with(
                 }
                 return Ok(report);
             }
-            Outcome::Paused(p) => {
+            Ended::Paused(p) => {
                 report.checkpoints += 1;
-                report.last_point += p.points;
-                let mut bytes = Vec::new();
-                let summary = checkpoint::write_to(
-                    &mut bytes,
-                    &p.view(&p.memories()),
-                    original,
-                    &instrumented,
-                    &run_setup.dirs,
-                )?;
-                report.snapshot_bytes += summary.bytes;
+                report.last_point += p.points();
+                let bytes = p.snapshot_bytes()?;
+                report.snapshot_bytes += bytes.len() as u64;
                 if report.divergences.is_empty()
                     && (!expected.stdout.starts_with(&stdout)
                         || !expected.stderr.starts_with(&stderr))
@@ -369,13 +356,4 @@ pub fn migrate_test_with(
             }
         }
     }
-}
-
-/// The engine of the plain run: wasmtime, or wasmi in a build without it.
-fn plain_engine() -> Result<&'static dyn Engine> {
-    checkpoint::engine(if cfg!(feature = "wasmtime") {
-        Backend::Wasmtime
-    } else {
-        Backend::Wasmi
-    })
 }
