@@ -329,7 +329,10 @@ where
                 .iter()
                 .find(|(_, g)| *g == m.guest_path)
                 .ok_or_else(|| {
-                    Error::Checkpoint(format!("no host directory known for mount {}", m.guest_path))
+                    Error::Checkpoint(format!(
+                        "no host directory known for mount {}",
+                        m.guest_path
+                    ))
                 })?;
             open_host_paths_exist(&paused.process.kernel, index, host, &m.guest_path)?;
             mounts.push(HostMount {

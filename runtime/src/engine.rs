@@ -168,7 +168,9 @@ impl Engine {
     /// wasmtime with the caller's configuration.
     pub fn from_wasmtime_config(config: &wasmtime::Config) -> Result<Engine> {
         let engine = wasmtime::Engine::new(config).map_err(|e| {
-            Error::Config(format!("cannot make a wasmtime engine of this configuration: {e:#}"))
+            Error::Config(format!(
+                "cannot make a wasmtime engine of this configuration: {e:#}"
+            ))
         })?;
         Ok(Engine::from_wasmtime(engine))
     }

@@ -208,6 +208,17 @@ pub struct GuestBuilder {
     pub(crate) pause: Option<PauseHandle>,
 }
 
+impl std::fmt::Debug for GuestBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestBuilder")
+            .field("engine", &self.engine)
+            .field("args", &self.args)
+            .field("dirs", &self.dirs)
+            .field("rewrite", &self.rewrite)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GuestBuilder {
     /// A guest of `module` (a binary module, or WebAssembly text) on `engine`, named `guest`
     /// (its `argv[0]`), with no arguments, environment or files, tabi's own host and the
@@ -642,7 +653,14 @@ impl Guest {
                     }
                 }
             };
-            drive(&engine, &origin.instrumented, begin, control, invoke.as_ref(), &mut shown)
+            drive(
+                &engine,
+                &origin.instrumented,
+                begin,
+                control,
+                invoke.as_ref(),
+                &mut shown,
+            )
         };
         if let Some(e) = failure {
             return Err(e);
@@ -691,7 +709,9 @@ fn drive(
     begin: Begin,
     control: PauseControl,
     invoke: Option<&Invoke>,
-    on_pause: &mut (dyn FnMut(&PauseView<'_>) -> Result<AfterPause, tabi_libos::EngineError> + Send),
+    on_pause: &mut (
+             dyn FnMut(&PauseView<'_>) -> Result<AfterPause, tabi_libos::EngineError> + Send
+         ),
 ) -> Result<Outcome> {
     let points = crate::module::points_of(instrumented)?;
     on_guest_stack(|| {

@@ -236,7 +236,9 @@ pub fn migrate_test(
     };
     let input_for = || {
         let (stdin, buf) = Stdio::buffer();
-        buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&input);
+        buf.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(&input);
         stdin
     };
 
@@ -245,7 +247,11 @@ pub fn migrate_test(
     let plain_setup = isolated(setup, &scratch.path().join("plain"))?;
     let (out, out_buf) = Stdio::buffer();
     let (err, err_buf) = Stdio::buffer();
-    let mut plain = plain_setup.clone().stdin(input_for()).stdout(out).stderr(err);
+    let mut plain = plain_setup
+        .clone()
+        .stdin(input_for())
+        .stdout(out)
+        .stderr(err);
     plain.engine = engines.get(Backend::preferred())?;
     plain.rewrite = None;
     plain.pause_after = None;

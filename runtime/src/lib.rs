@@ -74,12 +74,14 @@ pub use module::{
     invoke_values, options_of_identity, parse_module, parse_value, points_for, private_dir,
     read_module, rewrite_options, show_value, user_cache_dir,
 };
-pub use resume::{Inspection, Resume, describe_object, read_chain, read_snapshot, read_snapshot_from};
+pub use resume::{
+    Inspection, Resume, describe_object, read_chain, read_snapshot, read_snapshot_from,
+};
 
 pub use tabi_libos::host::{Host, StdHost, Stdio};
 pub use tabi_libos::machine::{AfterPause, PauseReason, Value};
 pub use tabi_libos::{Errno, Exit, Kernel, Process};
-pub use tabi_snapshot::{Key, Limits, Snapshot, Summary};
+pub use tabi_snapshot::{Error as SnapshotError, Key, Limits, Snapshot, Summary};
 
 /// The rewrite itself (`tabi instrument`), for a caller that writes rewritten modules out.
 pub use tabi_instrument as instrument;

@@ -15,8 +15,10 @@ pub use tabi_instrument::{Options as RewriteOptions, PointRule};
 /// The module in file `path`: a binary module as it is, or one in the WebAssembly text format
 /// (`.wat`) translated to binary, as `wasmtime run` accepts both (see [`parse_module`]).
 pub fn read_module(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(Error::io(format!("cannot read module `{}`", path.display())))?;
+    let bytes = std::fs::read(path).map_err(Error::io(format!(
+        "cannot read module `{}`",
+        path.display()
+    )))?;
     parse_module(&bytes, Some(path))
 }
 
@@ -28,7 +30,10 @@ pub fn parse_module(bytes: &[u8], name: Option<&Path>) -> Result<Vec<u8>> {
     if bytes.starts_with(b"\0asm") {
         return Ok(bytes.to_vec());
     }
-    let shown = name.map_or_else(|| "the module".to_string(), |p| format!("`{}`", p.display()));
+    let shown = name.map_or_else(
+        || "the module".to_string(),
+        |p| format!("`{}`", p.display()),
+    );
     if std::str::from_utf8(bytes).is_err() {
         return Err(Error::InvalidModule(format!(
             "{shown} is neither a WebAssembly binary (it lacks the `\\0asm` header) nor \
@@ -269,7 +274,9 @@ impl RewriteCache {
             return Ok(bytes);
         }
         let out = tabi_instrument::instrument(original, options).map_err(|e| {
-            Error::Instrument(format!("cannot instrument the module for checkpointing: {e}"))
+            Error::Instrument(format!(
+                "cannot instrument the module for checkpointing: {e}"
+            ))
         })?;
         // A cache that cannot be written is not an error; write-then-rename keeps it whole.
         if let Some(file) = &file {
@@ -425,7 +432,10 @@ pub fn export_params(wasm: &[u8], name: &str) -> Result<Vec<String>> {
         match payload.map_err(bad("cannot read the module"))? {
             Payload::TypeSection(r) => {
                 for group in r {
-                    for sub in group.map_err(bad("cannot read the module's types"))?.into_types() {
+                    for sub in group
+                        .map_err(bad("cannot read the module's types"))?
+                        .into_types()
+                    {
                         types.push(match &sub.composite_type.inner {
                             wasmparser::CompositeInnerType::Func(f) => Some(f.params().to_vec()),
                             _ => None,

@@ -61,7 +61,10 @@ fn read_file(
 
 /// Adds to an error about an incremental snapshot read alone how to give its chain.
 fn chain_hint(e: Error) -> Error {
-    if matches!(e.snapshot_error(), Some(tabi_snapshot::Error::Parent { .. })) {
+    if matches!(
+        e.snapshot_error(),
+        Some(tabi_snapshot::Error::Parent { .. })
+    ) {
         e.context(
             "give the chain in order, starting with the full snapshot it grew from \
              (FILE FILE.1 FILE.2 ...)",
@@ -194,6 +197,15 @@ pub struct Resume {
     pause: Option<PauseHandle>,
 }
 
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("engine", &self.engine)
+            .field("dirs", &self.dirs)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Resume {
     /// Resumes on `engine`, granting nothing, with tabi's host and the process's streams.
     pub fn new(engine: &Engine) -> Resume {
@@ -315,10 +327,11 @@ impl Resume {
             loader.session = Some(loader.instantiate(&head)?);
         }
         let memories = loader.memories;
-        let (Some(mut session), Some((original, instrumented))) =
-            (loader.session, loader.modules)
+        let (Some(mut session), Some((original, instrumented))) = (loader.session, loader.modules)
         else {
-            return Err(Error::Config("no instance was made for the snapshot".into()));
+            return Err(Error::Config(
+                "no instance was made for the snapshot".into(),
+            ));
         };
         *session.process_mut() = self.process(&snapshot)?;
         let state = snapshot.take_machine_state();
@@ -363,10 +376,7 @@ impl Resume {
     /// The module a snapshot resumes with: the original it carries (or the one given,
     /// checked against its hash), rewritten again with the options it records and checked
     /// against the rewrite's hash. Gives (original, instrumented).
-    fn modules_for(
-        &self,
-        head: &tabi_snapshot::Head<'_>,
-    ) -> Result<(Arc<Vec<u8>>, Arc<Vec<u8>>)> {
+    fn modules_for(&self, head: &tabi_snapshot::Head<'_>) -> Result<(Arc<Vec<u8>>, Arc<Vec<u8>>)> {
         let original = match (&self.module, head.module) {
             (Some(m), _) => m.clone(),
             (None, Some(m)) => m.to_vec(),
