@@ -119,7 +119,13 @@ fn setup(original: &[u8]) -> GuestBuilder {
 }
 
 fn pause(original: &[u8], after: u64) -> PausedGuest {
-    match setup(original).pause_after(after).build().unwrap().run().unwrap() {
+    match setup(original)
+        .pause_after(after)
+        .build()
+        .unwrap()
+        .run()
+        .unwrap()
+    {
         Ended::Paused(p) => p,
         Ended::Exited(_) => panic!("the guest did not pause"),
     }
@@ -270,6 +276,7 @@ fn main() {
             stack: &second.state().stack,
             kernel: &kernel,
             mounts: &[],
+            extensions: &[],
         };
         let base = tabi_snapshot::Base {
             hash: base_snapshot.hash,

@@ -106,10 +106,7 @@ fn the_fingerprint_is_the_one_snapshots_already_hold() {
         dir.write("e.txt", level.to_string()).unwrap();
         dir = dir.open_dir("d").unwrap();
     }
-    assert_eq!(
-        tabi::fingerprint(r).unwrap(),
-        reference_fingerprint(r)
-    );
+    assert_eq!(tabi::fingerprint(r).unwrap(), reference_fingerprint(r));
 }
 
 /// A host directory holding a tree deeper than a path can name (which a guest can make

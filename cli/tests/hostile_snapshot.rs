@@ -78,6 +78,7 @@ fn rewritten(snap: &Snapshot, kernel: &[u8], pages: Option<usize>) -> Vec<u8> {
         stack: &snap.stack,
         kernel,
         mounts: &snap.mounts,
+        extensions: &[],
     };
     let mut out = Vec::new();
     tabi_snapshot::write_unchecked(&mut out, &contents, None).unwrap();

@@ -62,27 +62,28 @@ fn a_chain_of_incremental_checkpoints_holds_every_state() {
             // Per link: the state it gives and the output so far.
             let mut states: Vec<(Snapshot, usize)> = Vec::new();
             let mut incremental = 0;
-            let o = guest.run_with(|view| {
-                let mut bytes = Vec::new();
-                let w = view.write_incremental_to(&mut chain, &mut bytes).unwrap();
-                let before = states.last().map(|(s, _)| s);
-                let state = tabi_snapshot::read(&mut &bytes[..], &Limits::default(), before)
-                    .unwrap_or_else(|e| panic!("link {}: {e}", states.len()));
-                let now: Vec<&[u8]> = state.memories.iter().map(Vec::as_slice).collect();
-                assert!(
-                    now == view.memories(),
-                    "{path} {args:?} on {backend:?}: link {} gives other memories",
-                    states.len()
-                );
-                if let Some(p) = w.parent {
-                    assert_eq!(Some(p), before.map(|s| s.hash));
-                    incremental += 1;
-                }
-                states.push((state, buf.lock().unwrap().len()));
-                request.request();
-                Ok(AfterPause::Continue)
-            })
-            .unwrap();
+            let o = guest
+                .run_with(|view| {
+                    let mut bytes = Vec::new();
+                    let w = view.write_incremental_to(&mut chain, &mut bytes).unwrap();
+                    let before = states.last().map(|(s, _)| s);
+                    let state = tabi_snapshot::read(&mut &bytes[..], &Limits::default(), before)
+                        .unwrap_or_else(|e| panic!("link {}: {e}", states.len()));
+                    let now: Vec<&[u8]> = state.memories.iter().map(Vec::as_slice).collect();
+                    assert!(
+                        now == view.memories(),
+                        "{path} {args:?} on {backend:?}: link {} gives other memories",
+                        states.len()
+                    );
+                    if let Some(p) = w.parent {
+                        assert_eq!(Some(p), before.map(|s| s.hash));
+                        incremental += 1;
+                    }
+                    states.push((state, buf.lock().unwrap().len()));
+                    request.request();
+                    Ok(AfterPause::Continue)
+                })
+                .unwrap();
             assert!(matches!(o, Ended::Exited(_)));
             assert_eq!(
                 *buf.lock().unwrap(),

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 
 use common::{run, setup, tabi};
 use tabi::Backend;
-use tabi_tests::harness::{Setup, migrate_test};
 use tabi_tests::guests;
+use tabi_tests::harness::{Setup, migrate_test};
 
 /// Every guest of the kernel and instrument issues survives a checkpoint at every migration
 /// point, alternating between the backends.
@@ -629,8 +629,14 @@ fn migrate_test_checks_an_invoked_export_and_its_results() {
     )
     .unwrap();
     let call = ("now", &[][..]);
-    let real = tabi_tests::harness::migrate_test_with(&clock, &Setup::default(), 1, &Backend::ALL, Some(call))
-        .unwrap();
+    let real = tabi_tests::harness::migrate_test_with(
+        &clock,
+        &Setup::default(),
+        1,
+        &Backend::ALL,
+        Some(call),
+    )
+    .unwrap();
     assert_eq!(real.divergences.len(), 1, "{real:?}");
     assert!(
         real.divergences[0].what.starts_with("results differ"),
@@ -640,8 +646,14 @@ fn migrate_test_checks_an_invoked_export_and_its_results() {
         deterministic: Some(0),
         ..Setup::default()
     };
-    let report =
-        tabi_tests::harness::migrate_test_with(&clock, &virtual_clocks, 1, &Backend::ALL, Some(call)).unwrap();
+    let report = tabi_tests::harness::migrate_test_with(
+        &clock,
+        &virtual_clocks,
+        1,
+        &Backend::ALL,
+        Some(call),
+    )
+    .unwrap();
     assert!(report.divergences.is_empty(), "{:?}", report.divergences);
     assert_eq!(report.checkpoints, 2);
 }

@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         stack: &[],
         kernel: &bytes,
         mounts: &[],
+        extensions: &[],
     };
     let mut out = Vec::new();
     tabi_snapshot::write(&mut out, &contents, None).expect("a state the reader took is written");

@@ -34,6 +34,7 @@ fn parent() -> &'static Snapshot {
             stack: &[1, 2, 3, 4],
             kernel: &kernel,
             mounts: &[],
+            extensions: &[],
         };
         let mut bytes = Vec::new();
         tabi_snapshot::write(&mut bytes, &contents, None).unwrap();

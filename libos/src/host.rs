@@ -42,6 +42,14 @@ pub trait Host {
         let _ = fd;
         false
     }
+    /// Waits until standard input can be read without blocking (it has data, or it ended),
+    /// or until the host wants the guest to reach its next migration point soon (a checkpoint
+    /// was asked for): `false` when woken first. The kernel then lets the guest pause while it
+    /// waits, and finishes the read after (see [`crate::kernel::Pending`]). A host that cannot
+    /// tell says `true`, and the read blocks in [`Host::stdin_read`].
+    fn wait_stdin_unless_woken(&mut self) -> bool {
+        true
+    }
     /// Lets other threads run.
     fn yield_now(&mut self) {}
     /// The granted host directories, if any.
@@ -145,6 +153,30 @@ mod std_host {
         }
     }
 
+    /// Whether the process's standard input has data or has ended, waiting at most `ms`
+    /// milliseconds.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code, reason = "poll(2) on descriptor 0")]
+    fn stdin_ready(ms: i32) -> bool {
+        let mut fd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `fd` is one valid `pollfd` that lives across the call, and the count says
+        // one; poll writes only its `revents`.
+        let n = unsafe { libc::poll(&mut fd, 1, ms) };
+        // An error (or a closed descriptor) is left for the read to report.
+        n != 0
+    }
+
+    /// Elsewhere a wait for input cannot be cut short: input counts as ready, and the read
+    /// blocks.
+    #[cfg(not(target_os = "linux"))]
+    fn stdin_ready(_: i32) -> bool {
+        true
+    }
+
     /// The real machine: system clocks, OS entropy, the process's standard streams (or buffers)
     /// and host directories granted through cap-std.
     pub struct StdHost {
@@ -210,7 +242,11 @@ mod std_host {
                     data.drain(..n);
                     Ok(n)
                 }
-                Stdio::Reader(r) => r.lock().map_err(|_| Errno::Io)?.read(buf).map_err(|_| Errno::Io),
+                Stdio::Reader(r) => r
+                    .lock()
+                    .map_err(|_| Errno::Io)?
+                    .read(buf)
+                    .map_err(|_| Errno::Io),
                 Stdio::Writer(_) => Err(Errno::Badf),
             }
         }
@@ -244,6 +280,21 @@ mod std_host {
                     return true;
                 }
                 std::thread::sleep((end - now).min(SLICE));
+            }
+        }
+
+        fn wait_stdin_unless_woken(&mut self) -> bool {
+            let (Some(wake), Stdio::Inherit) = (&self.wake, &self.stdin) else {
+                return true;
+            };
+            loop {
+                if wake.load(Ordering::Acquire) {
+                    return false;
+                }
+                // Slices short enough that a request is seen within a few milliseconds.
+                if stdin_ready(5) {
+                    return true;
+                }
             }
         }
 

@@ -342,6 +342,70 @@ pub struct Kernel {
     random: Random,
     exit: Option<u32>,
     next_key: u64,
+    // Schema 2 on.
+    /// Objects named by handles that are not descriptors.
+    handles: crate::handles::HandleTable<crate::handles::KernelObject>,
+    /// A blocking call a checkpoint interrupted, to finish before the guest goes on.
+    pending: Option<Pending>,
+}
+
+/// The version of the kernel state's shape: what [`crate::encode_state`] writes. A snapshot
+/// records it, and [`crate::decode_state_schema`] reads every earlier one (a field added later
+/// takes its default).
+///
+/// - 1: until December 2026 (snapshot formats 1 to 4, which do not record it).
+/// - 2: adds the table of non-descriptor handles and the pending blocking call.
+pub const STATE_SCHEMA: u16 = 2;
+
+/// The kernel state as schema 1 shaped it, to decode snapshots written then.
+#[derive(Deserialize)]
+pub(crate) struct KernelV1 {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    fds: Vec<Option<Descriptor>>,
+    fs: MemFs,
+    mounts: Vec<Mount>,
+    clocks: Clocks,
+    random: Random,
+    exit: Option<u32>,
+    next_key: u64,
+}
+
+impl From<KernelV1> for Kernel {
+    fn from(k: KernelV1) -> Kernel {
+        Kernel {
+            args: k.args,
+            env: k.env,
+            fds: k.fds,
+            fs: k.fs,
+            mounts: k.mounts,
+            clocks: k.clocks,
+            random: k.random,
+            exit: k.exit,
+            next_key: k.next_key,
+            handles: Default::default(),
+            pending: None,
+        }
+    }
+}
+
+/// A blocking call the guest made that a checkpoint interrupted before it could finish: the
+/// call returned to let the guest reach its migration point, and is finished (its results
+/// written to the guest's memory) before the guest runs on, wherever that is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pending {
+    /// `fd_read` of standard input, which had no data yet: its descriptor, iovec array and
+    /// where the count goes, as the guest passed them.
+    Read {
+        /// The descriptor.
+        fd: u32,
+        /// Address of the iovec array.
+        iovs: u32,
+        /// Number of iovecs.
+        iovs_len: u32,
+        /// Where the number of bytes read is written.
+        nread: u32,
+    },
 }
 
 impl Default for Kernel {
@@ -379,7 +443,24 @@ impl Kernel {
             random: Random::Host,
             exit: None,
             next_key: 1,
+            handles: Default::default(),
+            pending: None,
         }
+    }
+
+    /// The blocking call a checkpoint interrupted, if any (see [`Pending`]).
+    pub fn pending(&self) -> Option<Pending> {
+        self.pending
+    }
+
+    /// Records the blocking call a checkpoint interrupts.
+    pub fn set_pending(&mut self, pending: Option<Pending>) {
+        self.pending = pending;
+    }
+
+    /// The objects named by handles that are not descriptors.
+    pub fn handles(&self) -> &crate::handles::HandleTable<crate::handles::KernelObject> {
+        &self.handles
     }
 
     /// Sets the arguments (the first is the program name by convention).
@@ -509,6 +590,27 @@ impl Kernel {
     /// then reach an inconsistent state through this one.
     pub fn check(&mut self, limits: &StateLimits) -> Result<(), InvalidState> {
         let bad = |what: String| Err(InvalidState(what));
+        // No kind of handle object exists yet, so a table can only hold free slots; a
+        // trailing free slot is never kept.
+        if self.handles.slots() != 0 {
+            return bad(format!(
+                "{} handle slots, and no handle can be live",
+                self.handles.slots()
+            ));
+        }
+        if let Some(Pending::Read { fd, iovs_len, .. }) = self.pending {
+            let stdin = self
+                .fds
+                .get(fd as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|d| matches!(d.object, Object::Stdin) && d.read);
+            if !stdin || iovs_len > crate::p1::MAX_IOVECS {
+                return bad(format!(
+                    "a pending read of descriptor {fd} ({iovs_len} iovecs), which is not \
+                     standard input open for reading or has too many iovecs"
+                ));
+            }
+        }
         if self.fds.len() > MAX_DESCRIPTORS {
             return bad(format!(
                 "{} descriptors, over the most of {MAX_DESCRIPTORS}",

@@ -52,6 +52,7 @@ pub mod abi;
 pub mod budget;
 pub mod engine;
 pub mod errno;
+pub mod handles;
 pub mod host;
 pub mod kernel;
 pub mod machine;
@@ -64,7 +65,8 @@ pub use engine::{Engine, EngineError, Exit, Finished, Process};
 pub use errno::{CallError, Errno, Trap};
 pub use host::Host;
 pub use kernel::{
-    Descriptor, InvalidState, Kernel, Mount, MountKind, Object, OpenOptions, StateLimits,
+    Descriptor, InvalidState, Kernel, Mount, MountKind, Object, OpenOptions, Pending, STATE_SCHEMA,
+    StateLimits,
 };
 pub use memory::GuestMemory;
 pub use tabi_vfs as vfs;
@@ -109,6 +111,11 @@ pub enum DecodeError {
     Trailing(usize),
     /// The state decodes but breaks an invariant or the resumer's limits.
     Invalid(InvalidState),
+    /// A schema this kernel does not know (a newer tabi wrote it).
+    Schema {
+        /// The state's schema.
+        found: u16,
+    },
 }
 
 impl core::fmt::Display for DecodeError {
@@ -120,6 +127,10 @@ impl core::fmt::Display for DecodeError {
             }
             DecodeError::Trailing(n) => write!(f, "{n} bytes after the state"),
             DecodeError::Invalid(e) => write!(f, "{e}"),
+            DecodeError::Schema { found } => write!(
+                f,
+                "kernel state schema {found} is newer than this tabi reads (1 to {STATE_SCHEMA})"
+            ),
         }
     }
 }
@@ -130,10 +141,24 @@ impl core::error::Error for DecodeError {}
 /// [`budget`]); what the state holds as content (file bytes, strings) is at most the input's
 /// length on top. The state is not checked.
 pub fn decode_state_within(bytes: &[u8], budget: u64) -> Result<Kernel, DecodeError> {
-    use serde::Deserialize;
+    decode_schema_within(bytes, STATE_SCHEMA, budget)
+}
+
+/// [`decode_state_within`] of a state of schema `schema` ([`STATE_SCHEMA`] or an earlier one,
+/// whose missing fields take their defaults).
+pub fn decode_schema_within(bytes: &[u8], schema: u16, budget: u64) -> Result<Kernel, DecodeError> {
+    match schema {
+        1 => decode_as::<kernel::KernelV1>(bytes, budget).map(Kernel::from),
+        STATE_SCHEMA => decode_as::<Kernel>(bytes, budget),
+        found => Err(DecodeError::Schema { found }),
+    }
+}
+
+/// Decodes a `T` within `budget` (see [`decode_state_within`]).
+fn decode_as<T: serde::de::DeserializeOwned>(bytes: &[u8], budget: u64) -> Result<T, DecodeError> {
     let b = budget::Budget::new(budget);
     let mut de = postcard::Deserializer::from_bytes(bytes);
-    let kernel = Kernel::deserialize(budget::Budgeted::new(&mut de, &b)).map_err(|e| {
+    let kernel = T::deserialize(budget::Budgeted::new(&mut de, &b)).map_err(|e| {
         if b.spent() {
             DecodeError::OverBudget { budget }
         } else {
@@ -154,7 +179,17 @@ pub fn decode_checked(
     budget: u64,
     limits: &StateLimits,
 ) -> Result<Kernel, DecodeError> {
-    let mut kernel = decode_state_within(bytes, budget)?;
+    decode_checked_schema(bytes, STATE_SCHEMA, budget, limits)
+}
+
+/// [`decode_checked`] of a state of schema `schema` (see [`decode_schema_within`]).
+pub fn decode_checked_schema(
+    bytes: &[u8],
+    schema: u16,
+    budget: u64,
+    limits: &StateLimits,
+) -> Result<Kernel, DecodeError> {
+    let mut kernel = decode_schema_within(bytes, schema, budget)?;
     kernel.check(limits).map_err(DecodeError::Invalid)?;
     Ok(kernel)
 }

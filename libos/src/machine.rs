@@ -302,6 +302,9 @@ pub trait Machine {
     fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &crate::engine::Process), EngineError>;
     /// The process (kernel and host), to change between calls.
     fn process_mut(&mut self) -> &mut crate::engine::Process;
+    /// The guest's memory as the preview-1 imports see it (its `memory` export; empty when it
+    /// has none) and the process, borrowed together.
+    fn memory_and_process(&mut self) -> (&mut [u8], &mut crate::engine::Process);
 
     /// Each function of [`FUNCS_TABLE`] by its key, to the first index it holds.
     fn funcs_index(&mut self) -> Result<alloc::collections::BTreeMap<String, u32>, EngineError> {
@@ -713,6 +716,15 @@ fn rewinding_in(m: &mut dyn Machine, entry: &str) -> Vec<String> {
     entries
 }
 
+/// Finishes the blocking call a checkpoint interrupted (see [`crate::kernel::Pending`]) before
+/// a paused guest goes on: its memory then holds what the call returned.
+fn finish_pending(m: &mut dyn Machine) {
+    let (mem, process) = m.memory_and_process();
+    if process.kernel.pending().is_some() {
+        crate::p1::complete_pending(&mut process.kernel, &mut *process.host, mem);
+    }
+}
+
 /// [`drive`], leaving a pause's memories in the instance.
 fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, EngineError> {
     let has_budget = m.has_export(BUDGET_GLOBAL);
@@ -730,6 +742,7 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
     };
     match start {
         Start::InPlace(entry) => {
+            finish_pending(m);
             m.set_i32(STATE_GLOBAL, REWINDING)?;
             entries = rewinding_in(m, entry);
         }
@@ -744,6 +757,7 @@ fn drive_but_memories(m: &mut dyn Machine, start: Start<'_>) -> Result<Driven, E
                 )));
             }
             m.restore_loaded(state, loaded)?;
+            finish_pending(m);
             if has_budget && let Some(b) = m.control().yield_budget() {
                 m.set_i32(BUDGET_GLOBAL, b)?;
             }

@@ -231,6 +231,29 @@ fn read_into(
     Ok(total)
 }
 
+/// Most iovecs a pending read may name: as many as 4 GiB of guest memory holds.
+pub const MAX_IOVECS: u32 = 1 << 29;
+
+/// Finishes the blocking call a checkpoint interrupted ([`Kernel::pending`]), if any, before
+/// the guest runs on: the read blocks until input comes, and its data and count go where the
+/// guest asked. The guest already saw the call succeed, so a read that now fails is seen as
+/// the end of input. An adapter calls this after a migration point that did not unwind, and
+/// the pause protocol before a paused guest goes on ([`crate::machine`]).
+pub fn complete_pending(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8]) {
+    let Some(crate::kernel::Pending::Read {
+        fd,
+        iovs,
+        iovs_len,
+        nread,
+    }) = k.pending()
+    else {
+        return;
+    };
+    k.set_pending(None);
+    let got = read_into(k, h, mem, fd, iovs, iovs_len, None).unwrap_or(0);
+    let _ = mem.write_u32(nread, got);
+}
+
 /// Most bytes one `fd_write` gathers from several small ciovecs into one host buffer before
 /// handing them to the kernel: a larger ciovec is written straight from guest memory.
 const GATHER: usize = 64 << 10;
@@ -584,6 +607,24 @@ mod imp {
         n: i32,
         out: i32,
     ) -> R {
+        let reads_stdin = k
+            .get(fd as u32)
+            .is_ok_and(|d| matches!(d.object, Object::Stdin) && d.read);
+        if reads_stdin && !h.wait_stdin_unless_woken() {
+            // No input yet, and a checkpoint is wanted: the call returns so that the guest
+            // reaches its migration point, and the read is finished before the guest runs
+            // on (see `Pending`). Its arguments are checked now, so that an error is not
+            // deferred.
+            mem.read_iovecs(iovs as u32, n as u32)?;
+            mem.slice_mut(out as u32, 4)?;
+            k.set_pending(Some(crate::kernel::Pending::Read {
+                fd: fd as u32,
+                iovs: iovs as u32,
+                iovs_len: n as u32,
+                nread: out as u32,
+            }));
+            return Ok(());
+        }
         let got = read_into(k, h, mem, fd as u32, iovs as u32, n as u32, None)?;
         mem.write_u32(out as u32, got)?;
         Ok(())

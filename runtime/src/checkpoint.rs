@@ -359,6 +359,7 @@ where
         stack: &state.stack,
         kernel,
         mounts: &mounts,
+        extensions: &[],
     };
     tabi_snapshot::write_within(sink, &contents, base, &origin.limits)
         .map_err(|e| Error::Checkpoint(e.to_string()))

@@ -150,6 +150,9 @@ impl Host for Granted {
     fn stdio_is_terminal(&mut self, fd: u32) -> bool {
         self.inner.stdio_is_terminal(fd)
     }
+    fn wait_stdin_unless_woken(&mut self) -> bool {
+        self.inner.wait_stdin_unless_woken()
+    }
     fn yield_now(&mut self) {
         self.inner.yield_now()
     }

@@ -7,7 +7,7 @@ use tabi_libos::machine::Value;
 /// The first 8 bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TABISNAP";
 /// The format version this crate writes (and the newest it reads).
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// A table kind: as the module's instantiation leaves it (every version).
 pub(crate) const TABLE_AS_INSTANTIATED: u8 = 0;
 /// A table kind: its entries as function indices (version 2 on).
@@ -34,6 +34,10 @@ pub(crate) const CHUNK_HEADER: usize = 45;
 
 /// The first format version whose checksums and content hash are BLAKE3 over every byte.
 pub(crate) const BLAKE3_VERSION: u16 = 4;
+/// The first format version with extension sections and a kernel state schema.
+pub(crate) const EXTENSIBLE_VERSION: u16 = 5;
+/// An extension section's flag: a reader that does not know it must refuse the snapshot.
+pub(crate) const EXTENSION_REQUIRED: u8 = 1;
 
 /// The context of the key derived from a passphrase or key file, for [`crate::Key`].
 pub(crate) const KEY_CONTEXT: &str = "tabi snapshot 2026-12 MAC key";
@@ -67,6 +71,9 @@ pub enum SectionId {
     Kernel = 8,
     /// The host directories the guest had mounted, with a fingerprint of each.
     Mounts = 9,
+    /// A named extension (version 5 on): state of a kind this format did not have, such as
+    /// wasi-nn models or sockets. See [`crate::Extension`].
+    Extension = 10,
     /// The end marker.
     End = 0xFF,
 }
@@ -84,6 +91,7 @@ impl SectionId {
             SectionId::Stack => "stack",
             SectionId::Kernel => "kernel",
             SectionId::Mounts => "mounts",
+            SectionId::Extension => "extension",
             SectionId::End => "end",
         }
     }

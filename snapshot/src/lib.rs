@@ -31,7 +31,10 @@ mod read;
 mod write;
 
 pub use format::{CHUNK_PAGES, MAGIC, PAGE, SectionId, VERSION};
-pub use read::{Head, Limits, MemoryTarget, SectionInfo, Snapshot, kernel_state, read, read_into};
+pub use read::{
+    Head, Limits, MemoryTarget, SectionInfo, Snapshot, kernel_state, kernel_state_schema, read,
+    read_into,
+};
 pub use write::{Base, Contents, Prior, Summary, WriteError, write, write_unchecked, write_within};
 
 use alloc::string::String;
@@ -51,6 +54,28 @@ pub struct Identity {
     /// the writer takes it from the [`Base`] it is given and ignores this field.
     pub parent: Option<[u8; 32]>,
 }
+
+/// A section of state this format did not define, under a name (version 5 on): how later
+/// kinds of state (wasi-nn models, sockets) join the snapshot without a new format version.
+///
+/// An *optional* extension that a reader does not know is skipped (its bytes are still
+/// checked and hashed); a *required* one is refused with an error naming it
+/// ([`Error::UnknownSection`]). A reader knows the names in [`KNOWN_EXTENSIONS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extension {
+    /// Its name: 1 to 64 bytes of UTF-8.
+    pub name: String,
+    /// Whether a reader that does not know it must refuse the snapshot.
+    pub required: bool,
+    /// Its bytes, as its writer encoded them.
+    pub data: Vec<u8>,
+}
+
+/// The extensions this reader interprets; none yet.
+pub const KNOWN_EXTENSIONS: &[&str] = &[];
+
+/// Longest extension name, in bytes.
+pub const MAX_EXTENSION_NAME: usize = 64;
 
 /// A host directory the guest had mounted when the snapshot was taken. The snapshot grants
 /// nothing: whoever resumes grants a directory for `guest_path` again, and can check that it is
@@ -219,6 +244,12 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A required section this reader does not know: a newer tabi wrote state that this one
+    /// cannot resume without.
+    UnknownSection {
+        /// The section's name.
+        name: String,
+    },
     /// The source failed.
     Io(String),
 }
@@ -262,6 +293,11 @@ impl fmt::Display for Error {
             Error::Unauthenticated { what } => {
                 write!(f, "the snapshot is not authenticated: {what}")
             }
+            Error::UnknownSection { name } => write!(
+                f,
+                "the snapshot needs its section `{name}`, which this tabi does not know (a \
+                 newer tabi wrote it)"
+            ),
             Error::Io(e) => write!(f, "cannot read the snapshot: {e}"),
         }
     }

@@ -134,12 +134,17 @@ pub struct Snapshot {
     pub kernel: Kernel,
     /// Its bytes, as stored (a base for the next incremental snapshot compares against them).
     pub kernel_bytes: Vec<u8>,
+    /// The schema the state was written in (see [`tabi_libos::STATE_SCHEMA`]); 1 before
+    /// format version 5.
+    pub kernel_schema: u16,
     /// The host directories the guest had mounted.
     pub mounts: Vec<crate::HostMount>,
     /// The content hash from the end marker, checked.
     pub hash: [u8; 32],
     /// The sections as stored.
     pub sections: Vec<SectionInfo>,
+    /// The extension sections (version 5 on), known or optional, in the order read.
+    pub extensions: Vec<crate::Extension>,
 }
 
 impl Snapshot {
@@ -228,6 +233,10 @@ struct In<'s, S: Source> {
     digest: Digest,
     offset: u64,
     version: u16,
+    /// The extension sections read so far, and how each was stored.
+    extensions: Vec<(crate::Extension, SectionInfo)>,
+    /// The largest section the reader takes.
+    section_limit: u32,
 }
 
 impl<S: Source> In<'_, S> {
@@ -306,8 +315,58 @@ impl<S: Source> In<'_, S> {
     }
 }
 
+/// The id of the next section that is not an extension: the extension sections before it
+/// (version 5 on) are read, checked and kept on the way, and one that is required and unknown
+/// is refused.
 fn section_id<S: Source>(input: &mut In<'_, S>) -> Result<u8, Error> {
-    Ok(input.frame_array::<1>("a section header")?[0])
+    loop {
+        let id = input.frame_array::<1>("a section header")?[0];
+        if id != SectionId::Extension as u8 || input.version < EXTENSIBLE_VERSION {
+            return Ok(id);
+        }
+        let (p, stored) = input.section(SectionId::Extension, input.section_limit)?;
+        let mut c = Cursor {
+            bytes: &p,
+            what: "extension",
+        };
+        let flags = c.u8()?;
+        if flags & !EXTENSION_REQUIRED != 0 {
+            return Err(Error::Malformed {
+                what: format!("unknown extension flags {flags:#x}"),
+            });
+        }
+        let len = c.u8()? as usize;
+        let name = core::str::from_utf8(c.take(len)?)
+            .ok()
+            .filter(|n| !n.is_empty() && n.len() <= crate::MAX_EXTENSION_NAME)
+            .ok_or_else(|| Error::Malformed {
+                what: "an extension's name is empty, too long or not UTF-8".into(),
+            })?
+            .to_string();
+        let required = flags & EXTENSION_REQUIRED != 0;
+        if input.extensions.iter().any(|(e, _)| e.name == name) {
+            return Err(Error::Malformed {
+                what: format!("extension `{name}` appears twice"),
+            });
+        }
+        if required && !crate::KNOWN_EXTENSIONS.contains(&name.as_str()) {
+            return Err(Error::UnknownSection { name });
+        }
+        let data = c.bytes.to_vec();
+        let info = SectionInfo {
+            id: SectionId::Extension,
+            stored,
+            raw: data.len() as u64,
+        };
+        input.extensions.push((
+            crate::Extension {
+                name,
+                required,
+                data,
+            },
+            info,
+        ));
+    }
 }
 
 fn out_of_order(found: u8, expected: &str) -> Error {
@@ -375,6 +434,8 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         digest: Digest::Sha(Sha256::new()),
         offset: 0,
         version: 0,
+        extensions: Vec::new(),
+        section_limit: limits.section,
     };
     let mut sections = Vec::new();
 
@@ -768,24 +829,40 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         return Err(out_of_order(id, "kernel"));
     }
     let (p, stored) = input.section(SectionId::Kernel, limits.section)?;
-    let (kernel_bytes, kernel) = match p.split_first() {
+    // From version 5, a state (raw or compressed) starts with its schema; before, it is 1.
+    let schema_of = |rest: &[u8]| -> Result<(u16, usize), Error> {
+        if version < EXTENSIBLE_VERSION {
+            return Ok((1, 0));
+        }
+        let mut c = Cursor {
+            bytes: rest,
+            what: "kernel",
+        };
+        Ok((c.u16()?, 2))
+    };
+    let (kernel_bytes, kernel, kernel_schema) = match p.split_first() {
         Some((&KERNEL_RAW, rest)) => {
-            let k = kernel_state(rest, rest.len(), limits)?;
-            (rest.to_vec(), k)
+            let (schema, skip) = schema_of(rest)?;
+            let rest = &rest[skip..];
+            let k = kernel_state_schema(rest, rest.len(), schema, limits)?;
+            (rest.to_vec(), k, schema)
         }
         Some((&KERNEL_LZ4, rest)) if version >= 3 => {
+            let (schema, skip) = schema_of(rest)?;
             let mut c = Cursor {
-                bytes: rest,
+                bytes: &rest[skip..],
                 what: "kernel state",
             };
             let len = c.u64()?;
             let bytes = lz4_block(c.bytes, len, limits.section, "the kernel state")?;
-            let k = kernel_state(&bytes, c.bytes.len(), limits)?;
-            (bytes, k)
+            let k = kernel_state_schema(&bytes, c.bytes.len(), schema, limits)?;
+            (bytes, k, schema)
         }
         // `base` is the checked parent whenever the snapshot is incremental: its state was
         // decoded and checked under these limits already.
-        Some((0, [])) if let Some(b) = base => (b.kernel_bytes.clone(), b.kernel.clone()),
+        Some((0, [])) if let Some(b) = base => {
+            (b.kernel_bytes.clone(), b.kernel.clone(), b.kernel_schema)
+        }
         _ => {
             return Err(Error::Malformed {
                 what: "kernel section tag".into(),
@@ -867,6 +944,11 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
             what: "bytes after the end marker".into(),
         });
     }
+    let mut extensions = Vec::new();
+    for (e, info) in core::mem::take(&mut input.extensions) {
+        sections.push(info);
+        extensions.push(e);
+    }
     Ok(Snapshot {
         version,
         identity,
@@ -880,9 +962,11 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         stack,
         kernel,
         kernel_bytes,
+        kernel_schema,
         mounts,
         hash,
         sections,
+        extensions,
     })
 }
 
@@ -891,9 +975,19 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
 /// bytes per stored byte (what it holds as content is at most `bytes` on top), and it must
 /// pass [`tabi_libos::Kernel::check`] under the resumer's limits.
 pub fn kernel_state(bytes: &[u8], stored: usize, limits: &Limits) -> Result<Kernel, Error> {
+    kernel_state_schema(bytes, stored, tabi_libos::STATE_SCHEMA, limits)
+}
+
+/// [`kernel_state`] of a state of schema `schema` (see [`tabi_libos::STATE_SCHEMA`]).
+pub fn kernel_state_schema(
+    bytes: &[u8],
+    stored: usize,
+    schema: u16,
+    limits: &Limits,
+) -> Result<Kernel, Error> {
     let budget = tabi_libos::STRUCTURE_FLOOR
         .saturating_add(tabi_libos::STRUCTURE_RATIO.saturating_mul(stored as u64));
-    tabi_libos::decode_checked(bytes, budget, &limits.state)
+    tabi_libos::decode_checked_schema(bytes, schema, budget, &limits.state)
         .map_err(|e| Error::BadKernelState(e.to_string()))
 }
 

@@ -33,6 +33,8 @@ pub struct Contents<'a> {
     pub kernel: &'a [u8],
     /// The host directories mounted.
     pub mounts: &'a [crate::HostMount],
+    /// Extension sections, written after the others.
+    pub extensions: &'a [crate::Extension],
 }
 
 /// The snapshot an incremental one is written against.
@@ -295,13 +297,16 @@ fn write_impl<S: Sink>(
         }
         let (mut block, mut table) = (Vec::new(), Vec::new());
         crate::lz4::compress(contents.kernel, &mut block, &mut table);
+        let schema = tabi_libos::STATE_SCHEMA.to_le_bytes();
         let stored = if block.len() + 8 < contents.kernel.len() {
             kernel.push(KERNEL_LZ4);
+            kernel.extend_from_slice(&schema);
             kernel.extend_from_slice(&(contents.kernel.len() as u64).to_le_bytes());
             kernel.extend_from_slice(&block);
             block.len()
         } else {
             kernel.push(KERNEL_RAW);
+            kernel.extend_from_slice(&schema);
             kernel.extend_from_slice(contents.kernel);
             contents.kernel.len()
         };
@@ -470,6 +475,27 @@ fn write_impl<S: Sink>(
         p.extend_from_slice(&m.fingerprint);
     }
     out.section(SectionId::Mounts, &p)?;
+
+    // Extensions.
+    for e in contents.extensions {
+        let name = e.name.as_bytes();
+        if name.is_empty() || name.len() > crate::MAX_EXTENSION_NAME {
+            return Err(WriteError::Invalid(alloc::format!(
+                "extension name `{}` is empty or over {} bytes",
+                e.name,
+                crate::MAX_EXTENSION_NAME
+            )));
+        }
+        let mut p = Vec::with_capacity(2 + name.len() + e.data.len());
+        p.push(if e.required { EXTENSION_REQUIRED } else { 0 });
+        p.push(name.len() as u8);
+        p.extend_from_slice(name);
+        p.extend_from_slice(&e.data);
+        if check && p.len() as u64 > section {
+            return Err(over("an extension section", p.len() as u64, section));
+        }
+        out.section(SectionId::Extension, &p)?;
+    }
 
     // End: the id, then the content hash of everything before.
     out.frame(&[SectionId::End as u8])?;

@@ -59,6 +59,7 @@ fn snapshot_bytes(a: &[u8], b: &[u8], kernel: &[u8], base: Option<&Base<'_>>) ->
             guest_path: "/data".into(),
             fingerprint: [5; 32],
         }],
+        extensions: &[],
     };
     let mut out = Vec::new();
     // Unchecked: some tests frame kernel states the reader must refuse.
@@ -512,11 +513,11 @@ fn the_bytes_are_the_same_on_every_host() {
     let hash = tabi_snapshot::hex(&tabi_snapshot::sha256(&bytes));
     // Taken on x86_64. It changes when the format, the compressor or the kernel state's
     // encoding changes on purpose; then the version or the corpus may need a look too. (It
-    // changed when the in-memory file system began to charge inodes and names, and for
-    // version 4.)
+    // changed when the in-memory file system began to charge inodes and names, for version
+    // 4, and for version 5 with its kernel state schema 2.)
     assert_eq!(
         hash,
-        "648cc52be459ea1afa529cd9b1f100edd005edd7f808c838f50816a6c36174a7"
+        "4b3721f2174bef88ee73ab7879ca189428d5536e4b57348da9c143593c093394"
     );
 
     // And a snapshot a real run wrote on x86_64 reads back the same values here.
@@ -645,6 +646,7 @@ fn a_table_entry_past_the_encoding_is_refused() {
         stack: &[],
         kernel: &kernel_bytes(),
         mounts: &[],
+        extensions: &[],
     };
     let e = write(&mut Vec::new(), &contents, None).unwrap_err();
     assert!(
@@ -681,4 +683,120 @@ fn a_large_kernel_state_is_compressed_and_checked() {
         read_all(&with_version(bytes, 2)).unwrap_err(),
         Error::Malformed { what } if what.contains("kernel section tag")
     ));
+}
+
+/// A snapshot with the given extension sections.
+fn with_extensions(extensions: &[tabi_snapshot::Extension]) -> Vec<u8> {
+    let (a, b) = memories();
+    let kernel = kernel_bytes();
+    let globals = [Value::I32(1)];
+    let contents = Contents {
+        identity: Identity::default(),
+        module: None,
+        entry: "_start",
+        budget: None,
+        points: 3,
+        globals: &globals,
+        tables: &[],
+        memories: vec![&a, &b],
+        stack: &[1, 2],
+        kernel: &kernel,
+        mounts: &[],
+        extensions,
+    };
+    let mut out = Vec::new();
+    write(&mut out, &contents, None).unwrap();
+    out
+}
+
+/// Version 5's extension sections: an optional one a reader does not know is skipped, its
+/// bytes still checked and kept; a required one it does not know is refused with its name;
+/// a name given twice, a changed byte or a bad name is refused too.
+#[test]
+fn extension_sections_are_skipped_when_optional_and_refused_by_name_when_required() {
+    let optional = tabi_snapshot::Extension {
+        name: "from-the-future".into(),
+        required: false,
+        data: b"whatever it holds".to_vec(),
+    };
+    let bytes = with_extensions(std::slice::from_ref(&optional));
+    let s = read(&mut &bytes[..], &Limits::default(), None).unwrap();
+    assert_eq!(s.version, tabi_snapshot::VERSION);
+    assert_eq!(s.extensions, vec![optional.clone()]);
+    assert_eq!(s.memories.len(), 2);
+    assert_eq!(s.kernel_schema, tabi_libos::STATE_SCHEMA);
+    assert!(
+        s.sections
+            .iter()
+            .any(|i| i.id == tabi_snapshot::SectionId::Extension)
+    );
+
+    let required = tabi_snapshot::Extension {
+        name: "sockets-v9".into(),
+        required: true,
+        data: vec![1, 2, 3],
+    };
+    let bytes = with_extensions(&[optional.clone(), required]);
+    let e = read(&mut &bytes[..], &Limits::default(), None).unwrap_err();
+    assert_eq!(
+        e,
+        Error::UnknownSection {
+            name: "sockets-v9".into()
+        }
+    );
+    assert!(e.to_string().contains("`sockets-v9`"), "{e}");
+
+    // The same name twice.
+    let bytes = with_extensions(&[optional.clone(), optional.clone()]);
+    let e = read(&mut &bytes[..], &Limits::default(), None).unwrap_err();
+    assert!(matches!(e, Error::Malformed { .. }), "{e}");
+
+    // A byte of an optional extension's data changed: its digest catches it.
+    let mut bytes = with_extensions(std::slice::from_ref(&optional));
+    let at = bytes
+        .windows(optional.data.len())
+        .position(|w| w == optional.data)
+        .unwrap();
+    bytes[at] ^= 1;
+    let e = read(&mut &bytes[..], &Limits::default(), None).unwrap_err();
+    assert!(matches!(e, Error::BadChecksum { .. }), "{e}");
+
+    // A name the writer cannot frame.
+    let long = tabi_snapshot::Extension {
+        name: "x".repeat(tabi_snapshot::MAX_EXTENSION_NAME + 1),
+        required: false,
+        data: Vec::new(),
+    };
+    let (a, b) = memories();
+    let kernel = kernel_bytes();
+    let contents = Contents {
+        identity: Identity::default(),
+        module: None,
+        entry: "_start",
+        budget: None,
+        points: 0,
+        globals: &[],
+        tables: &[],
+        memories: vec![&a, &b],
+        stack: &[],
+        kernel: &kernel,
+        mounts: &[],
+        extensions: &[long],
+    };
+    assert!(write(&mut Vec::new(), &contents, None).is_err());
+}
+
+/// The kernel section of version 5 names its schema: one this reader does not know is
+/// refused with both numbers, and the state of schema 1 (formats 1 to 4) still decodes.
+#[test]
+fn the_kernel_state_carries_its_schema() {
+    let bytes = with_extensions(&[]);
+    let s = read(&mut &bytes[..], &Limits::default(), None).unwrap();
+    // A state framed as schema 1 cannot be the current shape's: the schema decides.
+    let e = tabi_snapshot::kernel_state_schema(&s.kernel_bytes, 1 << 20, 99, &Limits::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("schema 99"), "{e}");
+    let again = tabi_snapshot::kernel_state_schema(&s.kernel_bytes, 1 << 20, 2, &Limits::default())
+        .unwrap();
+    assert_eq!(again, s.kernel);
 }

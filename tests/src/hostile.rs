@@ -33,6 +33,26 @@ pub struct K {
     pub exit: Option<u32>,
     /// The next host key.
     pub next_key: u64,
+    /// The table of non-descriptor handles (schema 2): only free slots can be encoded.
+    pub handles: Vec<Option<u8>>,
+    /// The pending blocking call (schema 2).
+    pub pending: Option<P>,
+}
+
+/// `Pending`'s shape.
+#[derive(Serialize, Clone)]
+pub enum P {
+    /// A read of standard input.
+    Read {
+        /// The descriptor.
+        fd: u32,
+        /// The iovec array.
+        iovs: u32,
+        /// Iovecs.
+        iovs_len: u32,
+        /// Where the count goes.
+        nread: u32,
+    },
 }
 
 /// `MemFs`'s shape.
@@ -140,6 +160,8 @@ pub fn sandbox() -> K {
         random: Random::Host,
         exit: None,
         next_key: 1,
+        handles: Vec::new(),
+        pending: None,
     }
 }
 
@@ -168,6 +190,7 @@ pub fn contents<'a>(memory: &'a [u8], kernel: &'a [u8]) -> Contents<'a> {
         stack: &[],
         kernel,
         mounts: &[],
+        extensions: &[],
     }
 }
 

@@ -101,8 +101,13 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error>
                         let (mem, process) = split(&mut caller);
                         let errno = p1::$name(&mut process.kernel, &mut *process.host, mem, $($arg),*)
                             .map_err(|t| wasmi::Error::host(KernelTrap(t)))?;
-                        if caller.data().pause.as_ref().is_some_and(|p| p.points.p1(index)) {
-                            pause::after_point(&mut caller)?;
+                        let unwinding = caller.data().pause.as_ref().is_some_and(|p| p.points.p1(index))
+                            && pause::after_point(&mut caller)?;
+                        // A read a checkpoint request cut short, when no pause follows after
+                        // all: finished now, before the guest sees its results.
+                        if !unwinding && caller.data().process.kernel.pending().is_some() {
+                            let (mem, process) = split(&mut caller);
+                            p1::complete_pending(&mut process.kernel, &mut *process.host, mem);
                         }
                         Ok(errno)
                     },
@@ -130,7 +135,7 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> Result<(), wasmi::Error>
                 return Ok(());
             }
             p.control.guest_request();
-            pause::after_point(&mut caller)
+            pause::after_point(&mut caller).map(drop)
         },
     )?;
     add_grow_helpers(linker)

@@ -257,6 +257,16 @@ impl Machine for Session {
         &mut self.store.data_mut().process
     }
 
+    fn memory_and_process(&mut self) -> (&mut [u8], &mut Process) {
+        match self.instance.get_memory(&mut self.store, "memory") {
+            Some(m) => {
+                let (mem, data) = m.data_and_store_mut(&mut self.store);
+                (mem, &mut data.process)
+            }
+            None => (&mut [], &mut self.store.data_mut().process),
+        }
+    }
+
     fn paused_view(&mut self) -> Result<(Vec<&[u8]>, &Process), EngineError> {
         let mut handles = Vec::new();
         while let Some(m) = self.instance.get_memory(
@@ -359,27 +369,29 @@ impl Session {
     }
 }
 
-/// Called after a migration point returned: starts the unwind when a pause is due.
+/// Called after a migration point returned: starts the unwind when a pause is due, and says
+/// whether it did.
 #[inline]
 pub(crate) fn after_point(
     mut caller: impl AsContextMut<Data = GuestData>,
-) -> Result<(), wasmi::Error> {
+) -> Result<bool, wasmi::Error> {
     let mut ctx = caller.as_context_mut();
     let Some(p) = ctx.data_mut().pause.as_mut() else {
-        return Ok(());
+        return Ok(false);
     };
     if p.control.at_point() {
         let (state, nopause) = (p.state, p.nopause);
         // Inside a function that cannot return the stack cannot be saved: the pause waits for
         // the next migration point (the control keeps it pending).
         if nopause.get(&mut ctx).i32() != Some(0) {
-            return Ok(());
+            return Ok(false);
         }
         state
             .set(&mut ctx, Val::I32(machine::UNWINDING))
             .map_err(wasmi::Error::from)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 impl Wasmi {
