@@ -2250,4 +2250,41 @@ mod tests {
         assert_eq!(Kernel::join("a", "../../x"), "x");
         assert_eq!(Kernel::join(".", "."), ".");
     }
+
+    /// A pending read passes the check only on standard input open for reading; a state of
+    /// schema 1 decodes with no pending call and an empty handle table.
+    #[test]
+    fn a_pending_read_must_be_of_standard_input() {
+        let mut k = Kernel::new();
+        let (dir, _) = k.mount_memory("/m", 0).unwrap();
+        let read = |fd| Pending::Read {
+            fd,
+            iovs: 0,
+            iovs_len: 1,
+            nread: 8,
+        };
+        k.set_pending(Some(read(0)));
+        k.check(&StateLimits::default()).unwrap();
+        for fd in [1, dir, 99] {
+            k.set_pending(Some(read(fd)));
+            assert!(k.check(&StateLimits::default()).is_err(), "fd {fd}");
+        }
+        k.set_pending(Some(Pending::Read {
+            fd: 0,
+            iovs: 0,
+            iovs_len: crate::p1::MAX_IOVECS + 1,
+            nread: 8,
+        }));
+        assert!(k.check(&StateLimits::default()).is_err());
+
+        // Schema 1: the same fields but the two that came later.
+        k.set_pending(None);
+        let v2 = crate::encode_state(&k).unwrap();
+        // The two trailing fields encode as an empty vector and a `None`: two zero bytes.
+        assert_eq!(&v2[v2.len() - 2..], &[0, 0]);
+        let v1 = &v2[..v2.len() - 2];
+        let old = crate::decode_schema_within(v1, 1, 1 << 20).unwrap();
+        assert_eq!(old, k);
+        assert!(crate::decode_schema_within(v1, 2, 1 << 20).is_err());
+    }
 }

@@ -1,0 +1,190 @@
+//! A guest blocked in a call is checkpointed while it waits, and the wait is carried on after
+//! the resume.
+
+#[allow(dead_code, reason = "each test binary uses part of the shared helpers")]
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
+use common::tabi;
+
+/// Prints `ready`, reads a line from standard input, and prints `got: ` and what it read.
+const READER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "ready\n")
+  (data (i32.const 200) "got: ")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 16) (i32.const 205))
+    (i32.store (i32.const 20) (i32.const 100))
+    (drop (call $read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (i32.store (i32.const 32) (i32.const 200))
+    (i32.store (i32.const 36) (i32.add (i32.const 5) (i32.load (i32.const 24))))
+    (drop (call $write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40)))))"#;
+
+/// The system calls a thread waiting for standard input is in (`poll`, `ppoll`), by this
+/// architecture's numbers.
+fn polling_syscalls() -> &'static [u64] {
+    if cfg!(target_arch = "x86_64") {
+        &[7, 271]
+    } else if cfg!(target_arch = "aarch64") {
+        &[73]
+    } else if cfg!(target_arch = "s390x") {
+        &[168, 302]
+    } else {
+        &[]
+    }
+}
+
+/// Whether a thread of process `pid` is in one of `syscalls` (from `/proc`).
+fn waiting_in(pid: u32, syscalls: &[u64]) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("syscall"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|n| syscalls.contains(&n))
+    })
+}
+
+/// A guest waiting for a line on standard input is checkpointed by SIGUSR1 while it waits
+/// (the checkpoint is at its `fd_read`, the second migration point), and, resumed on the
+/// other engine with the line on its new standard input, reads it and prints it.
+#[test]
+fn a_guest_blocked_reading_stdin_is_checkpointed_and_reads_after_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("reader.wat");
+    std::fs::write(&module, READER).unwrap();
+    for (first, second) in [("wasmtime", "wasmi"), ("wasmi", "wasmtime")] {
+        let file = dir.path().join(format!("{first}.snap"));
+        let mut child = tabi()
+            .env("TABI_CACHE", "off")
+            .args(["run", "--backend", first, "--checkpoint-on-signal"])
+            .args(["--stop-after-checkpoint", "--snapshot"])
+            .arg(&file)
+            .arg(&module)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Held open and empty: the guest waits on it.
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        // Once the guest's thread waits for input, the signal finds it there.
+        let syscalls = polling_syscalls();
+        if !syscalls.is_empty() {
+            while !waiting_in(child.id(), syscalls) {
+                std::thread::yield_now();
+            }
+        }
+        let killed = std::process::Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let ended = child.wait_with_output().unwrap();
+        drop(stdin);
+        let stderr = String::from_utf8_lossy(&ended.stderr);
+        assert_eq!(ended.status.code(), Some(75), "{stderr}");
+        if !syscalls.is_empty() {
+            assert!(
+                stderr.contains("at migration point 2 (Requested)"),
+                "the pause was not taken in the read: {stderr}"
+            );
+        }
+        assert!(ended.stdout.is_empty(), "nothing after `ready`");
+
+        let mut resumed = tabi()
+            .env("TABI_CACHE", "off")
+            .args(["resume", "--backend", second])
+            .arg(&file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        resumed
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"a line typed later\n")
+            .unwrap();
+        let ended = resumed.wait_with_output().unwrap();
+        assert_eq!(
+            ended.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&ended.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&ended.stdout),
+            "got: a line typed later\n",
+            "{first} then {second}"
+        );
+    }
+}
+
+/// Checkpointed while it waits and let go on in place, the guest gets the line typed after the
+/// checkpoint was written.
+#[test]
+fn a_guest_checkpointed_while_reading_goes_on_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("reader.wat");
+    std::fs::write(&module, READER).unwrap();
+    let file = dir.path().join("s.snap");
+    let mut child = tabi()
+        .env("TABI_CACHE", "off")
+        .args([
+            "run",
+            "--backend",
+            "wasmi",
+            "--checkpoint-on-signal",
+            "--snapshot",
+        ])
+        .arg(&file)
+        .arg(&module)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let syscalls = polling_syscalls();
+    if !syscalls.is_empty() {
+        while !waiting_in(child.id(), syscalls) {
+            std::thread::yield_now();
+        }
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The checkpoint is reported written; then the line comes.
+    let mut report = String::new();
+    err.read_line(&mut report).unwrap();
+    assert!(report.contains("written to"), "{report}");
+    stdin.write_all(b"after the checkpoint\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "got: after the checkpoint\n");
+    assert!(child.wait().unwrap().success());
+    assert!(file.exists());
+}
