@@ -27,6 +27,40 @@ const READER: &str = r#"(module
     (i32.store (i32.const 36) (i32.add (i32.const 5) (i32.load (i32.const 24))))
     (drop (call $write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40)))))"#;
 
+/// Prints `ready`, waits in `poll_oneoff` for standard input to be readable (no clock),
+/// then reads a line and prints `got: ` and what it read; `no event` if the poll said
+/// anything else.
+const POLLER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "ready\n")
+  (data (i32.const 200) "got: ")
+  (data (i32.const 300) "no event\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    ;; One subscription at 512: userdata 1, fd_read of descriptor 0.
+    (i64.store (i32.const 512) (i64.const 1))
+    (i32.store8 (i32.const 520) (i32.const 1))
+    (i32.store (i32.const 528) (i32.const 0))
+    (drop (call $poll (i32.const 512) (i32.const 1024) (i32.const 1) (i32.const 2000)))
+    (if (i32.or (i32.ne (i32.load (i32.const 2000)) (i32.const 1))
+                (i64.ne (i64.load (i32.const 1024)) (i64.const 1)))
+      (then
+        (i32.store (i32.const 0) (i32.const 300))
+        (i32.store (i32.const 4) (i32.const 9))
+        (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (return)))
+    (i32.store (i32.const 16) (i32.const 205))
+    (i32.store (i32.const 20) (i32.const 100))
+    (drop (call $read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (i32.store (i32.const 32) (i32.const 200))
+    (i32.store (i32.const 36) (i32.add (i32.const 5) (i32.load (i32.const 24))))
+    (drop (call $write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 40)))))"#;
+
 /// The system calls a thread waiting for standard input is in (`poll`, `ppoll`), by this
 /// architecture's numbers.
 fn polling_syscalls() -> &'static [u64] {
@@ -59,9 +93,20 @@ fn waiting_in(pid: u32, syscalls: &[u64]) -> bool {
 /// other engine with the line on its new standard input, reads it and prints it.
 #[test]
 fn a_guest_blocked_reading_stdin_is_checkpointed_and_reads_after_resume() {
+    blocked_then_resumed(READER);
+}
+
+/// The same for a guest waiting in `poll_oneoff` for standard input, with no clock: the poll
+/// is finished after the resume, and says standard input is readable.
+#[test]
+fn a_guest_polling_stdin_is_checkpointed_and_polls_after_resume() {
+    blocked_then_resumed(POLLER);
+}
+
+fn blocked_then_resumed(guest: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let module = dir.path().join("reader.wat");
-    std::fs::write(&module, READER).unwrap();
+    let module = dir.path().join("guest.wat");
+    std::fs::write(&module, guest).unwrap();
     for (first, second) in [("wasmtime", "wasmi"), ("wasmi", "wasmtime")] {
         let file = dir.path().join(format!("{first}.snap"));
         let mut child = tabi()

@@ -8,6 +8,17 @@
 use crate::errno::Errno;
 use tabi_vfs::HostFs;
 
+/// How a wait of [`Host::wait_stdin`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Input can be read without blocking (or the host cannot tell).
+    Ready,
+    /// The timeout passed first.
+    TimedOut,
+    /// The host wants the guest at its next migration point.
+    Woken,
+}
+
 /// What the kernel needs from the machine.
 pub trait Host {
     /// Wall-clock time, nanoseconds since the Unix epoch.
@@ -43,12 +54,14 @@ pub trait Host {
         false
     }
     /// Waits until standard input can be read without blocking (it has data, or it ended),
-    /// or until the host wants the guest to reach its next migration point soon (a checkpoint
-    /// was asked for): `false` when woken first. The kernel then lets the guest pause while it
-    /// waits, and finishes the read after (see [`crate::kernel::Pending`]). A host that cannot
-    /// tell says `true`, and the read blocks in [`Host::stdin_read`].
-    fn wait_stdin_unless_woken(&mut self) -> bool {
-        true
+    /// until `timeout_ns` passed (`None`: no limit), or, when `wakeable`, until the host wants
+    /// the guest to reach its next migration point soon (a checkpoint was asked for). The
+    /// kernel lets a guest woken in a read or a poll pause while it waits, and finishes the
+    /// call after (see [`crate::kernel::Pending`]). A host that cannot tell says
+    /// [`Wait::Ready`], and a read then blocks in [`Host::stdin_read`].
+    fn wait_stdin(&mut self, timeout_ns: Option<u64>, wakeable: bool) -> Wait {
+        let _ = (timeout_ns, wakeable);
+        Wait::Ready
     }
     /// Lets other threads run.
     fn yield_now(&mut self) {}
@@ -283,17 +296,31 @@ mod std_host {
             }
         }
 
-        fn wait_stdin_unless_woken(&mut self) -> bool {
-            let (Some(wake), Stdio::Inherit) = (&self.wake, &self.stdin) else {
-                return true;
-            };
+        fn wait_stdin(&mut self, timeout_ns: Option<u64>, wakeable: bool) -> super::Wait {
+            use super::Wait;
+            // Buffers and nothing never block (an empty buffer is the end of input); the
+            // caller's reader cannot be asked.
+            if !matches!(self.stdin, Stdio::Inherit) {
+                return Wait::Ready;
+            }
+            let wake = self.wake.as_ref().filter(|_| wakeable);
+            let end = timeout_ns.map(|ns| Instant::now() + Duration::from_nanos(ns));
             loop {
-                if wake.load(Ordering::Acquire) {
-                    return false;
+                if wake.is_some_and(|w| w.load(Ordering::Acquire)) {
+                    return Wait::Woken;
                 }
                 // Slices short enough that a request is seen within a few milliseconds.
-                if stdin_ready(5) {
-                    return true;
+                let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+                let slice = match (left, wake) {
+                    (Some(l), _) => l.min(Duration::from_millis(5)),
+                    (None, Some(_)) => Duration::from_millis(5),
+                    (None, None) => Duration::from_secs(3600),
+                };
+                if stdin_ready(slice.as_millis().try_into().unwrap_or(i32::MAX)) {
+                    return Wait::Ready;
+                }
+                if end.is_some_and(|e| Instant::now() >= e) {
+                    return Wait::TimedOut;
                 }
             }
         }

@@ -394,6 +394,17 @@ impl From<KernelV1> for Kernel {
 /// written to the guest's memory) before the guest runs on, wherever that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Pending {
+    /// `poll_oneoff` waiting for standard input with no clock, as the guest passed it.
+    Poll {
+        /// Address of the subscriptions.
+        subs: u32,
+        /// Where the events go.
+        events: u32,
+        /// Number of subscriptions.
+        n: u32,
+        /// Where the number of events is written.
+        out: u32,
+    },
     /// `fd_read` of standard input, which had no data yet: its descriptor, iovec array and
     /// where the count goes, as the guest passed them.
     Read {
@@ -597,6 +608,11 @@ impl Kernel {
                 "{} handle slots, and no handle can be live",
                 self.handles.slots()
             ));
+        }
+        if let Some(Pending::Poll { n, .. }) = self.pending
+            && n > crate::p1::MAX_IOVECS
+        {
+            return bad(format!("a pending poll of {n} subscriptions"));
         }
         if let Some(Pending::Read { fd, iovs_len, .. }) = self.pending {
             let stdin = self
@@ -941,6 +957,19 @@ impl Kernel {
                 *monotonic_ns = monotonic_ns.saturating_add(ns);
             }
         }
+    }
+
+    /// Owes the guest a sleep until monotonic time `until` (host time carried across moves):
+    /// a wait a checkpoint cut short returned as if it had ended there.
+    pub(crate) fn owe_until(&mut self, until: u64) {
+        if let Clocks::HostCarried { owed_until, .. } = &mut self.clocks {
+            *owed_until = Some(until);
+        }
+    }
+
+    /// Whether the clocks are virtual (deterministic mode).
+    pub fn is_deterministic(&self) -> bool {
+        matches!(self.clocks, Clocks::Virtual { .. })
     }
 
     /// Sleeps what an interrupted [`Kernel::sleep`] still owes (nothing, almost always). Every

@@ -240,18 +240,32 @@ pub const MAX_IOVECS: u32 = 1 << 29;
 /// the end of input. An adapter calls this after a migration point that did not unwind, and
 /// the pause protocol before a paused guest goes on ([`crate::machine`]).
 pub fn complete_pending(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8]) {
-    let Some(crate::kernel::Pending::Read {
-        fd,
-        iovs,
-        iovs_len,
-        nread,
-    }) = k.pending()
-    else {
+    let Some(pending) = k.pending() else {
         return;
     };
     k.set_pending(None);
-    let got = read_into(k, h, mem, fd, iovs, iovs_len, None).unwrap_or(0);
-    let _ = mem.write_u32(nread, got);
+    match pending {
+        crate::kernel::Pending::Read {
+            fd,
+            iovs,
+            iovs_len,
+            nread,
+        } => {
+            let got = read_into(k, h, mem, fd, iovs, iovs_len, None).unwrap_or(0);
+            let _ = mem.write_u32(nread, got);
+        }
+        crate::kernel::Pending::Poll {
+            subs,
+            events,
+            n,
+            out,
+        } => {
+            // Waits for real this time; an error now is seen as no event.
+            if poll::poll_oneoff(k, h, mem, subs, events, n, out, false).is_err() {
+                let _ = mem.write_u32(out, 0);
+            }
+        }
+    }
 }
 
 /// Most bytes one `fd_write` gathers from several small ciovecs into one host buffer before
@@ -610,7 +624,7 @@ mod imp {
         let reads_stdin = k
             .get(fd as u32)
             .is_ok_and(|d| matches!(d.object, Object::Stdin) && d.read);
-        if reads_stdin && !h.wait_stdin_unless_woken() {
+        if reads_stdin && h.wait_stdin(None, true) == crate::host::Wait::Woken {
             // No input yet, and a checkpoint is wanted: the call returns so that the guest
             // reaches its migration point, and the read is finished before the guest runs
             // on (see `Pending`). Its arguments are checked now, so that an error is not
@@ -921,7 +935,8 @@ mod imp {
         n: i32,
         out: i32,
     ) -> R {
-        poll::poll_oneoff(k, h, mem, subs as u32, events as u32, n as u32, out as u32)
+        let (subs, events, n, out) = (subs as u32, events as u32, n as u32, out as u32);
+        poll::poll_oneoff(k, h, mem, subs, events, n, out, true)
     }
 
     pub fn proc_raise(_: &mut Kernel, _: &mut dyn Host, _: &mut [u8], sig: i32) -> R {
@@ -1006,8 +1021,16 @@ mod poll {
         nbytes: u64,
     }
 
-    /// `poll_oneoff`: file-system and standard-stream descriptors are always ready; when none
-    /// is asked for, the call sleeps until the earliest clock subscription is due.
+    /// `poll_oneoff`. Each descriptor says when it is ready: files, directories' errors and
+    /// output streams at once; standard input when the host says it can be read. With nothing
+    /// ready, the call waits through the host for standard input (when asked for) and the
+    /// earliest clock subscription. When the host wakes it for a checkpoint (`wakeable`), a
+    /// wait with a clock is cut short as a sleep is (the rest is owed, see
+    /// [`Kernel::sleep`]); one without is left pending, finished after the pause.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the import's arguments, and whether it may pause"
+    )]
     pub fn poll_oneoff(
         k: &mut Kernel,
         h: &mut dyn Host,
@@ -1016,6 +1039,7 @@ mod poll {
         events: u32,
         n: u32,
         out: u32,
+        wakeable: bool,
     ) -> R {
         if n == 0 {
             return Err(Errno::Inval.into());
@@ -1028,6 +1052,8 @@ mod poll {
         let mut ready: Vec<Event> = Vec::new();
         // (userdata, nanoseconds from now until due)
         let mut timers: Vec<(u64, u64)> = Vec::new();
+        // Subscriptions to standard input being readable, by userdata.
+        let mut stdin: Vec<u64> = Vec::new();
         for s in sub_bytes.chunks_exact(size::SUBSCRIPTION as usize) {
             let s: &[u8] = s;
             let userdata = s.read_u64(0)?;
@@ -1064,6 +1090,10 @@ mod poll {
                     let (error, nbytes) = match d.require(rights::POLL_FD_READWRITE) {
                         Err(e) => (e, 0),
                         Ok(()) => match (&d.object, tag) {
+                            (Object::Stdin, eventtype::FD_READ) => {
+                                stdin.push(userdata);
+                                continue;
+                            }
                             (Object::MemFile { ino, offset }, eventtype::FD_READ) => {
                                 let size = k.fs().stat(*ino).map(|st| st.size).unwrap_or(0);
                                 (Errno::Success, size.saturating_sub(*offset))
@@ -1082,13 +1112,19 @@ mod poll {
                 _ => return Err(Errno::Inval.into()),
             }
         }
-        if ready.is_empty() {
-            let wait = timers.iter().map(|t| t.1).min().unwrap_or(0);
-            if wait > 0 {
-                k.sleep(wait, h);
+        let input = |ready: &mut Vec<Event>| {
+            for &userdata in &stdin {
+                ready.push(Event {
+                    userdata,
+                    error: Errno::Success,
+                    kind: eventtype::FD_READ,
+                    nbytes: 0,
+                });
             }
+        };
+        let due = |ready: &mut Vec<Event>, by: u64| {
             for &(userdata, w) in &timers {
-                if w <= wait {
+                if w <= by {
                     ready.push(Event {
                         userdata,
                         error: Errno::Success,
@@ -1097,15 +1133,69 @@ mod poll {
                     });
                 }
             }
+        };
+        let earliest = timers.iter().map(|t| t.1).min();
+        if !ready.is_empty() {
+            // Something is ready now: standard input only if it is too, and only the clocks
+            // already due.
+            if !stdin.is_empty() && h.wait_stdin(Some(0), false) == crate::host::Wait::Ready {
+                input(&mut ready);
+            }
+            due(&mut ready, 0);
+        } else if stdin.is_empty() {
+            let wait = earliest.unwrap_or(0);
+            if wait > 0 {
+                k.sleep(wait, h);
+            }
+            due(&mut ready, wait);
+        } else if k.is_deterministic() {
+            // Virtual time does not pass while the host waits: input there now, or the
+            // earliest clock, whose time then passes; with no clock, the wait is real.
+            let now = if earliest.is_some() { Some(0) } else { None };
+            match h.wait_stdin(now, wakeable) {
+                crate::host::Wait::Ready => {
+                    input(&mut ready);
+                    due(&mut ready, 0);
+                }
+                crate::host::Wait::TimedOut => {
+                    let wait = earliest.unwrap_or(0);
+                    k.sleep(wait, h);
+                    due(&mut ready, wait);
+                }
+                crate::host::Wait::Woken => {
+                    k.set_pending(Some(crate::kernel::Pending::Poll {
+                        subs,
+                        events,
+                        n,
+                        out,
+                    }));
+                    return Ok(());
+                }
+            }
         } else {
-            for &(userdata, w) in &timers {
-                if w == 0 {
-                    ready.push(Event {
-                        userdata,
-                        error: Errno::Success,
-                        kind: eventtype::CLOCK,
-                        nbytes: 0,
-                    });
+            let start = k.monotonic_now(h);
+            let waited = h.wait_stdin(earliest, wakeable);
+            let elapsed = k.monotonic_now(h).saturating_sub(start);
+            match (waited, earliest) {
+                (crate::host::Wait::Ready, _) => {
+                    input(&mut ready);
+                    due(&mut ready, elapsed);
+                }
+                (crate::host::Wait::TimedOut, Some(wait)) => due(&mut ready, wait.max(elapsed)),
+                // Woken for a checkpoint with a clock to wait for: the clock fires as if its
+                // time had passed, and the rest is owed, as for a sleep.
+                (crate::host::Wait::Woken, Some(wait)) => {
+                    k.owe_until(start.saturating_add(wait));
+                    due(&mut ready, wait);
+                }
+                (_, None) => {
+                    k.set_pending(Some(crate::kernel::Pending::Poll {
+                        subs,
+                        events,
+                        n,
+                        out,
+                    }));
+                    return Ok(());
                 }
             }
         }
@@ -1234,5 +1324,121 @@ mod tests {
         };
         assert_eq!(fd_write(&mut k, &mut host, &mut mem, 1, 1000, 2, 0), Ok(0));
         assert_eq!(u32::from_le_bytes(mem[..4].try_into().unwrap()), 0x10_0000);
+    }
+
+    /// A host whose standard input answers waits as a script says, with a clock that moves
+    /// only when it sleeps.
+    struct Scripted {
+        waits: Vec<crate::host::Wait>,
+        now: u64,
+        input: &'static [u8],
+    }
+
+    impl Host for Scripted {
+        fn wall_clock_ns(&mut self) -> u64 {
+            self.now
+        }
+        fn monotonic_ns(&mut self) -> u64 {
+            self.now
+        }
+        fn random_bytes(&mut self, _: &mut [u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn stdin_read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
+            let n = self.input.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input = &self.input[n..];
+            Ok(n)
+        }
+        fn stdout_write(&mut self, _: &[u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn stderr_write(&mut self, _: &[u8]) -> Result<(), Errno> {
+            Ok(())
+        }
+        fn sleep_ns(&mut self, ns: u64) {
+            self.now += ns;
+        }
+        fn wait_stdin(&mut self, timeout: Option<u64>, _: bool) -> crate::host::Wait {
+            let w = self.waits.remove(0);
+            if w == crate::host::Wait::TimedOut {
+                self.now += timeout.unwrap_or(0);
+            }
+            w
+        }
+    }
+
+    /// Subscriptions at 0: userdata 1 reads descriptor 0, userdata 2 (with `clock`) is a
+    /// relative monotonic clock of 1 ms. Returns the events' userdata.
+    fn poll_stdin(k: &mut Kernel, h: &mut Scripted, clock: bool) -> Vec<u64> {
+        let mut mem = vec![0u8; 1024];
+        mem[0..8].copy_from_slice(&1u64.to_le_bytes());
+        mem[8] = eventtype::FD_READ;
+        mem[48..56].copy_from_slice(&2u64.to_le_bytes());
+        mem[56] = eventtype::CLOCK;
+        mem[64..68].copy_from_slice(&clockid::MONOTONIC.to_le_bytes());
+        mem[72..80].copy_from_slice(&1_000_000u64.to_le_bytes());
+        let n = if clock { 2 } else { 1 };
+        assert_eq!(poll_oneoff(k, h, &mut mem, 0, 256, n, 512).unwrap(), 0);
+        let got = u32::from_le_bytes(mem[512..516].try_into().unwrap());
+        (0..got as usize)
+            .map(|i| u64::from_le_bytes(mem[256 + 32 * i..264 + 32 * i].try_into().unwrap()))
+            .collect()
+    }
+
+    /// `poll_oneoff` on standard input asks the host: input ready is an event; a clock that
+    /// passes first fires alone; a checkpoint's wake with a clock fires it and owes the rest;
+    /// without a clock the poll is left pending, and finishing it waits for real.
+    #[test]
+    fn polling_standard_input_waits_through_the_host() {
+        use crate::host::Wait;
+        let mut k = Kernel::new();
+        let mut h = Scripted {
+            waits: vec![Wait::Ready],
+            now: 0,
+            input: b"",
+        };
+        assert_eq!(poll_stdin(&mut k, &mut h, true), [1]);
+        h.waits = vec![Wait::TimedOut];
+        assert_eq!(poll_stdin(&mut k, &mut h, true), [2]);
+        assert_eq!(h.now, 1_000_000, "the clock's time passed");
+        // Woken with a clock: it fires at once and nothing is pending.
+        h.waits = vec![Wait::Woken];
+        assert_eq!(poll_stdin(&mut k, &mut h, true), [2]);
+        assert_eq!(k.pending(), None);
+        // Woken without one: no event yet, the poll is pending, and finishing it writes the
+        // event the real wait gives.
+        let mut mem = vec![0u8; 1024];
+        mem[0..8].copy_from_slice(&1u64.to_le_bytes());
+        mem[8] = eventtype::FD_READ;
+        h.waits = vec![Wait::Woken, Wait::Ready];
+        assert_eq!(
+            poll_oneoff(&mut k, &mut h, &mut mem, 0, 256, 1, 512).unwrap(),
+            0
+        );
+        assert!(matches!(
+            k.pending(),
+            Some(crate::kernel::Pending::Poll { .. })
+        ));
+        assert_eq!(&mem[512..516], &[0, 0, 0, 0]);
+        complete_pending(&mut k, &mut h, &mut mem);
+        assert_eq!(k.pending(), None);
+        assert_eq!(u32::from_le_bytes(mem[512..516].try_into().unwrap()), 1);
+        assert_eq!(u64::from_le_bytes(mem[256..264].try_into().unwrap()), 1);
+        // A read woken likewise is finished with the input that came.
+        h.input = b"late";
+        h.waits = vec![Wait::Woken];
+        put_iovecs(&mut mem, 600, &[(700, 16)]);
+        assert_eq!(
+            fd_read(&mut k, &mut h, &mut mem, 0, 600, 1, 620).unwrap(),
+            0
+        );
+        assert!(matches!(
+            k.pending(),
+            Some(crate::kernel::Pending::Read { .. })
+        ));
+        complete_pending(&mut k, &mut h, &mut mem);
+        assert_eq!(u32::from_le_bytes(mem[620..624].try_into().unwrap()), 4);
+        assert_eq!(&mem[700..704], b"late");
     }
 }

@@ -150,8 +150,8 @@ impl Host for Granted {
     fn stdio_is_terminal(&mut self, fd: u32) -> bool {
         self.inner.stdio_is_terminal(fd)
     }
-    fn wait_stdin_unless_woken(&mut self) -> bool {
-        self.inner.wait_stdin_unless_woken()
+    fn wait_stdin(&mut self, timeout_ns: Option<u64>, wakeable: bool) -> tabi_libos::host::Wait {
+        self.inner.wait_stdin(timeout_ns, wakeable)
     }
     fn yield_now(&mut self) {
         self.inner.yield_now()

@@ -42,6 +42,17 @@ pub struct K {
 /// `Pending`'s shape.
 #[derive(Serialize, Clone)]
 pub enum P {
+    /// A poll.
+    Poll {
+        /// Subscriptions.
+        subs: u32,
+        /// Events.
+        events: u32,
+        /// Count.
+        n: u32,
+        /// Where the count goes.
+        out: u32,
+    },
     /// A read of standard input.
     Read {
         /// The descriptor.
