@@ -1021,8 +1021,9 @@ mod poll {
         nbytes: u64,
     }
 
-    /// `poll_oneoff`. Each descriptor says when it is ready: files, directories' errors and
-    /// output streams at once; standard input when the host says it can be read. With nothing
+    /// `poll_oneoff`. Each descriptor's object says when it is ready
+    /// ([`Kernel::readiness`]): files, directories' errors and output streams at once;
+    /// standard input when the host says it can be read. With nothing
     /// ready, the call waits through the host for standard input (when asked for) and the
     /// earliest clock subscription. When the host wakes it for a checkpoint (`wakeable`), a
     /// wait with a clock is cut short as a sleep is (the rest is owed, see
@@ -1086,21 +1087,13 @@ mod poll {
                 eventtype::FD_READ | eventtype::FD_WRITE => {
                     let fd = s.read_u32(16)?;
                     // A descriptor that is not open fails the whole call, as in wasmtime.
-                    let d = k.get(fd)?;
-                    let (error, nbytes) = match d.require(rights::POLL_FD_READWRITE) {
-                        Err(e) => (e, 0),
-                        Ok(()) => match (&d.object, tag) {
-                            (Object::Stdin, eventtype::FD_READ) => {
-                                stdin.push(userdata);
-                                continue;
-                            }
-                            (Object::MemFile { ino, offset }, eventtype::FD_READ) => {
-                                let size = k.fs().stat(*ino).map(|st| st.size).unwrap_or(0);
-                                (Errno::Success, size.saturating_sub(*offset))
-                            }
-                            (Object::MemDir { .. } | Object::HostDir { .. }, _) => (Errno::Badf, 0),
-                            _ => (Errno::Success, 0),
-                        },
+                    let (error, nbytes) = match k.readiness(fd, tag == eventtype::FD_WRITE, h)? {
+                        crate::kernel::Readiness::Now(n) => (Errno::Success, n),
+                        crate::kernel::Readiness::Error(e) => (e, 0),
+                        crate::kernel::Readiness::HostInput => {
+                            stdin.push(userdata);
+                            continue;
+                        }
                     };
                     ready.push(Event {
                         userdata,
