@@ -219,7 +219,7 @@ fn main() {
         // Copying the instance's memory out, as a run that stops does (only its non-zero
         // blocks are written).
         let t = Instant::now();
-        let copy = tabi_libos::machine::sparse_copy(mem);
+        let copy = tabi_hostmem::sparse_copy(mem);
         capture_times.push(t.elapsed());
         drop(copy);
     }

@@ -15,7 +15,7 @@ use tabi_tests::harness::{Setup, engine};
 /// it does not, every checkpoint of a chain is a full one.
 fn host_tracks() -> bool {
     let v = vec![0u8; 1 << 20];
-    tabi_libos::written::Tracker::start(&v).is_some()
+    tabi_hostmem::written::Tracker::start(&v).is_some()
 }
 
 /// The guest's standard output when its rewrite runs without pausing.

@@ -58,8 +58,6 @@ pub mod kernel;
 pub mod machine;
 pub mod memory;
 pub mod p1;
-pub mod resident;
-pub mod written;
 
 pub use engine::{Engine, EngineError, Exit, Finished, Process};
 pub use errno::{CallError, Errno, Trap};

@@ -548,50 +548,6 @@ pub trait Machine {
 /// A Wasm page.
 pub const PAGE: usize = 65536;
 
-/// Whether `bytes` are all zero.
-pub fn is_zero(bytes: &[u8]) -> bool {
-    let (head, rest) = bytes.split_at(bytes.len() % 64);
-    head.iter().all(|&b| b == 0)
-        && rest
-            .chunks_exact(64)
-            .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
-
-/// A copy of a memory image that touches only the non-zero 4 KiB blocks: the rest of a large
-/// zeroed allocation stays unmapped, so copying a mostly empty memory costs its contents, not
-/// its size. Blocks the host never backed (see [`crate::resident`]) are not even read.
-pub fn sparse_copy(src: &[u8]) -> Vec<u8> {
-    sparse_copy_len(src, src.len())
-}
-
-/// [`sparse_copy`] into a zeroed buffer of `len` bytes (at least `src.len()`): what lies past
-/// `src` stays unmapped until written.
-pub fn sparse_copy_len(src: &[u8], len: usize) -> Vec<u8> {
-    let touched = crate::resident::touched_or_all(src);
-    let mut v = alloc::vec![0u8; len.max(src.len())];
-    for (i, (d, s)) in v.chunks_mut(4096).zip(src.chunks(4096)).enumerate() {
-        if touched.block(i) && !is_zero(s) {
-            d.copy_from_slice(s);
-        }
-    }
-    v
-}
-
-/// Writes `src` over `dst` (same length), skipping 4 KiB blocks that are zero in both: a fresh
-/// instance's memory is mostly zero and untouched, and stays so. Blocks the host never backed
-/// (see [`crate::resident`]) are known to be zero without reading them.
-pub fn write_sparse(dst: &mut [u8], src: &[u8]) {
-    let from = crate::resident::touched_or_all(src);
-    let to = crate::resident::touched_or_all(dst);
-    for (i, (d, s)) in dst.chunks_mut(4096).zip(src.chunks(4096)).enumerate() {
-        if from.block(i) && !is_zero(s) {
-            d.copy_from_slice(s);
-        } else if to.block(i) && !is_zero(d) {
-            d.fill(0);
-        }
-    }
-}
-
 /// How [`drive`] ended.
 pub enum Driven {
     /// The guest finished: it exited, trapped, or its `_start` returned (`Exit::Code(0)`).

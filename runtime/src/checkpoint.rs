@@ -178,7 +178,7 @@ struct Link {
     hash: [u8; 32],
     kernel: Vec<u8>,
     /// Per memory: its tracker, and its length at the checkpoint.
-    memories: Vec<(tabi_libos::written::Tracker, usize)>,
+    memories: Vec<(tabi_hostmem::written::Tracker, usize)>,
 }
 
 /// A checkpoint a [`Chain`] wrote.
@@ -215,7 +215,7 @@ impl Chain {
             .take()
             .filter(|l| l.memories.len() == paused.memories.len());
         // Incremental when every memory's tracker answers.
-        let written: Option<Vec<tabi_libos::resident::Touched>> = last.as_mut().and_then(|l| {
+        let written: Option<Vec<tabi_hostmem::resident::Touched>> = last.as_mut().and_then(|l| {
             l.memories
                 .iter_mut()
                 .zip(paused.memories)
@@ -234,7 +234,7 @@ impl Chain {
                 paused
                     .memories
                     .iter()
-                    .map_while(|m| tabi_libos::written::Tracker::start(m))
+                    .map_while(|m| tabi_hostmem::written::Tracker::start(m))
                     .collect(),
             ),
         };

@@ -758,7 +758,7 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
                     Some(old) if old.len() <= bytes => {
                         // Only the blocks the parent's memory ever backed are copied; the
                         // rest, the part it grew by included, stays unbacked zeroes.
-                        tabi_libos::machine::sparse_copy_len(old, bytes)
+                        tabi_hostmem::sparse_copy_len(old, bytes)
                     }
                     Some(_) => {
                         return Err(Error::Malformed {
@@ -786,7 +786,7 @@ fn read_to<S: Source>(src: &mut S, limits: &Limits, mut dest: Dest<'_>) -> Resul
         // A target's memory may hold data where the snapshot has none: those pages (the
         // gaps between chunks) are zeroed, reading only the blocks the host ever backed.
         let touched = if clear {
-            Some(tabi_libos::resident::touched_or_all(mem))
+            Some(tabi_hostmem::resident::touched_or_all(mem))
         } else {
             None
         };
@@ -997,7 +997,7 @@ struct Chunks<'t> {
     pages: u32,
     incremental: bool,
     /// For a target's memory: the blocks the host backed, which gaps between chunks clear.
-    touched: Option<&'t tabi_libos::resident::Touched>,
+    touched: Option<&'t tabi_hostmem::resident::Touched>,
 }
 
 /// One chunk read and framed, still to be checked against its CRC and decoded into `dst`.
@@ -1019,7 +1019,7 @@ impl Job<'_> {
             });
         }
         if self.kind != CHUNK_ZERO {
-            tabi_libos::resident::prefault(self.dst);
+            tabi_hostmem::resident::prefault(self.dst);
         }
         match self.kind {
             CHUNK_LZ4 => {
@@ -1253,9 +1253,9 @@ impl Chunks<'_> {
         let Some(t) = self.touched else {
             return;
         };
-        use tabi_libos::resident::BLOCK;
+        use tabi_hostmem::resident::BLOCK;
         for (i, block) in gap.chunks_mut(BLOCK).enumerate() {
-            if t.block(at / BLOCK + i) && !tabi_libos::machine::is_zero(block) {
+            if t.block(at / BLOCK + i) && !tabi_hostmem::is_zero(block) {
                 block.fill(0);
             }
         }

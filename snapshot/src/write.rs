@@ -53,7 +53,7 @@ pub enum Prior<'a> {
     /// Its bytes when the base was taken: each page is compared with them.
     Bytes(&'a [u8]),
     /// Its length when the base was taken, and the 4 KiB blocks written since (as a
-    /// [`tabi_libos::written::Tracker`] reports them). Only the pages with a written block
+    /// [`tabi_hostmem::written::Tracker`] reports them). Only the pages with a written block
     /// are read, and each of them is written to the snapshot (as a zero chunk if it is zero
     /// now): nothing is compared. The map must cover every write, or the snapshot misses it.
     Written {
@@ -131,8 +131,8 @@ impl<S: Sink> Out<'_, S> {
     }
 }
 
-use tabi_libos::machine::is_zero;
-use tabi_libos::resident::{Touched, touched_or_all};
+use tabi_hostmem::is_zero;
+use tabi_hostmem::resident::{Touched, touched_or_all};
 
 /// A memory to encode, and its base's, with what the host says of their blocks.
 struct View<'a> {

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use tabi_hostmem::resident::Touched;
 use tabi_libos::Kernel;
 use tabi_libos::machine::{TableImage, Value};
-use tabi_libos::resident::Touched;
 use tabi_snapshot::{
     Base, Contents, Error, Identity, Limits, PAGE, Prior, Snapshot, read, write, write_unchecked,
 };

@@ -240,7 +240,7 @@ impl Machine for Session {
 
     fn memory(&mut self, name: &str) -> Option<Vec<u8>> {
         let m = self.instance.get_memory(&mut self.store, name)?;
-        Some(machine::sparse_copy(m.data(&self.store)))
+        Some(tabi_hostmem::sparse_copy(m.data(&self.store)))
     }
 
     fn memory_size(&mut self, name: &str) -> Result<usize, EngineError> {
@@ -249,7 +249,7 @@ impl Machine for Session {
 
     fn write_memory(&mut self, name: &str, data: &[u8]) -> Result<(), EngineError> {
         let dst = self.grown(name, data.len())?;
-        machine::write_sparse(&mut dst[..data.len()], data);
+        tabi_hostmem::write_sparse(&mut dst[..data.len()], data);
         Ok(())
     }
 
