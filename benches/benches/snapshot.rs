@@ -126,7 +126,7 @@ fn pause(original: &[u8], after: u64) -> PausedGuest {
         .run()
         .unwrap()
     {
-        Ended::Paused(p) => p,
+        Ended::Paused(p) => *p,
         Ended::Exited(_) => panic!("the guest did not pause"),
     }
 }

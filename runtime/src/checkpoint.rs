@@ -411,8 +411,6 @@ fn metadata_within(root: &cap_std::fs::Dir, path: &str) -> std::io::Result<cap_s
     }
 }
 
-/// Reads a chain of snapshot files: a full snapshot, then incremental ones, each against the
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -547,10 +547,10 @@ impl std::fmt::Debug for Guest {
 #[must_use]
 pub enum Ended {
     /// The guest exited, trapped, or its export returned.
-    Exited(Exited),
+    Exited(Box<Exited>),
     /// The guest paused and the run stopped: write its snapshot, carry it on elsewhere
     /// ([`PausedGuest::into_guest`]), or drop it.
-    Paused(PausedGuest),
+    Paused(Box<PausedGuest>),
 }
 
 impl Ended {
@@ -669,16 +669,16 @@ impl Guest {
             return Err(e);
         }
         Ok(match outcome? {
-            Outcome::Finished(f) => Ended::Exited(Exited {
+            Outcome::Finished(f) => Ended::Exited(Box::new(Exited {
                 exit: f.exit,
                 results: f.results,
                 process: f.process,
-            }),
-            Outcome::Paused(paused) => Ended::Paused(PausedGuest {
+            })),
+            Outcome::Paused(paused) => Ended::Paused(Box::new(PausedGuest {
                 paused,
                 origin,
                 invoke,
-            }),
+            })),
         })
     }
 }
@@ -698,11 +698,11 @@ fn run_plain(
                 .invoke(wasm, process, &call.export, &call.args)?,
         })
     })?;
-    Ok(Ended::Exited(Exited {
+    Ok(Ended::Exited(Box::new(Exited {
         exit: finished.exit,
         results: finished.results,
         process: finished.process,
-    }))
+    })))
 }
 
 /// Drives an instrumented guest from `begin` on a thread with a guest's stack.

@@ -376,7 +376,7 @@ impl Resume {
     /// The module a snapshot resumes with: the original it carries (or the one given,
     /// checked against its hash), rewritten again with the options it records and checked
     /// against the rewrite's hash. Gives (original, instrumented).
-    fn modules_for(&self, head: &tabi_snapshot::Head<'_>) -> Result<(Arc<Vec<u8>>, Arc<Vec<u8>>)> {
+    fn modules_for(&self, head: &tabi_snapshot::Head<'_>) -> Result<Modules> {
         let original = match (&self.module, head.module) {
             (Some(m), _) => m.clone(),
             (None, Some(m)) => m.to_vec(),
@@ -449,13 +449,16 @@ impl Resume {
     }
 }
 
+/// A snapshot's modules: the original, and the rewrite that runs.
+type Modules = (Arc<Vec<u8>>, Arc<Vec<u8>>);
+
 /// The reader's [`tabi_snapshot::MemoryTarget`]: instantiates the module when the first
 /// memory comes, then hands out the instance's memories.
 struct Loader<'a> {
     resume: &'a Resume,
     control: Option<PauseControl>,
     session: Option<Box<dyn machine::Session>>,
-    modules: Option<(Arc<Vec<u8>>, Arc<Vec<u8>>)>,
+    modules: Option<Modules>,
     memories: usize,
     /// Why the target failed, beyond what the snapshot error can say.
     failure: Option<Error>,
