@@ -163,7 +163,7 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 /// holds only the pages written since the one before and names that one as its parent.
 ///
 /// Which pages were written comes from the host's dirty-page tracking of the instance's
-/// memories (see [`tabi_libos::written`]), started at the first checkpoint; nothing is
+/// memories (see [`tabi_hostmem::written`]), started at the first checkpoint; nothing is
 /// compared and no copy of the memories is kept. Where the host cannot track, or the
 /// tracking lost sight of a memory (wasmi moves a memory that grows), or a write failed,
 /// the next checkpoint is a full one and a new chain starts there.

@@ -327,6 +327,43 @@ impl GuestBuilder {
     /// clocks, entropy, standard streams and sleeps (the streams set with
     /// [`GuestBuilder::stdin`] and the others are not used); the directories granted with
     /// [`GuestBuilder::dir`] are served by tabi beside it.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tabi::{Errno, Host};
+    ///
+    /// /// A host whose clock is always at the epoch and whose output goes to a log.
+    /// #[derive(Clone, Default)]
+    /// struct Logged(Arc<Mutex<Vec<u8>>>);
+    /// impl Host for Logged {
+    ///     fn wall_clock_ns(&mut self) -> u64 { 0 }
+    ///     fn monotonic_ns(&mut self) -> u64 { 0 }
+    ///     fn random_bytes(&mut self, b: &mut [u8]) -> Result<(), Errno> { b.fill(9); Ok(()) }
+    ///     fn stdin_read(&mut self, _: &mut [u8]) -> Result<usize, Errno> { Ok(0) }
+    ///     fn stdout_write(&mut self, b: &[u8]) -> Result<(), Errno> {
+    ///         self.0.lock().unwrap().extend_from_slice(b);
+    ///         Ok(())
+    ///     }
+    ///     fn stderr_write(&mut self, _: &[u8]) -> Result<(), Errno> { Ok(()) }
+    ///     fn sleep_ns(&mut self, _: u64) {}
+    /// }
+    ///
+    /// # let engine = tabi::Engine::new(tabi::Backend::Wasmi)?;
+    /// # let wat = r#"(module
+    /// #   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+    /// #   (memory (export "memory") 1) (data (i32.const 16) "logged\n")
+    /// #   (func (export "_start")
+    /// #     (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 7))
+    /// #     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+    /// let log = Logged::default();
+    /// let host = log.clone();
+    /// let guest = tabi::GuestBuilder::new(&engine, wat.as_bytes())?
+    ///     .host_factory(move || Box::new(host.clone()))
+    ///     .build()?;
+    /// guest.run()?;
+    /// assert_eq!(&*log.0.lock().unwrap(), b"logged\n");
+    /// # Ok::<(), tabi::Error>(())
+    /// ```
     pub fn host_factory(
         mut self,
         factory: impl Fn() -> Box<dyn Host + Send> + Send + Sync + 'static,
@@ -616,6 +653,36 @@ impl Guest {
     /// [`Pause::write_incremental`]) and then let the guest go on
     /// ([`AfterPause::Continue`]) or stop the run ([`AfterPause::Stop`]). An error from
     /// `on_pause` ends the run with it.
+    ///
+    /// A checkpoint at each of a guest's first three migration points, incremental after the
+    /// first, the guest going on in place after each:
+    ///
+    /// ```
+    /// # let engine = tabi::Engine::new(tabi::Backend::Wasmi)?;
+    /// # let wat = r#"(module
+    /// #   (import "wasi_snapshot_preview1" "sched_yield" (func $y (result i32)))
+    /// #   (memory (export "memory") 1)
+    /// #   (func (export "_start") (drop (call $y)) (drop (call $y)) (drop (call $y))))"#;
+    /// let handle = tabi::PauseHandle::new();
+    /// handle.request();
+    /// let guest = tabi::GuestBuilder::new(&engine, wat.as_bytes())?.pause_handle(&handle).build()?;
+    /// let (mut chain, mut links) = (tabi::Chain::new(), Vec::new());
+    /// let ended = guest.run_with(|pause| {
+    ///     let mut bytes = Vec::new();
+    ///     pause.write_incremental_to(&mut chain, &mut bytes)?;
+    ///     links.push(bytes);
+    ///     handle.request();
+    ///     Ok(tabi::AfterPause::Continue)
+    /// })?;
+    /// assert_eq!(ended.exit(), Some(&tabi::Exit::Code(0)));
+    /// assert_eq!(links.len(), 3);
+    /// // Each link reads against the one before.
+    /// let mut last: Option<tabi::Snapshot> = None;
+    /// for bytes in &links {
+    ///     last = Some(tabi::read_snapshot_from(&bytes[..], last.as_ref(), &tabi::Limits::default())?);
+    /// }
+    /// # Ok::<(), tabi::Error>(())
+    /// ```
     pub fn run_with(
         self,
         mut on_pause: impl FnMut(&mut Pause<'_>) -> Result<AfterPause> + Send,

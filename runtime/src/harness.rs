@@ -213,6 +213,18 @@ fn describe(expected: &Observed, got: &Observed) -> String {
 /// plain run's is wasmtime's, or wasmi's in a build without it); the builder's own engine is
 /// not used. The guest's standard streams are the harness's buffers: what the builder's
 /// standard input holds ([`Stdio::Buffer`]) is given to each run whole.
+///
+/// ```
+/// let mut engines = tabi::Engines::new();
+/// let wat = r#"(module
+///   (import "wasi_snapshot_preview1" "sched_yield" (func $y (result i32)))
+///   (func (export "_start") (drop (call $y)) (drop (call $y)) (drop (call $y))))"#;
+/// let builder = tabi::GuestBuilder::new(&engines.get(tabi::Backend::Wasmi)?, wat.as_bytes())?;
+/// let report = tabi::migrate_test(&builder, 1, &[tabi::Backend::Wasmi], &mut engines)?;
+/// assert!(report.divergences.is_empty());
+/// assert_eq!(report.checkpoints, 3);
+/// # Ok::<(), tabi::Error>(())
+/// ```
 pub fn migrate_test(
     setup: &GuestBuilder,
     every: u64,

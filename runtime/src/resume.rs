@@ -75,6 +75,22 @@ fn chain_hint(e: Error) -> Error {
 }
 
 /// What a snapshot holds, as data: what `tabi inspect` prints.
+///
+/// ```
+/// # let engine = tabi::Engine::new(tabi::Backend::Wasmi)?;
+/// # let wat = r#"(module
+/// #   (import "wasi_snapshot_preview1" "sched_yield" (func $y (result i32)))
+/// #   (memory (export "memory") 1)
+/// #   (func (export "_start") (drop (call $y)) (drop (call $y))))"#;
+/// let guest = tabi::GuestBuilder::new(&engine, wat.as_bytes())?.memory_dir("/tmp").pause_after(1).build()?;
+/// let tabi::Ended::Paused(paused) = guest.run()? else { panic!() };
+/// let bytes = paused.snapshot_bytes()?;
+/// let snapshot = tabi::read_snapshot_from(&bytes[..], None, &tabi::Limits::default())?;
+/// let seen = tabi::Inspection::of(&snapshot);
+/// assert_eq!((seen.entry.as_str(), seen.points, seen.memory_bytes), ("_start", 1, 65536));
+/// assert!(seen.descriptors.iter().any(|(fd, what)| *fd == 3 && what.contains("directory")));
+/// # Ok::<(), tabi::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inspection {
     /// The format version it was written in.
