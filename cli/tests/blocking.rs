@@ -233,3 +233,60 @@ fn a_guest_checkpointed_while_reading_goes_on_in_place() {
     assert!(child.wait().unwrap().success());
     assert!(file.exists());
 }
+
+/// Reads standard input a byte at a time up to a line break, then prints the line.
+const LINE_BY_BYTES: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (local $at i32)
+    (local.set $at (i32.const 100))
+    (block $done
+      (loop $more
+        (i32.store (i32.const 0) (local.get $at))
+        (i32.store (i32.const 4) (i32.const 1))
+        (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (br_if $done (i32.eqz (i32.load (i32.const 8))))
+        (local.set $at (i32.add (local.get $at) (i32.const 1)))
+        (br_if $done (i32.eq (i32.load8_u (i32.sub (local.get $at) (i32.const 1))) (i32.const 10)))
+        (br $more)))
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.sub (local.get $at) (i32.const 100)))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+/// Input that came in one piece and is read a byte at a time is all there for each read:
+/// the wait for input looks at what the process has not read yet, so a guest answering a
+/// peer that keeps its end open and waits for the answer does not hang.
+#[test]
+fn small_reads_of_piped_input_do_not_wait_for_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("line.wat");
+    std::fs::write(&module, LINE_BY_BYTES).unwrap();
+    for signals in [false, true] {
+        let mut cmd = tabi();
+        cmd.env("TABI_CACHE", "off")
+            .args(["run", "--backend", "wasmi"]);
+        if signals {
+            // A pause can be asked for, so the reads wait through the host's poll.
+            cmd.args(["--checkpoint-on-signal", "--snapshot"])
+                .arg(dir.path().join("s.snap"));
+        }
+        let mut child = cmd
+            .arg(&module)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"first line\nsecond\n").unwrap();
+        stdin.flush().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        // With the pipe still open: the guest has its line from what was written.
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "first line\n", "signals {signals}");
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    }
+}

@@ -183,6 +183,33 @@ mod std_host {
         n != 0
     }
 
+    /// Reads the process's standard input straight from descriptor 0, with no buffer between:
+    /// what [`stdin_ready`] reports ready is then what a read returns. (Through
+    /// `std::io::stdin`, whose buffer keeps what one read took beyond the guest's buffer, a
+    /// wait on the descriptor would block while that buffer still held input.)
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code, reason = "read(2) on descriptor 0")]
+    fn read_stdin(buf: &mut [u8]) -> Result<usize, Errno> {
+        loop {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and
+            // read(2) writes at most that many.
+            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return Err(Errno::Io);
+            }
+        }
+    }
+
+    /// Elsewhere the standard library's reader (which has no buffer a wait could miss, as no
+    /// wait is made: see [`stdin_ready`]).
+    #[cfg(not(target_os = "linux"))]
+    fn read_stdin(buf: &mut [u8]) -> Result<usize, Errno> {
+        std::io::stdin().lock().read(buf).map_err(|_| Errno::Io)
+    }
+
     /// Elsewhere a wait for input cannot be cut short: input counts as ready, and the read
     /// blocks.
     #[cfg(not(target_os = "linux"))]
@@ -246,7 +273,7 @@ mod std_host {
 
         fn stdin_read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
             match &self.stdin {
-                Stdio::Inherit => std::io::stdin().lock().read(buf).map_err(|_| Errno::Io),
+                Stdio::Inherit => read_stdin(buf),
                 Stdio::Null => Ok(0),
                 Stdio::Buffer(b) => {
                     let mut data = b.lock().map_err(|_| Errno::Io)?;

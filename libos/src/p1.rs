@@ -260,8 +260,12 @@ pub fn complete_pending(k: &mut Kernel, h: &mut dyn Host, mem: &mut [u8]) {
             n,
             out,
         } => {
-            // Waits for real this time; an error now is seen as no event.
-            if poll::poll_oneoff(k, h, mem, subs, events, n, out, false).is_err() {
+            // Waits for real this time; an error now, or a host that still cannot wait, is
+            // seen as no event.
+            if poll::poll_oneoff(k, h, mem, subs, events, n, out, false).is_err()
+                || k.pending().is_some()
+            {
+                k.set_pending(None);
                 let _ = mem.write_u32(out, 0);
             }
         }
@@ -621,16 +625,29 @@ mod imp {
         n: i32,
         out: i32,
     ) -> R {
-        let reads_stdin = k
-            .get(fd as u32)
-            .is_ok_and(|d| matches!(d.object, Object::Stdin) && d.read);
-        if reads_stdin && h.wait_stdin(None, true) == crate::host::Wait::Woken {
+        // A blocking read of standard input waits through the host first, so that a
+        // checkpoint can be taken while it waits (a non-blocking one reads at once).
+        let waits = k.get(fd as u32).is_ok_and(|d| {
+            matches!(d.object, Object::Stdin)
+                && d.read
+                && d.require(rights::FD_READ).is_ok()
+                && d.flags & fdflags::NONBLOCK == 0
+        });
+        // Every argument is checked before the wait, so that no error is deferred past it.
+        let wanted = if waits {
+            let list = mem.read_iovecs(iovs as u32, n as u32)?;
+            for &(ptr, len) in &list {
+                mem.slice_mut(ptr, len)?;
+            }
+            mem.slice_mut(out as u32, 4)?;
+            list.iter().map(|&(_, len)| u64::from(len)).sum::<u64>()
+        } else {
+            0
+        };
+        if wanted > 0 && h.wait_stdin(None, true) == crate::host::Wait::Woken {
             // No input yet, and a checkpoint is wanted: the call returns so that the guest
             // reaches its migration point, and the read is finished before the guest runs
-            // on (see `Pending`). Its arguments are checked now, so that an error is not
-            // deferred.
-            mem.read_iovecs(iovs as u32, n as u32)?;
-            mem.slice_mut(out as u32, 4)?;
+            // on (see `Pending`).
             k.set_pending(Some(crate::kernel::Pending::Read {
                 fd: fd as u32,
                 iovs: iovs as u32,
@@ -1433,5 +1450,48 @@ mod tests {
         complete_pending(&mut k, &mut h, &mut mem);
         assert_eq!(u32::from_le_bytes(mem[620..624].try_into().unwrap()), 4);
         assert_eq!(&mem[700..704], b"late");
+    }
+
+    /// A read that would wait is checked in full first: a bad buffer is `EFAULT` and a missing
+    /// right `ENOTCAPABLE` at once, never a pending read that later reads as the end of
+    /// input; a read of nothing, or a non-blocking one, does not wait at all.
+    #[test]
+    fn a_read_is_checked_before_it_waits() {
+        use crate::host::Wait;
+        let mut k = Kernel::new();
+        // A host with no waits scripted: asking it to wait would panic.
+        let mut h = Scripted {
+            waits: vec![],
+            now: 0,
+            input: b"x",
+        };
+        let mut mem = vec![0u8; 1024];
+        put_iovecs(&mut mem, 600, &[(2000, 16)]);
+        assert_eq!(
+            fd_read(&mut k, &mut h, &mut mem, 0, 600, 1, 620).unwrap(),
+            i32::from(Errno::Fault.raw())
+        );
+        put_iovecs(&mut mem, 600, &[(700, 0)]);
+        assert_eq!(
+            fd_read(&mut k, &mut h, &mut mem, 0, 600, 1, 620).unwrap(),
+            0
+        );
+        assert_eq!(k.pending(), None);
+        k.set_flags(0, fdflags::NONBLOCK).unwrap();
+        put_iovecs(&mut mem, 600, &[(700, 16)]);
+        assert_eq!(
+            fd_read(&mut k, &mut h, &mut mem, 0, 600, 1, 620).unwrap(),
+            0
+        );
+        assert_eq!(&mem[700..701], b"x");
+        k.set_flags(0, 0).unwrap();
+        k.set_rights(0, rights::STDIO & !rights::FD_READ, 0)
+            .unwrap();
+        h.waits = vec![Wait::Woken];
+        assert_eq!(
+            fd_read(&mut k, &mut h, &mut mem, 0, 600, 1, 620).unwrap(),
+            i32::from(Errno::NotCapable.raw())
+        );
+        assert_eq!(k.pending(), None);
     }
 }

@@ -100,6 +100,8 @@ impl HostSpec {
                 let indices = grant(&mut host.fs)?;
                 Ok((Box::new(host), indices))
             }
+            // The caller's host as it is, when nothing is granted beside it.
+            Some(factory) if dirs.is_empty() => Ok((factory(), Vec::new())),
             Some(factory) => {
                 let mut host = Granted {
                     inner: factory(),
@@ -947,7 +949,9 @@ impl PausedGuest {
     }
 
     /// The guest, to carry on in this process on `engine` (another engine, or the same), with
-    /// its process as it is (host included), pausing again as `after` and `handle` say.
+    /// its process as it is (host included), pausing again as `after` and `handle` say. The
+    /// host keeps the wake flag it was made with: a new `handle` pauses the guest at its next
+    /// migration point, but only the old one cuts a sleep or a wait for input short.
     pub fn into_guest(
         self,
         engine: &Engine,

@@ -212,7 +212,10 @@ fn describe(expected: &Observed, got: &Observed) -> String {
 /// the migrated run differs, if it does. `engines` gives the engine of each backend (the
 /// plain run's is wasmtime's, or wasmi's in a build without it); the builder's own engine is
 /// not used. The guest's standard streams are the harness's buffers: what the builder's
-/// standard input holds ([`Stdio::Buffer`]) is given to each run whole.
+/// standard input holds ([`Stdio::Buffer`]) is given to each run whole. A host of the
+/// caller's own ([`crate::GuestBuilder::host_factory`]; not a single
+/// [`crate::GuestBuilder::host`] value, which one run uses up) serves every run and part, and
+/// the streams it answers for are not compared.
 ///
 /// ```
 /// let mut engines = tabi::Engines::new();
@@ -268,6 +271,7 @@ pub fn migrate_test(
     plain.rewrite = None;
     plain.pause_after = None;
     plain.pause = None;
+    plain.host.wake = None;
     let Ended::Exited(finished) = plain.build()?.run().context("the plain run failed")? else {
         return Err(Error::Config("the plain run paused".into()));
     };
@@ -295,6 +299,7 @@ pub fn migrate_test(
         .pause_after(every);
     first.engine = engines.get(backends[0])?;
     first.pause = None;
+    first.host.wake = None;
     if first.rewrite.is_none() {
         first.rewrite = Some(crate::rewrite_options(false));
     }
@@ -324,6 +329,8 @@ pub fn migrate_test(
                 for (h, g) in &run_setup.dirs {
                     resume = resume.dir(h.clone(), g.clone());
                 }
+                // A host of the caller's own serves every part, as it served the first.
+                resume.host.factory = run_setup.host.factory.clone();
                 resume
                     .from_reader(&bytes[..])
                     .and_then(crate::Guest::run)

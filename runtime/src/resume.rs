@@ -206,7 +206,7 @@ pub struct Resume {
     engine: Engine,
     dirs: Vec<(PathBuf, String)>,
     module: Option<Vec<u8>>,
-    host: HostSpec,
+    pub(crate) host: HostSpec,
     limits: tabi_snapshot::Limits,
     cache: RewriteCache,
     pause_after: Option<u64>,

@@ -77,6 +77,10 @@ pub const KNOWN_EXTENSIONS: &[&str] = &[];
 /// Longest extension name, in bytes.
 pub const MAX_EXTENSION_NAME: usize = 64;
 
+/// Most extension sections a snapshot may have; together they may take no more than
+/// [`Limits::section`].
+pub const MAX_EXTENSIONS: usize = 64;
+
 /// A host directory the guest had mounted when the snapshot was taken. The snapshot grants
 /// nothing: whoever resumes grants a directory for `guest_path` again, and can check that it is
 /// still the one the guest saw by comparing fingerprints.

@@ -324,7 +324,19 @@ fn section_id<S: Source>(input: &mut In<'_, S>) -> Result<u8, Error> {
         if id != SectionId::Extension as u8 || input.version < EXTENSIBLE_VERSION {
             return Ok(id);
         }
-        let (p, stored) = input.section(SectionId::Extension, input.section_limit)?;
+        // At most `MAX_EXTENSIONS` of them, whose bytes together fit one section: a file
+        // cannot make the reader keep more than it would for one section, however it splits
+        // it, nor compare names more than a few thousand times.
+        if input.extensions.len() >= crate::MAX_EXTENSIONS {
+            return Err(Error::TooLarge {
+                what: "the number of extension sections".into(),
+                size: input.extensions.len() as u64 + 1,
+                limit: crate::MAX_EXTENSIONS as u64,
+            });
+        }
+        let kept: u64 = input.extensions.iter().map(|(_, i)| i.stored).sum();
+        let left = u64::from(input.section_limit).saturating_sub(kept);
+        let (p, stored) = input.section(SectionId::Extension, left.min(u32::MAX.into()) as u32)?;
         let mut c = Cursor {
             bytes: &p,
             what: "extension",

@@ -476,7 +476,23 @@ fn write_impl<S: Sink>(
     }
     out.section(SectionId::Mounts, &p)?;
 
-    // Extensions.
+    // Extensions: as many and as large as the reader takes, each name once.
+    if check && contents.extensions.len() > crate::MAX_EXTENSIONS {
+        return Err(WriteError::Invalid(alloc::format!(
+            "{} extension sections, over the most of {}",
+            contents.extensions.len(),
+            crate::MAX_EXTENSIONS
+        )));
+    }
+    for (i, e) in contents.extensions.iter().enumerate() {
+        if check && contents.extensions[..i].iter().any(|o| o.name == e.name) {
+            return Err(WriteError::Invalid(alloc::format!(
+                "extension `{}` is given twice",
+                e.name
+            )));
+        }
+    }
+    let mut extension_bytes = 0u64;
     for e in contents.extensions {
         let name = e.name.as_bytes();
         if name.is_empty() || name.len() > crate::MAX_EXTENSION_NAME {
@@ -491,8 +507,9 @@ fn write_impl<S: Sink>(
         p.push(name.len() as u8);
         p.extend_from_slice(name);
         p.extend_from_slice(&e.data);
-        if check && p.len() as u64 > section {
-            return Err(over("an extension section", p.len() as u64, section));
+        extension_bytes += (SECTION_HEADER + p.len()) as u64;
+        if check && extension_bytes > section {
+            return Err(over("the extension sections", extension_bytes, section));
         }
         out.section(SectionId::Extension, &p)?;
     }

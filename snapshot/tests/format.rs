@@ -687,6 +687,15 @@ fn a_large_kernel_state_is_compressed_and_checked() {
 
 /// A snapshot with the given extension sections.
 fn with_extensions(extensions: &[tabi_snapshot::Extension]) -> Vec<u8> {
+    framed_with_extensions(extensions, true)
+}
+
+/// [`with_extensions`] without the writer's checks.
+fn with_extensions_unchecked(extensions: &[tabi_snapshot::Extension]) -> Vec<u8> {
+    framed_with_extensions(extensions, false)
+}
+
+fn framed_with_extensions(extensions: &[tabi_snapshot::Extension], checked: bool) -> Vec<u8> {
     let (a, b) = memories();
     let kernel = kernel_bytes();
     let globals = [Value::I32(1)];
@@ -705,7 +714,11 @@ fn with_extensions(extensions: &[tabi_snapshot::Extension]) -> Vec<u8> {
         extensions,
     };
     let mut out = Vec::new();
-    write(&mut out, &contents, None).unwrap();
+    if checked {
+        write(&mut out, &contents, None).unwrap();
+    } else {
+        write_unchecked(&mut out, &contents, None).unwrap();
+    }
     out
 }
 
@@ -746,8 +759,8 @@ fn extension_sections_are_skipped_when_optional_and_refused_by_name_when_require
     );
     assert!(e.to_string().contains("`sockets-v9`"), "{e}");
 
-    // The same name twice.
-    let bytes = with_extensions(&[optional.clone(), optional.clone()]);
+    // The same name twice (framed without the writer's checks, which refuse it too).
+    let bytes = with_extensions_unchecked(&[optional.clone(), optional.clone()]);
     let e = read(&mut &bytes[..], &Limits::default(), None).unwrap_err();
     assert!(matches!(e, Error::Malformed { .. }), "{e}");
 
@@ -799,4 +812,39 @@ fn the_kernel_state_carries_its_schema() {
     let again = tabi_snapshot::kernel_state_schema(&s.kernel_bytes, 1 << 20, 2, &Limits::default())
         .unwrap();
     assert_eq!(again, s.kernel);
+}
+
+/// A file cannot make the reader keep more extension bytes than one section may hold, nor
+/// more than a few dozen of them, however it splits them; the writer refuses the same.
+#[test]
+fn extension_sections_are_bounded_in_number_and_bytes() {
+    let many: Vec<tabi_snapshot::Extension> = (0..=tabi_snapshot::MAX_EXTENSIONS)
+        .map(|i| tabi_snapshot::Extension {
+            name: format!("x{i}"),
+            required: false,
+            data: Vec::new(),
+        })
+        .collect();
+    let bytes = with_extensions_unchecked(&many);
+    let e = read(&mut &bytes[..], &Limits::default(), None).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    let fits = with_extensions(&many[..tabi_snapshot::MAX_EXTENSIONS]);
+    read(&mut &fits[..], &Limits::default(), None).unwrap();
+
+    // Two extensions of 600 KB each under a section limit of 1 MB: each alone fits, together
+    // they do not.
+    let big = |name: &str| tabi_snapshot::Extension {
+        name: name.into(),
+        required: false,
+        data: vec![1; 600_000],
+    };
+    let bytes = with_extensions_unchecked(&[big("a"), big("b")]);
+    let limits = Limits {
+        section: 1_000_000,
+        ..Limits::default()
+    };
+    let e = read(&mut &bytes[..], &limits, None).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    let one = with_extensions(&[big("a")]);
+    read(&mut &one[..], &limits, None).unwrap();
 }
