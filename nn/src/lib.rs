@@ -1,0 +1,766 @@
+//! wasi-nn for tabi's kernel: the state a guest's inference holds, as plain data.
+//!
+//! A guest loads a model, makes an execution context of it, sets inputs, computes and reads
+//! outputs. Everything it holds between those calls lives here, in [`NnState`], so that it
+//! travels in a snapshot and a guest can move between engines and machines in the middle of
+//! that work:
+//!
+//! - [`Models`]: the bytes guests loaded, stored once per content (BLAKE3), however many
+//!   graphs use them;
+//! - graphs ([`Graph`]: encoding, target, the model's hash) and execution contexts
+//!   ([`Context`]: its graph, the inputs set so far, the outputs of the last compute), in
+//!   tables of index handles;
+//! - [`Tensor`]: dimensions, element type and bytes, checked against each other before
+//!   anything is allocated for them.
+//!
+//! Inference itself is the host's: a [`Backend`] (tract for ONNX, in `tabi`) computes a
+//! context's outputs from the model's bytes and the inputs. Its compiled plans are a cache
+//! of the host's, keyed by the model's hash, never part of the state.
+//!
+//! [`abi`] decodes the `wasi_ephemeral_nn` import module (wasi-nn 0.6, as wasmtime's witx
+//! numbers it) over guest memory, for every engine; where wasmtime traps on a bad guest
+//! pointer, it returns `invalid_argument`. This crate is `no_std` + `alloc`.
+//!
+//! # Example
+//!
+//! ```
+//! use tabi_nn::{Encoding, Limits, NnState, Target, Tensor, TensorType};
+//!
+//! let mut nn = NnState::new();
+//! let graph = nn.load(&[b"model bytes"], Encoding::Onnx, Target::Cpu, &Limits::default())?;
+//! let ctx = nn.init_execution_context(graph, &Limits::default())?;
+//! let input = Tensor::new(vec![1, 2], TensorType::F32, vec![0; 8], &Limits::default())?;
+//! nn.set_input(ctx, 0, input)?;
+//! assert_eq!(nn.context(ctx)?.inputs.len(), 1);
+//! # Ok::<(), tabi_nn::NnErrno>(())
+//! ```
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod abi;
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The error codes a guest sees (`nn_errno`), numbered as wasi-nn's witx numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u16)]
+pub enum NnErrno {
+    /// No error.
+    Success = 0,
+    /// An argument is not valid: a bad handle, index, enum value or guest pointer.
+    InvalidArgument = 1,
+    /// The model is not of an encoding tabi can load, or not valid in it.
+    InvalidEncoding = 2,
+    /// The guest's memory could not be reached.
+    MissingMemory = 3,
+    /// The resource is in use.
+    Busy = 4,
+    /// The backend failed.
+    RuntimeError = 5,
+    /// The operation is not supported (an execution target tabi has not).
+    UnsupportedOperation = 6,
+    /// Something is larger than allowed: a model, a tensor, or an output for its buffer.
+    TooLarge = 7,
+    /// No such named graph, or no output yet.
+    NotFound = 8,
+}
+
+impl NnErrno {
+    /// The code the guest sees.
+    pub fn raw(self) -> u16 {
+        self as u16
+    }
+}
+
+impl fmt::Display for NnErrno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            NnErrno::Success => "success",
+            NnErrno::InvalidArgument => "invalid argument",
+            NnErrno::InvalidEncoding => "invalid encoding",
+            NnErrno::MissingMemory => "missing memory",
+            NnErrno::Busy => "busy",
+            NnErrno::RuntimeError => "runtime error",
+            NnErrno::UnsupportedOperation => "unsupported operation",
+            NnErrno::TooLarge => "too large",
+            NnErrno::NotFound => "not found",
+        };
+        f.write_str(name)
+    }
+}
+
+impl core::error::Error for NnErrno {}
+
+/// A tensor's element type, numbered as wasi-nn's witx numbers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TensorType {
+    /// 16-bit float.
+    F16,
+    /// 32-bit float.
+    F32,
+    /// 64-bit float.
+    F64,
+    /// Unsigned byte.
+    U8,
+    /// 32-bit integer.
+    I32,
+    /// 64-bit integer.
+    I64,
+}
+
+impl TensorType {
+    /// The type of number `raw`; `InvalidArgument` for another number.
+    pub fn from_raw(raw: u32) -> Result<TensorType, NnErrno> {
+        Ok(match raw {
+            0 => TensorType::F16,
+            1 => TensorType::F32,
+            2 => TensorType::F64,
+            3 => TensorType::U8,
+            4 => TensorType::I32,
+            5 => TensorType::I64,
+            _ => return Err(NnErrno::InvalidArgument),
+        })
+    }
+
+    /// Bytes an element takes.
+    pub fn size(self) -> u64 {
+        match self {
+            TensorType::U8 => 1,
+            TensorType::F16 => 2,
+            TensorType::F32 | TensorType::I32 => 4,
+            TensorType::F64 | TensorType::I64 => 8,
+        }
+    }
+}
+
+/// A model's encoding, numbered as wasi-nn's witx numbers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// OpenVINO IR.
+    OpenVino,
+    /// ONNX.
+    Onnx,
+    /// TensorFlow.
+    Tensorflow,
+    /// PyTorch.
+    PyTorch,
+    /// TensorFlow Lite.
+    TensorflowLite,
+    /// Chosen by the backend.
+    Autodetect,
+}
+
+impl Encoding {
+    /// The encoding of number `raw`; `InvalidArgument` for another number.
+    pub fn from_raw(raw: u32) -> Result<Encoding, NnErrno> {
+        Ok(match raw {
+            0 => Encoding::OpenVino,
+            1 => Encoding::Onnx,
+            2 => Encoding::Tensorflow,
+            3 => Encoding::PyTorch,
+            4 => Encoding::TensorflowLite,
+            5 => Encoding::Autodetect,
+            _ => return Err(NnErrno::InvalidArgument),
+        })
+    }
+}
+
+/// Where a graph is to run, numbered as wasi-nn's witx numbers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// The CPU.
+    Cpu,
+    /// A GPU.
+    Gpu,
+    /// A TPU.
+    Tpu,
+}
+
+impl Target {
+    /// The target of number `raw`; `InvalidArgument` for another number.
+    pub fn from_raw(raw: u32) -> Result<Target, NnErrno> {
+        Ok(match raw {
+            0 => Target::Cpu,
+            1 => Target::Gpu,
+            2 => Target::Tpu,
+            _ => return Err(NnErrno::InvalidArgument),
+        })
+    }
+}
+
+/// What a guest may make the kernel hold: set by whoever runs or resumes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of one model.
+    pub model_bytes: u64,
+    /// Most bytes of all models together.
+    pub models_bytes: u64,
+    /// Most bytes of one tensor's data.
+    pub tensor_bytes: u64,
+    /// Most dimensions of a tensor.
+    pub dims: u32,
+    /// Most graphs, and most execution contexts, alive at once.
+    pub handles: u32,
+}
+
+impl Default for Limits {
+    /// 1 GiB a model, 2 GiB of models, 256 MiB a tensor, 16 dimensions, 1,024 handles.
+    fn default() -> Self {
+        Limits {
+            model_bytes: 1 << 30,
+            models_bytes: 2 << 30,
+            tensor_bytes: 256 << 20,
+            dims: 16,
+            handles: 1024,
+        }
+    }
+}
+
+/// A tensor: dimensions, element type and its bytes (little-endian elements, row-major).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tensor {
+    /// The dimensions.
+    pub dims: Vec<u32>,
+    /// The element type.
+    pub ty: TensorType,
+    /// The elements' bytes.
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// The bytes a tensor of `dims` and `ty` takes: `InvalidArgument` when the product of
+    /// the dimensions overflows or a tensor has more dimensions than `limits.dims`, and
+    /// `TooLarge` past `limits.tensor_bytes`. Checked before anything is allocated for it.
+    pub fn byte_len(dims: &[u32], ty: TensorType, limits: &Limits) -> Result<u64, NnErrno> {
+        if dims.len() > limits.dims as usize {
+            return Err(NnErrno::InvalidArgument);
+        }
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)))
+            .ok_or(NnErrno::InvalidArgument)?;
+        let bytes = elements
+            .checked_mul(ty.size())
+            .ok_or(NnErrno::InvalidArgument)?;
+        if bytes > limits.tensor_bytes {
+            return Err(NnErrno::TooLarge);
+        }
+        Ok(bytes)
+    }
+
+    /// A tensor, its bytes checked against its dimensions and type (see
+    /// [`Tensor::byte_len`]): a disagreement is `InvalidArgument`.
+    pub fn new(
+        dims: Vec<u32>,
+        ty: TensorType,
+        data: Vec<u8>,
+        limits: &Limits,
+    ) -> Result<Tensor, NnErrno> {
+        if Tensor::byte_len(&dims, ty, limits)? != data.len() as u64 {
+            return Err(NnErrno::InvalidArgument);
+        }
+        Ok(Tensor { dims, ty, data })
+    }
+}
+
+/// A model's bytes, stored once, with how many graphs use it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    /// The bytes the guest passed (its graph builders, one after another) or the host
+    /// preloaded.
+    pub bytes: Vec<u8>,
+    /// The builders' lengths, in order (one, for most encodings).
+    pub parts: Vec<u64>,
+    /// Graphs that use it; it goes when the last does.
+    pub graphs: u32,
+}
+
+/// The models the guest's graphs use, by content hash (BLAKE3 of the parts' lengths and
+/// bytes): a model loaded twice is held once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Models {
+    by_hash: BTreeMap<[u8; 32], Model>,
+}
+
+impl Models {
+    /// The content hash of a model made of `parts`.
+    pub fn hash_of(parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&(parts.len() as u64).to_le_bytes());
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Bytes held, over all models.
+    pub fn bytes(&self) -> u64 {
+        self.by_hash.values().map(|m| m.bytes.len() as u64).sum()
+    }
+
+    /// The model of `hash`.
+    pub fn get(&self, hash: &[u8; 32]) -> Option<&Model> {
+        self.by_hash.get(hash)
+    }
+
+    /// Every model, by hash.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8; 32], &Model)> {
+        self.by_hash.iter()
+    }
+
+    /// Adds a use of the model made of `parts`, storing its bytes if they are new; gives its
+    /// hash. `TooLarge` past the limits, checked before anything is copied.
+    fn add(&mut self, parts: &[&[u8]], limits: &Limits) -> Result<[u8; 32], NnErrno> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if len > limits.model_bytes {
+            return Err(NnErrno::TooLarge);
+        }
+        let hash = Models::hash_of(parts);
+        if let Some(m) = self.by_hash.get_mut(&hash) {
+            m.graphs = m.graphs.checked_add(1).ok_or(NnErrno::TooLarge)?;
+            return Ok(hash);
+        }
+        if self.bytes().saturating_add(len) > limits.models_bytes {
+            return Err(NnErrno::TooLarge);
+        }
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len as usize)
+            .map_err(|_| NnErrno::TooLarge)?;
+        for p in parts {
+            bytes.extend_from_slice(p);
+        }
+        self.by_hash.insert(
+            hash,
+            Model {
+                bytes,
+                parts: parts.iter().map(|p| p.len() as u64).collect(),
+                graphs: 1,
+            },
+        );
+        Ok(hash)
+    }
+
+    /// Drops a use of model `hash`; the bytes go with the last.
+    fn release(&mut self, hash: &[u8; 32]) {
+        if let Some(m) = self.by_hash.get_mut(hash) {
+            m.graphs = m.graphs.saturating_sub(1);
+            if m.graphs == 0 {
+                self.by_hash.remove(hash);
+            }
+        }
+    }
+}
+
+/// A graph: a model loaded for a target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Graph {
+    /// Its encoding.
+    pub encoding: Encoding,
+    /// Where it runs.
+    pub target: Target,
+    /// Its model's content hash, in [`Models`].
+    pub model: [u8; 32],
+    /// The name it was loaded by (`load_by_name`), if any.
+    pub name: Option<String>,
+}
+
+/// An execution context: a graph, the inputs set so far and the outputs of the last compute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    /// The graph's handle.
+    pub graph: u32,
+    /// The inputs set so far, by index.
+    pub inputs: BTreeMap<u32, Tensor>,
+    /// The outputs of the last compute, by index; empty before the first.
+    pub outputs: Vec<Tensor>,
+}
+
+/// A table of index handles: the lowest free slot is used first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table<T> {
+    slots: Vec<Option<T>>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table { slots: Vec::new() }
+    }
+}
+
+impl<T> Table<T> {
+    fn insert(&mut self, t: T, limit: u32) -> Result<u32, NnErrno> {
+        if let Some(i) = self.slots.iter().position(Option::is_none) {
+            self.slots[i] = Some(t);
+            return Ok(i as u32);
+        }
+        if self.slots.len() >= limit as usize {
+            return Err(NnErrno::TooLarge);
+        }
+        self.slots.push(Some(t));
+        Ok(self.slots.len() as u32 - 1)
+    }
+
+    /// The object of handle `h`.
+    pub fn get(&self, h: u32) -> Option<&T> {
+        self.slots.get(h as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, h: u32) -> Option<&mut T> {
+        self.slots.get_mut(h as usize)?.as_mut()
+    }
+
+    /// Every live handle and its object.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
+    }
+}
+
+/// Computes a context's outputs: the host's side of inference (tract for ONNX, in `tabi`).
+pub trait Backend {
+    /// Whether it can load models of `encoding` for `target`: `InvalidEncoding` or
+    /// `UnsupportedOperation` when not. A model that does not parse is
+    /// `InvalidEncoding` or `RuntimeError`.
+    fn check(&mut self, model: &Model, hash: &[u8; 32], graph: &Graph) -> Result<(), NnErrno>;
+    /// The outputs of `graph`'s model given `inputs` (by index), in output order.
+    fn compute(
+        &mut self,
+        model: &Model,
+        hash: &[u8; 32],
+        graph: &Graph,
+        inputs: &BTreeMap<u32, Tensor>,
+    ) -> Result<Vec<Tensor>, NnErrno>;
+}
+
+/// Everything of wasi-nn a guest holds: plain data, in its kernel state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NnState {
+    /// The models, stored once each.
+    pub models: Models,
+    /// The graphs.
+    pub graphs: Table<Graph>,
+    /// The execution contexts.
+    pub contexts: Table<Context>,
+}
+
+impl NnState {
+    /// Nothing loaded.
+    pub fn new() -> NnState {
+        NnState::default()
+    }
+
+    /// Loads a model made of `builders` (their bytes, in order) as a graph, without asking a
+    /// backend whether it can: see [`NnState::load_with`].
+    pub fn load(
+        &mut self,
+        builders: &[&[u8]],
+        encoding: Encoding,
+        target: Target,
+        limits: &Limits,
+    ) -> Result<u32, NnErrno> {
+        self.insert_graph(builders, encoding, target, None, limits)
+    }
+
+    /// [`NnState::load`], after `backend` accepted the model; a model it refuses is not kept.
+    pub fn load_with(
+        &mut self,
+        backend: &mut dyn Backend,
+        builders: &[&[u8]],
+        encoding: Encoding,
+        target: Target,
+        name: Option<String>,
+        limits: &Limits,
+    ) -> Result<u32, NnErrno> {
+        let g = self.insert_graph(builders, encoding, target, name, limits)?;
+        let checked = match (self.graphs.get(g), self.graphs.get(g).map(|g| g.model)) {
+            (Some(graph), Some(hash)) => match self.models.get(&hash) {
+                Some(model) => backend.check(model, &hash, graph),
+                None => Err(NnErrno::RuntimeError),
+            },
+            _ => Err(NnErrno::RuntimeError),
+        };
+        if let Err(e) = checked {
+            self.drop_graph(g);
+            return Err(e);
+        }
+        Ok(g)
+    }
+
+    fn insert_graph(
+        &mut self,
+        builders: &[&[u8]],
+        encoding: Encoding,
+        target: Target,
+        name: Option<String>,
+        limits: &Limits,
+    ) -> Result<u32, NnErrno> {
+        if builders.is_empty() {
+            return Err(NnErrno::InvalidArgument);
+        }
+        let model = self.models.add(builders, limits)?;
+        let graph = Graph {
+            encoding,
+            target,
+            model,
+            name,
+        };
+        match self.graphs.insert(graph, limits.handles) {
+            Ok(g) => Ok(g),
+            Err(e) => {
+                self.models.release(&model);
+                Err(e)
+            }
+        }
+    }
+
+    fn drop_graph(&mut self, g: u32) {
+        if let Some(graph) = self.graphs.slots.get_mut(g as usize).and_then(Option::take) {
+            self.models.release(&graph.model);
+        }
+    }
+
+    /// The graph of handle `g`; `InvalidArgument` for an unknown one.
+    pub fn graph(&self, g: u32) -> Result<&Graph, NnErrno> {
+        self.graphs.get(g).ok_or(NnErrno::InvalidArgument)
+    }
+
+    /// The context of handle `c`; `InvalidArgument` for an unknown one.
+    pub fn context(&self, c: u32) -> Result<&Context, NnErrno> {
+        self.contexts.get(c).ok_or(NnErrno::InvalidArgument)
+    }
+
+    /// A new execution context of graph `g`; `TooLarge` past `limits.handles` contexts.
+    pub fn init_execution_context(&mut self, g: u32, limits: &Limits) -> Result<u32, NnErrno> {
+        self.graph(g)?;
+        let ctx = Context {
+            graph: g,
+            inputs: BTreeMap::new(),
+            outputs: Vec::new(),
+        };
+        self.contexts.insert(ctx, limits.handles)
+    }
+
+    /// Sets input `index` of context `c`.
+    pub fn set_input(&mut self, c: u32, index: u32, tensor: Tensor) -> Result<(), NnErrno> {
+        let ctx = self.contexts.get_mut(c).ok_or(NnErrno::InvalidArgument)?;
+        ctx.inputs.insert(index, tensor);
+        Ok(())
+    }
+
+    /// Computes context `c`'s outputs with `backend`; they replace the last compute's.
+    pub fn compute(&mut self, c: u32, backend: &mut dyn Backend) -> Result<(), NnErrno> {
+        let ctx = self.contexts.get(c).ok_or(NnErrno::InvalidArgument)?;
+        let graph = self.graphs.get(ctx.graph).ok_or(NnErrno::InvalidArgument)?;
+        let model = self.models.get(&graph.model).ok_or(NnErrno::RuntimeError)?;
+        let outputs = backend.compute(model, &graph.model, graph, &ctx.inputs)?;
+        if let Some(ctx) = self.contexts.get_mut(c) {
+            ctx.outputs = outputs;
+        }
+        Ok(())
+    }
+
+    /// Output `index` of context `c`'s last compute, copied into `buf`; gives its length.
+    /// `NotFound` before a compute or past the outputs, `TooLarge` when `buf` is too small.
+    pub fn get_output(&self, c: u32, index: u32, buf: &mut [u8]) -> Result<u32, NnErrno> {
+        let ctx = self.context(c)?;
+        let out = ctx.outputs.get(index as usize).ok_or(NnErrno::NotFound)?;
+        let dst = buf.get_mut(..out.data.len()).ok_or(NnErrno::TooLarge)?;
+        dst.copy_from_slice(&out.data);
+        u32::try_from(out.data.len()).map_err(|_| NnErrno::TooLarge)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// A backend that sums its inputs' bytes into one output of one byte.
+    struct Summing;
+
+    impl Backend for Summing {
+        fn check(&mut self, model: &Model, _: &[u8; 32], g: &Graph) -> Result<(), NnErrno> {
+            match (g.encoding, model.bytes.first()) {
+                (Encoding::Onnx, Some(b'm')) => Ok(()),
+                (Encoding::Onnx, _) => Err(NnErrno::InvalidEncoding),
+                _ => Err(NnErrno::InvalidEncoding),
+            }
+        }
+        fn compute(
+            &mut self,
+            _: &Model,
+            _: &[u8; 32],
+            _: &Graph,
+            inputs: &BTreeMap<u32, Tensor>,
+        ) -> Result<Vec<Tensor>, NnErrno> {
+            let sum = inputs
+                .values()
+                .flat_map(|t| t.data.iter())
+                .fold(0u8, |a, &b| a.wrapping_add(b));
+            Ok(vec![Tensor {
+                dims: vec![1],
+                ty: TensorType::U8,
+                data: vec![sum],
+            }])
+        }
+    }
+
+    /// Dimensions and bytes must agree, a product that overflows is refused, and a tensor
+    /// past the limit is `TooLarge`, all before any allocation for it.
+    #[test]
+    fn tensors_are_checked_before_they_are_allocated() {
+        let l = Limits::default();
+        assert_eq!(Tensor::byte_len(&[2, 3], TensorType::F32, &l), Ok(24));
+        assert_eq!(Tensor::byte_len(&[], TensorType::I64, &l), Ok(8));
+        assert_eq!(
+            Tensor::byte_len(&[u32::MAX, u32::MAX, u32::MAX], TensorType::F64, &l),
+            Err(NnErrno::InvalidArgument)
+        );
+        assert_eq!(
+            Tensor::byte_len(&[1 << 20, 1 << 10], TensorType::F32, &l),
+            Err(NnErrno::TooLarge)
+        );
+        assert_eq!(
+            Tensor::byte_len(&[1; 17], TensorType::U8, &l),
+            Err(NnErrno::InvalidArgument)
+        );
+        assert_eq!(
+            Tensor::new(vec![2], TensorType::F32, vec![0; 7], &l),
+            Err(NnErrno::InvalidArgument)
+        );
+        assert!(Tensor::new(vec![2], TensorType::F32, vec![0; 8], &l).is_ok());
+        for raw in 0..6 {
+            assert_eq!(TensorType::from_raw(raw).unwrap() as u32, raw);
+        }
+        assert_eq!(TensorType::from_raw(6), Err(NnErrno::InvalidArgument));
+        assert_eq!(Encoding::from_raw(1), Ok(Encoding::Onnx));
+        assert_eq!(Target::from_raw(3), Err(NnErrno::InvalidArgument));
+    }
+
+    /// A model loaded twice is held once; its bytes go with its last graph; a model past the
+    /// limit is refused before it is copied; one the backend refuses is not kept.
+    #[test]
+    fn models_are_held_once_and_bounded() {
+        let l = Limits::default();
+        let mut nn = NnState::new();
+        let model: &[u8] = b"model of a kilobyte";
+        let a = nn
+            .load_with(
+                &mut Summing,
+                &[model],
+                Encoding::Onnx,
+                Target::Cpu,
+                None,
+                &l,
+            )
+            .unwrap();
+        let b = nn
+            .load_with(
+                &mut Summing,
+                &[model],
+                Encoding::Onnx,
+                Target::Cpu,
+                None,
+                &l,
+            )
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(nn.models.bytes(), model.len() as u64);
+        assert_eq!(nn.models.iter().count(), 1);
+        nn.drop_graph(a);
+        assert_eq!(nn.models.bytes(), model.len() as u64);
+        nn.drop_graph(b);
+        assert_eq!(nn.models.bytes(), 0);
+
+        let small = Limits {
+            model_bytes: 4,
+            ..l
+        };
+        assert_eq!(
+            nn.load(&[model], Encoding::Onnx, Target::Cpu, &small),
+            Err(NnErrno::TooLarge)
+        );
+        assert_eq!(
+            nn.load_with(
+                &mut Summing,
+                &[b"not a model"],
+                Encoding::Onnx,
+                Target::Cpu,
+                None,
+                &l
+            ),
+            Err(NnErrno::InvalidEncoding)
+        );
+        assert_eq!(nn.models.bytes(), 0);
+        assert_eq!(
+            nn.load(&[], Encoding::Onnx, Target::Cpu, &l),
+            Err(NnErrno::InvalidArgument)
+        );
+    }
+
+    /// A context's inputs and outputs round-trip through the state's encoding, so a guest
+    /// checkpointed between `set_input` and `compute`, or between `compute` and
+    /// `get_output`, resumes with the same results; unknown handles and outputs are errors,
+    /// and a buffer too small for an output is `TooLarge`.
+    #[test]
+    fn a_context_survives_encoding_between_calls() {
+        let l = Limits::default();
+        let mut nn = NnState::new();
+        let g = nn
+            .load_with(
+                &mut Summing,
+                &[b"model"],
+                Encoding::Onnx,
+                Target::Cpu,
+                None,
+                &l,
+            )
+            .unwrap();
+        let c = nn.init_execution_context(g, &l).unwrap();
+        nn.set_input(
+            c,
+            0,
+            Tensor::new(vec![2], TensorType::U8, vec![3, 4], &l).unwrap(),
+        )
+        .unwrap();
+        let mut nn: NnState = postcard::from_bytes(&postcard::to_allocvec(&nn).unwrap()).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(nn.get_output(c, 0, &mut buf), Err(NnErrno::NotFound));
+        nn.compute(c, &mut Summing).unwrap();
+        let nn: NnState = postcard::from_bytes(&postcard::to_allocvec(&nn).unwrap()).unwrap();
+        assert_eq!(nn.get_output(c, 0, &mut buf), Ok(1));
+        assert_eq!(buf[0], 7);
+        assert_eq!(nn.get_output(c, 0, &mut []), Err(NnErrno::TooLarge));
+        assert_eq!(nn.get_output(c, 1, &mut buf), Err(NnErrno::NotFound));
+        assert_eq!(
+            nn.get_output(c + 1, 0, &mut buf),
+            Err(NnErrno::InvalidArgument)
+        );
+        let mut nn = nn;
+        assert_eq!(
+            nn.init_execution_context(g + 5, &l),
+            Err(NnErrno::InvalidArgument)
+        );
+        assert_eq!(
+            nn.set_input(
+                c + 3,
+                0,
+                Tensor::new(vec![], TensorType::U8, vec![1], &l).unwrap()
+            ),
+            Err(NnErrno::InvalidArgument)
+        );
+    }
+}
