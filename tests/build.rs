@@ -5,7 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const RUST_GUESTS: &[&str] = &["hello", "p1_calls", "std_fs", "compute", "mixed"];
+const RUST_GUESTS: &[&str] = &[
+    "hello",
+    "p1_calls",
+    "std_fs",
+    "compute",
+    "mixed",
+    "nn_classify",
+    "nn_raw",
+];
 /// Each C guest with the flags it needs beyond `-O2`.
 const C_GUESTS: &[(&str, &[&str])] = &[
     ("posix", &[]),

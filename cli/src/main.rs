@@ -57,6 +57,10 @@ struct ResumeArgs {
     /// Grant a host directory the guest had mounted, as HOST::GUEST.
     #[arg(long = "dir", value_name = "HOST::GUEST")]
     dirs: Vec<String>,
+    /// Preload a wasi-nn model again, as ENCODING::DIR: a guest that loaded one by name
+    /// before the checkpoint needs a model of the same content under the same name.
+    #[arg(long = "nn-graph", value_name = "ENCODING::DIR")]
+    nn_graphs: Vec<String>,
     /// The original module, when the snapshot does not carry it.
     #[arg(long)]
     module: Option<PathBuf>,
@@ -325,6 +329,11 @@ struct GuestArgs {
     /// An empty in-memory directory at this guest path (it travels with a checkpoint).
     #[arg(long = "mem-dir", value_name = "GUEST")]
     mem_dirs: Vec<String>,
+    /// Preload a wasi-nn model for the guest's `load_by_name`, as ENCODING::DIR (as
+    /// wasmtime's `-S nn-graph`): `DIR/model.onnx`, under the name of DIR's last component.
+    /// Its bytes stay on the host; a resume needs it again.
+    #[arg(long = "nn-graph", value_name = "ENCODING::DIR")]
+    nn_graphs: Vec<String>,
     /// Set an environment variable, as K=V (or K, to pass the host's value).
     #[arg(long = "env", value_name = "K=V")]
     envs: Vec<String>,
@@ -375,6 +384,9 @@ impl GuestArgs {
         }
         for g in &self.mem_dirs {
             b = b.memory_dir(g.clone());
+        }
+        for spec in &self.nn_graphs {
+            b = b.nn_graph(tabi::NnGraph::from_dir(spec)?);
         }
         if self.deterministic {
             b = b.deterministic(self.seed);
@@ -571,6 +583,9 @@ fn resume(args: ResumeArgs) -> Result<Ended> {
     for d in &args.dirs {
         let (h, g) = split_mapping(d);
         resume = resume.dir(h, g);
+    }
+    for spec in &args.nn_graphs {
+        resume = resume.nn_graph(tabi::NnGraph::from_dir(spec)?);
     }
     if let Some(m) = &args.module {
         resume = resume.module(tabi::read_module(m)?);

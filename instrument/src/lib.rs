@@ -148,12 +148,16 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// Every `wasi_snapshot_preview1` and `tabi` import, no safepoints.
+    /// Every `wasi_snapshot_preview1`, `wasi_ephemeral_nn` and `tabi` import, no safepoints.
     fn default() -> Self {
         Options {
             points: vec![
                 PointRule {
                     module: "wasi_snapshot_preview1".into(),
+                    name: None,
+                },
+                PointRule {
+                    module: "wasi_ephemeral_nn".into(),
                     name: None,
                 },
                 PointRule {

@@ -69,6 +69,11 @@ pub trait Host {
     fn host_fs(&mut self) -> Option<&mut dyn HostFs> {
         None
     }
+    /// The wasi-nn backend (inference and preloaded models), if this host serves wasi-nn.
+    /// Without one, every model a guest loads is `invalid_encoding`.
+    fn nn(&mut self) -> Option<&mut dyn tabi_nn::Backend> {
+        None
+    }
 }
 
 #[cfg(feature = "std")]

@@ -57,6 +57,7 @@ pub mod host;
 pub mod kernel;
 pub mod machine;
 pub mod memory;
+pub mod nn;
 pub mod p1;
 
 pub use engine::{Engine, EngineError, Exit, Finished, Process};
@@ -67,6 +68,7 @@ pub use kernel::{
     StateLimits,
 };
 pub use memory::GuestMemory;
+pub use tabi_nn as nn_state;
 pub use tabi_vfs as vfs;
 
 /// Encodes a kernel's state with postcard.
@@ -147,6 +149,7 @@ pub fn decode_state_within(bytes: &[u8], budget: u64) -> Result<Kernel, DecodeEr
 pub fn decode_schema_within(bytes: &[u8], schema: u16, budget: u64) -> Result<Kernel, DecodeError> {
     match schema {
         1 => decode_as::<kernel::KernelV1>(bytes, budget).map(Kernel::from),
+        2 => decode_as::<kernel::KernelV2>(bytes, budget).map(Kernel::from),
         STATE_SCHEMA => decode_as::<Kernel>(bytes, budget),
         found => Err(DecodeError::Schema { found }),
     }

@@ -1012,21 +1012,26 @@ impl Paused {
 }
 
 /// The migration-point imports: which `wasi_snapshot_preview1` functions (by their position in
-/// [`crate::p1::NAMES`]) an adapter counts, and whether `tabi` imports count. Must match the
-/// options the module was instrumented with.
+/// [`crate::p1::NAMES`]) and which `wasi_ephemeral_nn` ones (in [`crate::nn::NAMES`]) an
+/// adapter counts, and whether `tabi` imports count. Must match the options the module was
+/// instrumented with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Points {
     /// Per [`crate::p1::NAMES`] entry.
     pub p1: Vec<bool>,
+    /// Per [`crate::nn::NAMES`] entry.
+    pub nn: Vec<bool>,
     /// Whether `tabi.checkpoint` is one.
     pub tabi: bool,
 }
 
 impl Points {
-    /// The default set: every preview-1 function except `proc_exit`, and `tabi`'s.
+    /// The default set: every preview-1 function except `proc_exit`, every wasi-nn one, and
+    /// `tabi`'s.
     pub fn all() -> Points {
         Points {
             p1: crate::p1::NAMES.iter().map(|n| *n != "proc_exit").collect(),
+            nn: alloc::vec![true; crate::nn::NAMES.len()],
             tabi: true,
         }
     }
@@ -1035,5 +1040,11 @@ impl Points {
     #[inline]
     pub fn p1(&self, i: usize) -> bool {
         self.p1.get(i).copied().unwrap_or(false)
+    }
+
+    /// Whether wasi-nn function number `i` is one.
+    #[inline]
+    pub fn nn(&self, i: usize) -> bool {
+        self.nn.get(i).copied().unwrap_or(false)
     }
 }

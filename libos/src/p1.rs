@@ -112,7 +112,7 @@ for_each_function!(define_entry_points);
 /// [`Host`]) stops the guest with [`Trap::HostFault`] instead of unwinding into the engine,
 /// which on some engines aborts the whole process.
 #[cfg(feature = "std")]
-fn guarded(name: &str, body: impl FnOnce() -> Result<i32, Trap>) -> Result<i32, Trap> {
+pub(crate) fn guarded(name: &str, body: impl FnOnce() -> Result<i32, Trap>) -> Result<i32, Trap> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|payload| {
         let why = payload
             .downcast_ref::<&str>()
@@ -125,7 +125,7 @@ fn guarded(name: &str, body: impl FnOnce() -> Result<i32, Trap>) -> Result<i32, 
 
 /// Without `std` there is no unwinding to catch: a panic is the embedder's panic handler's.
 #[cfg(not(feature = "std"))]
-fn guarded(_: &str, body: impl FnOnce() -> Result<i32, Trap>) -> Result<i32, Trap> {
+pub(crate) fn guarded(_: &str, body: impl FnOnce() -> Result<i32, Trap>) -> Result<i32, Trap> {
     body()
 }
 

@@ -7,7 +7,6 @@
 //! dimensions pointer and count, the type byte (then three of padding), data pointer and
 //! length.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::{Backend, Encoding, Limits, NnErrno, NnState, Target, Tensor, TensorType};
@@ -78,25 +77,17 @@ pub fn load(
         }
         // The result's place is checked before anything is loaded.
         slice(mem, graph_out, 4)?;
-        let g = nn.load_with(backend, &parts, encoding, target, None, limits)?;
+        let g = nn.load(backend, &parts, encoding, target, limits)?;
         put_u32(mem, graph_out, g)
     })())
 }
 
-/// Finds a model the host preloaded by name (`--nn-graph`): its encoding and bytes.
-pub type FindModel<'a> = dyn FnMut(&str) -> Option<(Encoding, Vec<u8>)> + 'a;
-
-/// `load_by_name(name, name_len, graph_out)`: `find` gives the encoding and bytes of a model
-/// the host preloaded under that name; `not_found` when it has none.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the import's arguments, and the kernel's"
-)]
+/// `load_by_name(name, name_len, graph_out)`: the model the host preloaded under that name
+/// (the backend's [`Backend::named`]); `not_found` when it has none.
 pub fn load_by_name(
     nn: &mut NnState,
     backend: &mut dyn Backend,
     limits: &Limits,
-    find: &mut FindModel<'_>,
     mem: &mut [u8],
     name: u32,
     name_len: u32,
@@ -106,17 +97,33 @@ pub fn load_by_name(
         let name = core::str::from_utf8(slice(mem, name, name_len)?)
             .map_err(|_| NnErrno::InvalidArgument)?;
         slice(mem, graph_out, 4)?;
-        let (encoding, bytes) = find(name).ok_or(NnErrno::NotFound)?;
-        let g = nn.load_with(
-            backend,
-            &[&bytes],
-            encoding,
-            Target::Cpu,
-            Some(String::from(name)),
-            limits,
-        )?;
+        let g = nn.load_by_name(backend, name, limits)?;
         put_u32(mem, graph_out, g)
     })())
+}
+
+/// `load_by_name_with_config(name, name_len, config, config_len, graph_out)`: as
+/// [`load_by_name`]; the configuration (a backend-specific string) must be readable and is
+/// otherwise ignored, as tract takes none.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the import's arguments, and the kernel's"
+)]
+pub fn load_by_name_with_config(
+    nn: &mut NnState,
+    backend: &mut dyn Backend,
+    limits: &Limits,
+    mem: &mut [u8],
+    name: u32,
+    name_len: u32,
+    config: u32,
+    config_len: u32,
+    graph_out: u32,
+) -> i32 {
+    if slice(mem, config, config_len).is_err() {
+        return i32::from(NnErrno::InvalidArgument.raw());
+    }
+    load_by_name(nn, backend, limits, mem, name, name_len, graph_out)
 }
 
 /// `init_execution_context(graph, context_out)`.
@@ -144,7 +151,7 @@ pub fn set_input(
     tensor: u32,
 ) -> i32 {
     errno((|| {
-        nn.context(context)?;
+        nn.check_input(context, index)?;
         let t = slice(mem, tensor, TENSOR_SIZE)?;
         let word = |at: usize| u32::from_le_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]]);
         let (dims_ptr, dims_len, ty, data_ptr, data_len) =
@@ -168,8 +175,8 @@ pub fn set_input(
 }
 
 /// `compute(context)`.
-pub fn compute(nn: &mut NnState, backend: &mut dyn Backend, context: u32) -> i32 {
-    errno(nn.compute(context, backend))
+pub fn compute(nn: &mut NnState, backend: &mut dyn Backend, limits: &Limits, context: u32) -> i32 {
+    errno(nn.compute(context, backend, limits))
 }
 
 /// `get_output(context, index, out, out_max, size_out)`.
@@ -210,19 +217,22 @@ mod tests {
     impl Backend for Doubling {
         fn check(
             &mut self,
-            _: &crate::Model,
+            _: &[&[u8]],
             _: &[u8; 32],
             g: &crate::Graph,
-        ) -> Result<(), NnErrno> {
+        ) -> Result<crate::ModelInfo, NnErrno> {
             if g.encoding == Encoding::Onnx {
-                Ok(())
+                Ok(crate::ModelInfo {
+                    inputs: 1,
+                    outputs: 1,
+                })
             } else {
                 Err(NnErrno::InvalidEncoding)
             }
         }
         fn compute(
             &mut self,
-            _: &crate::Model,
+            _: &[&[u8]],
             _: &[u8; 32],
             _: &crate::Graph,
             inputs: &BTreeMap<u32, Tensor>,
@@ -233,6 +243,12 @@ mod tests {
                 ty: input.ty,
                 data: input.data.iter().map(|b| b.wrapping_mul(2)).collect(),
             }])
+        }
+        fn named(&mut self, name: &str) -> Option<crate::HostModel> {
+            (name == "tiny").then(|| crate::HostModel {
+                encoding: Encoding::Onnx,
+                bytes: alloc::sync::Arc::from(&b"model"[..]),
+            })
         }
     }
 
@@ -334,10 +350,10 @@ mod tests {
             code(NnErrno::NotFound)
         );
         assert_eq!(
-            compute(&mut nn, &mut Doubling, ctx + 1),
+            compute(&mut nn, &mut Doubling, &l, ctx + 1),
             code(NnErrno::InvalidArgument)
         );
-        assert_eq!(compute(&mut nn, &mut Doubling, ctx), 0);
+        assert_eq!(compute(&mut nn, &mut Doubling, &l, ctx), 0);
         assert_eq!(
             get_output(&nn, &mut mem, ctx, 0, 600, 3, 700),
             code(NnErrno::TooLarge)
@@ -352,14 +368,13 @@ mod tests {
 
         // By name: found, and not.
         mem[800..804].copy_from_slice(b"tiny");
-        let mut find = |name: &str| (name == "tiny").then(|| (Encoding::Onnx, b"model".to_vec()));
         assert_eq!(
-            load_by_name(&mut nn, &mut Doubling, &l, &mut find, &mut mem, 800, 4, 208),
+            load_by_name(&mut nn, &mut Doubling, &l, &mut mem, 800, 4, 208),
             0
         );
         assert_eq!(nn.models.iter().count(), 1, "the same bytes, held once");
         assert_eq!(
-            load_by_name(&mut nn, &mut Doubling, &l, &mut find, &mut mem, 800, 3, 208),
+            load_by_name(&mut nn, &mut Doubling, &l, &mut mem, 800, 3, 208),
             code(NnErrno::NotFound)
         );
     }

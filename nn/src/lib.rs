@@ -24,14 +24,36 @@
 //! # Example
 //!
 //! ```
-//! use tabi_nn::{Encoding, Limits, NnState, Target, Tensor, TensorType};
+//! use std::collections::BTreeMap;
+//! use tabi_nn::*;
 //!
+//! /// A backend whose models have one input and give it back.
+//! struct Echo;
+//! impl Backend for Echo {
+//!     fn check(&mut self, _: &[&[u8]], _: &[u8; 32], _: &Graph) -> Result<ModelInfo, NnErrno> {
+//!         Ok(ModelInfo { inputs: 1, outputs: 1 })
+//!     }
+//!     fn compute(
+//!         &mut self,
+//!         _: &[&[u8]],
+//!         _: &[u8; 32],
+//!         _: &Graph,
+//!         inputs: &BTreeMap<u32, Tensor>,
+//!     ) -> Result<Vec<Tensor>, NnErrno> {
+//!         Ok(inputs.values().cloned().collect())
+//!     }
+//! }
+//!
+//! let limits = Limits::default();
 //! let mut nn = NnState::new();
-//! let graph = nn.load(&[b"model bytes"], Encoding::Onnx, Target::Cpu, &Limits::default())?;
-//! let ctx = nn.init_execution_context(graph, &Limits::default())?;
-//! let input = Tensor::new(vec![1, 2], TensorType::F32, vec![0; 8], &Limits::default())?;
+//! let graph = nn.load(&mut Echo, &[b"model bytes"], Encoding::Onnx, Target::Cpu,  &limits)?;
+//! let ctx = nn.init_execution_context(graph, &limits)?;
+//! let input = Tensor::new(vec![1, 2], TensorType::F32, vec![7; 8], &limits)?;
 //! nn.set_input(ctx, 0, input)?;
-//! assert_eq!(nn.context(ctx)?.inputs.len(), 1);
+//! nn.compute(ctx, &mut Echo, &limits)?;
+//! let mut out = [0u8; 8];
+//! assert_eq!(nn.get_output(ctx, 0, &mut out)?, 8);
+//! assert_eq!(out, [7; 8]);
 //! # Ok::<(), tabi_nn::NnErrno>(())
 //! ```
 #![no_std]
@@ -42,9 +64,12 @@ extern crate alloc;
 extern crate std;
 
 pub mod abi;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -233,6 +258,7 @@ pub struct Tensor {
     /// The element type.
     pub ty: TensorType,
     /// The elements' bytes.
+    #[serde(with = "bytes")]
     pub data: Vec<u8>,
 }
 
@@ -272,16 +298,73 @@ impl Tensor {
     }
 }
 
-/// A model's bytes, stored once, with how many graphs use it.
+fn check_tensor(t: &Tensor, limits: &Limits) -> Result<(), NnErrno> {
+    if Tensor::byte_len(&t.dims, t.ty, limits)? != t.data.len() as u64 {
+        return Err(NnErrno::InvalidArgument);
+    }
+    Ok(())
+}
+
+/// `bytes` in lowercase hexadecimal, for messages.
+pub fn hex(bytes: &[u8]) -> String {
+    use core::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A model, stored once, with how many graphs use it.
+///
+/// A model the guest passed to `load` is held here, bytes and all. A model the host
+/// preloaded (`load_by_name`, `--nn-graph`) stays with the host: the state names it and its
+/// hash, and a resumer must have a model of that content again (see
+/// [`NnState::missing_host_models`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
-    /// The bytes the guest passed (its graph builders, one after another) or the host
-    /// preloaded.
+    /// The bytes the guest passed (its graph builders, one after another); empty for a host
+    /// model.
+    #[serde(with = "bytes")]
     pub bytes: Vec<u8>,
     /// The builders' lengths, in order (one, for most encodings).
     pub parts: Vec<u64>,
+    /// For a host model, the name the guest found it by.
+    pub host: Option<String>,
     /// Graphs that use it; it goes when the last does.
     pub graphs: u32,
+}
+
+impl Model {
+    /// The guest's builders, as it passed them; `None` for a host model, or when the parts
+    /// do not make up the bytes (only a hostile state can have that, and
+    /// [`NnState::check`] refuses it).
+    pub fn guest_parts(&self) -> Option<Vec<&[u8]>> {
+        if self.host.is_some() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        let mut at = 0usize;
+        for &len in &self.parts {
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|len| at.checked_add(len))
+                .filter(|&end| end <= self.bytes.len())?;
+            parts.push(&self.bytes[at..end]);
+            at = end;
+        }
+        (at == self.bytes.len() && !parts.is_empty()).then_some(parts)
+    }
+
+    /// The model's size in bytes, wherever they are.
+    pub fn len(&self) -> u64 {
+        self.parts.iter().fold(0u64, |n, &p| n.saturating_add(p))
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The models the guest's graphs use, by content hash (BLAKE3 of the parts' lengths and
@@ -303,7 +386,7 @@ impl Models {
         *h.finalize().as_bytes()
     }
 
-    /// Bytes held, over all models.
+    /// Bytes the state holds, over all models (host models hold none).
     pub fn bytes(&self) -> u64 {
         self.by_hash.values().map(|m| m.bytes.len() as u64).sum()
     }
@@ -318,9 +401,15 @@ impl Models {
         self.by_hash.iter()
     }
 
-    /// Adds a use of the model made of `parts`, storing its bytes if they are new; gives its
-    /// hash. `TooLarge` past the limits, checked before anything is copied.
-    fn add(&mut self, parts: &[&[u8]], limits: &Limits) -> Result<[u8; 32], NnErrno> {
+    /// Adds a use of the model made of `parts`, storing its bytes if they are new (unless
+    /// `host` names the host model they are); gives its hash. `TooLarge` past the limits,
+    /// checked before anything is copied.
+    fn add(
+        &mut self,
+        parts: &[&[u8]],
+        host: Option<&str>,
+        limits: &Limits,
+    ) -> Result<[u8; 32], NnErrno> {
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if len > limits.model_bytes {
             return Err(NnErrno::TooLarge);
@@ -330,21 +419,24 @@ impl Models {
             m.graphs = m.graphs.checked_add(1).ok_or(NnErrno::TooLarge)?;
             return Ok(hash);
         }
-        if self.bytes().saturating_add(len) > limits.models_bytes {
-            return Err(NnErrno::TooLarge);
-        }
         let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(len as usize)
-            .map_err(|_| NnErrno::TooLarge)?;
-        for p in parts {
-            bytes.extend_from_slice(p);
+        if host.is_none() {
+            if self.bytes().saturating_add(len) > limits.models_bytes {
+                return Err(NnErrno::TooLarge);
+            }
+            bytes
+                .try_reserve_exact(len as usize)
+                .map_err(|_| NnErrno::TooLarge)?;
+            for p in parts {
+                bytes.extend_from_slice(p);
+            }
         }
         self.by_hash.insert(
             hash,
             Model {
                 bytes,
                 parts: parts.iter().map(|p| p.len() as u64).collect(),
+                host: host.map(String::from),
                 graphs: 1,
             },
         );
@@ -362,6 +454,16 @@ impl Models {
     }
 }
 
+/// What a backend found in a model it accepted, kept with each graph of it so that the
+/// kernel checks a guest's input index without asking the backend again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// How many inputs the model takes.
+    pub inputs: u32,
+    /// How many outputs it gives.
+    pub outputs: u32,
+}
+
 /// A graph: a model loaded for a target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Graph {
@@ -373,6 +475,8 @@ pub struct Graph {
     pub model: [u8; 32],
     /// The name it was loaded by (`load_by_name`), if any.
     pub name: Option<String>,
+    /// Its model's inputs and outputs, as the backend found them when it was loaded.
+    pub info: ModelInfo,
 }
 
 /// An execution context: a graph, the inputs set so far and the outputs of the last compute.
@@ -429,20 +533,111 @@ impl<T> Table<T> {
     }
 }
 
-/// Computes a context's outputs: the host's side of inference (tract for ONNX, in `tabi`).
+/// A model the host preloaded under a name (`--nn-graph`), for `load_by_name`.
+#[derive(Clone, Debug)]
+pub struct HostModel {
+    /// Its encoding.
+    pub encoding: Encoding,
+    /// Its bytes.
+    pub bytes: Arc<[u8]>,
+}
+
+/// The host's side of inference (tract for ONNX, in `tabi-nn`'s `tract` feature): it checks
+/// and computes models, and holds the models the host preloaded. Its compiled plans are its
+/// own cache, never part of the state.
 pub trait Backend {
-    /// Whether it can load models of `encoding` for `target`: `InvalidEncoding` or
-    /// `UnsupportedOperation` when not. A model that does not parse is
+    /// Whether it can load the model made of `parts` (content hash `hash`) as `graph` says
+    /// (encoding, target), and how many inputs and outputs it has: `InvalidEncoding` or
+    /// `UnsupportedOperation` when it cannot. A model that does not parse is
     /// `InvalidEncoding` or `RuntimeError`.
-    fn check(&mut self, model: &Model, hash: &[u8; 32], graph: &Graph) -> Result<(), NnErrno>;
-    /// The outputs of `graph`'s model given `inputs` (by index), in output order.
+    fn check(
+        &mut self,
+        parts: &[&[u8]],
+        hash: &[u8; 32],
+        graph: &Graph,
+    ) -> Result<ModelInfo, NnErrno>;
+
+    /// The outputs of the model made of `parts` given `inputs` (by index), in output order.
     fn compute(
         &mut self,
-        model: &Model,
+        parts: &[&[u8]],
         hash: &[u8; 32],
         graph: &Graph,
         inputs: &BTreeMap<u32, Tensor>,
     ) -> Result<Vec<Tensor>, NnErrno>;
+
+    /// The model preloaded under `name`, if any.
+    fn named(&mut self, name: &str) -> Option<HostModel> {
+        let _ = name;
+        None
+    }
+
+    /// The bytes of the preloaded model whose content hash ([`Models::hash_of`] of its one
+    /// part) is `hash`, if any: how a resumed guest finds its host models again.
+    fn preloaded(&mut self, hash: &[u8; 32]) -> Option<Arc<[u8]>> {
+        let _ = hash;
+        None
+    }
+}
+
+/// A backend that serves nothing: every model is `InvalidEncoding`, no name is found. What
+/// the kernel uses on a host without inference.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoBackend;
+
+impl Backend for NoBackend {
+    fn check(&mut self, _: &[&[u8]], _: &[u8; 32], _: &Graph) -> Result<ModelInfo, NnErrno> {
+        Err(NnErrno::InvalidEncoding)
+    }
+
+    fn compute(
+        &mut self,
+        _: &[&[u8]],
+        _: &[u8; 32],
+        _: &Graph,
+        _: &BTreeMap<u32, Tensor>,
+    ) -> Result<Vec<Tensor>, NnErrno> {
+        Err(NnErrno::RuntimeError)
+    }
+}
+
+/// Byte vectors as serde bytes: one length and the bytes, not a sequence of numbers.
+mod bytes {
+    use alloc::vec::Vec;
+    use core::fmt;
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // Never sized by the input's claim: grown as elements arrive.
+            let mut v = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
 }
 
 /// Everything of wasi-nn a guest holds: plain data, in its kernel state.
@@ -462,61 +657,76 @@ impl NnState {
         NnState::default()
     }
 
-    /// Loads a model made of `builders` (their bytes, in order) as a graph, without asking a
-    /// backend whether it can: see [`NnState::load_with`].
+    /// Loads a model made of `builders` (their bytes, in order) as a graph, once `backend`
+    /// accepted it (a model it refuses is not kept); gives the graph's handle. A model past
+    /// `limits.model_bytes` is `TooLarge` before the backend sees it.
     pub fn load(
-        &mut self,
-        builders: &[&[u8]],
-        encoding: Encoding,
-        target: Target,
-        limits: &Limits,
-    ) -> Result<u32, NnErrno> {
-        self.insert_graph(builders, encoding, target, None, limits)
-    }
-
-    /// [`NnState::load`], after `backend` accepted the model; a model it refuses is not kept.
-    pub fn load_with(
         &mut self,
         backend: &mut dyn Backend,
         builders: &[&[u8]],
         encoding: Encoding,
         target: Target,
-        name: Option<String>,
-        limits: &Limits,
-    ) -> Result<u32, NnErrno> {
-        let g = self.insert_graph(builders, encoding, target, name, limits)?;
-        let checked = match (self.graphs.get(g), self.graphs.get(g).map(|g| g.model)) {
-            (Some(graph), Some(hash)) => match self.models.get(&hash) {
-                Some(model) => backend.check(model, &hash, graph),
-                None => Err(NnErrno::RuntimeError),
-            },
-            _ => Err(NnErrno::RuntimeError),
-        };
-        if let Err(e) = checked {
-            self.drop_graph(g);
-            return Err(e);
-        }
-        Ok(g)
-    }
-
-    fn insert_graph(
-        &mut self,
-        builders: &[&[u8]],
-        encoding: Encoding,
-        target: Target,
-        name: Option<String>,
         limits: &Limits,
     ) -> Result<u32, NnErrno> {
         if builders.is_empty() {
             return Err(NnErrno::InvalidArgument);
         }
-        let model = self.models.add(builders, limits)?;
-        let graph = Graph {
+        let len = builders
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(p.len() as u64));
+        if len > limits.model_bytes {
+            return Err(NnErrno::TooLarge);
+        }
+        let hash = Models::hash_of(builders);
+        let mut graph = Graph {
             encoding,
             target,
-            model,
-            name,
+            model: hash,
+            name: None,
+            info: ModelInfo::default(),
         };
+        graph.info = backend.check(builders, &hash, &graph)?;
+        self.insert_graph(graph, builders, None, limits)
+    }
+
+    /// Loads the model the host preloaded under `name` as a graph: `NotFound` when it has
+    /// none. Its bytes stay with the host; the state records its name and hash.
+    pub fn load_by_name(
+        &mut self,
+        backend: &mut dyn Backend,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<u32, NnErrno> {
+        let found = backend.named(name).ok_or(NnErrno::NotFound)?;
+        let parts: [&[u8]; 1] = [&found.bytes];
+        let hash = Models::hash_of(&parts);
+        let mut graph = Graph {
+            encoding: found.encoding,
+            target: Target::Cpu,
+            model: hash,
+            name: Some(String::from(name)),
+            info: ModelInfo::default(),
+        };
+        graph.info = backend.check(&parts, &hash, &graph)?;
+        self.insert_graph(graph, &parts, Some(name), limits)
+    }
+
+    fn insert_graph(
+        &mut self,
+        graph: Graph,
+        parts: &[&[u8]],
+        host: Option<&str>,
+        limits: &Limits,
+    ) -> Result<u32, NnErrno> {
+        // A host model is not the guest's to bound; only its bytes in the state are.
+        let limits = match host {
+            Some(_) => Limits {
+                model_bytes: u64::MAX,
+                ..*limits
+            },
+            None => *limits,
+        };
+        let model = self.models.add(parts, host, &limits)?;
         match self.graphs.insert(graph, limits.handles) {
             Ok(g) => Ok(g),
             Err(e) => {
@@ -526,10 +736,115 @@ impl NnState {
         }
     }
 
+    /// The host models the state names that `backend` does not have (by content hash), as
+    /// (name, hash): a resumer refuses to run the guest until they are preloaded again.
+    pub fn missing_host_models(&self, backend: &mut dyn Backend) -> Vec<(String, [u8; 32])> {
+        self.models
+            .iter()
+            .filter_map(|(hash, m)| {
+                let name = m.host.as_ref()?;
+                backend
+                    .preloaded(hash)
+                    .is_none()
+                    .then(|| (name.clone(), *hash))
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
     fn drop_graph(&mut self, g: u32) {
         if let Some(graph) = self.graphs.slots.get_mut(g as usize).and_then(Option::take) {
             self.models.release(&graph.model);
         }
+    }
+
+    /// Checks a state that came from outside (a snapshot) against `limits` and its own
+    /// invariants, before a guest runs on it: every model's bytes match its hash and its use
+    /// count the graphs that use it; every context names a live graph; every tensor's bytes
+    /// agree with its dimensions and type; the tables and models are within the limits.
+    /// Gives the first broken invariant.
+    pub fn check(&self, limits: &Limits) -> Result<(), String> {
+        use alloc::format;
+        if self.graphs.slots.len() > limits.handles as usize
+            || self.contexts.slots.len() > limits.handles as usize
+        {
+            return Err(format!(
+                "{} graph and {} execution context slots, over the limit of {}",
+                self.graphs.slots.len(),
+                self.contexts.slots.len(),
+                limits.handles
+            ));
+        }
+        if self.models.bytes() > limits.models_bytes {
+            return Err(format!(
+                "{} bytes of models, over the limit of {}",
+                self.models.bytes(),
+                limits.models_bytes
+            ));
+        }
+        for (hash, model) in self.models.iter() {
+            if model.bytes.len() as u64 > limits.model_bytes {
+                return Err(format!(
+                    "a model of {} bytes, over the limit of {}",
+                    model.bytes.len(),
+                    limits.model_bytes
+                ));
+            }
+            match (&model.host, model.guest_parts()) {
+                (None, Some(parts)) => {
+                    if Models::hash_of(&parts) != *hash {
+                        return Err(format!(
+                            "model {} does not have the bytes its hash names",
+                            hex(hash)
+                        ));
+                    }
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "model {}'s parts do not make up its bytes",
+                        hex(hash)
+                    ));
+                }
+                (Some(name), _) => {
+                    if !model.bytes.is_empty() || model.parts.len() != 1 || name.len() > 4096 {
+                        return Err(format!("host model {} is malformed", hex(hash)));
+                    }
+                }
+            }
+            let users = self.graphs.iter().filter(|(_, g)| g.model == *hash).count();
+            if users != model.graphs as usize {
+                return Err(format!(
+                    "model {} counts {} graphs and {} use it",
+                    hex(hash),
+                    model.graphs,
+                    users
+                ));
+            }
+        }
+        for (g, graph) in self.graphs.iter() {
+            if self.models.get(&graph.model).is_none() {
+                return Err(format!("graph {g} names a model the state does not hold"));
+            }
+        }
+        for (c, ctx) in self.contexts.iter() {
+            let Some(graph) = self.graphs.get(ctx.graph) else {
+                return Err(format!("execution context {c} names no live graph"));
+            };
+            for (&i, t) in &ctx.inputs {
+                if i >= graph.info.inputs {
+                    return Err(format!(
+                        "execution context {c} has input {i}, past its model's"
+                    ));
+                }
+                check_tensor(t, limits)
+                    .map_err(|_| format!("input {i} of context {c} is malformed"))?;
+            }
+            for (i, t) in ctx.outputs.iter().enumerate() {
+                check_tensor(t, limits)
+                    .map_err(|_| format!("output {i} of context {c} is malformed"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The graph of handle `g`; `InvalidArgument` for an unknown one.
@@ -553,19 +868,51 @@ impl NnState {
         self.contexts.insert(ctx, limits.handles)
     }
 
-    /// Sets input `index` of context `c`.
+    /// Checks that context `c` exists and its graph's model has an input `index`
+    /// (`InvalidArgument` if not), before a guest's tensor is copied for it.
+    pub fn check_input(&self, c: u32, index: u32) -> Result<(), NnErrno> {
+        let ctx = self.context(c)?;
+        let graph = self.graph(ctx.graph)?;
+        if index >= graph.info.inputs {
+            return Err(NnErrno::InvalidArgument);
+        }
+        Ok(())
+    }
+
+    /// Sets input `index` of context `c`: `InvalidArgument` for an unknown context or an
+    /// index past its model's inputs (see [`NnState::check_input`]).
     pub fn set_input(&mut self, c: u32, index: u32, tensor: Tensor) -> Result<(), NnErrno> {
+        self.check_input(c, index)?;
         let ctx = self.contexts.get_mut(c).ok_or(NnErrno::InvalidArgument)?;
         ctx.inputs.insert(index, tensor);
         Ok(())
     }
 
-    /// Computes context `c`'s outputs with `backend`; they replace the last compute's.
-    pub fn compute(&mut self, c: u32, backend: &mut dyn Backend) -> Result<(), NnErrno> {
+    /// Computes context `c`'s outputs with `backend`; they replace the last compute's. An
+    /// output past `limits.tensor_bytes` is `TooLarge` (the state must stay within what a
+    /// resumer accepts), and the last outputs are kept.
+    pub fn compute(
+        &mut self,
+        c: u32,
+        backend: &mut dyn Backend,
+        limits: &Limits,
+    ) -> Result<(), NnErrno> {
         let ctx = self.contexts.get(c).ok_or(NnErrno::InvalidArgument)?;
         let graph = self.graphs.get(ctx.graph).ok_or(NnErrno::InvalidArgument)?;
         let model = self.models.get(&graph.model).ok_or(NnErrno::RuntimeError)?;
-        let outputs = backend.compute(model, &graph.model, graph, &ctx.inputs)?;
+        let outputs = match model.guest_parts() {
+            Some(parts) => backend.compute(&parts, &graph.model, graph, &ctx.inputs)?,
+            None => {
+                let bytes = backend.preloaded(&graph.model).ok_or(NnErrno::NotFound)?;
+                backend.compute(&[&bytes], &graph.model, graph, &ctx.inputs)?
+            }
+        };
+        for t in &outputs {
+            check_tensor(t, limits).map_err(|e| match e {
+                NnErrno::TooLarge => NnErrno::TooLarge,
+                _ => NnErrno::RuntimeError,
+            })?;
+        }
         if let Some(ctx) = self.contexts.get_mut(c) {
             ctx.outputs = outputs;
         }
@@ -592,16 +939,24 @@ mod tests {
     struct Summing;
 
     impl Backend for Summing {
-        fn check(&mut self, model: &Model, _: &[u8; 32], g: &Graph) -> Result<(), NnErrno> {
-            match (g.encoding, model.bytes.first()) {
-                (Encoding::Onnx, Some(b'm')) => Ok(()),
+        fn check(
+            &mut self,
+            parts: &[&[u8]],
+            _: &[u8; 32],
+            g: &Graph,
+        ) -> Result<ModelInfo, NnErrno> {
+            match (g.encoding, parts[0].first()) {
+                (Encoding::Onnx, Some(b'm')) => Ok(ModelInfo {
+                    inputs: 1,
+                    outputs: 1,
+                }),
                 (Encoding::Onnx, _) => Err(NnErrno::InvalidEncoding),
                 _ => Err(NnErrno::InvalidEncoding),
             }
         }
         fn compute(
             &mut self,
-            _: &Model,
+            _: &[&[u8]],
             _: &[u8; 32],
             _: &Graph,
             inputs: &BTreeMap<u32, Tensor>,
@@ -658,24 +1013,10 @@ mod tests {
         let mut nn = NnState::new();
         let model: &[u8] = b"model of a kilobyte";
         let a = nn
-            .load_with(
-                &mut Summing,
-                &[model],
-                Encoding::Onnx,
-                Target::Cpu,
-                None,
-                &l,
-            )
+            .load(&mut Summing, &[model], Encoding::Onnx, Target::Cpu, &l)
             .unwrap();
         let b = nn
-            .load_with(
-                &mut Summing,
-                &[model],
-                Encoding::Onnx,
-                Target::Cpu,
-                None,
-                &l,
-            )
+            .load(&mut Summing, &[model], Encoding::Onnx, Target::Cpu, &l)
             .unwrap();
         assert_ne!(a, b);
         assert_eq!(nn.models.bytes(), model.len() as u64);
@@ -690,23 +1031,22 @@ mod tests {
             ..l
         };
         assert_eq!(
-            nn.load(&[model], Encoding::Onnx, Target::Cpu, &small),
+            nn.load(&mut Summing, &[model], Encoding::Onnx, Target::Cpu, &small),
             Err(NnErrno::TooLarge)
         );
         assert_eq!(
-            nn.load_with(
+            nn.load(
                 &mut Summing,
                 &[b"not a model"],
                 Encoding::Onnx,
                 Target::Cpu,
-                None,
                 &l
             ),
             Err(NnErrno::InvalidEncoding)
         );
         assert_eq!(nn.models.bytes(), 0);
         assert_eq!(
-            nn.load(&[], Encoding::Onnx, Target::Cpu, &l),
+            nn.load(&mut Summing, &[], Encoding::Onnx, Target::Cpu, &l),
             Err(NnErrno::InvalidArgument)
         );
     }
@@ -720,14 +1060,7 @@ mod tests {
         let l = Limits::default();
         let mut nn = NnState::new();
         let g = nn
-            .load_with(
-                &mut Summing,
-                &[b"model"],
-                Encoding::Onnx,
-                Target::Cpu,
-                None,
-                &l,
-            )
+            .load(&mut Summing, &[b"model"], Encoding::Onnx, Target::Cpu, &l)
             .unwrap();
         let c = nn.init_execution_context(g, &l).unwrap();
         nn.set_input(
@@ -739,7 +1072,8 @@ mod tests {
         let mut nn: NnState = postcard::from_bytes(&postcard::to_allocvec(&nn).unwrap()).unwrap();
         let mut buf = [0u8; 4];
         assert_eq!(nn.get_output(c, 0, &mut buf), Err(NnErrno::NotFound));
-        nn.compute(c, &mut Summing).unwrap();
+        nn.compute(c, &mut Summing, &l).unwrap();
+        assert_eq!(nn.check(&l), Ok(()));
         let nn: NnState = postcard::from_bytes(&postcard::to_allocvec(&nn).unwrap()).unwrap();
         assert_eq!(nn.get_output(c, 0, &mut buf), Ok(1));
         assert_eq!(buf[0], 7);

@@ -75,6 +75,8 @@ pub(crate) struct HostSpec {
     pub factory: Option<HostFactory>,
     /// Cuts tabi's host's sleeps short when a pause is asked for.
     pub wake: Option<Arc<AtomicBool>>,
+    /// How wasi-nn is served.
+    pub nn: crate::nn::NnSpec,
 }
 
 impl HostSpec {
@@ -98,30 +100,39 @@ impl HostSpec {
                 host.stderr = self.stderr.clone();
                 host.wake = self.wake.clone();
                 let indices = grant(&mut host.fs)?;
-                Ok((Box::new(host), indices))
+                Ok((Box::new(Served::new(Box::new(host), None, self)), indices))
             }
-            // The caller's host as it is, when nothing is granted beside it.
-            Some(factory) if dirs.is_empty() => Ok((factory(), Vec::new())),
+            // The caller's host answers for the directories when nothing is granted beside it.
+            Some(factory) if dirs.is_empty() => {
+                Ok((Box::new(Served::new(factory(), None, self)), Vec::new()))
+            }
             Some(factory) => {
-                let mut host = Granted {
-                    inner: factory(),
-                    fs: CapStdFs::new(),
-                };
-                let indices = grant(&mut host.fs)?;
-                Ok((Box::new(host), indices))
+                let mut fs = CapStdFs::new();
+                let indices = grant(&mut fs)?;
+                Ok((Box::new(Served::new(factory(), Some(fs), self)), indices))
             }
         }
     }
 }
 
-/// The caller's host, with the directories tabi granted beside it: the caller's host answers
-/// for everything else.
-struct Granted {
+/// A host with what tabi serves beside it: the directories it granted (when the host is the
+/// caller's) and wasi-nn (unless the caller's host serves wasi-nn itself). The inner host
+/// answers for everything else.
+struct Served {
     inner: Box<dyn Host + Send>,
-    fs: CapStdFs,
+    fs: Option<CapStdFs>,
+    /// `None` when the inner host serves wasi-nn.
+    nn: Option<Box<dyn tabi_nn::Backend + Send>>,
 }
 
-impl Host for Granted {
+impl Served {
+    fn new(mut inner: Box<dyn Host + Send>, fs: Option<CapStdFs>, spec: &HostSpec) -> Served {
+        let nn = inner.nn().is_none().then(|| spec.nn.backend());
+        Served { inner, fs, nn }
+    }
+}
+
+impl Host for Served {
     fn wall_clock_ns(&mut self) -> u64 {
         self.inner.wall_clock_ns()
     }
@@ -159,7 +170,16 @@ impl Host for Granted {
         self.inner.yield_now()
     }
     fn host_fs(&mut self) -> Option<&mut dyn tabi_vfs::HostFs> {
-        Some(&mut self.fs)
+        match &mut self.fs {
+            Some(fs) => Some(fs),
+            None => self.inner.host_fs(),
+        }
+    }
+    fn nn(&mut self) -> Option<&mut dyn tabi_nn::Backend> {
+        match &mut self.nn {
+            Some(b) => Some(&mut **b),
+            None => self.inner.nn(),
+        }
     }
 }
 
@@ -409,6 +429,29 @@ impl GuestBuilder {
         self
     }
 
+    /// Preloads `graph` for the guest's wasi-nn `load_by_name` (`--nn-graph`). Its bytes stay
+    /// with the host: a snapshot records its name and content hash, and a resume must
+    /// preload it again ([`Resume::nn_graph`](crate::Resume::nn_graph)).
+    pub fn nn_graph(mut self, graph: crate::NnGraph) -> Self {
+        self.host.nn.graphs.push(graph);
+        self
+    }
+
+    /// What the guest's wasi-nn state may hold (models, tensors, handles); also the limits
+    /// its snapshots are written under for it. [`crate::NnLimits::default`] unless set.
+    pub fn nn_limits(mut self, limits: crate::NnLimits) -> Self {
+        self.limits.state.nn = limits;
+        self
+    }
+
+    /// The cache of compiled inference plans (one of its own unless set): share one between
+    /// guests that use the same models.
+    #[cfg(feature = "nn")]
+    pub fn nn_plan_cache(mut self, plans: crate::PlanCache) -> Self {
+        self.host.nn.plans = plans;
+        self
+    }
+
     /// Most bytes the in-memory file system may hold (`--max-fs`); the copies of
     /// [`GuestBuilder::copy_dir`] must fit.
     pub fn max_fs_bytes(mut self, bytes: u64) -> Self {
@@ -451,6 +494,7 @@ impl GuestBuilder {
         let (mut host, indices) = self.host.make(&self.dirs)?;
         kernel.set_args(self.args.clone());
         kernel.set_env(self.env.clone());
+        kernel.set_nn_limits(self.limits.state.nn);
         if let Some(seed) = self.deterministic {
             kernel.set_deterministic(seed);
         }

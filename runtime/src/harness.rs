@@ -331,6 +331,8 @@ pub fn migrate_test(
                 }
                 // A host of the caller's own serves every part, as it served the first.
                 resume.host.factory = run_setup.host.factory.clone();
+                // And the same preloaded models and plan cache.
+                resume.host.nn = run_setup.host.nn.clone();
                 resume
                     .from_reader(&bytes[..])
                     .and_then(crate::Guest::run)

@@ -58,6 +58,7 @@ mod error;
 mod guest;
 mod harness;
 mod module;
+mod nn;
 mod outfile;
 mod resume;
 
@@ -74,6 +75,9 @@ pub use module::{
     invoke_values, options_of_identity, parse_module, parse_value, points_for, private_dir,
     read_module, rewrite_options, show_value, user_cache_dir,
 };
+#[cfg(feature = "nn")]
+pub use nn::PlanCache;
+pub use nn::{Encoding as NnEncoding, NnGraph, NnLimits};
 pub use resume::{
     Inspection, Resume, describe_object, read_chain, read_snapshot, read_snapshot_from,
 };

@@ -75,6 +75,10 @@ pub fn points_for(options: &Options) -> Points {
             .iter()
             .map(|n| options.is_point(tabi_libos::p1::MODULE, n))
             .collect(),
+        nn: tabi_libos::nn::NAMES
+            .iter()
+            .map(|n| options.is_point(tabi_libos::nn::MODULE, n))
+            .collect(),
         tabi: options.is_point("tabi", "checkpoint"),
     }
 }
@@ -126,7 +130,13 @@ pub fn options_of_identity(stored: &[u8]) -> Result<Options> {
                 .into(),
         }));
     }
-    Ok(rewrite_options(text.contains("safepoints on")))
+    // The default points of those versions: every preview-1 and `tabi` import (wasi-nn's
+    // came later).
+    let mut options = rewrite_options(text.contains("safepoints on"));
+    options
+        .points
+        .retain(|r| r.module != tabi_libos::nn::MODULE);
+    Ok(options)
 }
 
 /// The options a snapshot's identity records, as `tabi inspect` shows them.
@@ -588,10 +598,11 @@ mod tests {
             ("tabi-instrument format 9, safepoints on", true),
             ("tabi-instrument format 8, safepoints off", false),
         ] {
-            assert_eq!(
-                options_of_identity(text.as_bytes()).unwrap(),
-                rewrite_options(sp)
-            );
+            // Those versions had no wasi-nn points.
+            let mut then = rewrite_options(sp);
+            then.points.retain(|r| r.module != "wasi_ephemeral_nn");
+            assert_eq!(then.points.len(), 2);
+            assert_eq!(options_of_identity(text.as_bytes()).unwrap(), then);
         }
         assert!(options_of_identity(b"something else").is_err());
         assert_eq!(points_for(&rewrite_options(false)), Points::all());

@@ -278,6 +278,20 @@ impl Resume {
         self
     }
 
+    /// Preloads `graph` for wasi-nn's `load_by_name`: a guest that loaded a model by name
+    /// before the checkpoint finds it again here by content, or the resume is refused.
+    pub fn nn_graph(mut self, graph: crate::NnGraph) -> Self {
+        self.host.nn.graphs.push(graph);
+        self
+    }
+
+    /// The cache of compiled inference plans (see [`crate::GuestBuilder::nn_plan_cache`]).
+    #[cfg(feature = "nn")]
+    pub fn nn_plan_cache(mut self, plans: crate::PlanCache) -> Self {
+        self.host.nn.plans = plans;
+        self
+    }
+
     /// The limits snapshots are read under (and those the resumed guest's checkpoints are
     /// written under); the key, when set, must have authenticated them.
     pub fn limits(mut self, limits: tabi_snapshot::Limits) -> Self {
@@ -460,7 +474,8 @@ impl Resume {
                 )));
             }
         }
-        let (host, _) = self.host.make(&order)?;
+        let (mut host, _) = self.host.make(&order)?;
+        crate::nn::check_host_models(&kernel, &mut *host)?;
         Ok(Process { kernel, host })
     }
 }

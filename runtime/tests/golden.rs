@@ -60,6 +60,12 @@ fn a_version_5_snapshot_resumes() {
     resumes("v5-kernel2.snap", 5, 2);
 }
 
+/// Format 5 with kernel state schema 3 (wasi-nn's state, empty here).
+#[test]
+fn a_schema_3_snapshot_still_resumes() {
+    resumes("v5-kernel3.snap", 5, 3);
+}
+
 fn resumes(name: &str, version: u16, schema: u16) {
     let path = golden(name);
     let snapshot = tabi::read_snapshot(&path, &tabi::Limits::default()).unwrap();
@@ -100,7 +106,7 @@ fn write_golden() {
 
 /// The golden snapshot of the current format written again with `extension` added.
 fn with_extension(extension: tabi_snapshot::Extension) -> Vec<u8> {
-    let s = tabi::read_snapshot(&golden("v5-kernel2.snap"), &tabi::Limits::default()).unwrap();
+    let s = tabi::read_snapshot(&golden("v5-kernel3.snap"), &tabi::Limits::default()).unwrap();
     let contents = tabi_snapshot::Contents {
         identity: tabi_snapshot::Identity {
             parent: None,

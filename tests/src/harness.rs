@@ -22,6 +22,8 @@ pub struct Setup {
     pub deterministic: Option<u64>,
     /// Standard input.
     pub stdin: Stdio,
+    /// wasi-nn models preloaded for `load_by_name`.
+    pub nn_graphs: Vec<tabi::NnGraph>,
 }
 
 impl Setup {
@@ -45,6 +47,9 @@ impl Setup {
         }
         if let Some(seed) = self.deterministic {
             b = b.deterministic(seed);
+        }
+        for g in &self.nn_graphs {
+            b = b.nn_graph(g.clone());
         }
         b
     }

@@ -37,6 +37,8 @@ pub struct K {
     pub handles: Vec<Option<u8>>,
     /// The pending blocking call (schema 2).
     pub pending: Option<P>,
+    /// wasi-nn's state (schema 3), as the kernel's own type: plain data.
+    pub nn: tabi_libos::nn_state::NnState,
 }
 
 /// `Pending`'s shape.
@@ -173,6 +175,7 @@ pub fn sandbox() -> K {
         next_key: 1,
         handles: Vec::new(),
         pending: None,
+        nn: Default::default(),
     }
 }
 

@@ -63,6 +63,54 @@ pub mod guests {
     /// A threaded interpreter in C whose handlers tail-call each other through a table
     /// (`-mtail-call`).
     pub const TAIL_CALLS: &str = env!("GUEST_TAIL_CALLS");
+    /// Image classification through wasi-nn with the `wasi-nn` 0.6 crate.
+    pub const NN_CLASSIFY: &str = env!("GUEST_NN_CLASSIFY");
+    /// Every `wasi_ephemeral_nn` function called directly, with its error paths.
+    pub const NN_RAW: &str = env!("GUEST_NN_RAW");
+}
+
+/// The ONNX models the wasi-nn tests use (`tests/models`, made by `tests/models/make.py`),
+/// each a directory with `model.onnx` and its reference inputs and outputs.
+pub fn model_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+}
+
+/// A reference tensor of a model directory (`input_K` or `output_K`): its dimensions, its
+/// element type as numpy names it, and its little-endian bytes.
+pub fn reference_tensor(dir: &Path, name: &str) -> (Vec<usize>, String, Vec<u8>) {
+    let shape = std::fs::read_to_string(dir.join(format!("{name}.shape"))).expect("a shape file");
+    let mut words: Vec<&str> = shape.split_whitespace().collect();
+    let ty = words.pop().expect("a type").to_string();
+    let dims = words
+        .iter()
+        .map(|w| w.parse().expect("a dimension"))
+        .collect();
+    let bytes = std::fs::read(dir.join(format!("{name}.bin"))).expect("a tensor file");
+    (dims, ty, bytes)
+}
+
+/// Whether `got` agrees with `want` as ONNX's own test runner asks
+/// (`numpy.testing.assert_allclose(want, got, rtol=1e-3, atol=1e-7)`): for each element,
+/// `|got - want| <= atol + rtol * |want|`, NaNs in the same places.
+pub fn all_close(got: &[f64], want: &[f64], rtol: f64, atol: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} elements, expected {}", got.len(), want.len()));
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= atol + rtol * w.abs()
+        };
+        if !ok {
+            return Err(format!("element {i}: got {g}, expected {w}"));
+        }
+    }
+    Ok(())
 }
 
 /// A module in the text format's binary form whose `_start` prints `text` and a line break

@@ -209,6 +209,8 @@ pub struct StateLimits {
     pub fs_bytes: u64,
     /// Longest sleep a resumed guest may still owe, in nanoseconds (see [`Kernel::settle`]).
     pub owed_sleep_ns: u64,
+    /// What the guest's wasi-nn state may hold (models, tensors, handles).
+    pub nn: tabi_nn::Limits,
 }
 
 impl Default for StateLimits {
@@ -217,6 +219,7 @@ impl Default for StateLimits {
         StateLimits {
             fs_bytes: MemFs::DEFAULT_LIMIT_BYTES,
             owed_sleep_ns: 24 * 3600 * 1_000_000_000,
+            nn: tabi_nn::Limits::default(),
         }
     }
 }
@@ -260,6 +263,12 @@ pub struct Kernel {
     handles: crate::handles::HandleTable<crate::handles::KernelObject>,
     /// A blocking call a checkpoint interrupted, to finish before the guest goes on.
     pending: Option<Pending>,
+    // Schema 3 on.
+    /// wasi-nn: the models, graphs and execution contexts the guest holds.
+    nn: tabi_nn::NnState,
+    /// What the guest may make `nn` hold: its runner's or resumer's, never a snapshot's.
+    #[serde(skip)]
+    nn_limits: tabi_nn::Limits,
 }
 
 /// The version of the kernel state's shape: what [`crate::encode_state`] writes. A snapshot
@@ -268,7 +277,8 @@ pub struct Kernel {
 ///
 /// - 1: until December 2026 (snapshot formats 1 to 4, which do not record it).
 /// - 2: adds the table of non-descriptor handles and the pending blocking call.
-pub const STATE_SCHEMA: u16 = 2;
+/// - 3: adds wasi-nn's state (models, graphs, execution contexts).
+pub const STATE_SCHEMA: u16 = 3;
 
 /// The kernel state as schema 1 shaped it, to decode snapshots written then.
 #[derive(Deserialize)]
@@ -286,7 +296,7 @@ pub(crate) struct KernelV1 {
 
 impl From<KernelV1> for Kernel {
     fn from(k: KernelV1) -> Kernel {
-        Kernel {
+        Kernel::from(KernelV2 {
             args: k.args,
             env: k.env,
             fds: k.fds,
@@ -298,6 +308,42 @@ impl From<KernelV1> for Kernel {
             next_key: k.next_key,
             handles: Default::default(),
             pending: None,
+        })
+    }
+}
+
+/// The kernel state as schema 2 shaped it, to decode snapshots written then.
+#[derive(Deserialize)]
+pub(crate) struct KernelV2 {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    fds: Vec<Option<Descriptor>>,
+    fs: MemFs,
+    mounts: Vec<Mount>,
+    clocks: Clocks,
+    random: Random,
+    exit: Option<u32>,
+    next_key: u64,
+    handles: crate::handles::HandleTable<crate::handles::KernelObject>,
+    pending: Option<Pending>,
+}
+
+impl From<KernelV2> for Kernel {
+    fn from(k: KernelV2) -> Kernel {
+        Kernel {
+            args: k.args,
+            env: k.env,
+            fds: k.fds,
+            fs: k.fs,
+            mounts: k.mounts,
+            clocks: k.clocks,
+            random: k.random,
+            exit: k.exit,
+            next_key: k.next_key,
+            handles: k.handles,
+            pending: k.pending,
+            nn: Default::default(),
+            nn_limits: Default::default(),
         }
     }
 }
@@ -369,7 +415,25 @@ impl Kernel {
             next_key: 1,
             handles: Default::default(),
             pending: None,
+            nn: Default::default(),
+            nn_limits: Default::default(),
         }
+    }
+
+    /// The guest's wasi-nn state.
+    pub fn nn(&self) -> &tabi_nn::NnState {
+        &self.nn
+    }
+
+    /// The guest's wasi-nn state, writable, with the limits it is kept within.
+    pub fn nn_mut(&mut self) -> (&mut tabi_nn::NnState, tabi_nn::Limits) {
+        (&mut self.nn, self.nn_limits)
+    }
+
+    /// What the guest may make its wasi-nn state hold (a resumer's come in through
+    /// [`Kernel::check`]).
+    pub fn set_nn_limits(&mut self, limits: tabi_nn::Limits) {
+        self.nn_limits = limits;
     }
 
     /// The blocking call a checkpoint interrupted, if any (see [`Pending`]).
@@ -659,6 +723,10 @@ impl Kernel {
                 limits.owed_sleep_ns
             ));
         }
+        self.nn
+            .check(&limits.nn)
+            .map_err(|e| InvalidState(format!("wasi-nn: {e}")))?;
+        self.nn_limits = limits.nn;
         self.fs
             .check(&held, limits.fs_bytes)
             .map_err(|e| InvalidState(e.to_string()))
@@ -828,11 +896,15 @@ mod tests {
         }));
         assert!(k.check(&StateLimits::default()).is_err());
 
-        // Schema 1: the same fields but the two that came later.
+        // Schema 2: the same fields but wasi-nn's (empty tables of models, graphs and
+        // contexts: three zero bytes); schema 1 also lacks the two before (an empty vector
+        // and a `None`: two zero bytes).
         k.set_pending(None);
-        let v2 = crate::encode_state(&k).unwrap();
-        // The two trailing fields encode as an empty vector and a `None`: two zero bytes.
-        assert_eq!(&v2[v2.len() - 2..], &[0, 0]);
+        let v3 = crate::encode_state(&k).unwrap();
+        assert_eq!(&v3[v3.len() - 5..], &[0, 0, 0, 0, 0]);
+        let v2 = &v3[..v3.len() - 3];
+        assert_eq!(crate::decode_schema_within(v2, 2, 1 << 20).unwrap(), k);
+        assert!(crate::decode_schema_within(v2, 3, 1 << 20).is_err());
         let v1 = &v2[..v2.len() - 2];
         let old = crate::decode_schema_within(v1, 1, 1 << 20).unwrap();
         assert_eq!(old, k);

@@ -19,7 +19,7 @@
 use std::fmt;
 
 use tabi_libos::machine::{PauseControl, Points};
-use tabi_libos::{Engine, EngineError, Exit, Finished, Process, Trap, p1};
+use tabi_libos::{Engine, EngineError, Exit, Finished, Process, Trap, nn, p1};
 use wasmtime::{Caller, Global, Linker, Memory, Module, Store};
 
 mod pause;
@@ -81,7 +81,8 @@ fn split<'a>(caller: &'a mut Caller<'_, GuestData>) -> (&'a mut [u8], &'a mut Pr
     }
 }
 
-/// Adds every `wasi_snapshot_preview1` import, and tabi's `tabi.checkpoint`, to `linker`.
+/// Adds every `wasi_snapshot_preview1` and `wasi_ephemeral_nn` import, and tabi's
+/// `tabi.checkpoint`, to `linker`.
 ///
 /// In a [`Session`], each import that is a migration point counts itself after it returns and
 /// starts the guest's unwind when a pause is due.
@@ -115,6 +116,30 @@ pub fn add_to_linker(linker: &mut Linker<GuestData>) -> wasmtime::Result<()> {
         };
     }
     tabi_libos::for_each_function!(register);
+    macro_rules! register_nn {
+        ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
+            $(
+                let index = nn::NAMES
+                    .iter()
+                    .position(|n| *n == stringify!($name))
+                    .expect("every function is named");
+                linker.func_wrap(
+                    nn::MODULE,
+                    stringify!($name),
+                    move |mut caller: Caller<'_, GuestData>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                        let (mem, process) = split(&mut caller);
+                        let errno = nn::$name(&mut process.kernel, &mut *process.host, mem, $($arg),*)
+                            .map_err(|t| wasmtime::Error::new(KernelTrap(t)))?;
+                        if caller.data().pause.as_ref().is_some_and(|p| p.points.nn(index)) {
+                            pause::after_point(&mut caller)?;
+                        }
+                        Ok(errno)
+                    },
+                )?;
+            )*
+        };
+    }
+    tabi_libos::for_each_nn_function!(register_nn);
     linker.func_wrap(
         p1::MODULE,
         "proc_exit",
