@@ -13,6 +13,7 @@ const RUST_GUESTS: &[&str] = &[
     "mixed",
     "nn_classify",
     "nn_raw",
+    "nn_cases",
 ];
 /// Each C guest with the flags it needs beyond `-O2`.
 const C_GUESTS: &[(&str, &[&str])] = &[

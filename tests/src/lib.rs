@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 pub mod harness;
 pub mod hostile;
+pub mod onnx_pb;
 
 use tabi_libos::host::{StdHost, Stdio};
 use tabi_libos::{Engine, Exit, Kernel, Process};
@@ -67,6 +68,8 @@ pub mod guests {
     pub const NN_CLASSIFY: &str = env!("GUEST_NN_CLASSIFY");
     /// Every `wasi_ephemeral_nn` function called directly, with its error paths.
     pub const NN_RAW: &str = env!("GUEST_NN_RAW");
+    /// Runs a list of models through wasi-nn (the conformance tests').
+    pub const NN_CASES: &str = env!("GUEST_NN_CASES");
 }
 
 /// The ONNX models the wasi-nn tests use (`tests/models`, made by `tests/models/make.py`),
