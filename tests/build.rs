@@ -14,6 +14,7 @@ const RUST_GUESTS: &[&str] = &[
     "nn_classify",
     "nn_raw",
     "nn_cases",
+    "nn_bench",
 ];
 /// Each C guest with the flags it needs beyond `-O2`.
 const C_GUESTS: &[(&str, &[&str])] = &[

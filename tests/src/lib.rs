@@ -70,6 +70,8 @@ pub mod guests {
     pub const NN_RAW: &str = env!("GUEST_NN_RAW");
     /// Runs a list of models through wasi-nn (the conformance tests').
     pub const NN_CASES: &str = env!("GUEST_NN_CASES");
+    /// Inference in a loop, timed by the guest (the wasi-nn benchmark's).
+    pub const NN_BENCH: &str = env!("GUEST_NN_BENCH");
 }
 
 /// The ONNX models the wasi-nn tests use (`tests/models`, made by `tests/models/make.py`),

@@ -229,3 +229,82 @@ mod tests {
         assert!(decode_tensor(&[0x0a, 0x05]).is_err());
     }
 }
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn field_varint(out: &mut Vec<u8>, field: u64, v: u64) {
+    varint(out, field << 3);
+    varint(out, v);
+}
+
+fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    varint(out, (field << 3) | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A float `ValueInfoProto` named `name` of fixed dimensions `dims`.
+fn value_info(name: &str, dims: &[u64]) -> Vec<u8> {
+    let mut shape = Vec::new();
+    for &d in dims {
+        let mut dim = Vec::new();
+        field_varint(&mut dim, 1, d);
+        field_bytes(&mut shape, 1, &dim);
+    }
+    let mut tensor_type = Vec::new();
+    field_varint(&mut tensor_type, 1, 1);
+    field_bytes(&mut tensor_type, 2, &shape);
+    let mut ty = Vec::new();
+    field_bytes(&mut ty, 1, &tensor_type);
+    let mut info = Vec::new();
+    field_bytes(&mut info, 1, name.as_bytes());
+    field_bytes(&mut info, 2, &ty);
+    info
+}
+
+/// An ONNX model (opset 13) of one `MatMul`: input `x` of shape `[1, k]` times a weight of
+/// shape `[k, n]` whose elements come from a generator seeded with `seed`; output `y` of
+/// shape `[1, n]`. Its size is about `4 * k * n` bytes: how the benchmarks make a model of a
+/// size they choose without storing one.
+pub fn matmul_model(k: u64, n: u64, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut weights = Vec::with_capacity((k * n * 4) as usize);
+    for _ in 0..k * n {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let v = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) / (k as f32).sqrt();
+        weights.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut init = Vec::new();
+    field_varint(&mut init, 1, k);
+    field_varint(&mut init, 1, n);
+    field_varint(&mut init, 2, 1);
+    field_bytes(&mut init, 8, b"w");
+    field_bytes(&mut init, 9, &weights);
+    let mut node = Vec::new();
+    field_bytes(&mut node, 1, b"x");
+    field_bytes(&mut node, 1, b"w");
+    field_bytes(&mut node, 2, b"y");
+    field_bytes(&mut node, 4, b"MatMul");
+    let mut graph = Vec::new();
+    field_bytes(&mut graph, 1, &node);
+    field_bytes(&mut graph, 2, b"matmul");
+    field_bytes(&mut graph, 5, &init);
+    field_bytes(&mut graph, 11, &value_info("x", &[1, k]));
+    field_bytes(&mut graph, 12, &value_info("y", &[1, n]));
+    let mut opset = Vec::new();
+    field_bytes(&mut opset, 1, b"");
+    field_varint(&mut opset, 2, 13);
+    let mut model = Vec::new();
+    field_varint(&mut model, 1, 8);
+    field_bytes(&mut model, 7, &graph);
+    field_bytes(&mut model, 8, &opset);
+    model
+}
