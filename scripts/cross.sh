@@ -34,4 +34,5 @@ else
 fi
 
 # The kernel crates' own tests on big-endian s390x (qemu is the runner; see .cargo/config.toml).
-cargo test --profile cross --target s390x-unknown-linux-gnu -p tabi-libos -p tabi-vfs -p tabi-hostmem -p tabi-snapshot
+cargo test --profile cross --target s390x-unknown-linux-gnu -p tabi-libos -p tabi-vfs -p tabi-hostmem -p tabi-nn \
+  -p tabi-snapshot

@@ -27,7 +27,7 @@ for target in $(cargo +nightly fuzz list); do
   # input; a few bytes make one or two, so they start at full length too.
   flags=()
   case "$target" in
-    instrument_roundtrip | kernel_ops | p1_calls)
+    instrument_roundtrip | kernel_ops | p1_calls | nn_calls)
       flags=(-max_len="${FUZZ_MAX_LEN:-512}" -len_control=0)
       ;;
   esac

@@ -51,7 +51,7 @@ fn input() -> Vec<f32> {
 
 /// Native tract: `RUNS` runs of the plan, each making its input and reading its output.
 fn native(model: &[u8]) -> (Duration, f64) {
-    let plan = tract_onnx::onnx()
+    let plan = onnx()
         .model_for_read(&mut &model[..])
         .unwrap()
         .into_optimized()

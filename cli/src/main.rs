@@ -122,6 +122,10 @@ struct LimitArgs {
     /// counted); the snapshot's own limit is never used.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_fs: Option<u64>,
+    /// Most bytes of wasi-nn models the guest may load (one model, and all together); a
+    /// larger `load` is `too_large`. Snapshots may then hold that much more kernel state.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_nn_models: Option<u64>,
     /// Authenticate snapshots with a key derived from this file's contents: those written
     /// carry a MAC, and one read without a valid MAC is refused.
     #[arg(long, value_name = "FILE")]
@@ -137,6 +141,13 @@ impl LimitArgs {
         }
         if let Some(bytes) = self.max_fs {
             limits.state.fs_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_nn_models {
+            limits.state.nn.model_bytes = bytes;
+            limits.state.nn.models_bytes = bytes;
+            // The models are in the kernel section, beside the rest of the state.
+            let section = bytes.saturating_add(64 << 20).min(u64::from(u32::MAX));
+            limits.section = limits.section.max(section as u32);
         }
         if let Some(path) = &self.key_file {
             let secret = std::fs::read(path)

@@ -83,6 +83,8 @@ struct Case {
     args: &'static [&'static str],
     /// Whether it works in a host directory mounted at /sandbox (else an in-memory one).
     host_dir: bool,
+    /// More options for its first run.
+    extra: &'static [&'static str],
 }
 
 const CASES: &[Case] = &[
@@ -91,32 +93,50 @@ const CASES: &[Case] = &[
         wasm: guests::STD_FS,
         args: &[],
         host_dir: true,
+        extra: &[],
     },
     Case {
         wasm: guests::STD_FS,
         args: &["churn", "12"],
         host_dir: false,
+        extra: &[],
     },
     // A deep call stack: thousands of frames saved on one architecture, rebuilt on another.
     Case {
         wasm: guests::COMPUTE,
         args: &["deep", "2000"],
         host_dir: false,
+        extra: &[],
     },
     Case {
         wasm: guests::COMPUTE,
         args: &["all", "1"],
         host_dir: false,
+        extra: &[],
     },
     Case {
         wasm: guests::POSIX,
         args: &[],
         host_dir: false,
+        extra: &[],
     },
     Case {
         wasm: guests::HELLO,
         args: &["a", "b c"],
         host_dir: false,
+        extra: &[],
+    },
+    // wasi-nn: models, graphs, contexts, inputs and outputs in the kernel state, and tract
+    // on each architecture. The model adds and takes an argmax, which every CPU computes
+    // to the same bits, so the output is compared byte for byte like the others'.
+    Case {
+        wasm: guests::NN_RAW,
+        args: &["/m"],
+        host_dir: false,
+        extra: &[
+            "--copy-dir",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/models/add::/m"),
+        ],
     },
 ];
 
@@ -150,6 +170,7 @@ fn guest_options(case: &Case, sandbox: &Path) -> Vec<String> {
         v.push("--mem-dir".into());
         v.push("/sandbox".into());
     }
+    v.extend(case.extra.iter().map(|s| s.to_string()));
     v
 }
 

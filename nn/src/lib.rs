@@ -238,12 +238,13 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 1 GiB a model, 2 GiB of models, 256 MiB a tensor, 16 dimensions, 1,024 handles.
+    /// 192 MiB of models (one or all: they must fit a snapshot's kernel section, 256 MiB
+    /// unless the resumer allows more), 64 MiB a tensor, 16 dimensions, 1,024 handles.
     fn default() -> Self {
         Limits {
-            model_bytes: 1 << 30,
-            models_bytes: 2 << 30,
-            tensor_bytes: 256 << 20,
+            model_bytes: 192 << 20,
+            models_bytes: 192 << 20,
+            tensor_bytes: 64 << 20,
             dims: 16,
             handles: 1024,
         }
@@ -1096,5 +1097,73 @@ mod tests {
             ),
             Err(NnErrno::InvalidArgument)
         );
+    }
+
+    /// A state from outside is refused when a model's bytes do not match its hash, its use
+    /// count is wrong, a context names no graph, a tensor's bytes disagree with its shape,
+    /// an input index is past the model's, or the tables or models exceed the limits.
+    #[test]
+    fn a_hostile_state_is_refused() {
+        let l = Limits::default();
+        let mut good = NnState::new();
+        let g = good
+            .load(&mut Summing, &[b"model"], Encoding::Onnx, Target::Cpu, &l)
+            .unwrap();
+        let c = good.init_execution_context(g, &l).unwrap();
+        good.set_input(
+            c,
+            0,
+            Tensor::new(vec![2], TensorType::U8, vec![1, 2], &l).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(good.check(&l), Ok(()));
+        let hash = good.graphs.get(g).unwrap().model;
+
+        let mut bad = good.clone();
+        bad.models.by_hash.get_mut(&hash).unwrap().bytes[0] ^= 1;
+        assert!(bad.check(&l).unwrap_err().contains("hash"));
+
+        let mut bad = good.clone();
+        bad.models.by_hash.get_mut(&hash).unwrap().graphs = 2;
+        assert!(bad.check(&l).unwrap_err().contains("counts"));
+
+        let mut bad = good.clone();
+        bad.models.by_hash.get_mut(&hash).unwrap().parts = vec![9];
+        assert!(bad.check(&l).is_err());
+
+        let mut bad = good.clone();
+        bad.contexts.get_mut(c).unwrap().graph = 7;
+        assert!(bad.check(&l).unwrap_err().contains("no live graph"));
+
+        let mut bad = good.clone();
+        bad.contexts
+            .get_mut(c)
+            .unwrap()
+            .inputs
+            .get_mut(&0)
+            .unwrap()
+            .data
+            .push(0);
+        assert!(bad.check(&l).unwrap_err().contains("malformed"));
+
+        let mut bad = good.clone();
+        let t = bad.contexts.get(c).unwrap().inputs[&0].clone();
+        bad.contexts.get_mut(c).unwrap().inputs.insert(5, t);
+        assert!(bad.check(&l).unwrap_err().contains("past"));
+
+        let mut bad = good.clone();
+        bad.graphs.slots.resize(2000, None);
+        assert!(bad.check(&l).unwrap_err().contains("limit"));
+
+        let small = Limits {
+            models_bytes: 2,
+            ..l
+        };
+        assert!(good.check(&small).unwrap_err().contains("models"));
+
+        // A host model holds no bytes, and one part.
+        let mut bad = good.clone();
+        bad.models.by_hash.get_mut(&hash).unwrap().host = Some("m".into());
+        assert!(bad.check(&l).unwrap_err().contains("host model"));
     }
 }

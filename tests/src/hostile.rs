@@ -614,3 +614,225 @@ pub fn p1_calls(
     }
     Ok(())
 }
+
+/// A wasi-nn backend for fuzzing and tests, with no inference library: it accepts a model
+/// whose first byte is even, with `first % 3 + 1` inputs and two outputs, and computes
+/// each input's bytes reversed and the count of inputs. It has one preloaded model, `m`.
+#[derive(Default)]
+pub struct FakeNn;
+
+/// The bytes of [`FakeNn`]'s preloaded model `m`.
+pub const FAKE_NAMED: &[u8] = b"\x02 a preloaded model";
+
+impl tabi_libos::nn_state::Backend for FakeNn {
+    fn check(
+        &mut self,
+        parts: &[&[u8]],
+        _: &[u8; 32],
+        _: &tabi_libos::nn_state::Graph,
+    ) -> Result<tabi_libos::nn_state::ModelInfo, tabi_libos::nn_state::NnErrno> {
+        match parts.first().and_then(|p| p.first()) {
+            Some(b) if b % 2 == 0 => Ok(tabi_libos::nn_state::ModelInfo {
+                inputs: u32::from(b % 3) + 1,
+                outputs: 2,
+            }),
+            _ => Err(tabi_libos::nn_state::NnErrno::InvalidEncoding),
+        }
+    }
+
+    fn compute(
+        &mut self,
+        _: &[&[u8]],
+        _: &[u8; 32],
+        graph: &tabi_libos::nn_state::Graph,
+        inputs: &BTreeMap<u32, tabi_libos::nn_state::Tensor>,
+    ) -> Result<Vec<tabi_libos::nn_state::Tensor>, tabi_libos::nn_state::NnErrno> {
+        use tabi_libos::nn_state::{NnErrno, Tensor, TensorType};
+        let first = (0..graph.info.inputs)
+            .map(|i| inputs.get(&i).ok_or(NnErrno::InvalidArgument))
+            .collect::<Result<Vec<_>, _>>()?[0];
+        let mut reversed = first.clone();
+        reversed.data.reverse();
+        Ok(vec![
+            reversed,
+            Tensor {
+                dims: vec![1],
+                ty: TensorType::I32,
+                data: (inputs.len() as i32).to_le_bytes().to_vec(),
+            },
+        ])
+    }
+
+    fn named(&mut self, name: &str) -> Option<tabi_libos::nn_state::HostModel> {
+        (name == "m").then(|| tabi_libos::nn_state::HostModel {
+            encoding: tabi_libos::nn_state::Encoding::Onnx,
+            bytes: std::sync::Arc::from(FAKE_NAMED),
+        })
+    }
+
+    fn preloaded(&mut self, hash: &[u8; 32]) -> Option<std::sync::Arc<[u8]>> {
+        (*hash == tabi_libos::nn_state::Models::hash_of(&[FAKE_NAMED]))
+            .then(|| std::sync::Arc::from(FAKE_NAMED))
+    }
+}
+
+/// [`QuietHost`] with [`FakeNn`] as its wasi-nn backend.
+pub struct NnHost {
+    quiet: QuietHost,
+    nn: FakeNn,
+}
+
+impl NnHost {
+    /// A quiet host with the fake backend.
+    pub fn new() -> NnHost {
+        NnHost {
+            quiet: QuietHost { fs: None },
+            nn: FakeNn,
+        }
+    }
+}
+
+impl Default for NnHost {
+    fn default() -> Self {
+        NnHost::new()
+    }
+}
+
+impl tabi_libos::Host for NnHost {
+    fn wall_clock_ns(&mut self) -> u64 {
+        self.quiet.wall_clock_ns()
+    }
+    fn monotonic_ns(&mut self) -> u64 {
+        self.quiet.monotonic_ns()
+    }
+    fn random_bytes(&mut self, b: &mut [u8]) -> Result<(), tabi_libos::Errno> {
+        self.quiet.random_bytes(b)
+    }
+    fn stdin_read(&mut self, b: &mut [u8]) -> Result<usize, tabi_libos::Errno> {
+        self.quiet.stdin_read(b)
+    }
+    fn stdout_write(&mut self, b: &[u8]) -> Result<(), tabi_libos::Errno> {
+        self.quiet.stdout_write(b)
+    }
+    fn stderr_write(&mut self, b: &[u8]) -> Result<(), tabi_libos::Errno> {
+        self.quiet.stderr_write(b)
+    }
+    fn sleep_ns(&mut self, ns: u64) {
+        self.quiet.sleep_ns(ns)
+    }
+    fn nn(&mut self) -> Option<&mut dyn tabi_libos::nn_state::Backend> {
+        Some(&mut self.nn)
+    }
+}
+
+/// The `wasi_ephemeral_nn` ABI with hostile arguments against a kernel whose host has
+/// [`FakeNn`]: error codes, never a panic or a trap; at most `bound` bytes allocated by a
+/// call over a 64 KiB memory whatever sizes the guest claims; the kernel's state valid
+/// (and within small limits) after each call, and the same after an encode and decode.
+pub fn nn_calls(
+    u: &mut arbitrary::Unstructured<'_>,
+    alloc: &PeakAlloc,
+    bound: usize,
+) -> arbitrary::Result<[usize; 7]> {
+    let mut memory = vec![0u8; 64 << 10];
+    let fill = u.int_in_range(0..=256)?;
+    for b in memory.iter_mut().take(fill) {
+        *b = u.arbitrary()?;
+    }
+    // A model and a tensor in place, so that calls get past their first checks.
+    memory[8192..8200].copy_from_slice(&[0, 1, 2, 3, 4, 5, 6, 7]);
+    memory[1024..1032].copy_from_slice(&[0, 32, 0, 0, 8, 0, 0, 0]);
+    memory[4096..4116]
+        .copy_from_slice(&[0, 20, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 24, 0, 0, 4, 0, 0, 0]);
+    memory[5120..5124].copy_from_slice(&4u32.to_le_bytes());
+    memory[6144..6145].copy_from_slice(b"m");
+    let mut host = NnHost {
+        quiet: QuietHost { fs: None },
+        nn: FakeNn,
+    };
+    let mut k = Kernel::new();
+    let nn_limits = tabi_libos::nn_state::Limits {
+        model_bytes: 32 << 10,
+        models_bytes: 48 << 10,
+        tensor_bytes: 16 << 10,
+        dims: 8,
+        handles: 16,
+    };
+    k.set_nn_limits(nn_limits);
+    let limits = tabi_libos::StateLimits {
+        nn: nn_limits,
+        ..Default::default()
+    };
+    fn int(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<i32> {
+        Ok(match u.int_in_range(0..=5)? {
+            0 => u.int_in_range(0..=8)?,
+            1 => u.int_in_range(0..=(64 << 10))?,
+            2 => *u.choose(&[1024, 4096, 5120, 6144, 8192])?,
+            3 => u.arbitrary()?,
+            4 => u.int_in_range(0..=16)?,
+            _ => -1,
+        })
+    }
+    // Arguments that pass every check, per function in `NAMES` order, which the input
+    // perturbs one by one: load a model, load one by name, make a context, set input 0 (a
+    // tensor of four bytes), compute, read output 0.
+    const PLAUSIBLE: [&[i32]; 7] = [
+        &[1024, 1, 1, 0, 5200],
+        &[6144, 1, 5204],
+        &[6144, 1, 6144, 1, 5208],
+        &[0, 5212],
+        &[0, 0, 4096],
+        &[0],
+        &[0, 0, 7000, 4096, 5216],
+    ];
+    let mut succeeded = [0usize; 7];
+    for _ in 0..u.int_in_range(1..=24)? {
+        let which = u.choose_index(tabi_libos::nn::NAMES.len())?;
+        let before = alloc.reset();
+        macro_rules! call {
+            ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {{
+                let mut i = 0;
+                $(
+                    if i == which {
+                        let plausible = u.ratio(3, 4)?;
+                        let mut at = 0;
+                        $(
+                            let $arg = if plausible && !u.ratio(1, 6)? {
+                                PLAUSIBLE[i].get(at).copied().unwrap_or(0)
+                            } else {
+                                int(u)?
+                            } as $ty;
+                            at += 1;
+                        )*
+                        let _ = at;
+                        let r = tabi_libos::nn::$name(&mut k, &mut host, &mut memory, $($arg),*);
+                        assert!(matches!(r, Ok(0..=8)), "{}: {r:?}", stringify!($name));
+                        if r == Ok(0) {
+                            succeeded[i] += 1;
+                        }
+                    }
+                    i += 1;
+                )*
+                let _ = i;
+            }};
+        }
+        tabi_libos::for_each_nn_function!(call);
+        let grown = alloc.peak().saturating_sub(before);
+        assert!(
+            grown <= bound,
+            "{} allocated {grown} bytes",
+            tabi_libos::nn::NAMES[which]
+        );
+        let mut checked = k.clone();
+        if let Err(e) = checked.check(&limits) {
+            panic!(
+                "{} left an invalid state: {e}",
+                tabi_libos::nn::NAMES[which]
+            );
+        }
+        let bytes = tabi_libos::encode_state(&k).unwrap();
+        let back = tabi_libos::decode_checked(&bytes, 1 << 24, &limits).unwrap();
+        assert_eq!(back.nn(), k.nn());
+    }
+    Ok(succeeded)
+}

@@ -203,33 +203,6 @@ pub fn values(dtype: i32, bytes: &[u8]) -> Option<Vec<f64>> {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A hand-encoded tensor: dims [2] (packed), float, two float_data elements (packed).
-    #[test]
-    fn decodes_typed_and_raw_fields() {
-        let mut b = vec![0x0a, 0x01, 0x02, 0x10, 0x01, 0x22, 0x08];
-        b.extend_from_slice(&1.5f32.to_le_bytes());
-        b.extend_from_slice(&(-2.0f32).to_le_bytes());
-        let t = decode_tensor(&b).unwrap();
-        assert_eq!((t.dtype, t.dims.clone()), (1, vec![2]));
-        assert_eq!(values(1, &t.bytes).unwrap(), [1.5, -2.0]);
-        // int64 as varints, unpacked, with a raw_data that wins.
-        let b = [0x08, 0x03, 0x10, 0x07, 0x4a, 0x18];
-        let mut b = b.to_vec();
-        for v in [1i64, -1, 300] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        let t = decode_tensor(&b).unwrap();
-        assert_eq!(values(7, &t.bytes).unwrap(), [1.0, -1.0, 300.0]);
-        assert_eq!(f16_to_f64(0x3c00), 1.0);
-        assert_eq!(f16_to_f64(0xc000), -2.0);
-        assert!(decode_tensor(&[0x0a, 0x05]).is_err());
-    }
-}
-
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
@@ -307,4 +280,31 @@ pub fn matmul_model(k: u64, n: u64, seed: u64) -> Vec<u8> {
     field_bytes(&mut model, 7, &graph);
     field_bytes(&mut model, 8, &opset);
     model
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-encoded tensor: dims [2] (packed), float, two float_data elements (packed).
+    #[test]
+    fn decodes_typed_and_raw_fields() {
+        let mut b = vec![0x0a, 0x01, 0x02, 0x10, 0x01, 0x22, 0x08];
+        b.extend_from_slice(&1.5f32.to_le_bytes());
+        b.extend_from_slice(&(-2.0f32).to_le_bytes());
+        let t = decode_tensor(&b).unwrap();
+        assert_eq!((t.dtype, t.dims.clone()), (1, vec![2]));
+        assert_eq!(values(1, &t.bytes).unwrap(), [1.5, -2.0]);
+        // int64 as varints, unpacked, with a raw_data that wins.
+        let b = [0x08, 0x03, 0x10, 0x07, 0x4a, 0x18];
+        let mut b = b.to_vec();
+        for v in [1i64, -1, 300] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let t = decode_tensor(&b).unwrap();
+        assert_eq!(values(7, &t.bytes).unwrap(), [1.0, -1.0, 300.0]);
+        assert_eq!(f16_to_f64(0x3c00), 1.0);
+        assert_eq!(f16_to_f64(0xc000), -2.0);
+        assert!(decode_tensor(&[0x0a, 0x05]).is_err());
+    }
 }

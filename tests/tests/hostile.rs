@@ -446,3 +446,92 @@ fn hostile_p1_arguments_are_errnos_within_bounded_allocation() {
         tabi_tests::hostile::p1_calls(&mut u, &ALLOC, 1 << 20).unwrap();
     }
 }
+
+/// The wasi-nn fuzzer's driver on 2,000 fixed inputs: hostile arguments give error codes,
+/// never a trap; each call allocates at most 256 KiB over a 64 KiB memory whatever sizes
+/// the guest claims; the state stays valid and round-trips through its encoding.
+#[test]
+fn hostile_nn_arguments_are_error_codes_within_bounded_allocation() {
+    let mut succeeded = [0usize; 7];
+    for seed in 0..2000 {
+        let data = noise(seed, 600);
+        let mut u = arbitrary::Unstructured::new(&data);
+        let s = tabi_tests::hostile::nn_calls(&mut u, &ALLOC, 256 << 10).unwrap();
+        for (t, n) in succeeded.iter_mut().zip(s) {
+            *t += n;
+        }
+    }
+    // The inputs reach past the first checks of every function.
+    for (name, n) in tabi_libos::nn::NAMES.iter().zip(succeeded) {
+        assert!(n > 0, "no call of {name} succeeded: {succeeded:?}");
+    }
+}
+
+/// A kernel state holding wasi-nn's (a model, a graph, a context with an input and the
+/// outputs of a compute) reads back from a snapshot as it was; the same state with one byte
+/// of the model changed, or a context naming a graph that is not there, is refused, naming
+/// wasi-nn. The first is also a seed of the `kernel_roundtrip` fuzz target's corpus.
+#[test]
+fn a_snapshots_wasi_nn_state_is_checked() {
+    use tabi_tests::hostile::NnHost;
+    let mut host = NnHost::new();
+    let mut k = Kernel::new();
+    let mut mem = vec![0u8; 64 << 10];
+    let model = b"\x00 a model of the fake backend, one input";
+    mem[8192..8192 + model.len()].copy_from_slice(model);
+    mem[1024..1032].copy_from_slice(&[0, 32, 0, 0, model.len() as u8, 0, 0, 0]);
+    assert_eq!(
+        tabi_libos::nn::load(&mut k, &mut host, &mut mem, 1024, 1, 1, 0, 2000),
+        Ok(0)
+    );
+    assert_eq!(
+        tabi_libos::nn::init_execution_context(&mut k, &mut host, &mut mem, 0, 2004),
+        Ok(0)
+    );
+    mem[4096..4116]
+        .copy_from_slice(&[0, 20, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 24, 0, 0, 4, 0, 0, 0]);
+    mem[5120..5124].copy_from_slice(&4u32.to_le_bytes());
+    mem[6144..6148].copy_from_slice(b"abcd");
+    assert_eq!(
+        tabi_libos::nn::set_input(&mut k, &mut host, &mut mem, 0, 0, 4096),
+        Ok(0)
+    );
+    assert_eq!(
+        tabi_libos::nn::compute(&mut k, &mut host, &mut mem, 0),
+        Ok(0)
+    );
+
+    let bytes = tabi_libos::encode_state(&k).unwrap();
+    if std::env::var_os("TABI_WRITE_SEEDS").is_some() {
+        std::fs::write(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../fuzz/corpus/kernel_roundtrip/wasi-nn-state"
+            ),
+            &bytes,
+        )
+        .unwrap();
+    }
+    let file = framed(&bytes, 1);
+    let s = read(&mut &file[..], &Limits::default(), None).unwrap();
+    assert_eq!(s.kernel.nn(), k.nn());
+
+    let at = bytes
+        .windows(model.len())
+        .position(|w| w == model)
+        .expect("the model's bytes are in the state");
+    let mut forged = bytes.clone();
+    forged[at + 3] ^= 1;
+    let e = read(&mut &framed(&forged, 1)[..], &Limits::default(), None).unwrap_err();
+    assert!(e.to_string().contains("wasi-nn"), "{e}");
+
+    // The context's graph handle is the byte just before its inputs map: 0 -> 9.
+    let mut forged = bytes.clone();
+    let graph_at = bytes
+        .windows(3)
+        .rposition(|w| w == [1, 1, 0])
+        .expect("a context slot: Some, graph 0");
+    forged[graph_at + 2] = 9;
+    let e = read(&mut &framed(&forged, 1)[..], &Limits::default(), None).unwrap_err();
+    assert!(e.to_string().contains("wasi-nn"), "{e}");
+}

@@ -1,6 +1,7 @@
 //! wasi-nn guests: the same output on both engines, results that agree with onnxruntime's
 //! (the reference outputs `tests/models/make.py` wrote), migration at every call, models
 //! held once, and host models found again (or missed, clearly) on resume.
+#![cfg(feature = "nn")]
 
 use std::sync::{Arc, Mutex};
 

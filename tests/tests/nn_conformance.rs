@@ -7,6 +7,7 @@
 //! `tests/models/onnx-node-*.txt` rather than hidden: the test fails when a case leaves or
 //! joins a list, so the lists stay true as tract changes. `TABI_WRITE_CONFORMANCE=1` writes
 //! them anew.
+#![cfg(feature = "nn")]
 
 use std::collections::BTreeMap;
 use std::fs;
