@@ -99,7 +99,7 @@ fn backend_direct(model: &[u8]) -> Duration {
         let start = Instant::now();
         for _ in 0..RUNS {
             let t = T::new(vec![1, K as u32], TensorType::F32, x.clone(), &limits).unwrap();
-            nn.set_input(c, 0, t).unwrap();
+            nn.set_input(c, 0, t, &limits).unwrap();
             nn.compute(c, &mut tract, &limits).unwrap();
             nn.get_output(c, 0, &mut out).unwrap();
         }

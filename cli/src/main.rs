@@ -145,7 +145,8 @@ impl LimitArgs {
         if let Some(bytes) = self.max_nn_models {
             limits.state.nn.model_bytes = bytes;
             limits.state.nn.models_bytes = bytes;
-            // The models are in the kernel section, beside the rest of the state.
+            // The models are in the kernel section, beside 48 MiB of tensors and the
+            // rest of the state.
             let section = bytes.saturating_add(64 << 20).min(u64::from(u32::MAX));
             limits.section = limits.section.max(section as u32);
         }

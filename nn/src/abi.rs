@@ -151,7 +151,7 @@ pub fn set_input(
     tensor: u32,
 ) -> i32 {
     errno((|| {
-        nn.check_input(context, index)?;
+        nn.check_input(context, index, 0, limits)?;
         let t = slice(mem, tensor, TENSOR_SIZE)?;
         let word = |at: usize| u32::from_le_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]]);
         let (dims_ptr, dims_len, ty, data_ptr, data_len) =
@@ -160,17 +160,22 @@ pub fn set_input(
             return Err(NnErrno::InvalidArgument);
         }
         let ty = TensorType::from_raw(ty)?;
-        let dims_bytes = slice(mem, dims_ptr, dims_len * 4)?;
+        let dims_bytes = slice(
+            mem,
+            dims_ptr,
+            dims_len.checked_mul(4).ok_or(NnErrno::InvalidArgument)?,
+        )?;
         let dims: Vec<u32> = dims_bytes
             .chunks_exact(4)
             .map(|d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
             .collect();
-        // Checked against the type and the limit before the data is copied.
+        // Checked against the type and the limits before the data is copied.
         if Tensor::byte_len(&dims, ty, limits)? != u64::from(data_len) {
             return Err(NnErrno::InvalidArgument);
         }
+        nn.check_input(context, index, u64::from(data_len), limits)?;
         let data = slice(mem, data_ptr, data_len)?.to_vec();
-        nn.set_input(context, index, Tensor { dims, ty, data })
+        nn.set_input(context, index, Tensor { dims, ty, data }, limits)
     })())
 }
 
@@ -236,6 +241,7 @@ mod tests {
             _: &[u8; 32],
             _: &crate::Graph,
             inputs: &BTreeMap<u32, Tensor>,
+            _: &Limits,
         ) -> Result<Vec<Tensor>, NnErrno> {
             let input = inputs.get(&0).ok_or(NnErrno::InvalidArgument)?;
             Ok(vec![Tensor {

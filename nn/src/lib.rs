@@ -39,6 +39,7 @@
 //!         _: &[u8; 32],
 //!         _: &Graph,
 //!         inputs: &BTreeMap<u32, Tensor>,
+//!         _: &Limits,
 //!     ) -> Result<Vec<Tensor>, NnErrno> {
 //!         Ok(inputs.values().cloned().collect())
 //!     }
@@ -49,7 +50,7 @@
 //! let graph = nn.load(&mut Echo, &[b"model bytes"], Encoding::Onnx, Target::Cpu,  &limits)?;
 //! let ctx = nn.init_execution_context(graph, &limits)?;
 //! let input = Tensor::new(vec![1, 2], TensorType::F32, vec![7; 8], &limits)?;
-//! nn.set_input(ctx, 0, input)?;
+//! nn.set_input(ctx, 0, input, &limits)?;
 //! nn.compute(ctx, &mut Echo, &limits)?;
 //! let mut out = [0u8; 8];
 //! assert_eq!(nn.get_output(ctx, 0, &mut out)?, 8);
@@ -231,6 +232,8 @@ pub struct Limits {
     pub models_bytes: u64,
     /// Most bytes of one tensor's data.
     pub tensor_bytes: u64,
+    /// Most bytes of all tensors held at once: every context's inputs and last outputs.
+    pub tensors_bytes: u64,
     /// Most dimensions of a tensor.
     pub dims: u32,
     /// Most graphs, and most execution contexts, alive at once.
@@ -238,13 +241,15 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 192 MiB of models (one or all: they must fit a snapshot's kernel section, 256 MiB
-    /// unless the resumer allows more), 64 MiB a tensor, 16 dimensions, 1,024 handles.
+    /// 192 MiB of models (one or all) and 48 MiB of tensors (one or all), so that they fit
+    /// a snapshot's kernel section (256 MiB unless the resumer allows more) with 16 MiB for
+    /// the rest of the state; 16 dimensions, 1,024 handles.
     fn default() -> Self {
         Limits {
             model_bytes: 192 << 20,
             models_bytes: 192 << 20,
-            tensor_bytes: 64 << 20,
+            tensor_bytes: 48 << 20,
+            tensors_bytes: 48 << 20,
             dims: 16,
             handles: 1024,
         }
@@ -267,21 +272,23 @@ impl Tensor {
     /// The bytes a tensor of `dims` and `ty` takes: `InvalidArgument` when the product of
     /// the dimensions overflows or a tensor has more dimensions than `limits.dims`, and
     /// `TooLarge` past `limits.tensor_bytes`. Checked before anything is allocated for it.
+    ///
+    /// A dimension of 0 makes an empty tensor, but counts as 1 against the limit: the
+    /// other dimensions still shape what a backend builds from it (a broadcast, a
+    /// reshape), so `[0, 4_000_000_000]` is as much `TooLarge` as `[4_000_000_000]`.
     pub fn byte_len(dims: &[u32], ty: TensorType, limits: &Limits) -> Result<u64, NnErrno> {
         if dims.len() > limits.dims as usize {
             return Err(NnErrno::InvalidArgument);
         }
-        let elements = dims
+        let extent = dims
             .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)))
+            .try_fold(ty.size(), |n, &d| n.checked_mul(u64::from(d.max(1))))
             .ok_or(NnErrno::InvalidArgument)?;
-        let bytes = elements
-            .checked_mul(ty.size())
-            .ok_or(NnErrno::InvalidArgument)?;
-        if bytes > limits.tensor_bytes {
+        if extent > limits.tensor_bytes {
             return Err(NnErrno::TooLarge);
         }
-        Ok(bytes)
+        // No larger than `extent`, so no overflow.
+        Ok(dims.iter().fold(ty.size(), |n, &d| n * u64::from(d)))
     }
 
     /// A tensor, its bytes checked against its dimensions and type (see
@@ -297,6 +304,12 @@ impl Tensor {
         }
         Ok(Tensor { dims, ty, data })
     }
+}
+
+fn held(tensors: impl IntoIterator<Item = impl core::borrow::Borrow<Tensor>>) -> u64 {
+    tensors
+        .into_iter()
+        .fold(0u64, |n, t| n.saturating_add(t.borrow().data.len() as u64))
 }
 
 fn check_tensor(t: &Tensor, limits: &Limits) -> Result<(), NnErrno> {
@@ -416,22 +429,35 @@ impl Models {
             return Err(NnErrno::TooLarge);
         }
         let hash = Models::hash_of(parts);
-        if let Some(m) = self.by_hash.get_mut(&hash) {
-            m.graphs = m.graphs.checked_add(1).ok_or(NnErrno::TooLarge)?;
-            return Ok(hash);
-        }
-        let mut bytes = Vec::new();
-        if host.is_none() {
-            if self.bytes().saturating_add(len) > limits.models_bytes {
+        let held = self.bytes();
+        let copy = || -> Result<Vec<u8>, NnErrno> {
+            if held.saturating_add(len) > limits.models_bytes {
                 return Err(NnErrno::TooLarge);
             }
+            let mut bytes = Vec::new();
             bytes
                 .try_reserve_exact(len as usize)
                 .map_err(|_| NnErrno::TooLarge)?;
             for p in parts {
                 bytes.extend_from_slice(p);
             }
+            Ok(bytes)
+        };
+        if let Some(m) = self.by_hash.get_mut(&hash) {
+            let graphs = m.graphs.checked_add(1).ok_or(NnErrno::TooLarge)?;
+            // The guest passed the bytes of a model the host preloaded: from now on the
+            // state holds them, so a resumer need not have that model.
+            if m.host.is_some() && host.is_none() {
+                m.bytes = copy()?;
+                m.host = None;
+            }
+            m.graphs = graphs;
+            return Ok(hash);
         }
+        let bytes = match host {
+            None => copy()?,
+            Some(_) => Vec::new(),
+        };
         self.by_hash.insert(
             hash,
             Model {
@@ -559,12 +585,15 @@ pub trait Backend {
     ) -> Result<ModelInfo, NnErrno>;
 
     /// The outputs of the model made of `parts` given `inputs` (by index), in output order.
+    /// An output past `limits.tensor_bytes` is `TooLarge`, found before its bytes are
+    /// copied out of the backend.
     fn compute(
         &mut self,
         parts: &[&[u8]],
         hash: &[u8; 32],
         graph: &Graph,
         inputs: &BTreeMap<u32, Tensor>,
+        limits: &Limits,
     ) -> Result<Vec<Tensor>, NnErrno>;
 
     /// The model preloaded under `name`, if any.
@@ -597,6 +626,7 @@ impl Backend for NoBackend {
         _: &[u8; 32],
         _: &Graph,
         _: &BTreeMap<u32, Tensor>,
+        _: &Limits,
     ) -> Result<Vec<Tensor>, NnErrno> {
         Err(NnErrno::RuntimeError)
     }
@@ -812,20 +842,35 @@ impl NnState {
                     }
                 }
             }
-            let users = self.graphs.iter().filter(|(_, g)| g.model == *hash).count();
-            if users != model.graphs as usize {
-                return Err(format!(
-                    "model {} counts {} graphs and {} use it",
-                    hex(hash),
-                    model.graphs,
-                    users
-                ));
-            }
         }
+        // Each model's users, counted in one pass over the graphs.
+        let mut users: BTreeMap<[u8; 32], u32> = BTreeMap::new();
         for (g, graph) in self.graphs.iter() {
             if self.models.get(&graph.model).is_none() {
                 return Err(format!("graph {g} names a model the state does not hold"));
             }
+            if graph.name.as_ref().is_some_and(|n| n.len() > 4096) {
+                return Err(format!("graph {g}'s name is malformed"));
+            }
+            *users.entry(graph.model).or_default() += 1;
+        }
+        for (hash, model) in self.models.iter() {
+            let used = users.get(hash).copied().unwrap_or(0);
+            if used != model.graphs || used == 0 {
+                return Err(format!(
+                    "model {} counts {} graphs and {} use it",
+                    hex(hash),
+                    model.graphs,
+                    used
+                ));
+            }
+        }
+        let tensors = self.tensor_bytes();
+        if tensors > limits.tensors_bytes {
+            return Err(format!(
+                "{tensors} bytes of tensors, over the limit of {}",
+                limits.tensors_bytes
+            ));
         }
         for (c, ctx) in self.contexts.iter() {
             let Some(graph) = self.graphs.get(ctx.graph) else {
@@ -840,12 +885,70 @@ impl NnState {
                 check_tensor(t, limits)
                     .map_err(|_| format!("input {i} of context {c} is malformed"))?;
             }
+            if !ctx.outputs.is_empty() && ctx.outputs.len() != graph.info.outputs as usize {
+                return Err(format!(
+                    "execution context {c} has {} outputs, and its model {}",
+                    ctx.outputs.len(),
+                    graph.info.outputs
+                ));
+            }
             for (i, t) in ctx.outputs.iter().enumerate() {
                 check_tensor(t, limits)
                     .map_err(|_| format!("output {i} of context {c} is malformed"))?;
             }
         }
         Ok(())
+    }
+
+    /// Checks every graph of a state from outside against `backend`, after
+    /// [`NnState::check`]: the backend must load its model (from the state's bytes, or the
+    /// host model of its hash) for its encoding and target, and find the inputs and outputs
+    /// the graph records. Gives the first graph that fails. This compiles each model once
+    /// (into the backend's cache, where the guest's next compute finds it).
+    pub fn check_with(&self, backend: &mut dyn Backend) -> Result<(), String> {
+        use alloc::format;
+        let mut checked: BTreeMap<([u8; 32], u32, u32), ModelInfo> = BTreeMap::new();
+        for (g, graph) in self.graphs.iter() {
+            let key = (graph.model, graph.encoding as u32, graph.target as u32);
+            let info = match checked.get(&key) {
+                Some(info) => *info,
+                None => {
+                    let model = self.models.get(&graph.model).ok_or_else(|| {
+                        format!("graph {g} names a model the state does not hold")
+                    })?;
+                    let found = match model.guest_parts() {
+                        Some(parts) => backend.check(&parts, &graph.model, graph),
+                        None => match backend.preloaded(&graph.model) {
+                            Some(bytes) => backend.check(&[&bytes], &graph.model, graph),
+                            None => Err(NnErrno::NotFound),
+                        },
+                    };
+                    let info = found.map_err(|e| {
+                        format!(
+                            "graph {g}: this host cannot load its model {} ({e})",
+                            hex(&graph.model)
+                        )
+                    })?;
+                    checked.insert(key, info);
+                    info
+                }
+            };
+            if info != graph.info {
+                return Err(format!(
+                    "graph {g} records {} inputs and {} outputs; its model has {} and {}",
+                    graph.info.inputs, graph.info.outputs, info.inputs, info.outputs
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of every tensor held: each context's inputs and last outputs.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.contexts.iter().fold(0u64, |n, (_, ctx)| {
+            n.saturating_add(held(ctx.inputs.values()))
+                .saturating_add(held(&ctx.outputs))
+        })
     }
 
     /// The graph of handle `g`; `InvalidArgument` for an unknown one.
@@ -870,28 +973,50 @@ impl NnState {
     }
 
     /// Checks that context `c` exists and its graph's model has an input `index`
-    /// (`InvalidArgument` if not), before a guest's tensor is copied for it.
-    pub fn check_input(&self, c: u32, index: u32) -> Result<(), NnErrno> {
+    /// (`InvalidArgument` if not), and that a tensor of `bytes` fits in place of the one
+    /// there within `limits.tensors_bytes` (`TooLarge` if not), before a guest's tensor is
+    /// copied for it.
+    pub fn check_input(
+        &self,
+        c: u32,
+        index: u32,
+        bytes: u64,
+        limits: &Limits,
+    ) -> Result<(), NnErrno> {
         let ctx = self.context(c)?;
         let graph = self.graph(ctx.graph)?;
         if index >= graph.info.inputs {
             return Err(NnErrno::InvalidArgument);
         }
+        let replaced = ctx.inputs.get(&index).map_or(0, |t| t.data.len() as u64);
+        let after = (self.tensor_bytes() - replaced).saturating_add(bytes);
+        if after > limits.tensors_bytes {
+            return Err(NnErrno::TooLarge);
+        }
         Ok(())
     }
 
     /// Sets input `index` of context `c`: `InvalidArgument` for an unknown context or an
-    /// index past its model's inputs (see [`NnState::check_input`]).
-    pub fn set_input(&mut self, c: u32, index: u32, tensor: Tensor) -> Result<(), NnErrno> {
-        self.check_input(c, index)?;
+    /// index past its model's inputs, `TooLarge` past the limits (see
+    /// [`NnState::check_input`]).
+    pub fn set_input(
+        &mut self,
+        c: u32,
+        index: u32,
+        tensor: Tensor,
+        limits: &Limits,
+    ) -> Result<(), NnErrno> {
+        check_tensor(&tensor, limits)?;
+        self.check_input(c, index, tensor.data.len() as u64, limits)?;
         let ctx = self.contexts.get_mut(c).ok_or(NnErrno::InvalidArgument)?;
         ctx.inputs.insert(index, tensor);
         Ok(())
     }
 
     /// Computes context `c`'s outputs with `backend`; they replace the last compute's. An
-    /// output past `limits.tensor_bytes` is `TooLarge` (the state must stay within what a
-    /// resumer accepts), and the last outputs are kept.
+    /// output past `limits.tensor_bytes`, or outputs that would take the tensors held past
+    /// `limits.tensors_bytes`, are `TooLarge` (the state must stay within what a resumer
+    /// accepts), and the last outputs are kept.
     pub fn compute(
         &mut self,
         c: u32,
@@ -902,17 +1027,24 @@ impl NnState {
         let graph = self.graphs.get(ctx.graph).ok_or(NnErrno::InvalidArgument)?;
         let model = self.models.get(&graph.model).ok_or(NnErrno::RuntimeError)?;
         let outputs = match model.guest_parts() {
-            Some(parts) => backend.compute(&parts, &graph.model, graph, &ctx.inputs)?,
+            Some(parts) => backend.compute(&parts, &graph.model, graph, &ctx.inputs, limits)?,
             None => {
                 let bytes = backend.preloaded(&graph.model).ok_or(NnErrno::NotFound)?;
-                backend.compute(&[&bytes], &graph.model, graph, &ctx.inputs)?
+                backend.compute(&[&bytes], &graph.model, graph, &ctx.inputs, limits)?
             }
         };
+        if outputs.len() != graph.info.outputs as usize {
+            return Err(NnErrno::RuntimeError);
+        }
         for t in &outputs {
             check_tensor(t, limits).map_err(|e| match e {
                 NnErrno::TooLarge => NnErrno::TooLarge,
                 _ => NnErrno::RuntimeError,
             })?;
+        }
+        let after = (self.tensor_bytes() - held(&ctx.outputs)).saturating_add(held(&outputs));
+        if after > limits.tensors_bytes {
+            return Err(NnErrno::TooLarge);
         }
         if let Some(ctx) = self.contexts.get_mut(c) {
             ctx.outputs = outputs;
@@ -961,6 +1093,7 @@ mod tests {
             _: &[u8; 32],
             _: &Graph,
             inputs: &BTreeMap<u32, Tensor>,
+            _: &Limits,
         ) -> Result<Vec<Tensor>, NnErrno> {
             let sum = inputs
                 .values()
@@ -1068,6 +1201,7 @@ mod tests {
             c,
             0,
             Tensor::new(vec![2], TensorType::U8, vec![3, 4], &l).unwrap(),
+            &l,
         )
         .unwrap();
         let mut nn: NnState = postcard::from_bytes(&postcard::to_allocvec(&nn).unwrap()).unwrap();
@@ -1093,7 +1227,8 @@ mod tests {
             nn.set_input(
                 c + 3,
                 0,
-                Tensor::new(vec![], TensorType::U8, vec![1], &l).unwrap()
+                Tensor::new(vec![], TensorType::U8, vec![1], &l).unwrap(),
+                &l,
             ),
             Err(NnErrno::InvalidArgument)
         );
@@ -1114,6 +1249,7 @@ mod tests {
             c,
             0,
             Tensor::new(vec![2], TensorType::U8, vec![1, 2], &l).unwrap(),
+            &l,
         )
         .unwrap();
         assert_eq!(good.check(&l), Ok(()));
@@ -1165,5 +1301,165 @@ mod tests {
         let mut bad = good.clone();
         bad.models.by_hash.get_mut(&hash).unwrap().host = Some("m".into());
         assert!(bad.check(&l).unwrap_err().contains("host model"));
+    }
+
+    /// Summing, with one model preloaded under the name `m`.
+    struct Preloaded(Arc<[u8]>);
+
+    impl Backend for Preloaded {
+        fn check(&mut self, p: &[&[u8]], h: &[u8; 32], g: &Graph) -> Result<ModelInfo, NnErrno> {
+            Summing.check(p, h, g)
+        }
+        fn compute(
+            &mut self,
+            p: &[&[u8]],
+            h: &[u8; 32],
+            g: &Graph,
+            i: &BTreeMap<u32, Tensor>,
+            l: &Limits,
+        ) -> Result<Vec<Tensor>, NnErrno> {
+            Summing.compute(p, h, g, i, l)
+        }
+        fn named(&mut self, name: &str) -> Option<HostModel> {
+            (name == "m").then(|| HostModel {
+                encoding: Encoding::Onnx,
+                bytes: self.0.clone(),
+            })
+        }
+        fn preloaded(&mut self, hash: &[u8; 32]) -> Option<Arc<[u8]>> {
+            (*hash == Models::hash_of(&[&self.0])).then(|| self.0.clone())
+        }
+    }
+
+    /// The tensors held, over every context, stay within `tensors_bytes`: an input or an
+    /// output past it is `TooLarge` before it is kept, the last outputs stay, and a dimension
+    /// of 0 counts as 1 against the limit.
+    #[test]
+    fn all_tensors_together_are_bounded() {
+        let l = Limits {
+            tensor_bytes: 8,
+            tensors_bytes: 12,
+            ..Limits::default()
+        };
+        let mut nn = NnState::new();
+        let g = nn
+            .load(&mut Summing, &[b"model"], Encoding::Onnx, Target::Cpu, &l)
+            .unwrap();
+        let a = nn.init_execution_context(g, &l).unwrap();
+        let b = nn.init_execution_context(g, &l).unwrap();
+        let t = |n: usize| Tensor::new(vec![n as u32], TensorType::U8, vec![1; n], &l).unwrap();
+        nn.set_input(a, 0, t(8), &l).unwrap();
+        assert_eq!(nn.set_input(b, 0, t(8), &l), Err(NnErrno::TooLarge));
+        assert_eq!(nn.check_input(b, 0, 5, &l), Err(NnErrno::TooLarge));
+        // Replacing an input counts only the difference.
+        nn.set_input(a, 0, t(4), &l).unwrap();
+        nn.set_input(b, 0, t(7), &l).unwrap();
+        assert_eq!(nn.tensor_bytes(), 11);
+        nn.compute(a, &mut Summing, &l).unwrap();
+        assert_eq!(nn.tensor_bytes(), 12);
+        assert_eq!(nn.compute(b, &mut Summing, &l), Err(NnErrno::TooLarge));
+        assert!(nn.context(b).unwrap().outputs.is_empty());
+        assert_eq!(nn.check(&l), Ok(()));
+        assert!(
+            nn.check(&Limits {
+                tensors_bytes: 11,
+                ..l
+            })
+            .unwrap_err()
+            .contains("tensors")
+        );
+        // Empty, but shaped past the limit.
+        assert_eq!(
+            Tensor::byte_len(&[0, 9], TensorType::U8, &l),
+            Err(NnErrno::TooLarge)
+        );
+        assert_eq!(Tensor::byte_len(&[0, 8], TensorType::U8, &l), Ok(0));
+    }
+
+    /// A guest that loads the bytes of a model the host preloaded makes the state hold
+    /// them: a resumer no longer needs the host's model.
+    #[test]
+    fn a_host_model_loaded_by_the_guest_is_held() {
+        let l = Limits::default();
+        let bytes: Arc<[u8]> = Arc::from(&b"model preloaded"[..]);
+        let mut host = Preloaded(bytes.clone());
+        let mut nn = NnState::new();
+        let named = nn.load_by_name(&mut host, "m", &l).unwrap();
+        assert_eq!(nn.models.bytes(), 0);
+        assert_eq!(nn.missing_host_models(&mut Summing).len(), 1);
+        let loaded = nn
+            .load(&mut host, &[&bytes], Encoding::Onnx, Target::Cpu, &l)
+            .unwrap();
+        assert_ne!(named, loaded);
+        assert_eq!(nn.models.bytes(), bytes.len() as u64);
+        assert!(nn.missing_host_models(&mut Summing).is_empty());
+        assert_eq!(nn.check(&l), Ok(()));
+        assert_eq!(nn.check_with(&mut Summing), Ok(()));
+        // Within the limit of all models.
+        let mut nn = NnState::new();
+        nn.load_by_name(&mut host, "m", &l).unwrap();
+        let tight = Limits {
+            models_bytes: 3,
+            ..l
+        };
+        assert_eq!(
+            nn.load(&mut host, &[&bytes], Encoding::Onnx, Target::Cpu, &tight),
+            Err(NnErrno::TooLarge)
+        );
+        assert_eq!(nn.models.iter().next().unwrap().1.graphs, 1);
+    }
+
+    /// A model no graph uses, a graph whose recorded inputs and outputs are not its
+    /// model's, or outputs of a count the model does not give are refused.
+    #[test]
+    fn a_forged_graph_is_refused() {
+        let l = Limits::default();
+        let mut good = NnState::new();
+        let g = good
+            .load(&mut Summing, &[b"model"], Encoding::Onnx, Target::Cpu, &l)
+            .unwrap();
+        let c = good.init_execution_context(g, &l).unwrap();
+        assert_eq!(good.check_with(&mut Summing), Ok(()));
+
+        // An orphan host model.
+        let mut bad = good.clone();
+        bad.models.by_hash.insert(
+            [7; 32],
+            Model {
+                bytes: Vec::new(),
+                parts: vec![5],
+                host: Some("orphan".into()),
+                graphs: 0,
+            },
+        );
+        assert!(bad.check(&l).unwrap_err().contains("counts 0 graphs"));
+
+        let mut bad = good.clone();
+        bad.graphs.get_mut(g).unwrap().info.inputs = u32::MAX;
+        assert_eq!(bad.check(&l), Ok(()));
+        assert!(
+            bad.check_with(&mut Summing)
+                .unwrap_err()
+                .contains("records")
+        );
+
+        let mut bad = good.clone();
+        bad.graphs.get_mut(g).unwrap().encoding = Encoding::OpenVino;
+        assert!(
+            bad.check_with(&mut Summing)
+                .unwrap_err()
+                .contains("cannot load")
+        );
+
+        let mut bad = good.clone();
+        bad.contexts.get_mut(c).unwrap().outputs = vec![
+            Tensor {
+                dims: vec![],
+                ty: TensorType::U8,
+                data: vec![0],
+            };
+            2
+        ];
+        assert!(bad.check(&l).unwrap_err().contains("outputs"));
     }
 }

@@ -18,9 +18,15 @@
 //! - Plans run single-threaded, tract's default: a guest's compute is one call of one guest,
 //!   results are then the same from run to run on one machine, and a node that runs many
 //!   guests schedules them itself rather than each compute taking every core.
+//! - Every execution target runs on the CPU: a graph loaded for `gpu` or `tpu` keeps the
+//!   target it asked for and computes on tract, as wasmtime's ONNX backend does.
 //! - tract is not built for hostile models: a panic inside it is caught and becomes
 //!   `runtime_error`. A model is bounded by [`Limits::model_bytes`](crate::Limits) before it
-//!   gets here.
+//!   gets here, and each output by [`Limits::tensor_bytes`](crate::Limits) before it is
+//!   copied out. What tract allocates while it computes is not bounded: a model can build
+//!   intermediate tensors whose size depends on its inputs' values (`ConstantOfShape`,
+//!   `Expand`, `Tile`), and a failed allocation aborts the process. A host that runs models
+//!   it does not trust bounds the process's memory (a cgroup, a container limit).
 
 use std::boxed::Box;
 use std::collections::BTreeMap;
@@ -34,7 +40,7 @@ use tract_onnx::prelude::{
     IntoRunnable as _, IntoTensor as _,
 };
 
-use crate::{Backend, Encoding, Graph, HostModel, ModelInfo, Models, NnErrno, Target, Tensor};
+use crate::{Backend, Encoding, Graph, HostModel, Limits, ModelInfo, Models, NnErrno, Tensor};
 
 type Plan = Arc<tr::TypedRunnableModel>;
 
@@ -65,7 +71,8 @@ struct Plans {
 #[derive(Clone)]
 pub struct PlanCache {
     plans: Arc<Mutex<Plans>>,
-    onnx: Arc<tract_onnx::Onnx>,
+    /// tract's ONNX loader, made when the first model is parsed.
+    onnx: Arc<std::sync::OnceLock<tract_onnx::Onnx>>,
 }
 
 impl Default for PlanCache {
@@ -93,7 +100,7 @@ impl PlanCache {
                 entries: Vec::new(),
                 capacity,
             })),
-            onnx: Arc::new(tract_onnx::onnx()),
+            onnx: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -135,6 +142,7 @@ impl PlanCache {
     fn compile(&self, bytes: &[u8], shapes: &Shapes) -> Result<Compiled, NnErrno> {
         let mut model = self
             .onnx
+            .get_or_init(tract_onnx::onnx)
             .model_for_read(&mut &bytes[..])
             .map_err(|_| NnErrno::InvalidEncoding)?;
         let inputs = model
@@ -207,7 +215,8 @@ impl Tract {
     pub fn with_plans(plans: PlanCache) -> Tract {
         Tract {
             plans,
-            ..Tract::default()
+            named: BTreeMap::new(),
+            by_hash: BTreeMap::new(),
         }
     }
 
@@ -285,14 +294,28 @@ fn to_tract(t: &Tensor) -> Result<tr::Tensor, NnErrno> {
     .map_err(|_| NnErrno::InvalidArgument)
 }
 
-/// tract's tensor as a guest's: its elements little-endian, in row-major order.
-fn from_tract(t: &tr::Tensor) -> Result<Tensor, NnErrno> {
+/// tract's tensor as a guest's: its elements little-endian, in row-major order. One past
+/// `limits` (its dimensions, or its bytes once widened) is `TooLarge` before anything is
+/// copied.
+fn from_tract(t: &tr::Tensor, limits: &Limits) -> Result<Tensor, NnErrno> {
     use crate::TensorType as T;
     let dims = t
         .shape()
         .iter()
         .map(|&d| u32::try_from(d).map_err(|_| NnErrno::TooLarge))
         .collect::<Result<Vec<u32>, _>>()?;
+    let wide = match t.datum_type() {
+        DatumType::Bool => T::U8,
+        DatumType::I8 | DatumType::I16 | DatumType::U16 | DatumType::U32 => T::I32,
+        DatumType::U64 => T::I64,
+        DatumType::F16 => T::F16,
+        DatumType::F64 => T::F64,
+        DatumType::U8 => T::U8,
+        DatumType::I32 => T::I32,
+        DatumType::I64 => T::I64,
+        _ => T::F32,
+    };
+    Tensor::byte_len(&dims, wide, limits).map_err(|_| NnErrno::TooLarge)?;
     let widened;
     let (t, ty) = match t.datum_type() {
         DatumType::F16 => (t, T::F16),
@@ -345,11 +368,11 @@ fn from_tract(t: &tr::Tensor) -> Result<Tensor, NnErrno> {
     Ok(Tensor { dims, ty, data })
 }
 
-fn run(plan: &Plan, inputs: &[tr::Tensor]) -> Result<Vec<Tensor>, NnErrno> {
+fn run(plan: &Plan, inputs: &[tr::Tensor], limits: &Limits) -> Result<Vec<Tensor>, NnErrno> {
     let values: tr::TVec<tr::TValue> = inputs.iter().map(|t| t.clone().into()).collect();
     let out = plan.run(values).map_err(|_| NnErrno::RuntimeError)?;
     out.into_iter()
-        .map(|v| from_tract(&v.into_tensor()))
+        .map(|v| from_tract(&v.into_tensor(), limits))
         .collect()
 }
 
@@ -364,9 +387,6 @@ impl Backend for Tract {
             Encoding::Onnx | Encoding::Autodetect => {}
             _ => return Err(NnErrno::InvalidEncoding),
         }
-        if graph.target != Target::Cpu {
-            return Err(NnErrno::UnsupportedOperation);
-        }
         let bytes = one_part(parts)?;
         guarded(|| Ok(self.plans.compiled(hash, bytes, None)?.info))
     }
@@ -377,6 +397,7 @@ impl Backend for Tract {
         hash: &[u8; 32],
         _graph: &Graph,
         inputs: &BTreeMap<u32, Tensor>,
+        limits: &Limits,
     ) -> Result<Vec<Tensor>, NnErrno> {
         let bytes = one_part(parts)?;
         guarded(|| {
@@ -400,8 +421,10 @@ impl Backend for Tract {
                             .into_owned();
                     }
                 }
-                if let Ok(out) = run(plan, &tensors) {
-                    return Ok(out);
+                match run(plan, &tensors, limits) {
+                    Ok(out) => return Ok(out),
+                    Err(NnErrno::TooLarge) => return Err(NnErrno::TooLarge),
+                    Err(_) => {}
                 }
             }
             // Compiled for the shapes given, when the model's own facts did not do.
@@ -420,7 +443,7 @@ impl Backend for Tract {
                 .collect::<Result<Vec<_>, _>>()?;
             let special = self.plans.compiled(hash, bytes, Some(shapes))?;
             let plan = special.plan.as_ref().ok_or(NnErrno::RuntimeError)?;
-            run(plan, &tensors)
+            run(plan, &tensors, limits)
         })
     }
 

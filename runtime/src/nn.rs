@@ -73,18 +73,20 @@ impl NnSpec {
 }
 
 /// Refuses a kernel state whose host models (loaded by name) the resumer's backend does
-/// not have, naming each.
-pub(crate) fn check_host_models(
+/// not have, naming each; then one whose graphs the backend does not load as they record
+/// (their model, encoding, inputs and outputs), which only a forged snapshot has.
+pub(crate) fn check_graphs(
     kernel: &tabi_libos::Kernel,
     host: &mut dyn tabi_libos::Host,
 ) -> Result<()> {
-    let missing = match host.nn() {
-        Some(b) => kernel.nn().missing_host_models(b),
-        None => kernel.nn().missing_host_models(&mut tabi_nn::NoBackend),
+    let mut none = tabi_nn::NoBackend;
+    let backend: &mut dyn tabi_nn::Backend = match host.nn() {
+        Some(b) => b,
+        None => &mut none,
     };
-    match missing.first() {
-        None => Ok(()),
-        Some((name, hash)) => Err(Error::Grant(format!(
+    let missing = kernel.nn().missing_host_models(backend);
+    if let Some((name, hash)) = missing.first() {
+        return Err(Error::Grant(format!(
             "the guest loaded model `{name}` by name (content {}); preload a model of that \
              content again with --nn-graph ENCODING::DIR, DIR named `{name}`{}",
             tabi_nn::hex(hash),
@@ -92,6 +94,11 @@ pub(crate) fn check_host_models(
                 1 => String::new(),
                 n => format!(" ({} more models are missing)", n - 1),
             }
-        ))),
+        )));
     }
+    kernel.nn().check_with(backend).map_err(|e| {
+        Error::Snapshot(tabi_snapshot::Error::BadKernelState(format!(
+            "wasi-nn: {e}"
+        )))
+    })
 }

@@ -475,7 +475,7 @@ impl Resume {
             }
         }
         let (mut host, _) = self.host.make(&order)?;
-        crate::nn::check_host_models(&kernel, &mut *host)?;
+        crate::nn::check_graphs(&kernel, &mut *host)?;
         Ok(Process { kernel, host })
     }
 }

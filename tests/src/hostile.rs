@@ -646,6 +646,7 @@ impl tabi_libos::nn_state::Backend for FakeNn {
         _: &[u8; 32],
         graph: &tabi_libos::nn_state::Graph,
         inputs: &BTreeMap<u32, tabi_libos::nn_state::Tensor>,
+        _: &tabi_libos::nn_state::Limits,
     ) -> Result<Vec<tabi_libos::nn_state::Tensor>, tabi_libos::nn_state::NnErrno> {
         use tabi_libos::nn_state::{NnErrno, Tensor, TensorType};
         let first = (0..graph.info.inputs)
@@ -755,6 +756,7 @@ pub fn nn_calls(
         model_bytes: 32 << 10,
         models_bytes: 48 << 10,
         tensor_bytes: 16 << 10,
+        tensors_bytes: 40 << 10,
         dims: 8,
         handles: 16,
     };

@@ -50,7 +50,7 @@ fn main() {
     unsafe {
         println!("load bad encoding number: {}", load(builders.as_ptr(), 1, 9, 0, &mut g));
         println!("load openvino: {}", load(builders.as_ptr(), 1, 0, 0, &mut g));
-        println!("load onnx on a gpu: {}", load(builders.as_ptr(), 1, 1, 1, &mut g));
+        println!("load onnx on a gpu: {} graph {g}", load(builders.as_ptr(), 1, 1, 1, &mut g));
         println!("load bad target number: {}", load(builders.as_ptr(), 1, 1, 7, &mut g));
         println!("load garbage: {}", load(bad.as_ptr(), 1, 1, 0, &mut g));
         println!("load wild builder: {}", load(wild.as_ptr(), 1, 1, 0, &mut g));
