@@ -61,6 +61,9 @@ pub fn load(
     errno((|| {
         let encoding = Encoding::from_raw(encoding)?;
         let target = Target::from_raw(target)?;
+        if builders_len as usize > crate::MAX_BUILDERS {
+            return Err(NnErrno::InvalidArgument);
+        }
         // The array itself is in memory, so its length is bounded by the memory's.
         let array = slice(
             mem,
@@ -173,7 +176,12 @@ pub fn set_input(
         if Tensor::byte_len(&dims, ty, limits)? != u64::from(data_len) {
             return Err(NnErrno::InvalidArgument);
         }
-        nn.check_input(context, index, u64::from(data_len), limits)?;
+        nn.check_input(
+            context,
+            index,
+            Tensor::cost_of(dims.len(), u64::from(data_len)),
+            limits,
+        )?;
         let data = slice(mem, data_ptr, data_len)?.to_vec();
         nn.set_input(context, index, Tensor { dims, ty, data }, limits)
     })())

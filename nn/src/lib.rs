@@ -223,6 +223,9 @@ impl Target {
     }
 }
 
+/// Most graph builders (parts of a model) a `load` takes: ONNX has one, OpenVINO two.
+pub const MAX_BUILDERS: usize = 16;
+
 /// What a guest may make the kernel hold: set by whoever runs or resumes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -232,7 +235,8 @@ pub struct Limits {
     pub models_bytes: u64,
     /// Most bytes of one tensor's data.
     pub tensor_bytes: u64,
-    /// Most bytes of all tensors held at once: every context's inputs and last outputs.
+    /// Most bytes of all tensors held at once, every context's inputs and last outputs,
+    /// each counted as [`Tensor::cost`].
     pub tensors_bytes: u64,
     /// Most dimensions of a tensor.
     pub dims: u32,
@@ -306,10 +310,30 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// What a tensor of `dims` dimensions and `bytes` of data counts against
+    /// [`Limits::tensors_bytes`]: its bytes, its dimensions, and [`Tensor::OVERHEAD`], so
+    /// that empty tensors are not free.
+    pub fn cost_of(dims: usize, bytes: u64) -> u64 {
+        bytes
+            .saturating_add((dims as u64).saturating_mul(4))
+            .saturating_add(Tensor::OVERHEAD)
+    }
+
+    /// What this tensor counts against [`Limits::tensors_bytes`] (see [`Tensor::cost_of`]).
+    pub fn cost(&self) -> u64 {
+        Tensor::cost_of(self.dims.len(), self.data.len() as u64)
+    }
+
+    /// Bytes a tensor counts beyond its data and dimensions: about what the host spends
+    /// on holding one.
+    pub const OVERHEAD: u64 = 64;
+}
+
 fn held(tensors: impl IntoIterator<Item = impl core::borrow::Borrow<Tensor>>) -> u64 {
     tensors
         .into_iter()
-        .fold(0u64, |n, t| n.saturating_add(t.borrow().data.len() as u64))
+        .fold(0u64, |n, t| n.saturating_add(t.borrow().cost()))
 }
 
 fn check_tensor(t: &Tensor, limits: &Limits) -> Result<(), NnErrno> {
@@ -530,6 +554,11 @@ impl<T> Default for Table<T> {
 }
 
 impl<T> Table<T> {
+    /// Whether [`Table::insert`] within `limit` would find a slot.
+    fn has_room(&self, limit: u32) -> bool {
+        self.slots.len() < limit as usize || self.slots.iter().any(Option::is_none)
+    }
+
     fn insert(&mut self, t: T, limit: u32) -> Result<u32, NnErrno> {
         if let Some(i) = self.slots.iter().position(Option::is_none) {
             self.slots[i] = Some(t);
@@ -585,8 +614,9 @@ pub trait Backend {
     ) -> Result<ModelInfo, NnErrno>;
 
     /// The outputs of the model made of `parts` given `inputs` (by index), in output order.
-    /// An output past `limits.tensor_bytes` is `TooLarge`, found before its bytes are
-    /// copied out of the backend.
+    /// An output past `limits.tensor_bytes`, or outputs whose [`Tensor::cost`] together is
+    /// past `limits.tensors_bytes` (the room the kernel has left for them), are `TooLarge`,
+    /// found before their bytes are copied out of the backend.
     fn compute(
         &mut self,
         parts: &[&[u8]],
@@ -671,8 +701,27 @@ mod bytes {
     }
 }
 
+/// Why [`NnState::check_with`] refused a state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GraphCheck {
+    /// The backend cannot load a graph's model (this host serves no such encoding, or
+    /// refuses the model): the state may be sound, but cannot run here.
+    Unloadable(String),
+    /// A graph records what its model is not: only a forged state has that.
+    Mismatch(String),
+}
+
+impl fmt::Display for GraphCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphCheck::Unloadable(m) | GraphCheck::Mismatch(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Everything of wasi-nn a guest holds: plain data, in its kernel state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "NnStateData")]
 pub struct NnState {
     /// The models, stored once each.
     pub models: Models,
@@ -680,6 +729,31 @@ pub struct NnState {
     pub graphs: Table<Graph>,
     /// The execution contexts.
     pub contexts: Table<Context>,
+    /// [`Tensor::cost`] of every tensor the contexts hold, kept as they change (and counted
+    /// again when a state is decoded), so that a `set_input` does not walk them all.
+    #[serde(skip)]
+    held: u64,
+}
+
+/// [`NnState`] as it is encoded.
+#[derive(Deserialize)]
+struct NnStateData {
+    models: Models,
+    graphs: Table<Graph>,
+    contexts: Table<Context>,
+}
+
+impl From<NnStateData> for NnState {
+    fn from(d: NnStateData) -> NnState {
+        let mut nn = NnState {
+            models: d.models,
+            graphs: d.graphs,
+            contexts: d.contexts,
+            held: 0,
+        };
+        nn.held = nn.count_tensors();
+        nn
+    }
 }
 
 impl NnState {
@@ -699,7 +773,7 @@ impl NnState {
         target: Target,
         limits: &Limits,
     ) -> Result<u32, NnErrno> {
-        if builders.is_empty() {
+        if builders.is_empty() || builders.len() > MAX_BUILDERS {
             return Err(NnErrno::InvalidArgument);
         }
         let len = builders
@@ -757,6 +831,10 @@ impl NnState {
             },
             None => *limits,
         };
+        // Checked first: a load that fails changes nothing.
+        if !self.graphs.has_room(limits.handles) {
+            return Err(NnErrno::TooLarge);
+        }
         let model = self.models.add(parts, host, &limits)?;
         match self.graphs.insert(graph, limits.handles) {
             Ok(g) => Ok(g),
@@ -814,6 +892,13 @@ impl NnState {
             ));
         }
         for (hash, model) in self.models.iter() {
+            if model.parts.is_empty() || model.parts.len() > MAX_BUILDERS {
+                return Err(format!(
+                    "model {} has {} parts",
+                    hex(hash),
+                    model.parts.len()
+                ));
+            }
             if model.bytes.len() as u64 > limits.model_bytes {
                 return Err(format!(
                     "a model of {} bytes, over the limit of {}",
@@ -865,7 +950,7 @@ impl NnState {
                 ));
             }
         }
-        let tensors = self.tensor_bytes();
+        let tensors = self.count_tensors();
         if tensors > limits.tensors_bytes {
             return Err(format!(
                 "{tensors} bytes of tensors, over the limit of {}",
@@ -905,7 +990,7 @@ impl NnState {
     /// host model of its hash) for its encoding and target, and find the inputs and outputs
     /// the graph records. Gives the first graph that fails. This compiles each model once
     /// (into the backend's cache, where the guest's next compute finds it).
-    pub fn check_with(&self, backend: &mut dyn Backend) -> Result<(), String> {
+    pub fn check_with(&self, backend: &mut dyn Backend) -> Result<(), GraphCheck> {
         use alloc::format;
         let mut checked: BTreeMap<([u8; 32], u32, u32), ModelInfo> = BTreeMap::new();
         for (g, graph) in self.graphs.iter() {
@@ -914,7 +999,9 @@ impl NnState {
                 Some(info) => *info,
                 None => {
                     let model = self.models.get(&graph.model).ok_or_else(|| {
-                        format!("graph {g} names a model the state does not hold")
+                        GraphCheck::Mismatch(format!(
+                            "graph {g} names a model the state does not hold"
+                        ))
                     })?;
                     let found = match model.guest_parts() {
                         Some(parts) => backend.check(&parts, &graph.model, graph),
@@ -924,27 +1011,32 @@ impl NnState {
                         },
                     };
                     let info = found.map_err(|e| {
-                        format!(
+                        GraphCheck::Unloadable(format!(
                             "graph {g}: this host cannot load its model {} ({e})",
                             hex(&graph.model)
-                        )
+                        ))
                     })?;
                     checked.insert(key, info);
                     info
                 }
             };
             if info != graph.info {
-                return Err(format!(
+                return Err(GraphCheck::Mismatch(format!(
                     "graph {g} records {} inputs and {} outputs; its model has {} and {}",
                     graph.info.inputs, graph.info.outputs, info.inputs, info.outputs
-                ));
+                )));
             }
         }
         Ok(())
     }
 
-    /// Bytes of every tensor held: each context's inputs and last outputs.
+    /// What every tensor held (each context's inputs and last outputs) counts against
+    /// [`Limits::tensors_bytes`]: the sum of their [`Tensor::cost`].
     pub fn tensor_bytes(&self) -> u64 {
+        self.held
+    }
+
+    fn count_tensors(&self) -> u64 {
         self.contexts.iter().fold(0u64, |n, (_, ctx)| {
             n.saturating_add(held(ctx.inputs.values()))
                 .saturating_add(held(&ctx.outputs))
@@ -973,14 +1065,14 @@ impl NnState {
     }
 
     /// Checks that context `c` exists and its graph's model has an input `index`
-    /// (`InvalidArgument` if not), and that a tensor of `bytes` fits in place of the one
-    /// there within `limits.tensors_bytes` (`TooLarge` if not), before a guest's tensor is
-    /// copied for it.
+    /// (`InvalidArgument` if not), and that a tensor that costs `cost` ([`Tensor::cost_of`])
+    /// fits in place of the one there within `limits.tensors_bytes` (`TooLarge` if not),
+    /// before a guest's tensor is copied for it.
     pub fn check_input(
         &self,
         c: u32,
         index: u32,
-        bytes: u64,
+        cost: u64,
         limits: &Limits,
     ) -> Result<(), NnErrno> {
         let ctx = self.context(c)?;
@@ -988,8 +1080,8 @@ impl NnState {
         if index >= graph.info.inputs {
             return Err(NnErrno::InvalidArgument);
         }
-        let replaced = ctx.inputs.get(&index).map_or(0, |t| t.data.len() as u64);
-        let after = (self.tensor_bytes() - replaced).saturating_add(bytes);
+        let replaced = ctx.inputs.get(&index).map_or(0, Tensor::cost);
+        let after = self.held.saturating_sub(replaced).saturating_add(cost);
         if after > limits.tensors_bytes {
             return Err(NnErrno::TooLarge);
         }
@@ -1007,9 +1099,15 @@ impl NnState {
         limits: &Limits,
     ) -> Result<(), NnErrno> {
         check_tensor(&tensor, limits)?;
-        self.check_input(c, index, tensor.data.len() as u64, limits)?;
+        let cost = tensor.cost();
+        self.check_input(c, index, cost, limits)?;
         let ctx = self.contexts.get_mut(c).ok_or(NnErrno::InvalidArgument)?;
-        ctx.inputs.insert(index, tensor);
+        let replaced = ctx
+            .inputs
+            .insert(index, tensor)
+            .as_ref()
+            .map_or(0, Tensor::cost);
+        self.held = self.held.saturating_sub(replaced).saturating_add(cost);
         Ok(())
     }
 
@@ -1026,6 +1124,12 @@ impl NnState {
         let ctx = self.contexts.get(c).ok_or(NnErrno::InvalidArgument)?;
         let graph = self.graphs.get(ctx.graph).ok_or(NnErrno::InvalidArgument)?;
         let model = self.models.get(&graph.model).ok_or(NnErrno::RuntimeError)?;
+        // The room the outputs have: what the last ones leave free.
+        let others = self.held.saturating_sub(held(&ctx.outputs));
+        let limits = &Limits {
+            tensors_bytes: limits.tensors_bytes.saturating_sub(others),
+            ..*limits
+        };
         let outputs = match model.guest_parts() {
             Some(parts) => backend.compute(&parts, &graph.model, graph, &ctx.inputs, limits)?,
             None => {
@@ -1042,13 +1146,14 @@ impl NnState {
                 _ => NnErrno::RuntimeError,
             })?;
         }
-        let after = (self.tensor_bytes() - held(&ctx.outputs)).saturating_add(held(&outputs));
-        if after > limits.tensors_bytes {
+        let cost = held(&outputs);
+        if cost > limits.tensors_bytes {
             return Err(NnErrno::TooLarge);
         }
         if let Some(ctx) = self.contexts.get_mut(c) {
             ctx.outputs = outputs;
         }
+        self.held = others.saturating_add(cost);
         Ok(())
     }
 
@@ -1336,9 +1441,11 @@ mod tests {
     /// of 0 counts as 1 against the limit.
     #[test]
     fn all_tensors_together_are_bounded() {
+        let o = Tensor::cost_of(1, 0);
+        assert!(o > 0, "an empty tensor is not free");
         let l = Limits {
             tensor_bytes: 8,
-            tensors_bytes: 12,
+            tensors_bytes: 3 * o + 12,
             ..Limits::default()
         };
         let mut nn = NnState::new();
@@ -1349,25 +1456,39 @@ mod tests {
         let b = nn.init_execution_context(g, &l).unwrap();
         let t = |n: usize| Tensor::new(vec![n as u32], TensorType::U8, vec![1; n], &l).unwrap();
         nn.set_input(a, 0, t(8), &l).unwrap();
-        assert_eq!(nn.set_input(b, 0, t(8), &l), Err(NnErrno::TooLarge));
-        assert_eq!(nn.check_input(b, 0, 5, &l), Err(NnErrno::TooLarge));
+        nn.set_input(b, 0, t(8), &l).unwrap();
+        assert_eq!(nn.tensor_bytes(), 2 * o + 16);
+        // One output of one byte would take it past the limit: refused, nothing kept.
+        assert_eq!(nn.compute(a, &mut Summing, &l), Err(NnErrno::TooLarge));
+        assert!(nn.context(a).unwrap().outputs.is_empty());
+        assert_eq!(nn.tensor_bytes(), 2 * o + 16);
         // Replacing an input counts only the difference.
-        nn.set_input(a, 0, t(4), &l).unwrap();
-        nn.set_input(b, 0, t(7), &l).unwrap();
-        assert_eq!(nn.tensor_bytes(), 11);
+        nn.set_input(b, 0, t(3), &l).unwrap();
         nn.compute(a, &mut Summing, &l).unwrap();
-        assert_eq!(nn.tensor_bytes(), 12);
+        assert_eq!(nn.tensor_bytes(), 3 * o + 12);
         assert_eq!(nn.compute(b, &mut Summing, &l), Err(NnErrno::TooLarge));
-        assert!(nn.context(b).unwrap().outputs.is_empty());
+        assert_eq!(
+            nn.check_input(a, 0, Tensor::cost_of(1, 9), &l),
+            Err(NnErrno::TooLarge)
+        );
+        assert_eq!(nn.set_input(a, 0, t(0), &l), Ok(()));
+        assert_eq!(nn.tensor_bytes(), 3 * o + 4);
+        // Recomputing the same outputs keeps the count.
+        nn.compute(a, &mut Summing, &l).unwrap();
+        assert_eq!(nn.tensor_bytes(), 3 * o + 4);
         assert_eq!(nn.check(&l), Ok(()));
         assert!(
             nn.check(&Limits {
-                tensors_bytes: 11,
+                tensors_bytes: 3 * o + 3,
                 ..l
             })
             .unwrap_err()
             .contains("tensors")
         );
+        // A decoded state counts its tensors again.
+        let decoded: NnState = postcard::from_bytes(&postcard::to_allocvec(&nn).unwrap()).unwrap();
+        assert_eq!(decoded.tensor_bytes(), nn.tensor_bytes());
+        assert_eq!(decoded, nn);
         // Empty, but shaped past the limit.
         assert_eq!(
             Tensor::byte_len(&[0, 9], TensorType::U8, &l),
@@ -1407,6 +1528,14 @@ mod tests {
             Err(NnErrno::TooLarge)
         );
         assert_eq!(nn.models.iter().next().unwrap().1.graphs, 1);
+        // A load that fails for want of a graph slot changes nothing.
+        let one = Limits { handles: 1, ..l };
+        assert_eq!(
+            nn.load(&mut host, &[&bytes], Encoding::Onnx, Target::Cpu, &one),
+            Err(NnErrno::TooLarge)
+        );
+        assert_eq!(nn.models.bytes(), 0);
+        assert!(nn.models.iter().next().unwrap().1.host.is_some());
     }
 
     /// A model no graph uses, a graph whose recorded inputs and outputs are not its
@@ -1420,6 +1549,20 @@ mod tests {
             .unwrap();
         let c = good.init_execution_context(g, &l).unwrap();
         assert_eq!(good.check_with(&mut Summing), Ok(()));
+
+        // Too many builders, in a load or in a state.
+        let many = [&b"m"[..]; MAX_BUILDERS + 1];
+        assert_eq!(
+            good.clone()
+                .load(&mut Summing, &many, Encoding::Onnx, Target::Cpu, &l),
+            Err(NnErrno::InvalidArgument)
+        );
+        let hash = good.graphs.get(g).unwrap().model;
+        let mut bad = good.clone();
+        let m = bad.models.by_hash.get_mut(&hash).unwrap();
+        m.parts = vec![0; MAX_BUILDERS + 1];
+        *m.parts.last_mut().unwrap() = 5;
+        assert!(bad.check(&l).unwrap_err().contains("parts"));
 
         // An orphan host model.
         let mut bad = good.clone();
@@ -1437,19 +1580,17 @@ mod tests {
         let mut bad = good.clone();
         bad.graphs.get_mut(g).unwrap().info.inputs = u32::MAX;
         assert_eq!(bad.check(&l), Ok(()));
-        assert!(
-            bad.check_with(&mut Summing)
-                .unwrap_err()
-                .contains("records")
-        );
+        assert!(matches!(
+            bad.check_with(&mut Summing),
+            Err(GraphCheck::Mismatch(m)) if m.contains("records")
+        ));
 
         let mut bad = good.clone();
         bad.graphs.get_mut(g).unwrap().encoding = Encoding::OpenVino;
-        assert!(
-            bad.check_with(&mut Summing)
-                .unwrap_err()
-                .contains("cannot load")
-        );
+        assert!(matches!(
+            bad.check_with(&mut Summing),
+            Err(GraphCheck::Unloadable(m)) if m.contains("cannot load")
+        ));
 
         let mut bad = good.clone();
         bad.contexts.get_mut(c).unwrap().outputs = vec![

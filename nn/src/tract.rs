@@ -8,7 +8,10 @@
 //! - A model is parsed when the guest loads it (`invalid_encoding` if it does not parse), and
 //!   compiled once for the input types and shapes it declares. A model that declares too
 //!   little to compile (a dynamic rank, an unknown type) is compiled again for the shapes of
-//!   the inputs each compute is given, and that plan is cached too.
+//!   the inputs each compute is given, and that plan is cached too. A model that tract can
+//!   only compile when an input is a constant (a shape, an axis, a padding or a batch-norm
+//!   mean that the model takes as an input rather than an initializer) is compiled last for
+//!   the values it is given, folded into it, and cached under a hash of those values.
 //! - Tensors cross as little-endian bytes on every host: elements are converted one by one,
 //!   so a big-endian host (s390x) computes on the same numbers.
 //! - An input whose type differs from the model's declared one is cast to it (as an ONNX
@@ -44,8 +47,17 @@ use crate::{Backend, Encoding, Graph, HostModel, Limits, ModelInfo, Models, NnEr
 
 type Plan = Arc<tr::TypedRunnableModel>;
 
-/// The input types and shapes a plan was compiled for; `None` for the model's own.
-type Shapes = Option<Vec<(DatumType, Vec<usize>)>>;
+/// What a plan was compiled for, besides the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Facts {
+    /// The input types and shapes the model declares.
+    Declared,
+    /// These input types and shapes.
+    Shapes(Vec<(DatumType, Vec<usize>)>),
+    /// The small inputs' values as constants, the others' types and shapes (their BLAKE3:
+    /// see [`values_digest`]).
+    Values([u8; 32]),
+}
 
 /// What was compiled of a model for one set of input facts.
 struct Compiled {
@@ -57,7 +69,7 @@ struct Compiled {
 }
 
 /// A plan's key: the model's hash and the input facts it was compiled for.
-type PlanKey = ([u8; 32], Shapes);
+type PlanKey = ([u8; 32], Facts);
 
 struct Plans {
     entries: Vec<(PlanKey, Arc<Compiled>)>,
@@ -138,8 +150,14 @@ impl PlanCache {
         plans.entries.push((key, c));
     }
 
-    /// Parses `bytes` and compiles it for `shapes`; `InvalidEncoding` when it does not parse.
-    fn compile(&self, bytes: &[u8], shapes: &Shapes) -> Result<Compiled, NnErrno> {
+    /// Parses `bytes` and compiles it for `facts` (with `values`, the inputs, for
+    /// [`Facts::Values`]); `InvalidEncoding` when it does not parse.
+    fn compile(
+        &self,
+        bytes: &[u8],
+        facts: &Facts,
+        values: &[tr::Tensor],
+    ) -> Result<Compiled, NnErrno> {
         let mut model = self
             .onnx
             .get_or_init(tract_onnx::onnx)
@@ -156,11 +174,26 @@ impl PlanCache {
             inputs: u32::try_from(inputs).map_err(|_| NnErrno::InvalidEncoding)?,
             outputs: u32::try_from(outputs.len()).map_err(|_| NnErrno::InvalidEncoding)?,
         };
-        if let Some(shapes) = shapes {
-            for (i, (dt, shape)) in shapes.iter().enumerate() {
-                model = model
-                    .with_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))
-                    .map_err(|_| NnErrno::InvalidArgument)?;
+        match facts {
+            Facts::Declared => {}
+            Facts::Shapes(shapes) => {
+                for (i, (dt, shape)) in shapes.iter().enumerate() {
+                    model = model
+                        .with_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))
+                        .map_err(|_| NnErrno::InvalidArgument)?;
+                }
+            }
+            Facts::Values(_) => {
+                for (i, t) in values.iter().enumerate() {
+                    let fact = if t.len() * t.datum_type().size_of() <= FOLD_BYTES {
+                        InferenceFact::from(t.clone())
+                    } else {
+                        InferenceFact::dt_shape(t.datum_type(), t.shape())
+                    };
+                    model = model
+                        .with_input_fact(i, fact)
+                        .map_err(|_| NnErrno::InvalidArgument)?;
+                }
             }
         }
         let typed = model.into_optimized();
@@ -180,18 +213,19 @@ impl PlanCache {
         })
     }
 
-    /// The compiled model `hash` for `shapes`, from the cache or compiled (and kept).
+    /// The compiled model `hash` for `facts`, from the cache or compiled (and kept).
     fn compiled(
         &self,
         hash: &[u8; 32],
         bytes: &[u8],
-        shapes: Shapes,
+        facts: Facts,
+        values: &[tr::Tensor],
     ) -> Result<Arc<Compiled>, NnErrno> {
-        let key = (*hash, shapes);
+        let key = (*hash, facts);
         if let Some(c) = self.get(&key) {
             return Ok(c);
         }
-        let c = Arc::new(self.compile(bytes, &key.1)?);
+        let c = Arc::new(self.compile(bytes, &key.1, values)?);
         self.put(key, c.clone());
         Ok(c)
     }
@@ -240,6 +274,30 @@ impl Tract {
             .iter()
             .map(|(n, m)| (n.as_str(), Models::hash_of(&[&m.bytes])))
     }
+}
+
+/// Inputs of at most this many bytes are folded into a plan compiled for their values
+/// ([`Facts::Values`]); larger ones stay inputs (a shape, an axis or a mean is small; the
+/// data a model computes on is not, and a cached plan would keep it).
+const FOLD_BYTES: usize = 64 << 10;
+
+/// BLAKE3 of the inputs' types and dimensions, and of the bytes of those folded as
+/// constants ([`FOLD_BYTES`]): the key of a plan compiled for them.
+fn values_digest(inputs: &[&Tensor]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(inputs.len() as u64).to_le_bytes());
+    for t in inputs {
+        h.update(&[t.ty as u8]);
+        h.update(&(t.dims.len() as u64).to_le_bytes());
+        for d in &t.dims {
+            h.update(&d.to_le_bytes());
+        }
+        if t.data.len() <= FOLD_BYTES {
+            h.update(&(t.data.len() as u64).to_le_bytes());
+            h.update(&t.data);
+        }
+    }
+    *h.finalize().as_bytes()
 }
 
 /// Runs `f`, turning a panic inside tract into `RuntimeError`.
@@ -295,9 +353,9 @@ fn to_tract(t: &Tensor) -> Result<tr::Tensor, NnErrno> {
 }
 
 /// tract's tensor as a guest's: its elements little-endian, in row-major order. One past
-/// `limits` (its dimensions, or its bytes once widened) is `TooLarge` before anything is
-/// copied.
-fn from_tract(t: &tr::Tensor, limits: &Limits) -> Result<Tensor, NnErrno> {
+/// `limits` (its dimensions, or its bytes once widened), or whose [`Tensor::cost`] is past
+/// the `room` left, is `TooLarge` before anything is copied; its cost is taken from `room`.
+fn from_tract(t: &tr::Tensor, limits: &Limits, room: &mut u64) -> Result<Tensor, NnErrno> {
     use crate::TensorType as T;
     let dims = t
         .shape()
@@ -315,7 +373,10 @@ fn from_tract(t: &tr::Tensor, limits: &Limits) -> Result<Tensor, NnErrno> {
         DatumType::I64 => T::I64,
         _ => T::F32,
     };
-    Tensor::byte_len(&dims, wide, limits).map_err(|_| NnErrno::TooLarge)?;
+    let bytes = Tensor::byte_len(&dims, wide, limits).map_err(|_| NnErrno::TooLarge)?;
+    *room = room
+        .checked_sub(Tensor::cost_of(dims.len(), bytes))
+        .ok_or(NnErrno::TooLarge)?;
     let widened;
     let (t, ty) = match t.datum_type() {
         DatumType::F16 => (t, T::F16),
@@ -371,8 +432,11 @@ fn from_tract(t: &tr::Tensor, limits: &Limits) -> Result<Tensor, NnErrno> {
 fn run(plan: &Plan, inputs: &[tr::Tensor], limits: &Limits) -> Result<Vec<Tensor>, NnErrno> {
     let values: tr::TVec<tr::TValue> = inputs.iter().map(|t| t.clone().into()).collect();
     let out = plan.run(values).map_err(|_| NnErrno::RuntimeError)?;
+    // The outputs together within the room the kernel has for them, each checked before
+    // it is copied.
+    let mut room = limits.tensors_bytes;
     out.into_iter()
-        .map(|v| from_tract(&v.into_tensor(), limits))
+        .map(|v| from_tract(&v.into_tensor(), limits, &mut room))
         .collect()
 }
 
@@ -388,7 +452,7 @@ impl Backend for Tract {
             _ => return Err(NnErrno::InvalidEncoding),
         }
         let bytes = one_part(parts)?;
-        guarded(|| Ok(self.plans.compiled(hash, bytes, None)?.info))
+        guarded(|| Ok(self.plans.compiled(hash, bytes, Facts::Declared, &[])?.info))
     }
 
     fn compute(
@@ -401,7 +465,7 @@ impl Backend for Tract {
     ) -> Result<Vec<Tensor>, NnErrno> {
         let bytes = one_part(parts)?;
         guarded(|| {
-            let generic = self.plans.compiled(hash, bytes, None)?;
+            let generic = self.plans.compiled(hash, bytes, Facts::Declared, &[])?;
             let given = (0..generic.info.inputs)
                 .map(|i| inputs.get(&i).ok_or(NnErrno::InvalidArgument))
                 .collect::<Result<Vec<&Tensor>, _>>()?;
@@ -441,8 +505,23 @@ impl Backend for Tract {
                 .iter()
                 .map(|t| to_tract(t))
                 .collect::<Result<Vec<_>, _>>()?;
-            let special = self.plans.compiled(hash, bytes, Some(shapes))?;
-            let plan = special.plan.as_ref().ok_or(NnErrno::RuntimeError)?;
+            let special = self
+                .plans
+                .compiled(hash, bytes, Facts::Shapes(shapes), &[])?;
+            if let Some(plan) = &special.plan {
+                match run(plan, &tensors, limits) {
+                    Ok(out) => return Ok(out),
+                    Err(NnErrno::TooLarge) => return Err(NnErrno::TooLarge),
+                    Err(_) => {}
+                }
+            }
+            // Compiled for the values given, as constants: what tract needs of an input
+            // that decides a shape or a parameter.
+            let digest = values_digest(&given);
+            let folded = self
+                .plans
+                .compiled(hash, bytes, Facts::Values(digest), &tensors)?;
+            let plan = folded.plan.as_ref().ok_or(NnErrno::RuntimeError)?;
             run(plan, &tensors, limits)
         })
     }

@@ -96,9 +96,13 @@ pub(crate) fn check_graphs(
             }
         )));
     }
-    kernel.nn().check_with(backend).map_err(|e| {
-        Error::Snapshot(tabi_snapshot::Error::BadKernelState(format!(
-            "wasi-nn: {e}"
-        )))
-    })
+    match kernel.nn().check_with(backend) {
+        Ok(()) => Ok(()),
+        Err(tabi_nn::GraphCheck::Unloadable(e)) => Err(Error::Grant(format!(
+            "the guest's wasi-nn graphs cannot run here: {e}"
+        ))),
+        Err(tabi_nn::GraphCheck::Mismatch(e)) => Err(Error::Snapshot(
+            tabi_snapshot::Error::BadKernelState(format!("wasi-nn: {e}")),
+        )),
+    }
 }
