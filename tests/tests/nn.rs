@@ -304,6 +304,26 @@ fn a_model_travels_once() {
     );
 }
 
+/// Runs `guest`, pausing it at every migration point through `handle` (already requested),
+/// until it holds a graph; gives the snapshot written there, where it stopped.
+fn snapshot_after_load(guest: tabi::Guest, handle: &PauseHandle) -> Vec<u8> {
+    let mut snapshot = None;
+    let stopped = guest
+        .run_with(|pause| {
+            if pause.kernel().nn().graphs.iter().count() == 1 {
+                let mut bytes = Vec::new();
+                pause.write_to(&mut bytes)?;
+                snapshot = Some(bytes);
+                return Ok(AfterPause::Stop);
+            }
+            handle.request();
+            Ok(AfterPause::Continue)
+        })
+        .unwrap();
+    assert!(stopped.exit().is_none(), "stopped at the pause");
+    snapshot.expect("a pause after the load")
+}
+
 /// A guest that loaded a model by name resumes only where a model of the same content is
 /// preloaded under that name: without it, or with other bytes, the error names the model.
 #[test]
@@ -326,21 +346,7 @@ fn a_named_model_is_found_again_by_content() {
         .pause_handle(&handle)
         .build()
         .unwrap();
-    let mut snapshot = None;
-    let stopped = guest
-        .run_with(|pause| {
-            if pause.kernel().nn().graphs.iter().count() == 1 {
-                let mut bytes = Vec::new();
-                pause.write_to(&mut bytes)?;
-                snapshot = Some(bytes);
-                return Ok(AfterPause::Stop);
-            }
-            handle.request();
-            Ok(AfterPause::Continue)
-        })
-        .unwrap();
-    assert!(stopped.exit().is_none(), "stopped at the pause");
-    let snapshot = snapshot.expect("a pause after the load");
+    let snapshot = snapshot_after_load(guest, &handle);
     let resumer =
         || Resume::new(&harness::engine(Backend::preferred())).dir(model_dir("cnn"), "/m");
 
@@ -456,21 +462,7 @@ fn a_graph_its_model_does_not_match_is_refused_on_resume() {
         .pause_handle(&handle)
         .build()
         .unwrap();
-    let mut snapshot = None;
-    let stopped = guest
-        .run_with(|pause| {
-            if pause.kernel().nn().graphs.iter().count() == 1 {
-                let mut bytes = Vec::new();
-                pause.write_to(&mut bytes)?;
-                snapshot = Some(bytes);
-                return Ok(AfterPause::Stop);
-            }
-            handle.request();
-            Ok(AfterPause::Continue)
-        })
-        .unwrap();
-    assert!(stopped.exit().is_none(), "stopped at the pause");
-    let snapshot = snapshot.expect("a pause after the load");
+    let snapshot = snapshot_after_load(guest, &handle);
     let Err(refused) = Resume::new(&harness::engine(Backend::preferred()))
         .dir(model_dir("cnn"), "/m")
         .from_reader(&snapshot[..])
