@@ -19,6 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tabi_benches::{median, ms, reps};
 
 use tabi::{AfterPause, Backend, Engine, GuestBuilder, PauseHandle, Resume, Stdio};
 use tract_onnx::prelude::*;
@@ -26,22 +27,6 @@ use tract_onnx::prelude::*;
 const K: u64 = 2048;
 const N: u64 = 4096;
 const RUNS: usize = 50;
-
-fn reps() -> usize {
-    std::env::var("TABI_BENCH_REPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 fn input() -> Vec<f32> {
     (0..K as usize)

@@ -26,27 +26,12 @@
 //! touched pages compressed; resume ≤ 60 ms; incremental ≤ 5 ms and ≤ 1.2 MiB.
 
 use std::time::{Duration, Instant};
+use tabi_benches::{median, ms, reps};
 
 use tabi::{AfterPause, Ended, Engine, GuestBuilder, PausedGuest, Resume, Stdio};
 
 const PAGE: usize = 65536;
 const MIB: f64 = 1024.0 * 1024.0;
-
-fn reps() -> usize {
-    std::env::var("TABI_BENCH_REPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// The guest: 4,096 pages; `_start` fills every fourth page (random, or text-like for odd
 /// ones), calls `sched_yield` (the migration point), then, if `$again` is set, changes 16
