@@ -677,10 +677,20 @@ impl tabi_libos::nn_state::Backend for FakeNn {
     }
 }
 
-/// [`QuietHost`] with [`FakeNn`] as its wasi-nn backend.
-pub struct NnHost {
+/// [`QuietHost`] with a wasi-nn backend: [`FakeNn`] unless another is given.
+pub struct NnHost<B = FakeNn> {
     quiet: QuietHost,
-    nn: FakeNn,
+    nn: B,
+}
+
+impl<B> NnHost<B> {
+    /// A quiet host with `nn` as its backend.
+    pub fn with_backend(nn: B) -> NnHost<B> {
+        NnHost {
+            quiet: QuietHost { fs: None },
+            nn,
+        }
+    }
 }
 
 impl NnHost {
@@ -699,7 +709,7 @@ impl Default for NnHost {
     }
 }
 
-impl tabi_libos::Host for NnHost {
+impl<B: tabi_libos::nn_state::Backend> tabi_libos::Host for NnHost<B> {
     fn wall_clock_ns(&mut self) -> u64 {
         self.quiet.wall_clock_ns()
     }

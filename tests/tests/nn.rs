@@ -414,36 +414,6 @@ impl tabi_libos::nn_state::Backend for Lying {
     }
 }
 
-/// A quiet host whose wasi-nn backend is [`Lying`].
-struct LyingHost(tabi_tests::hostile::QuietHost, Lying);
-
-impl tabi_libos::Host for LyingHost {
-    fn wall_clock_ns(&mut self) -> u64 {
-        self.0.wall_clock_ns()
-    }
-    fn monotonic_ns(&mut self) -> u64 {
-        self.0.monotonic_ns()
-    }
-    fn random_bytes(&mut self, b: &mut [u8]) -> Result<(), tabi_libos::Errno> {
-        self.0.random_bytes(b)
-    }
-    fn stdin_read(&mut self, b: &mut [u8]) -> Result<usize, tabi_libos::Errno> {
-        self.0.stdin_read(b)
-    }
-    fn stdout_write(&mut self, b: &[u8]) -> Result<(), tabi_libos::Errno> {
-        self.0.stdout_write(b)
-    }
-    fn stderr_write(&mut self, b: &[u8]) -> Result<(), tabi_libos::Errno> {
-        self.0.stderr_write(b)
-    }
-    fn sleep_ns(&mut self, ns: u64) {
-        self.0.sleep_ns(ns)
-    }
-    fn nn(&mut self) -> Option<&mut dyn tabi_libos::nn_state::Backend> {
-        Some(&mut self.1)
-    }
-}
-
 /// A snapshot whose graph records inputs its model does not have (so that its guest could
 /// keep tensors for them) is refused when it is resumed: the resumer loads each graph's
 /// model and compares.
@@ -455,10 +425,9 @@ fn a_graph_its_model_does_not_match_is_refused_on_resume() {
     handle.request();
     let guest = setup
         .builder(&harness::engine(Backend::Wasmi), &wasm)
-        .host(LyingHost(
-            tabi_tests::hostile::QuietHost { fs: None },
-            Lying(tabi_libos::nn_state::tract::Tract::new()),
-        ))
+        .host(tabi_tests::hostile::NnHost::with_backend(Lying(
+            tabi_libos::nn_state::tract::Tract::new(),
+        )))
         .pause_handle(&handle)
         .build()
         .unwrap();
